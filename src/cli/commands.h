@@ -1,0 +1,23 @@
+// Subcommand registry of the tandem binary. Each subcommand lives in its own
+// file and registers a CLI11 sub-app plus the function that runs it.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace tandem::cli {
+
+using RunFn = std::function<int()>;
+
+// Adds a subcommand; `run` is called when it was selected on the command line.
+CLI::App* add_command(CLI::App& app, const std::string& name, const std::string& help, RunFn run);
+
+void register_commands(CLI::App& app);
+int run_selected(CLI::App& app);
+
+// Per-command registration, one per file.
+void register_make_model(CLI::App& app);
+void register_generate(CLI::App& app);
+
+}  // namespace tandem::cli

@@ -1,0 +1,4 @@
+#include "commands.h"
+namespace tandem::cli {
+void register_make_model(CLI::App& app) {}
+}
