@@ -1,4 +1,89 @@
+// `tandem generate`: one process, prefill then decode, text streamed to stdout.
+#include <cstdio>
+#include <string>
+
 #include "commands.h"
+#include "tandem/engine/engine.h"
+#include "tandem/model/checkpoint.h"
+#include "tandem/model/weights.h"
+
 namespace tandem::cli {
-void register_generate(CLI::App& app) {}
+
+namespace {
+struct GenerateArgs {
+  std::string model_dir;
+  std::string prompt;
+  int32_t max_tokens = 64;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  int32_t top_k = 0;
+  uint64_t seed = 0;
+  int64_t kv_blocks = 512;
+  int64_t block_size = 16;
+  bool ignore_eos = false;
+};
+
+int fail(const Status& st) {
+  std::fprintf(stderr, "tandem generate: %s\n", st.to_string().c_str());
+  return 1;
 }
+
+int run_generate(const GenerateArgs& a) {
+  auto ck = model::Checkpoint::open(a.model_dir);
+  if (!ck.is_ok()) return fail(ck.status());
+  auto weights = model::ModelWeights::load(ck->config, *ck->weights);
+  if (!weights.is_ok()) return fail(weights.status());
+  engine::EngineOptions eo;
+  eo.num_blocks = a.kv_blocks;
+  eo.block_size = a.block_size;
+  auto eng = engine::Engine::create(ck->config, **weights, eo);
+  if (!eng.is_ok()) return fail(eng.status());
+
+  auto ids = ck->tokenizer->encode(a.prompt, /*add_special_tokens=*/true);
+  if (!ids.is_ok()) return fail(ids.status().with_context("--prompt"));
+  engine::GenerationRequest req;
+  req.prompt = *ids;
+  req.max_tokens = a.max_tokens;
+  req.sampling.temperature = a.temperature;
+  req.sampling.top_p = a.top_p;
+  req.sampling.top_k = a.top_k;
+  req.seed = a.seed;
+  if (!a.ignore_eos) req.stop_token_ids = ck->stop_token_ids;
+
+  model::StreamingDetokenizer detok(*ck->tokenizer);
+  std::fputs(a.prompt.c_str(), stdout);
+  auto res = (*eng)->generate({req}, [&](size_t, int32_t tok) {
+    std::string piece = detok.push(tok);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+  if (!res.is_ok()) return fail(res.status());
+  std::string tail = detok.flush();
+  std::fwrite(tail.data(), 1, tail.size(), stdout);
+  std::fputc('\n', stdout);
+
+  const auto& s = (*eng)->stats();
+  std::fprintf(stderr, "prompt: %lld tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s | finish: %s\n",
+               static_cast<long long>(s.prompt_tokens), s.prompt_seconds > 0 ? s.prompt_tokens / s.prompt_seconds : 0.0,
+               static_cast<long long>(s.decode_tokens), s.decode_seconds > 0 ? s.decode_tokens / s.decode_seconds : 0.0,
+               (*res)[0].finish == engine::FinishReason::kStop ? "stop" : "length");
+  return 0;
+}
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  static GenerateArgs a;
+  auto* cmd = add_command(app, "generate", "Generate text from a model in this process", [] { return run_generate(a); });
+  cmd->add_option("--model", a.model_dir, "HuggingFace model directory")->required();
+  cmd->add_option("--prompt", a.prompt, "Prompt text")->required();
+  cmd->add_option("--max-tokens", a.max_tokens, "Tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", a.temperature, "Sampling temperature (0: greedy)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", a.top_p, "Nucleus sampling mass")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--top-k", a.top_k, "Top-k sampling (0: off)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", a.seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--kv-blocks", a.kv_blocks, "KV cache blocks")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--block-size", a.block_size, "Tokens per KV block")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at end-of-sequence tokens");
+}
+
+}  // namespace tandem::cli

@@ -7,7 +7,16 @@
 
 #include <cstdint>
 
+#include "tandem/kernels/types.h"
+
 namespace tandem::kernels::cpu {
+
+// The param structs live in types.h so the CUDA twins share them.
+using kernels::ExpertWeights;
+using kernels::GateParams;
+using kernels::GateScoring;
+using kernels::PagedKv;
+using kernels::SamplingParams;
 
 // y[n, out] = x[n, in] · w[out, in]ᵀ  (PyTorch nn.Linear weight layout).
 void linear(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out);
@@ -30,16 +39,6 @@ void add_rmsnorm(float* residual, const float* x, const float* w, float* y, int6
 void rope_neox(float* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
                int64_t head_dim, int64_t rot_dim, float attention_scaling);
 
-// One layer of a paged KV cache: k and v are each [num_blocks, block_size, kv_heads, head_dim].
-struct PagedKv {
-  float* k = nullptr;
-  float* v = nullptr;
-  int64_t num_blocks = 0;
-  int64_t block_size = 0;
-  int64_t kv_heads = 0;
-  int64_t head_dim = 0;
-};
-
 // Writes k, v [n, kv_heads, head_dim] into the cache at slots[t] = block * block_size + offset.
 void kv_cache_write(const float* k, const float* v, const int64_t* slots, int64_t n, const PagedKv& cache);
 
@@ -58,19 +57,6 @@ void attention_prefill(const float* q, const float* k, const float* v, float* ou
 void attention_paged(const float* q, float* out, int64_t n_tokens, int64_t hq, const PagedKv& cache,
                      const int32_t* block_tables, int64_t max_blocks_per_seq, const int32_t* seq_of_token,
                      const int32_t* ctx_len, float scale);
-
-enum class GateScoring { kSoftmax, kSigmoid };
-
-struct GateParams {
-  int64_t num_experts = 0;
-  int64_t top_k = 0;
-  GateScoring scoring = GateScoring::kSoftmax;
-  bool renormalize = true;        // w /= sum(w) over the chosen k
-  float routed_scaling = 1.0f;    // multiplies the final weights
-  const float* correction_bias = nullptr;  // [E] added for selection only (DeepSeek-V3), or null
-  int64_t n_group = 1;            // grouped selection (DeepSeek); 1 = plain top-k
-  int64_t topk_group = 1;
-};
 
 // Router: logits [n, E] (fp32) -> top-k expert indices [n, k] in descending score
 // order (ties: lower index first) and their weights [n, k].
@@ -92,25 +78,12 @@ void scatter_add_weighted(const float* y, const int32_t* row_token, const float*
 // out = silu(gate) ⊙ up, elementwise over n*dim.
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, int64_t dim);
 
-// One SwiGLU expert's weights, in nn.Linear layout: gate and up [inter, hidden], down [hidden, inter].
-struct ExpertWeights {
-  const float* gate = nullptr;
-  const float* up = nullptr;
-  const float* down = nullptr;
-};
-
 // Grouped expert FFN: for each expert e, rows [offsets[e], offsets[e+1]) of x_perm
 // [rows, hidden] give y_perm rows = down(silu(gate x) ⊙ up x). experts has
 // num_experts entries (an expert with no rows may have null weights).
 // scratch must hold 3 * max_rows_per_expert * inter floats.
 void grouped_swiglu(const float* x_perm, float* y_perm, const int32_t* expert_offsets, int64_t num_experts,
                     const ExpertWeights* experts, int64_t hidden, int64_t inter, float* scratch);
-
-struct SamplingParams {
-  float temperature = 1.0f;  // <= 0: greedy
-  int32_t top_k = 0;         // 0: off
-  float top_p = 1.0f;        // 1: off
-};
 
 // Picks a token from logits [vocab]. `uniform` is a random number in [0, 1) that
 // the caller draws from its seeded generator, so CPU and GPU pick the same token.

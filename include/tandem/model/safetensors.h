@@ -43,6 +43,8 @@ class SafetensorsFile {
   // Maps and validates `path`: header length bound, UTF-8 JSON object, known dtypes,
   // shapes that match byte ranges, ranges inside the file, non-overlapping and
   // tiling the data buffer, no duplicate names.
+  // Errors: NOT_FOUND (no such file), DATA_LOSS (corrupt or truncated), UNIMPLEMENTED
+  // (a dtype the format defines but DType lacks, e.g. F8_E4M3).
   static Result<std::unique_ptr<SafetensorsFile>> open(const std::string& path);
 
   const std::string& path() const { return path_; }
@@ -61,7 +63,8 @@ class SafetensorsFile {
 
 // All weights of a checkpoint directory: model.safetensors, or the shards named by
 // model.safetensors.index.json (each shard validated; every tensor the index
-// names must be in the shard it names).
+// names must be in the shard it names). The index wins when both exist. A name
+// found in two shards is refused.
 class WeightStore {
  public:
   static Result<std::unique_ptr<WeightStore>> open_dir(const std::string& dir);
@@ -90,6 +93,9 @@ Status write_safetensors(const std::string& path, const std::vector<TensorToWrit
 
 // Writes `tensors` into dir as model.safetensors, or, when the total exceeds
 // max_shard_bytes, as model-0000i-of-0000n.safetensors plus model.safetensors.index.json.
+// Shards are filled in the order given; a tensor is never split, and one larger than
+// the limit gets a shard of its own. The other layout's model.safetensors or index
+// left from an earlier write is removed, since readers would prefer it.
 Status write_checkpoint_weights(const std::string& dir, const std::vector<TensorToWrite>& tensors,
                                 size_t max_shard_bytes = size_t{4} << 30);
 

@@ -35,6 +35,9 @@ class Tokenizer {
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
 
   // Raw bytes of one token as it decodes (no UTF-8 repair): used for streaming.
+  // This is the token's share in the middle of a sequence; decoders that strip
+  // the first token's leading space (SentencePiece, Metaspace) leave it here.
+  // Added tokens give their content. Unknown ids give "".
   std::string token_bytes(int32_t id) const;
 
   std::optional<int32_t> token_to_id(std::string_view token) const;
@@ -64,16 +67,31 @@ class StreamingDetokenizer {
   const Tokenizer& tok_;
   bool skip_special_;
   std::string pending_;
+  // Decoders such as Metaspace or Strip treat the first token differently.
+  bool first_ = true;
 };
 
 struct BpeTrainOptions {
   int32_t vocab_size = 1024;                  // 256 byte tokens + merges (+ specials after them)
   std::vector<std::string> special_tokens;    // appended as added tokens with special = true
   int32_t min_pair_frequency = 2;
+  // NFC-normalize the corpus and write {"type": "NFC"} as the normalizer
+  // (Qwen2 style); by default the normalizer is null.
+  bool nfc = false;
 };
 
-// Trains a byte-level BPE (Qwen2-style pre-tokenizer regex, NFC-free) on `corpus` and
-// returns the tokenizer.json text that HF `tokenizers` loads unchanged.
+// Trains a byte-level BPE (Qwen2-style pre-tokenizer regex, NFC-free unless
+// opts.nfc) on `corpus` and returns the tokenizer.json text that HF
+// `tokenizers` loads unchanged. Ids 0..255 are the byte-level alphabet in code
+// point order (as HF's trainer assigns them), then the merged tokens in merge
+// order, then the special tokens. The most frequent pair is merged first, ties
+// going to the smallest (left id, right id). Deterministic: the same corpus
+// gives the same bytes. Invalid UTF-8 in the corpus is an INVALID_ARGUMENT error.
 Result<std::string> train_byte_level_bpe(const std::vector<std::string>& corpus, const BpeTrainOptions& opts);
+
+// The English-heavy multilingual text shipped with the library (the
+// src/model/tokenizer/corpus/*.txt files, embedded at build time), one
+// document per line, for training tokenizers without any download.
+std::string_view builtin_tokenizer_corpus();
 
 }  // namespace tandem::model

@@ -1,0 +1,75 @@
+// Decode throughput of the single-process CPU engine on small-mixtral, as a
+// fraction of the memory-bandwidth limit: each decode step must read the
+// attention weights, the experts the batch touches, the LM head and the KV
+// cache at least once, so bytes/step ÷ measured memcpy bandwidth bounds the
+// step time from below.
+//
+//   build/benchmarks/generate_bench [--model DIR] [--prompt-tokens 128] [--decode-tokens 32]
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "bench_util.h"
+#include "tandem/engine/engine.h"
+#include "tandem/model/checkpoint.h"
+#include "tandem/model/make_model.h"
+#include "tandem/model/weights.h"
+
+using namespace tandem;
+
+int main(int argc, char** argv) {
+  std::string dir = "models/small-mixtral";
+  int prompt_tokens = 128, decode_tokens = 32;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--model") dir = argv[i + 1];
+    else if (a == "--prompt-tokens") prompt_tokens = std::atoi(argv[i + 1]);
+    else if (a == "--decode-tokens") decode_tokens = std::atoi(argv[i + 1]);
+  }
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    std::fprintf(stderr, "making small-mixtral in %s\n", dir.c_str());
+    Status st = model::make_model({.preset = "small-mixtral", .seed = 0, .out_dir = dir});
+    if (!st.is_ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
+  }
+  auto ck = model::Checkpoint::open(dir);
+  if (!ck.is_ok()) return std::fprintf(stderr, "%s\n", ck.status().to_string().c_str()), 1;
+  auto w = model::ModelWeights::load(ck->config, *ck->weights);
+  if (!w.is_ok()) return std::fprintf(stderr, "%s\n", w.status().to_string().c_str()), 1;
+  const auto& c = ck->config;
+
+  const double bw = bench::memcpy_gbps();
+  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld; memcpy bandwidth %.1f GB/s\n",
+              dir.c_str(), (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
+              (long long)c.moe.top_k, bw);
+  std::printf("%6s %14s %14s %14s %12s %10s\n", "batch", "prefill tok/s", "decode tok/s", "step ms",
+              "GB/s needed", "of memcpy");
+  const double H = c.hidden_size, I = c.moe.expert_intermediate;
+  const double attn_bytes = 4.0 * c.num_layers * (H * c.q_dim() * 2 + H * c.kv_dim() * 2 + 2 * H + H * c.moe.num_experts);
+  const double expert_bytes = 4.0 * 3 * H * I;
+  const double head_bytes = 4.0 * c.vocab_size * H;
+  for (int batch : {1, 4, 16}) {
+    engine::EngineOptions eo;
+    eo.num_blocks = batch * ((prompt_tokens + decode_tokens) / 16 + 2);
+    auto eng = engine::Engine::create(c, **w, eo);
+    std::vector<engine::GenerationRequest> reqs(static_cast<size_t>(batch));
+    for (int b = 0; b < batch; ++b) {
+      for (int t = 0; t < prompt_tokens; ++t) reqs[b].prompt.push_back((t * 7 + b * 13) % 1000 + 3);
+      reqs[b].max_tokens = decode_tokens;
+      reqs[b].sampling.temperature = 0;
+    }
+    auto res = (*eng)->generate(reqs);
+    if (!res.is_ok()) return std::fprintf(stderr, "%s\n", res.status().to_string().c_str()), 1;
+    const auto& s = (*eng)->stats();
+    const double steps = static_cast<double>(s.decode_tokens) / batch;
+    const double step_s = s.decode_seconds / steps;
+    // Distinct experts a batch touches per layer: at most all of them.
+    const double touched = std::min<double>(c.moe.num_experts, batch * c.moe.top_k);
+    const double kv_bytes = 4.0 * 2 * c.num_layers * c.kv_dim() * (prompt_tokens + decode_tokens / 2.0) * batch;
+    const double bytes = attn_bytes + c.num_layers * touched * expert_bytes + head_bytes + kv_bytes;
+    const double gbps = bytes / step_s / 1e9;
+    std::printf("%6d %14.1f %14.1f %14.2f %12.1f %9.0f%%\n", batch, s.prompt_tokens / s.prompt_seconds,
+                s.decode_tokens / s.decode_seconds, step_s * 1e3, gbps, 100.0 * gbps / bw);
+  }
+  return 0;
+}

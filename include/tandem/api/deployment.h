@@ -1,0 +1,66 @@
+// The deployment YAML: one file every role of a cluster reads (router, attention
+// nodes, expert nodes, and `tandem serve` which launches them). Parsing is strict:
+// an unknown key, a wrong type or an impossible number is refused with the file,
+// the key path and what is wrong.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tandem/common/status.h"
+
+namespace tandem::api {
+
+struct Endpoint {
+  std::string host = "127.0.0.1";
+  int port = 0;
+  std::string to_string() const { return host + ":" + std::to_string(port); }
+};
+
+struct DeploymentConfig {
+  std::string source;  // file it came from, for messages
+
+  // model
+  std::string model_path;
+  std::string served_name;  // default: the model directory's name
+
+  // cluster shape
+  int attention_nodes = 1;  // n_a
+  int expert_nodes = 1;     // n_e
+  int micro_batches = 1;    // m (ping-pong)
+  std::string device = "cpu";
+
+  // router
+  Endpoint router{"127.0.0.1", 50051};
+  int max_queue = 256;
+  int request_timeout_s = 600;
+
+  // attention nodes
+  int attention_base_port = 50100;  // node i listens on base + i
+  int max_running_sequences = 64;
+  int max_batch_tokens = 2048;
+  int kv_blocks = 1024;
+  int kv_block_size = 16;
+
+  // expert nodes
+  int expert_base_port = 50200;
+
+  // transport
+  std::string transport = "ucx";  // ucx | tcp
+  int transport_timeout_ms = 5000;
+
+  // logging
+  std::string log_level = "warn";
+
+  Endpoint attention_endpoint(int rank) const { return {router.host, attention_base_port + rank}; }
+  Endpoint expert_endpoint(int rank) const { return {router.host, expert_base_port + rank}; }
+
+  static Result<DeploymentConfig> from_yaml(const std::string& text, const std::string& source);
+  static Result<DeploymentConfig> from_file(const std::string& path);
+  // Checks that need the model (more expert nodes than experts, KV cache vs memory).
+  Status validate_against_model(int64_t num_experts, int64_t kv_bytes_per_token, size_t memory_bytes) const;
+  std::string to_yaml() const;
+};
+
+}  // namespace tandem::api

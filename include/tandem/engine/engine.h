@@ -1,0 +1,82 @@
+// Single-process generation: continuous batching over a paged KV cache, prefill in
+// chunks bounded by max_batch_tokens, batched decode, seeded sampling. This is the
+// reference the disaggregated cluster must reproduce token for token.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/kv_cache.h"
+#include "tandem/engine/model_runner.h"
+#include "tandem/kernels/cpu.h"
+
+namespace tandem::engine {
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int32_t max_tokens = 16;
+  kernels::cpu::SamplingParams sampling;
+  uint64_t seed = 0;
+  std::vector<int32_t> stop_token_ids;
+};
+
+enum class FinishReason { kLength, kStop };
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated tokens (a stop token is included)
+  FinishReason finish = FinishReason::kLength;
+};
+
+struct EngineOptions {
+  int64_t num_blocks = 512;
+  int64_t block_size = 16;
+  int64_t max_batch_tokens = 2048;
+  size_t max_kv_bytes = size_t{8} << 30;
+};
+
+struct EngineStats {
+  int64_t prompt_tokens = 0;
+  double prompt_seconds = 0;  // wall time of steps that carried prefill tokens
+  int64_t decode_tokens = 0;
+  double decode_seconds = 0;  // wall time of decode-only steps
+};
+
+// The per-sequence random stream: same seed, same draws, on every backend.
+class SamplerRng {
+ public:
+  explicit SamplerRng(uint64_t seed) : state_(seed) {}
+  float next_uniform();  // [0, 1) with 24 random bits
+
+ private:
+  uint64_t state_;
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> create(const model::ModelConfig& config,
+                                                const model::ModelWeights& weights, const EngineOptions& options);
+
+  using TokenCallback = std::function<void(size_t request_index, int32_t token)>;
+  // Runs every request to completion; on_token is called as each token is sampled.
+  Result<std::vector<GenerationResult>> generate(const std::vector<GenerationRequest>& requests,
+                                                 const TokenCallback& on_token = {});
+
+  const EngineStats& stats() const { return stats_; }
+  KvCache& kv_cache() { return *cache_; }
+
+ private:
+  Engine(const model::ModelConfig& config, const model::ModelWeights& weights, const EngineOptions& options,
+         std::unique_ptr<KvCache> cache);
+  Status validate(const GenerationRequest& r) const;
+
+  const model::ModelConfig& config_;
+  EngineOptions options_;
+  std::unique_ptr<KvCache> cache_;
+  ModelRunner runner_;
+  EngineStats stats_;
+};
+
+}  // namespace tandem::engine

@@ -1,1 +1,0 @@
-// Placeholder translation unit; the CUDA kernels land beside it.

@@ -1,0 +1,130 @@
+// Matrix products through cuBLAS: linear (FP32 and BF16) and the per-expert
+// SwiGLU FFN. Host-only C++: cublasGemmEx does the work.
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <string>
+
+#include "check.h"
+#include "tandem/kernels/cuda.h"
+
+namespace tandem::kernels::cuda {
+namespace {
+
+template <typename T>
+constexpr cudaDataType_t data_type();
+template <>
+constexpr cudaDataType_t data_type<float>() {
+  return CUDA_R_32F;
+}
+template <>
+constexpr cudaDataType_t data_type<Bf16>() {
+  return CUDA_R_16BF;
+}
+
+// Row-major y[n, out] = x[n, in] · w[out, in]ᵀ. cuBLAS is column-major, where
+// the same bytes are yᵀ [out, n] = w[in, out]ᵀ · xᵀ [in, n]: op(A) = T on w, B = x.
+// FP32 compute for every input type, so BF16 accumulates in FP32.
+template <typename TX, typename TY>
+Status gemm(const char* op, const TX* x, const TX* w, TY* y, int64_t n, int64_t in, int64_t out) {
+  TANDEM_CUDA_REQUIRE(op, n >= 0 && in >= 0 && out >= 0, "negative size");
+  TANDEM_CUDA_REQUIRE(op, detail::fits_int(n) && detail::fits_int(in) && detail::fits_int(out),
+                      "size over 2^31-1");
+  if (n == 0 || out == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, x && w && y, "null pointer");
+  if (in == 0) {
+    TANDEM_CUDA_CHECK(op, cudaMemsetAsync(y, 0, sizeof(TY) * n * out, detail::stream()));
+    return Status::ok();
+  }
+  TANDEM_ASSIGN_OR_RETURN(cublasHandle_t h, detail::cublas_handle(op));
+  const float alpha = 1.0f, beta = 0.0f;
+  TANDEM_CUBLAS_CHECK(op, cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
+                                       static_cast<int>(in), &alpha, w, data_type<TX>(), static_cast<int>(in),
+                                       x, data_type<TX>(), static_cast<int>(in), &beta, y, data_type<TY>(),
+                                       static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return Status::ok();
+}
+
+template <typename T, typename W>
+Status swiglu_host(const T* x_perm, T* y_perm, const int32_t* offsets, int64_t num_experts, const W* experts,
+                   int64_t hidden, int64_t inter, T* scratch) {
+  const char* op = "grouped_swiglu";
+  TANDEM_CUDA_REQUIRE(op, num_experts >= 0 && hidden > 0 && inter > 0, "bad sizes");
+  if (num_experts == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, offsets && experts, "null offsets or experts");
+  int64_t max_rows = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (offsets[e] < 0 || offsets[e + 1] < offsets[e]) {
+      return invalid_argument(std::string(op) + ": expert_offsets not non-decreasing at expert " +
+                              std::to_string(e));
+    }
+    max_rows = std::max<int64_t>(max_rows, offsets[e + 1] - offsets[e]);
+  }
+  if (max_rows == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, x_perm && y_perm && scratch, "null pointer");
+  // Scratch layout [gate | up], each max_rows * inter; the activation overwrites gate.
+  T* g = scratch;
+  T* u = scratch + max_rows * inter;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    const int64_t begin = offsets[e], rows = offsets[e + 1] - offsets[e];
+    if (rows == 0) continue;
+    const W& we = experts[e];
+    if (!we.gate || !we.up || !we.down) {
+      return invalid_argument(std::string(op) + ": expert " + std::to_string(e) + " has " +
+                              std::to_string(rows) + " rows but null weights");
+    }
+    const T* xe = x_perm + begin * hidden;
+    TANDEM_RETURN_IF_ERROR(gemm(op, xe, we.gate, g, rows, hidden, inter));
+    TANDEM_RETURN_IF_ERROR(gemm(op, xe, we.up, u, rows, hidden, inter));
+    TANDEM_RETURN_IF_ERROR(silu_mul(g, u, g, rows, inter).with_context(op));
+    TANDEM_RETURN_IF_ERROR(gemm(op, static_cast<const T*>(g), we.down, y_perm + begin * hidden, rows, inter, hidden));
+  }
+  return Status::ok();
+}
+
+template <typename T, typename W>
+Status swiglu_device(const T* x_perm, T* y_perm, const int32_t* expert_offsets, int64_t num_experts,
+                     const W* experts, int64_t hidden, int64_t inter, T* scratch) {
+  const char* op = "grouped_swiglu";
+  TANDEM_CUDA_REQUIRE(op, num_experts >= 0, "negative num_experts");
+  if (num_experts == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, expert_offsets, "null expert_offsets");
+  TANDEM_ASSIGN_OR_RETURN(const void* host,
+                          detail::read_back(expert_offsets, sizeof(int32_t) * (num_experts + 1), op));
+  return swiglu_host(x_perm, y_perm, static_cast<const int32_t*>(host), num_experts, experts, hidden, inter,
+                     scratch);
+}
+
+}  // namespace
+
+Status linear(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out) {
+  return gemm("linear", x, w, y, n, in, out);
+}
+Status linear(const Bf16* x, const Bf16* w, Bf16* y, int64_t n, int64_t in, int64_t out) {
+  return gemm("linear", x, w, y, n, in, out);
+}
+Status linear(const Bf16* x, const Bf16* w, float* y, int64_t n, int64_t in, int64_t out) {
+  return gemm("linear", x, w, y, n, in, out);
+}
+
+Status grouped_swiglu(const float* x_perm, float* y_perm, const int32_t* expert_offsets, int64_t num_experts,
+                      const ExpertWeights* experts, int64_t hidden, int64_t inter, float* scratch) {
+  return swiglu_device(x_perm, y_perm, expert_offsets, num_experts, experts, hidden, inter, scratch);
+}
+Status grouped_swiglu(const Bf16* x_perm, Bf16* y_perm, const int32_t* expert_offsets, int64_t num_experts,
+                      const ExpertWeightsBf16* experts, int64_t hidden, int64_t inter, Bf16* scratch) {
+  return swiglu_device(x_perm, y_perm, expert_offsets, num_experts, experts, hidden, inter, scratch);
+}
+Status grouped_swiglu_host_offsets(const float* x_perm, float* y_perm, const int32_t* host_offsets,
+                                   int64_t num_experts, const ExpertWeights* experts, int64_t hidden,
+                                   int64_t inter, float* scratch) {
+  return swiglu_host(x_perm, y_perm, host_offsets, num_experts, experts, hidden, inter, scratch);
+}
+Status grouped_swiglu_host_offsets(const Bf16* x_perm, Bf16* y_perm, const int32_t* host_offsets,
+                                   int64_t num_experts, const ExpertWeightsBf16* experts, int64_t hidden,
+                                   int64_t inter, Bf16* scratch) {
+  return swiglu_host(x_perm, y_perm, host_offsets, num_experts, experts, hidden, inter, scratch);
+}
+
+}  // namespace tandem::kernels::cuda

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Logits parity between HuggingFace transformers and tandem on make-model checkpoints.
+
+Generates each preset with `tandem make-model` (F32 weights), loads it with
+transformers unchanged, and records what HF computes:
+  * the token ids HF's tokenizer gives for fixed prompts,
+  * prefill logits at every position,
+  * 8 greedy tokens (with the KV cache) and the logits of each decode step,
+  * the chat template rendered by HF's apply_chat_template.
+The record is written as <out>/<preset>.safetensors; the C++ test
+tests/integration/generate/hf_parity_test.cpp recomputes everything with tandem
+and compares (relative error < 1e-3, tokens exact). With --check it also runs
+that test against the files just written.
+
+Usage: python3 scripts/hf_parity.py --tandem build/src/cli/tandem \
+           --out tests/fixtures/hf [--device cpu|cuda] [--check build]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+PRESETS = ["tiny-mixtral", "tiny-qwen3-moe"]
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Serving mixture-of-experts models: attention here, experts there!",
+    "1 2 3 4 5",
+]
+CHAT = [{"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another?"}]
+GREEDY_STEPS = 8
+SEED = 0
+
+
+def record(tandem, preset, out_dir, device):
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = os.path.join(tmp, preset)
+        subprocess.run([tandem, "make-model", "--preset", preset, "--seed", str(SEED), "--dtype", "F32",
+                        "--out", model_dir], check=True, stdout=subprocess.DEVNULL)
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                           output_loading_info=True)
+        problems = {k: v for k, v in info.items() if v}
+        if problems:
+            sys.exit(f"{preset}: transformers did not load the checkpoint cleanly: {problems}")
+        model = model.to(device).eval()
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        rec = {}
+        for i, text in enumerate(PROMPTS):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            x = torch.tensor([ids], device=device)
+            with torch.no_grad():
+                out = model(x, use_cache=True)
+            rec[f"p{i}.input_ids"] = torch.tensor(ids, dtype=torch.int32)
+            rec[f"p{i}.prefill_logits"] = out.logits[0].float().cpu()
+            past, nxt = out.past_key_values, out.logits[0, -1].argmax()
+            toks, steps = [], []
+            for _ in range(GREEDY_STEPS):
+                toks.append(int(nxt))
+                with torch.no_grad():
+                    o = model(nxt.view(1, 1), past_key_values=past, use_cache=True)
+                past = o.past_key_values
+                steps.append(o.logits[0, -1].float().cpu())
+                nxt = o.logits[0, -1].argmax()
+            rec[f"p{i}.greedy_tokens"] = torch.tensor(toks, dtype=torch.int32)
+            rec[f"p{i}.step_logits"] = torch.stack(steps)
+        chat = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+        meta = {"preset": preset, "seed": str(SEED), "dtype": "F32", "prompts": json.dumps(PROMPTS),
+                "chat_messages": json.dumps(CHAT), "chat_rendered": chat,
+                "transformers": __import__("transformers").__version__, "torch": torch.__version__,
+                "device": device}
+        path = os.path.join(out_dir, f"{preset}.safetensors")
+        save_file({k: v.contiguous() for k, v in rec.items()}, path, metadata=meta)
+        print(f"{preset}: wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tandem", required=True, help="path to the tandem binary")
+    ap.add_argument("--out", default="tests/fixtures/hf")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--check", metavar="BUILD_DIR", help="then run the C++ parity test from this build dir")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(a.out, exist_ok=True)
+    for preset in PRESETS:
+        record(a.tandem, preset, a.out, a.device)
+    if a.check:
+        env = dict(os.environ, TANDEM_HF_FIXTURES=os.path.abspath(a.out))
+        r = subprocess.run(["ctest", "--output-on-failure", "-R", "HfParity"], cwd=a.check, env=env)
+        sys.exit(r.returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+#include "tandem/api/deployment.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace tandem::api {
+
+namespace {
+
+// Walks a YAML mapping against a schema of known keys; every error names the
+// file, the key path and the problem.
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  Status error(const std::string& path, const std::string& what) const {
+    return invalid_argument(source_ + ": " + path + ": " + what);
+  }
+
+  template <typename T>
+  Status scalar(const YAML::Node& node, const std::string& path, T& out) {
+    if (!node.IsScalar()) return error(path, "expected a scalar value");
+    try {
+      out = node.as<T>();
+    } catch (const YAML::Exception&) {
+      return error(path, "expected " + type_name<T>() + ", got '" + node.Scalar() + "'");
+    }
+    return Status::ok();
+  }
+
+  Status integer(const YAML::Node& node, const std::string& path, int& out, int lo, int hi) {
+    TANDEM_RETURN_IF_ERROR(scalar(node, path, out));
+    if (out < lo || out > hi)
+      return error(path, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                             std::to_string(out));
+    return Status::ok();
+  }
+
+  // Calls the handler of each key; unknown keys are an error listing the known ones.
+  Status mapping(const YAML::Node& node, const std::string& path,
+                 const std::map<std::string, std::function<Status(const YAML::Node&, const std::string&)>>& keys) {
+    if (!node.IsMap()) return error(path.empty() ? "(top level)" : path, "expected a mapping");
+    std::set<std::string> seen;
+    for (const auto& kv : node) {
+      const std::string key = kv.first.as<std::string>();
+      const std::string p = path.empty() ? key : path + "." + key;
+      auto it = keys.find(key);
+      if (it == keys.end()) {
+        std::string known;
+        for (const auto& k : keys) known += (known.empty() ? "" : ", ") + k.first;
+        return error(p, "unknown key (known here: " + known + ")");
+      }
+      if (!seen.insert(key).second) return error(p, "duplicate key");
+      TANDEM_RETURN_IF_ERROR(it->second(kv.second, p));
+    }
+    return Status::ok();
+  }
+
+ private:
+  template <typename T>
+  static std::string type_name() {
+    if constexpr (std::is_same_v<T, int>) return "an integer";
+    else if constexpr (std::is_same_v<T, bool>) return "true/false";
+    else return "a string";
+  }
+  std::string source_;
+};
+
+Status parse_endpoint(Reader& r, const YAML::Node& n, const std::string& path, Endpoint& e) {
+  std::string s;
+  TANDEM_RETURN_IF_ERROR(r.scalar(n, path, s));
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) return r.error(path, "expected host:port, got '" + s + "'");
+  e.host = s.substr(0, colon);
+  try {
+    size_t used = 0;
+    e.port = std::stoi(s.substr(colon + 1), &used);
+    if (used != s.size() - colon - 1) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    return r.error(path, "port in '" + s + "' is not a number");
+  }
+  if (e.port <= 0 || e.port > 65535) return r.error(path, "port must be in [1, 65535]");
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return invalid_argument(source + ": not valid YAML: " + e.what());
+  }
+  DeploymentConfig c;
+  c.source = source;
+  Reader r(source);
+  using Handler = std::function<Status(const YAML::Node&, const std::string&)>;
+  // Handlers hold a pointer to the field they fill.
+  auto str = [&r](std::string& out) -> Handler {
+    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.scalar(n, p, *o); };
+  };
+  auto num = [&r](int& out, int lo, int hi) -> Handler {
+    return [&r, o = &out, lo, hi](const YAML::Node& n, const std::string& p) { return r.integer(n, p, *o, lo, hi); };
+  };
+  constexpr int kBig = 1 << 30;
+  Status st = r.mapping(
+      root, "",
+      {{"model", [&](const YAML::Node& n, const std::string& p) {
+          return r.mapping(n, p, {{"path", str(c.model_path)}, {"served_name", str(c.served_name)}});
+        }},
+       {"cluster", [&](const YAML::Node& n, const std::string& p) {
+          return r.mapping(n, p, {{"attention_nodes", num(c.attention_nodes, 1, 64)},
+                                  {"expert_nodes", num(c.expert_nodes, 1, 256)},
+                                  {"micro_batches", num(c.micro_batches, 1, 16)},
+                                  {"device", str(c.device)}});
+        }},
+       {"router", [&](const YAML::Node& n, const std::string& p) {
+          return r.mapping(n, p, {{"listen", [&](const YAML::Node& v, const std::string& q) {
+                                     return parse_endpoint(r, v, q, c.router);
+                                   }},
+                                  {"max_queue", num(c.max_queue, 1, kBig)},
+                                  {"request_timeout_s", num(c.request_timeout_s, 1, 86400)}});
+        }},
+       {"attention", [&](const YAML::Node& n, const std::string& p) {
+          return r.mapping(n, p, {{"base_port", num(c.attention_base_port, 1, 65535)},
+                                  {"max_running_sequences", num(c.max_running_sequences, 1, kBig)},
+                                  {"max_batch_tokens", num(c.max_batch_tokens, 1, kBig)},
+                                  {"kv_blocks", num(c.kv_blocks, 1, kBig)},
+                                  {"kv_block_size", num(c.kv_block_size, 1, 1024)}});
+        }},
+       {"expert", [&](const YAML::Node& n, const std::string& p) {
+          return r.mapping(n, p, {{"base_port", num(c.expert_base_port, 1, 65535)}});
+        }},
+       {"transport", [&](const YAML::Node& n, const std::string& p) {
+          return r.mapping(n, p, {{"backend", str(c.transport)}, {"timeout_ms", num(c.transport_timeout_ms, 1, 3600000)}});
+        }},
+       {"logging", [&](const YAML::Node& n, const std::string& p) {
+          return r.mapping(n, p, {{"level", str(c.log_level)}});
+        }}});
+  if (!st.is_ok()) return st;
+
+  if (c.model_path.empty()) return r.error("model.path", "required");
+  if (c.device != "cpu" && c.device != "cuda") return r.error("cluster.device", "must be cpu or cuda, got '" + c.device + "'");
+  if (c.transport != "ucx" && c.transport != "tcp")
+    return r.error("transport.backend", "must be ucx or tcp, got '" + c.transport + "'");
+  if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warn" && c.log_level != "error")
+    return r.error("logging.level", "must be debug, info, warn or error");
+  if (c.max_batch_tokens < c.micro_batches)
+    return r.error("attention.max_batch_tokens", "must be at least cluster.micro_batches");
+  // Port ranges of the roles must not collide.
+  std::set<int> ports{c.router.port};
+  for (int i = 0; i < c.attention_nodes; ++i)
+    if (!ports.insert(c.attention_base_port + i).second || c.attention_base_port + i > 65535)
+      return r.error("attention.base_port", "ports " + std::to_string(c.attention_base_port) + ".." +
+                                                std::to_string(c.attention_base_port + c.attention_nodes - 1) +
+                                                " collide with other roles or exceed 65535");
+  for (int i = 0; i < c.expert_nodes; ++i)
+    if (!ports.insert(c.expert_base_port + i).second || c.expert_base_port + i > 65535)
+      return r.error("expert.base_port", "ports " + std::to_string(c.expert_base_port) + ".." +
+                                             std::to_string(c.expert_base_port + c.expert_nodes - 1) +
+                                             " collide with other roles or exceed 65535");
+  if (c.served_name.empty()) {
+    std::string p = c.model_path;
+    while (!p.empty() && p.back() == '/') p.pop_back();
+    c.served_name = p.substr(p.find_last_of('/') == std::string::npos ? 0 : p.find_last_of('/') + 1);
+  }
+  return c;
+}
+
+Result<DeploymentConfig> DeploymentConfig::from_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return not_found(path + ": cannot open deployment file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return from_yaml(ss.str(), path);
+}
+
+Status DeploymentConfig::validate_against_model(int64_t num_experts, int64_t kv_bytes_per_token,
+                                                size_t memory_bytes) const {
+  if (expert_nodes > num_experts)
+    return invalid_argument(source + ": cluster.expert_nodes: " + std::to_string(expert_nodes) +
+                            " expert nodes but the model has only " + std::to_string(num_experts) + " experts");
+  const double kv = static_cast<double>(kv_blocks) * kv_block_size * static_cast<double>(kv_bytes_per_token);
+  if (kv > static_cast<double>(memory_bytes))
+    return invalid_argument(source + ": attention.kv_blocks: " + std::to_string(kv_blocks) + " blocks of " +
+                            std::to_string(kv_block_size) + " tokens need " +
+                            std::to_string(static_cast<long long>(kv / (1 << 20))) + " MiB per attention node, " +
+                            "more than the " + std::to_string(memory_bytes >> 20) + " MiB available");
+  return Status::ok();
+}
+
+std::string DeploymentConfig::to_yaml() const {
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  e << YAML::Key << "model" << YAML::Value << YAML::BeginMap << YAML::Key << "path" << YAML::Value << model_path
+    << YAML::Key << "served_name" << YAML::Value << served_name << YAML::EndMap;
+  e << YAML::Key << "cluster" << YAML::Value << YAML::BeginMap << YAML::Key << "attention_nodes" << YAML::Value
+    << attention_nodes << YAML::Key << "expert_nodes" << YAML::Value << expert_nodes << YAML::Key
+    << "micro_batches" << YAML::Value << micro_batches << YAML::Key << "device" << YAML::Value << device
+    << YAML::EndMap;
+  e << YAML::Key << "router" << YAML::Value << YAML::BeginMap << YAML::Key << "listen" << YAML::Value
+    << router.to_string() << YAML::Key << "max_queue" << YAML::Value << max_queue << YAML::Key
+    << "request_timeout_s" << YAML::Value << request_timeout_s << YAML::EndMap;
+  e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
+    << attention_base_port << YAML::Key << "max_running_sequences" << YAML::Value << max_running_sequences
+    << YAML::Key << "max_batch_tokens" << YAML::Value << max_batch_tokens << YAML::Key << "kv_blocks"
+    << YAML::Value << kv_blocks << YAML::Key << "kv_block_size" << YAML::Value << kv_block_size << YAML::EndMap;
+  e << YAML::Key << "expert" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
+    << expert_base_port << YAML::EndMap;
+  e << YAML::Key << "transport" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
+    << transport << YAML::Key << "timeout_ms" << YAML::Value << transport_timeout_ms << YAML::EndMap;
+  e << YAML::Key << "logging" << YAML::Value << YAML::BeginMap << YAML::Key << "level" << YAML::Value << log_level
+    << YAML::EndMap;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+}  // namespace tandem::api

@@ -1,0 +1,188 @@
+// End-to-end single-process generation on generated tiny checkpoints.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "naive_forward.h"
+#include "tandem/engine/engine.h"
+#include "test_model.h"
+
+namespace tandem {
+namespace {
+
+using testing::tiny_model;
+
+std::unique_ptr<engine::Engine> make_engine(const testing::LoadedModel& m, engine::EngineOptions o = {}) {
+  auto e = engine::Engine::create(m.ck.config, *m.weights, o);
+  EXPECT_TRUE(e.is_ok()) << e.status().to_string();
+  return std::move(e).value();
+}
+
+std::vector<int32_t> prompt_ids(const testing::LoadedModel& m, const std::string& text) {
+  auto ids = m.ck.tokenizer->encode(text);
+  EXPECT_TRUE(ids.is_ok()) << ids.status().to_string();
+  return *ids;
+}
+
+class EngineOnPreset : public ::testing::TestWithParam<std::string> {};
+
+// Greedy decode through the paged KV cache equals recomputing the whole sequence
+// from scratch every step in double precision.
+TEST_P(EngineOnPreset, GreedyDecodeMatchesFullRecompute) {
+  const auto& m = tiny_model(GetParam());
+  auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, "The quick brown fox jumps over the lazy dog.");
+  req.max_tokens = 12;
+  req.sampling.temperature = 0;
+  auto res = eng->generate({req});
+  ASSERT_TRUE(res.is_ok()) << res.status().to_string();
+  const auto& got = (*res)[0].tokens;
+  ASSERT_EQ(got.size(), 12u);
+
+  std::vector<int32_t> seq = req.prompt;
+  for (size_t step = 0; step < got.size(); ++step) {
+    auto logits = testing::naive_last_logits(m.ck.config, *m.weights, seq);
+    std::vector<size_t> order(logits.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + 2, order.end(),
+                      [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+    const double margin = logits[order[0]] - logits[order[1]];
+    if (margin < 1e-4) {
+      GTEST_LOG_(INFO) << "stopping comparison at step " << step << ": reference top-2 margin " << margin;
+      break;
+    }
+    ASSERT_EQ(got[step], static_cast<int32_t>(order[0])) << "step " << step << " margin " << margin;
+    seq.push_back(got[step]);
+  }
+}
+
+TEST_P(EngineOnPreset, PrefillLogitsMatchFullRecompute) {
+  const auto& m = tiny_model(GetParam());
+  const auto& c = m.ck.config;
+  auto cache = engine::KvCache::create({c.num_layers, 16, 16, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
+  ASSERT_TRUE(cache.is_ok());
+  engine::ModelRunner runner(c, *m.weights, cache->get());
+  std::vector<int32_t> toks = prompt_ids(m, "Serving mixture-of-experts models on two cores.");
+  engine::SequenceKv kv;
+  ASSERT_TRUE(kv.reserve(**cache, static_cast<int64_t>(toks.size())).is_ok());
+  engine::ForwardBatch b;
+  for (size_t i = 0; i < toks.size(); ++i) {
+    b.tokens.push_back(toks[i]);
+    b.positions.push_back(static_cast<int32_t>(i));
+    b.seq_of_token.push_back(0);
+    b.slots.push_back(kv.slot(static_cast<int64_t>(i), 16));
+    b.ctx_len.push_back(static_cast<int32_t>(i + 1));
+  }
+  b.block_tables = kv.blocks();
+  b.max_blocks_per_seq = static_cast<int64_t>(kv.blocks().size());
+  b.logits_rows = {static_cast<int32_t>(toks.size() - 1)};
+  std::vector<float> logits;
+  runner.forward(b, logits);
+  auto ref = testing::naive_last_logits(c, *m.weights, toks);
+  double max_ref = 1, max_err = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    max_ref = std::max(max_ref, std::abs(ref[i]));
+    max_err = std::max(max_err, std::abs(ref[i] - logits[i]));
+  }
+  EXPECT_LT(max_err / max_ref, 1e-4) << "max abs error " << max_err;
+}
+
+TEST_P(EngineOnPreset, SameSeedSameTokensDifferentSeedDifferentTokens) {
+  const auto& m = tiny_model(GetParam());
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, "Once upon a time");
+  req.max_tokens = 24;
+  req.sampling = {.temperature = 1.0f, .top_k = 50, .top_p = 0.95f};
+  req.seed = 1234;
+  auto a = make_engine(m)->generate({req});
+  auto b = make_engine(m)->generate({req});
+  req.seed = 99;
+  auto c = make_engine(m)->generate({req});
+  ASSERT_TRUE(a.is_ok() && b.is_ok() && c.is_ok());
+  EXPECT_EQ((*a)[0].tokens, (*b)[0].tokens);
+  EXPECT_NE((*a)[0].tokens, (*c)[0].tokens);
+}
+
+// Several sequences batched together, with chunked prefill and small blocks,
+// produce exactly what each produces alone.
+TEST_P(EngineOnPreset, BatchedEqualsSequential) {
+  const auto& m = tiny_model(GetParam());
+  std::vector<engine::GenerationRequest> reqs;
+  const char* prompts[] = {"Hello", "The cat sat on the mat and looked out of the window at the rain.",
+                           "1 2 3 4 5 6 7 8 9 10", "Bonjour, comment allez-vous?"};
+  uint64_t seed = 7;
+  for (const char* p : prompts) {
+    engine::GenerationRequest r;
+    r.prompt = prompt_ids(m, p);
+    r.max_tokens = 10;
+    r.sampling.temperature = seed % 2 ? 0.9f : 0.0f;
+    r.seed = seed++;
+    reqs.push_back(r);
+  }
+  auto batched = make_engine(m, {.num_blocks = 64, .block_size = 4, .max_batch_tokens = 7})->generate(reqs);
+  ASSERT_TRUE(batched.is_ok()) << batched.status().to_string();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto alone = make_engine(m, {.num_blocks = 64, .block_size = 16})->generate({reqs[i]});
+    ASSERT_TRUE(alone.is_ok());
+    EXPECT_EQ((*batched)[i].tokens, (*alone)[0].tokens) << "request " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, EngineOnPreset, ::testing::Values("tiny-mixtral", "tiny-qwen3-moe"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+TEST(Engine, StopsAtStopTokenAndReportsFinishReason) {
+  const auto& m = tiny_model("tiny-mixtral");
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, "Stop here");
+  req.max_tokens = 8;
+  req.sampling.temperature = 0;
+  auto free_run = make_engine(m)->generate({req});
+  ASSERT_TRUE(free_run.is_ok());
+  req.stop_token_ids = {(*free_run)[0].tokens[2]};
+  auto stopped = make_engine(m)->generate({req});
+  ASSERT_TRUE(stopped.is_ok());
+  const auto& toks = (*stopped)[0].tokens;
+  auto first = std::find(toks.begin(), toks.end(), req.stop_token_ids[0]);
+  ASSERT_NE(first, toks.end());
+  EXPECT_EQ(first + 1, toks.end());
+  EXPECT_EQ((*stopped)[0].finish, engine::FinishReason::kStop);
+  EXPECT_EQ((*free_run)[0].finish, engine::FinishReason::kLength);
+}
+
+TEST(Engine, RejectsInvalidRequestsNamingTheField) {
+  const auto& m = tiny_model("tiny-mixtral");
+  auto eng = make_engine(m, {.num_blocks = 4, .block_size = 4});
+  engine::GenerationRequest r;
+  r.prompt = {};
+  EXPECT_NE(eng->generate({r}).status().message().find("prompt"), std::string::npos);
+  r.prompt = {1, static_cast<int32_t>(m.ck.config.vocab_size)};
+  EXPECT_NE(eng->generate({r}).status().message().find("prompt[1]"), std::string::npos);
+  r.prompt = {1, 2};
+  r.max_tokens = 0;
+  EXPECT_NE(eng->generate({r}).status().message().find("max_tokens"), std::string::npos);
+  r.max_tokens = 100;  // 102 tokens need 26 blocks of 4; the cache has 4
+  auto full = eng->generate({r});
+  EXPECT_EQ(full.status().code(), StatusCode::kResourceExhausted) << full.status().to_string();
+  r.max_tokens = 4;
+  r.sampling.top_p = 0;
+  EXPECT_NE(eng->generate({r}).status().message().find("top_p"), std::string::npos);
+}
+
+TEST(Engine, FreesAllKvBlocksWhenDone) {
+  const auto& m = tiny_model("tiny-mixtral");
+  auto eng = make_engine(m, {.num_blocks = 32, .block_size = 4});
+  engine::GenerationRequest r;
+  r.prompt = prompt_ids(m, "Blocks come back");
+  r.max_tokens = 9;
+  ASSERT_TRUE(eng->generate({r, r, r}).is_ok());
+  EXPECT_EQ(eng->kv_cache().allocator().num_free(), 32);
+}
+
+}  // namespace
+}  // namespace tandem

@@ -1,0 +1,55 @@
+// Shared helpers: a generated tiny checkpoint in a temp dir, loaded once per preset.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "tandem/model/checkpoint.h"
+#include "tandem/model/make_model.h"
+#include "tandem/model/weights.h"
+
+namespace tandem::testing {
+
+struct LoadedModel {
+  std::string dir;
+  model::Checkpoint ck;
+  std::unique_ptr<model::ModelWeights> weights;
+};
+
+inline std::string fresh_dir(const std::string& name) {
+  auto d = std::filesystem::path(::testing::TempDir()) / ("tandem_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(d);
+  return d.string();
+}
+
+// Generates (once per process) and loads a preset model.
+inline const LoadedModel& tiny_model(const std::string& preset, DType dtype = DType::kF32, uint64_t seed = 0) {
+  static std::map<std::string, std::unique_ptr<LoadedModel>> cache;
+  const std::string key = preset + "/" + std::string(dtype_name(dtype)) + "/" + std::to_string(seed);
+  auto& slot = cache[key];
+  if (!slot) {
+    auto m = std::make_unique<LoadedModel>();
+    m->dir = fresh_dir(preset + "_" + std::string(dtype_name(dtype)) + "_" + std::to_string(seed));
+    model::MakeModelOptions o;
+    o.preset = preset;
+    o.seed = seed;
+    o.out_dir = m->dir;
+    o.dtype = dtype;
+    Status st = model::make_model(o);
+    if (!st.is_ok()) throw std::runtime_error(st.to_string());
+    auto ck = model::Checkpoint::open(m->dir);
+    if (!ck.is_ok()) throw std::runtime_error(ck.status().to_string());
+    m->ck = std::move(ck).value();
+    auto w = model::ModelWeights::load(m->ck.config, *m->ck.weights);
+    if (!w.is_ok()) throw std::runtime_error(w.status().to_string());
+    m->weights = std::move(w).value();
+    slot = std::move(m);
+  }
+  return *slot;
+}
+
+}  // namespace tandem::testing

@@ -1,0 +1,65 @@
+#include <gtest/gtest.h>
+
+#include "tandem/api/deployment.h"
+
+namespace tandem::api {
+namespace {
+
+TEST(Deployment, ParsesShippedLocalConfig) {
+  auto c = DeploymentConfig::from_file(std::string(TANDEM_SOURCE_DIR) + "/configs/local.yaml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->model_path, "models/small-mixtral");
+  EXPECT_EQ(c->served_name, "small-mixtral");
+  EXPECT_EQ(c->attention_nodes, 2);
+  EXPECT_EQ(c->expert_nodes, 2);
+  EXPECT_EQ(c->micro_batches, 2);
+  EXPECT_EQ(c->router.port, 50051);
+  EXPECT_EQ(c->attention_endpoint(1).port, 50101);
+  EXPECT_EQ(c->transport, "ucx");
+}
+
+TEST(Deployment, RoundTripsThroughYaml) {
+  auto c = DeploymentConfig::from_yaml("model: {path: /m/x}\ncluster: {expert_nodes: 3, micro_batches: 3}\n", "a.yaml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  auto d = DeploymentConfig::from_yaml(c->to_yaml(), "b.yaml");
+  ASSERT_TRUE(d.is_ok()) << d.status().to_string() << "\n" << c->to_yaml();
+  EXPECT_EQ(d->to_yaml(), c->to_yaml());
+  EXPECT_EQ(d->expert_nodes, 3);
+}
+
+void expect_refused(const std::string& yaml, const std::string& key_path, const std::string& what = "") {
+  auto c = DeploymentConfig::from_yaml(yaml, "bad.yaml");
+  ASSERT_FALSE(c.is_ok()) << yaml;
+  const std::string& m = c.status().message();
+  EXPECT_NE(m.find("bad.yaml"), std::string::npos) << m;
+  EXPECT_NE(m.find(key_path), std::string::npos) << m;
+  if (!what.empty()) EXPECT_NE(m.find(what), std::string::npos) << m;
+}
+
+TEST(Deployment, RefusesBadYamlWithKeyPath) {
+  expect_refused("model: {path: m}\nclustr: {}\n", "clustr", "unknown key");
+  expect_refused("model: {path: m}\ncluster: {expert_node: 2}\n", "cluster.expert_node", "unknown key");
+  expect_refused("model: {path: m}\ncluster: {expert_nodes: two}\n", "cluster.expert_nodes", "integer");
+  expect_refused("model: {path: m}\ncluster: {micro_batches: 0}\n", "cluster.micro_batches", "[1, 16]");
+  expect_refused("model: {path: m}\nrouter: {listen: localhost}\n", "router.listen", "host:port");
+  expect_refused("model: {path: m}\nrouter: {listen: 'h:99999'}\n", "router.listen", "65535");
+  expect_refused("model: {path: m}\ntransport: {backend: carrier-pigeon}\n", "transport.backend");
+  expect_refused("cluster: {expert_nodes: 2}\n", "model.path", "required");
+  expect_refused("model: [1, 2]\n", "model", "mapping");
+  expect_refused("model: {path: m}\nattention: {base_port: 50051}\n", "attention.base_port", "collide");
+  expect_refused("model: {path: m\n", "not valid YAML");
+}
+
+TEST(Deployment, ValidatesAgainstModel) {
+  auto c = DeploymentConfig::from_yaml("model: {path: m}\ncluster: {expert_nodes: 9}\n", "d.yaml");
+  ASSERT_TRUE(c.is_ok());
+  Status st = c->validate_against_model(8, 1024, size_t{1} << 34);
+  EXPECT_NE(st.message().find("cluster.expert_nodes"), std::string::npos) << st.message();
+  c->expert_nodes = 2;
+  st = c->validate_against_model(8, 1 << 20, size_t{1} << 30);
+  EXPECT_NE(st.message().find("attention.kv_blocks"), std::string::npos) << st.message();
+  EXPECT_TRUE(c->validate_against_model(8, 1024, size_t{1} << 34).is_ok());
+}
+
+}  // namespace
+}  // namespace tandem::api
