@@ -18,6 +18,18 @@ void kv_cache_write(const float* k, const float* v, const int64_t* slots, int64_
 }
 
 namespace {
+// Dot product with eight independent partial sums: strict IEEE ordering would
+// otherwise stop the compiler from vectorising the reduction.
+inline float dot(const float* a, const float* b, int64_t d) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < d; ++i) s += a[i] * b[i];
+  return s;
+}
+
 // softmax(scores[0..len)) · V for one (query, head); `key(j)`/`value(j)` locate position j.
 template <typename KeyAt, typename ValueAt>
 void attend_one(const float* q, float* out, int64_t len, int64_t d, float scale, std::vector<float>& s,
@@ -25,10 +37,7 @@ void attend_one(const float* q, float* out, int64_t len, int64_t d, float scale,
   s.resize(static_cast<size_t>(len));
   float m = -INFINITY;
   for (int64_t j = 0; j < len; ++j) {
-    const float* kj = key(j);
-    float dot = 0;
-    for (int64_t i = 0; i < d; ++i) dot += q[i] * kj[i];
-    s[j] = dot * scale;
+    s[j] = dot(q, key(j), d) * scale;
     m = std::max(m, s[j]);
   }
   float z = 0;
