@@ -188,7 +188,10 @@ Result<ModelConfig> parse(const json& j, const std::string& source) {
     }
     case Architecture::kQwen2Moe:
     case Architecture::kQwen3Moe: {
-      TANDEM_ASSIGN_OR_RETURN(m.num_experts, f.positive("num_experts"));
+      // Hub checkpoints say num_experts; transformers 5.x writes num_local_experts.
+      TANDEM_ASSIGN_OR_RETURN(m.num_experts,
+                              f.positive(f.has("num_local_experts") && !f.has("num_experts") ? "num_local_experts"
+                                                                                            : "num_experts"));
       TANDEM_ASSIGN_OR_RETURN(m.top_k, f.positive("num_experts_per_tok"));
       TANDEM_ASSIGN_OR_RETURN(m.expert_intermediate, f.positive("moe_intermediate_size"));
       TANDEM_ASSIGN_OR_RETURN(c.dense_intermediate, f.integer("intermediate_size", 0));
