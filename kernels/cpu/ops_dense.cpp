@@ -1,6 +1,9 @@
 // Dense ops: matrix products (BLAS), embedding, norms, RoPE, SwiGLU activation.
 #include <cblas.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -9,16 +12,36 @@
 
 namespace tandem::kernels::cpu {
 
+namespace {
+// OpenBLAS's own threads and our OpenMP threads oversubscribe the cores (its
+// pthread pool spins while OpenMP workers run). One threading model: OpenBLAS
+// runs single-threaded inside each OpenMP worker, which owns a slice of outputs.
+const bool kBlasSingleThreaded = [] {
+  openblas_set_num_threads(1);
+  return true;
+}();
+}  // namespace
+
 void linear(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out) {
+  (void)kBlasSingleThreaded;
   if (n <= 0 || out <= 0) return;
   if (in <= 0) {
     std::memset(y, 0, static_cast<size_t>(n * out) * sizeof(float));
     return;
   }
-  // y = x · wᵀ with w in nn.Linear [out, in] layout: no transpose copy needed.
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(out),
-              static_cast<int>(in), 1.0f, x, static_cast<int>(in), w, static_cast<int>(in), 0.0f, y,
-              static_cast<int>(out));
+  // y[:, o0:o1] = x · w[o0:o1]ᵀ per thread; slices of whole cache lines of y.
+  const int64_t work = n * in * out;
+  const int threads = work < (1 << 18) ? 1 : omp_get_max_threads();
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t chunk = ((out + nt - 1) / nt + 15) / 16 * 16;
+    const int64_t o0 = std::min(out, t * chunk), o1 = std::min(out, o0 + chunk);
+    if (o1 > o0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o1 - o0),
+                  static_cast<int>(in), 1.0f, x, static_cast<int>(in), w + o0 * in, static_cast<int>(in), 0.0f,
+                  y + o0, static_cast<int>(out));
+  }
 }
 
 void embedding(const float* table, const int32_t* ids, float* out, int64_t n, int64_t hidden) {
