@@ -18,6 +18,7 @@ float SamplerRng::next_uniform() {
 Result<std::unique_ptr<Engine>> Engine::create(const model::ModelConfig& config, const model::ModelWeights& weights,
                                                const EngineOptions& options) {
   if (options.max_batch_tokens <= 0) return invalid_argument("max_batch_tokens must be positive");
+  if (options.micro_batches <= 0) return invalid_argument("micro_batches must be positive");
   KvCacheShape shape{config.num_layers, options.num_blocks, options.block_size, config.num_kv_heads,
                      config.head_dim};
   TANDEM_ASSIGN_OR_RETURN(auto cache, KvCache::create(shape, options.max_kv_bytes));
@@ -26,7 +27,12 @@ Result<std::unique_ptr<Engine>> Engine::create(const model::ModelConfig& config,
 
 Engine::Engine(const model::ModelConfig& config, const model::ModelWeights& weights, const EngineOptions& options,
                std::unique_ptr<KvCache> cache)
-    : config_(config), options_(options), cache_(std::move(cache)), runner_(config, weights, cache_.get()) {}
+    : config_(config),
+      options_(options),
+      cache_(std::move(cache)),
+      runner_(config, weights, cache_.get()),
+      local_experts_(runner_),
+      experts_(&local_experts_) {}
 
 Status Engine::validate(const GenerationRequest& r) const {
   if (r.prompt.empty()) return invalid_argument("prompt: must hold at least one token");
@@ -120,7 +126,7 @@ Result<std::vector<GenerationResult>> Engine::generate(const std::vector<Generat
                 b.block_tables.begin() + static_cast<int64_t>(r) * b.max_blocks_per_seq);
 
     const auto t0 = std::chrono::steady_clock::now();
-    runner_.forward(b, logits);
+    TANDEM_RETURN_IF_ERROR(forward_pipelined(runner_, b, options_.micro_batches, *experts_, logits));
     for (size_t r = 0; r < sampled.size(); ++r) {
       SeqState& s = *sampled[r];
       const GenerationRequest& req = requests[s.request];

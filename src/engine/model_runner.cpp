@@ -1,5 +1,7 @@
 #include "tandem/engine/model_runner.h"
 
+#include "tandem/engine/expert_executor.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -161,25 +163,10 @@ void ModelRunner::lm_head(const float* hidden, const std::vector<int32_t>& rows,
 }
 
 void ModelRunner::forward(const ForwardBatch& b, std::vector<float>& logits) {
-  const auto& c = config_;
-  const int64_t T = b.num_tokens(), H = c.hidden_size, K = c.moe.top_k;
-  std::vector<float> hidden(static_cast<size_t>(T * H)), moe_in(static_cast<size_t>(T * H)),
-      moe_out(static_cast<size_t>(T * H));
-  std::vector<int32_t> idx(static_cast<size_t>(T * K));
-  std::vector<float> w(static_cast<size_t>(T * K));
-  embed(b, hidden.data());
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    attention(l, b, hidden.data(), moe_in.data());
-    std::fill(moe_out.begin(), moe_out.end(), 0.0f);
-    if (weights_.layers[static_cast<size_t>(l)].is_moe) {
-      route(l, moe_in.data(), T, idx.data(), w.data());
-      experts(l, moe_in.data(), T, idx.data(), w.data(), moe_out.data());
-    }
-    local_ffn(l, moe_in.data(), T, moe_out.data());
-    for (size_t i = 0; i < hidden.size(); ++i) hidden[i] += moe_out[i];
-  }
-  logits.resize(b.logits_rows.size() * static_cast<size_t>(c.vocab_size));
-  lm_head(hidden.data(), b.logits_rows, logits.data());
+  // One code path for every shape: a single micro-batch with the experts here.
+  LocalExpertExecutor local(*this);
+  Status st = forward_pipelined(*this, b, 1, local, logits);
+  (void)st;  // the local executor cannot fail
 }
 
 }  // namespace tandem::engine

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tandem/common/status.h"
+#include "tandem/engine/expert_executor.h"
 #include "tandem/engine/kv_cache.h"
 #include "tandem/engine/model_runner.h"
 #include "tandem/kernels/cpu.h"
@@ -35,6 +36,7 @@ struct EngineOptions {
   int64_t block_size = 16;
   int64_t max_batch_tokens = 2048;
   size_t max_kv_bytes = size_t{8} << 30;
+  int micro_batches = 1;  // ping-pong micro-batches per step (m)
 };
 
 struct EngineStats {
@@ -65,17 +67,22 @@ class Engine {
                                                  const TokenCallback& on_token = {});
 
   const EngineStats& stats() const { return stats_; }
+  // Runs the experts through `experts` (not owned) instead of in this process.
+  void set_expert_executor(ExpertExecutor* experts) { experts_ = experts; }
   KvCache& kv_cache() { return *cache_; }
 
  private:
   Engine(const model::ModelConfig& config, const model::ModelWeights& weights, const EngineOptions& options,
          std::unique_ptr<KvCache> cache);
+
   Status validate(const GenerationRequest& r) const;
 
   const model::ModelConfig& config_;
   EngineOptions options_;
   std::unique_ptr<KvCache> cache_;
   ModelRunner runner_;
+  LocalExpertExecutor local_experts_;
+  ExpertExecutor* experts_;
   EngineStats stats_;
 };
 

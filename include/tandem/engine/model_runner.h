@@ -22,7 +22,7 @@ struct ForwardBatch {
   std::vector<int32_t> ctx_len;       // [T] positions visible to this token (pos + 1)
   std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq]
   int64_t max_blocks_per_seq = 0;
-  std::vector<int32_t> logits_rows;   // tokens whose next-token logits are wanted
+  std::vector<int32_t> logits_rows;   // tokens whose next-token logits are wanted (increasing)
 
   int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
 };
@@ -51,6 +51,7 @@ class ModelRunner {
   void lm_head(const float* hidden, const std::vector<int32_t>& rows, float* logits);
 
   const model::ModelConfig& config() const { return config_; }
+  bool layer_is_moe(int64_t layer) const { return weights_.layers[static_cast<size_t>(layer)].is_moe; }
 
  private:
   void ffn(const model::FfnWeights& w, int64_t inter, const float* x, int64_t n, float* out);

@@ -1,0 +1,51 @@
+// Where the experts of a MoE layer run. The attention side hands over the
+// routed tokens of one micro-batch and collects the combined expert output
+// later, so it can run the next micro-batch's attention in between (ping-pong).
+// LocalExpertExecutor runs them in this process; the cluster's remote executor
+// sends them over the M2N transport to the expert nodes.
+#pragma once
+
+#include <cstdint>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/model_runner.h"
+
+namespace tandem::engine {
+
+class ExpertExecutor {
+ public:
+  virtual ~ExpertExecutor() = default;
+  // Starts the experts of `layer` for micro-batch `mb`: moe_in [n, hidden],
+  // routing [n, top_k]. The inputs must stay valid until wait() returns; the
+  // weighted sum of the chosen experts' outputs is added into out [n, hidden].
+  virtual Status dispatch(int64_t layer, int mb, const float* moe_in, int64_t n, const int32_t* topk_idx,
+                          const float* topk_w, float* out) = 0;
+  // Blocks until the dispatch of (layer, mb) has landed in its `out`.
+  virtual Status wait(int64_t layer, int mb) = 0;
+};
+
+// Runs the experts synchronously with a ModelRunner that holds them.
+class LocalExpertExecutor : public ExpertExecutor {
+ public:
+  explicit LocalExpertExecutor(ModelRunner& runner) : runner_(runner) {}
+  Status dispatch(int64_t layer, int mb, const float* moe_in, int64_t n, const int32_t* topk_idx,
+                  const float* topk_w, float* out) override {
+    runner_.experts(layer, moe_in, n, topk_idx, topk_w, out);
+    return Status::ok();
+  }
+  Status wait(int64_t, int) override { return Status::ok(); }
+
+ private:
+  ModelRunner& runner_;
+};
+
+// Splits a batch into at most m micro-batches of whole sequences with balanced
+// token counts; logits rows keep their order across the split.
+std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& batch, int m);
+
+// The ping-pong forward: for every layer, micro-batch i's experts run (through
+// `experts`) while micro-batch i+1's attention runs here. logits as forward().
+Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                         std::vector<float>& logits);
+
+}  // namespace tandem::engine
