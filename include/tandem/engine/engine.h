@@ -46,6 +46,11 @@ struct EngineStats {
   double decode_seconds = 0;  // wall time of decode-only steps
 };
 
+// Checks a request against the model and a cache of num_blocks x block_size:
+// INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED if it can never fit.
+Status validate_request(const model::ModelConfig& config, const GenerationRequest& request, int64_t num_blocks,
+                        int64_t block_size);
+
 // The per-sequence random stream: same seed, same draws, on every backend.
 class SamplerRng {
  public:
@@ -74,8 +79,6 @@ class Engine {
  private:
   Engine(const model::ModelConfig& config, const model::ModelWeights& weights, const EngineOptions& options,
          std::unique_ptr<KvCache> cache);
-
-  Status validate(const GenerationRequest& r) const;
 
   const model::ModelConfig& config_;
   EngineOptions options_;

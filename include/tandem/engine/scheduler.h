@@ -1,0 +1,89 @@
+// Continuous batching over a paged KV cache. Requests arrive and are cancelled
+// from any thread; step() (one thread) admits waiting sequences while their
+// prompts fit in the cache, builds one forward batch of at most max_batch_tokens
+// (chunked prefill plus one decode token per running sequence), runs it and
+// samples. A decode that finds the cache full preempts the most recently
+// admitted sequence (its blocks are freed and it is recomputed later), so no
+// request is lost and outputs do not change.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/engine.h"
+
+namespace tandem::engine {
+
+using SequenceId = uint64_t;
+
+struct SequenceCallbacks {
+  std::function<void(int32_t token)> on_token;
+  // Called once, last: status is OK with a finish reason, or the error that ended it.
+  std::function<void(const Status& status, FinishReason reason)> on_finish;
+};
+
+struct SchedulerOptions {
+  int64_t max_running_sequences = 64;
+  int64_t max_batch_tokens = 2048;
+  int micro_batches = 1;
+};
+
+struct SchedulerStats {
+  int64_t waiting = 0;
+  int64_t running = 0;
+  int64_t free_blocks = 0;
+  int64_t preemptions = 0;
+  EngineStats tokens;
+};
+
+class Scheduler {
+ public:
+  // All references must outlive the scheduler.
+  Scheduler(const model::ModelConfig& config, ModelRunner& runner, KvCache& cache, ExpertExecutor& experts,
+            const SchedulerOptions& options);
+  ~Scheduler();
+
+  // Validates and queues a request (thread-safe). INVALID_ARGUMENT names the field;
+  // a request that can never fit in the cache is RESOURCE_EXHAUSTED.
+  Result<SequenceId> submit(GenerationRequest request, SequenceCallbacks callbacks);
+  // Ends a sequence at the next step and frees its blocks (thread-safe; unknown ids are ignored).
+  void cancel(SequenceId id);
+  // Runs one step; returns false when there was nothing to do. An error here is
+  // fatal for the step's sequences (they are finished with it) but not for the scheduler.
+  bool step();
+  SchedulerStats stats() const;
+
+ private:
+  struct Seq;
+  Status validate(const GenerationRequest& r) const;
+  void finish(Seq& s, const Status& st, FinishReason reason);
+  void admit();
+  void preempt(Seq& victim);
+
+  const model::ModelConfig& config_;
+  ModelRunner& runner_;
+  KvCache& cache_;
+  ExpertExecutor& experts_;
+  SchedulerOptions options_;
+
+  mutable std::mutex mu_;                    // guards incoming_, cancelled_, next_id_, stats mirrors
+  std::deque<std::unique_ptr<Seq>> incoming_;
+  std::vector<SequenceId> cancelled_;
+  SequenceId next_id_ = 1;
+  int64_t waiting_count_ = 0, running_count_ = 0;
+
+  // Owned by the step thread.
+  std::deque<std::unique_ptr<Seq>> waiting_;
+  std::vector<std::unique_ptr<Seq>> running_;  // in admission order
+  int64_t preemptions_ = 0;
+  EngineStats tokens_;
+  std::vector<float> logits_, scratch_;
+};
+
+}  // namespace tandem::engine

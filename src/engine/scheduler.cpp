@@ -1,0 +1,227 @@
+#include "tandem/engine/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace tandem::engine {
+
+struct Scheduler::Seq {
+  SequenceId id = 0;
+  GenerationRequest req;
+  SequenceCallbacks cb;
+  std::vector<int32_t> tokens;  // prompt + generated (the last sampled token is not yet computed)
+  int64_t generated = 0;
+  int64_t computed = 0;         // tokens whose K/V are in the cache
+  SequenceKv kv;
+  SamplerRng rng{0};
+  bool cancelled = false;  // asked to stop by the client
+  bool done = false;       // on_finish was called
+};
+
+Status validate_request(const model::ModelConfig& c, const GenerationRequest& r, int64_t num_blocks,
+                        int64_t block_size) {
+  if (r.prompt.empty()) return invalid_argument("prompt: must hold at least one token");
+  for (size_t i = 0; i < r.prompt.size(); ++i)
+    if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size)
+      return invalid_argument("prompt[" + std::to_string(i) + "]: token id " + std::to_string(r.prompt[i]) +
+                              " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  if (r.max_tokens <= 0) return invalid_argument("max_tokens: must be positive");
+  const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
+  if (total > c.max_position_embeddings)
+    return invalid_argument("prompt (" + std::to_string(r.prompt.size()) + " tokens) + max_tokens (" +
+                            std::to_string(r.max_tokens) + ") exceeds the model's context of " +
+                            std::to_string(c.max_position_embeddings));
+  const int64_t blocks = (total + block_size - 1) / block_size;
+  if (blocks > num_blocks)
+    return resource_exhausted("request needs " + std::to_string(blocks) + " KV blocks but the cache has only " +
+                              std::to_string(num_blocks));
+  if (!(r.sampling.temperature >= 0)) return invalid_argument("temperature: must be >= 0");
+  if (!(r.sampling.top_p > 0 && r.sampling.top_p <= 1)) return invalid_argument("top_p: must be in (0, 1]");
+  if (r.sampling.top_k < 0) return invalid_argument("top_k: must be >= 0");
+  return Status::ok();
+}
+
+Scheduler::Scheduler(const model::ModelConfig& config, ModelRunner& runner, KvCache& cache, ExpertExecutor& experts,
+                     const SchedulerOptions& options)
+    : config_(config),
+      runner_(runner),
+      cache_(cache),
+      experts_(experts),
+      options_(options),
+      scratch_(static_cast<size_t>(2 * config.vocab_size)) {}
+
+Scheduler::~Scheduler() = default;
+
+Result<SequenceId> Scheduler::submit(GenerationRequest request, SequenceCallbacks callbacks) {
+  TANDEM_RETURN_IF_ERROR(validate_request(config_, request, cache_.shape().num_blocks, cache_.block_size()));
+  auto s = std::make_unique<Seq>();
+  s->tokens = request.prompt;
+  s->rng = SamplerRng(request.seed);
+  s->req = std::move(request);
+  s->cb = std::move(callbacks);
+  std::lock_guard<std::mutex> lock(mu_);
+  s->id = next_id_++;
+  const SequenceId id = s->id;
+  incoming_.push_back(std::move(s));
+  ++waiting_count_;
+  return id;
+}
+
+void Scheduler::cancel(SequenceId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_.push_back(id);
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SchedulerStats s;
+  s.waiting = waiting_count_;
+  s.running = running_count_;
+  s.free_blocks = cache_.allocator().num_free();
+  s.preemptions = preemptions_;
+  s.tokens = tokens_;
+  return s;
+}
+
+void Scheduler::finish(Seq& s, const Status& st, FinishReason reason) {
+  if (s.done) return;
+  s.done = true;
+  s.kv.release();
+  if (s.cb.on_finish) s.cb.on_finish(st, reason);
+  s.cb = {};
+}
+
+void Scheduler::preempt(Seq& victim) {
+  // Recompute later from scratch: the prompt plus what was generated so far.
+  victim.kv.release();
+  victim.computed = 0;
+  ++preemptions_;
+}
+
+void Scheduler::admit() {
+  // Admit in arrival order while the prompt fits with a block to spare for decode.
+  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
+    Seq& s = *waiting_.front();
+    const int64_t need = (static_cast<int64_t>(s.tokens.size()) + 1 + cache_.block_size() - 1) / cache_.block_size();
+    if (need > cache_.allocator().num_free() && !running_.empty()) break;
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+bool Scheduler::step() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (!incoming_.empty()) {
+      waiting_.push_back(std::move(incoming_.front()));
+      incoming_.pop_front();
+    }
+    for (SequenceId id : cancelled_) {
+      for (auto& s : running_)
+        if (s->id == id) s->cancelled = true;
+      for (auto& s : waiting_)
+        if (s->id == id) s->cancelled = true;
+    }
+    cancelled_.clear();
+  }
+  // Removes finished sequences, ending cancelled ones first.
+  auto drop_finished = [&](auto& list) {
+    for (auto& s : list) {
+      if (s->cancelled) finish(*s, Status(StatusCode::kCancelled, "cancelled by the client"), FinishReason::kStop);
+      if (s->done) s.reset();
+    }
+    list.erase(std::remove(list.begin(), list.end(), nullptr), list.end());
+  };
+  drop_finished(running_);
+  drop_finished(waiting_);
+  admit();
+
+  // Build the step: every running sequence contributes its uncomputed tokens
+  // within the token budget; a sequence that cannot get KV blocks preempts the
+  // most recently admitted other one.
+  const int64_t bs = cache_.block_size();
+  ForwardBatch b;
+  std::vector<Seq*> in_batch, sampled;
+  int64_t budget = options_.max_batch_tokens, prefill_tokens = 0;
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    Seq& s = *running_[i];
+    const int64_t pending = static_cast<int64_t>(s.tokens.size()) - s.computed;
+    const int64_t take = std::min(pending, budget);
+    Status st = s.kv.reserve(cache_, s.computed + take);
+    while (!st.is_ok() && running_.size() > i + 1) {
+      Seq& victim = *running_.back();
+      preempt(victim);
+      waiting_.push_front(std::move(running_.back()));
+      running_.pop_back();
+      st = s.kv.reserve(cache_, s.computed + take);
+    }
+    if (!st.is_ok()) break;  // nothing left to preempt: try again next step
+    in_batch.push_back(&s);
+    budget -= take;
+    const int64_t prompt_len = static_cast<int64_t>(s.req.prompt.size());
+    prefill_tokens += std::max<int64_t>(0, std::min(prompt_len, s.computed + take) - s.computed);
+    const int32_t row = static_cast<int32_t>(in_batch.size() - 1);
+    for (int64_t p = s.computed; p < s.computed + take; ++p) {
+      b.tokens.push_back(s.tokens[static_cast<size_t>(p)]);
+      b.positions.push_back(static_cast<int32_t>(p));
+      b.seq_of_token.push_back(row);
+      b.slots.push_back(s.kv.slot(p, bs));
+      b.ctx_len.push_back(static_cast<int32_t>(p + 1));
+    }
+    if (s.computed + take == static_cast<int64_t>(s.tokens.size())) {
+      b.logits_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
+      sampled.push_back(&s);
+    }
+    s.computed += take;
+  }
+  if (in_batch.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting_count_ = static_cast<int64_t>(waiting_.size());
+    running_count_ = static_cast<int64_t>(running_.size());
+    return false;
+  }
+  for (Seq* s : in_batch)
+    b.max_blocks_per_seq = std::max<int64_t>(b.max_blocks_per_seq, static_cast<int64_t>(s->kv.blocks().size()));
+  b.block_tables.assign(in_batch.size() * static_cast<size_t>(b.max_blocks_per_seq), 0);
+  for (size_t r = 0; r < in_batch.size(); ++r)
+    std::copy(in_batch[r]->kv.blocks().begin(), in_batch[r]->kv.blocks().end(),
+              b.block_tables.begin() + static_cast<int64_t>(r) * b.max_blocks_per_seq);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  Status st = forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
+  if (!st.is_ok()) {
+    // The step's sequences cannot continue (e.g. an expert node died): end them.
+    for (Seq* s : in_batch) finish(*s, st, FinishReason::kStop);
+  } else {
+    for (size_t r = 0; r < sampled.size(); ++r) {
+      Seq& s = *sampled[r];
+      const float u = s.rng.next_uniform();
+      const int32_t tok = kernels::cpu::sample(logits_.data() + r * static_cast<size_t>(config_.vocab_size),
+                                               config_.vocab_size, s.req.sampling, u, scratch_.data());
+      ++s.generated;
+      if (s.cb.on_token) s.cb.on_token(tok);
+      const bool stop =
+          std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), tok) != s.req.stop_token_ids.end();
+      if (stop || s.generated >= s.req.max_tokens) {
+        finish(s, Status::ok(), stop ? FinishReason::kStop : FinishReason::kLength);
+      } else {
+        s.tokens.push_back(tok);
+      }
+    }
+  }
+  drop_finished(running_);
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (prefill_tokens > 0) {
+    tokens_.prompt_seconds += dt;
+    tokens_.prompt_tokens += prefill_tokens;
+  } else {
+    tokens_.decode_seconds += dt;
+    tokens_.decode_tokens += static_cast<int64_t>(sampled.size());
+  }
+  waiting_count_ = static_cast<int64_t>(waiting_.size());
+  running_count_ = static_cast<int64_t>(running_.size());
+  return true;
+}
+
+}  // namespace tandem::engine
