@@ -19,6 +19,9 @@ CLI::App* add_command(CLI::App& app, const std::string& name, const std::string&
 void register_commands(CLI::App& app) {
   register_make_model(app);
   register_generate(app);
+  register_roles(app);
+  register_serve(app);
+  register_client(app);
 }
 
 int run_selected(CLI::App& app) {

@@ -19,5 +19,8 @@ int run_selected(CLI::App& app);
 // Per-command registration, one per file.
 void register_make_model(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_roles(CLI::App& app);
+void register_serve(CLI::App& app);
+void register_client(CLI::App& app);
 
 }  // namespace tandem::cli

@@ -1,0 +1,36 @@
+#include "tandem/api/health.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <thread>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace tandem::api {
+
+Status check_health(const std::string& address, std::chrono::milliseconds timeout) {
+  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status st = stub->Check(&ctx, req, &resp);
+  if (!st.ok()) return unavailable(address + ": health check failed: " + st.error_message());
+  if (resp.status() != grpc::health::v1::HealthCheckResponse::SERVING)
+    return unavailable(address + ": NOT_SERVING");
+  return Status::ok();
+}
+
+Status wait_until_serving(const std::string& address, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  Status last;
+  while (std::chrono::steady_clock::now() < end) {
+    last = check_health(address);
+    if (last.is_ok()) return last;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return {StatusCode::kDeadlineExceeded, "not serving after " + std::to_string(timeout.count()) + " ms (" +
+                                             last.message() + ")"};
+}
+
+}  // namespace tandem::api

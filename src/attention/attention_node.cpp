@@ -1,0 +1,207 @@
+#include "tandem/attention/attention_node.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <thread>
+
+#include "tandem/common/grpc_status.h"
+#include "tandem/common/logging.h"
+#include "tandem/engine/scheduler.h"
+#include "tandem/internal/v1/node.grpc.pb.h"
+#include "tandem/model/checkpoint.h"
+#include "tandem/model/weights.h"
+
+namespace tandem::attention {
+
+namespace pb = tandem::internal::v1;
+
+namespace {
+
+// Events of one sequence, handed from the scheduler thread to the RPC thread.
+class EventQueue {
+ public:
+  void token(int32_t t) {
+    std::lock_guard<std::mutex> l(mu_);
+    tokens_.push_back(t);
+    cv_.notify_one();
+  }
+  void finish(const Status& st, engine::FinishReason r) {
+    std::lock_guard<std::mutex> l(mu_);
+    done_ = true;
+    status_ = st;
+    reason_ = r;
+    cv_.notify_one();
+  }
+  // Waits up to `timeout` for news; moves pending tokens out.
+  bool wait(std::chrono::milliseconds timeout, std::vector<int32_t>& out, bool& done, Status& st,
+            engine::FinishReason& r) {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait_for(l, timeout, [&] { return !tokens_.empty() || done_; });
+    out.assign(tokens_.begin(), tokens_.end());
+    tokens_.clear();
+    done = done_;
+    st = status_;
+    r = reason_;
+    return !out.empty() || done;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<int32_t> tokens_;
+  bool done_ = false;
+  Status status_;
+  engine::FinishReason reason_ = engine::FinishReason::kLength;
+};
+
+class Node final : public AttentionNode, public pb::AttentionNode::Service {
+ public:
+  Status init(const api::DeploymentConfig& cfg, int rank) {
+    cfg_ = cfg;
+    rank_ = rank;
+    TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
+    TANDEM_RETURN_IF_ERROR(cfg.validate_against_model(ck_.config.moe.num_experts,
+                                                      2 * ck_.config.num_layers * ck_.config.kv_dim() * 4,
+                                                      size_t{64} << 30));
+    // Until the M2N transport lands the node also holds the experts.
+    TANDEM_ASSIGN_OR_RETURN(weights_, model::ModelWeights::load(ck_.config, *ck_.weights));
+    const auto& c = ck_.config;
+    TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create({c.num_layers, cfg.kv_blocks, cfg.kv_block_size,
+                                                            c.num_kv_heads, c.head_dim},
+                                                           size_t{64} << 30));
+    runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
+    local_ = std::make_unique<engine::LocalExpertExecutor>(*runner_);
+    sched_ = std::make_unique<engine::Scheduler>(
+        c, *runner_, *cache_, *local_,
+        engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
+                                 .max_batch_tokens = cfg.max_batch_tokens,
+                                 .micro_batches = cfg.micro_batches});
+
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder b;
+    const api::Endpoint ep = cfg.attention_endpoint(rank);
+    int bound = 0;
+    b.AddListeningPort(ep.to_string(), grpc::InsecureServerCredentials(), &bound);
+    b.RegisterService(this);
+    server_ = b.BuildAndStart();
+    if (!server_ || bound == 0)
+      return unavailable("attention node " + std::to_string(rank) + ": cannot listen on " + ep.to_string());
+    worker_ = std::thread([this] { loop(); });
+    server_->GetHealthCheckService()->SetServingStatus(true);
+    TANDEM_LOG_INFO("attention[{}] serving on {}", rank, ep.to_string());
+    return Status::ok();
+  }
+
+  ~Node() override {
+    shutdown();
+    wait();
+  }
+
+  void shutdown() override {
+    if (stopping_.exchange(true)) return;
+    if (server_) {
+      server_->GetHealthCheckService()->SetServingStatus(false);
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    }
+    wake_.notify_all();
+  }
+
+  void wait() override {
+    if (server_) server_->Wait();
+    if (worker_.joinable()) worker_.join();
+  }
+
+  grpc::Status Run(grpc::ServerContext* ctx, const pb::RunRequest* req, grpc::ServerWriter<pb::RunEvent>* w) override {
+    engine::GenerationRequest g;
+    g.prompt.assign(req->prompt().begin(), req->prompt().end());
+    g.max_tokens = static_cast<int32_t>(req->max_tokens());
+    g.sampling = {req->temperature(), req->top_k(), req->top_p()};
+    g.seed = req->seed();
+    g.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
+    auto q = std::make_shared<EventQueue>();
+    auto id = sched_->submit(std::move(g), {[q](int32_t t) { q->token(t); },
+                                            [q](const Status& st, engine::FinishReason r) { q->finish(st, r); }});
+    if (!id.is_ok()) return to_grpc(id.status());
+    wake_.notify_all();
+    std::vector<int32_t> toks;
+    bool done = false, cancelled = false;
+    Status st;
+    engine::FinishReason reason;
+    while (!done) {
+      q->wait(std::chrono::milliseconds(20), toks, done, st, reason);
+      if (!cancelled && (ctx->IsCancelled() || stopping_)) {
+        sched_->cancel(*id);  // frees the sequence's KV blocks at the next step
+        wake_.notify_all();
+        cancelled = true;
+      }
+      if (cancelled) continue;
+      if (!toks.empty() || (done && st.is_ok())) {
+        pb::RunEvent ev;
+        for (int32_t t : toks) ev.add_tokens(t);
+        ev.set_finished(done && st.is_ok());
+        ev.set_stopped(done && reason == engine::FinishReason::kStop);
+        if (!w->Write(ev)) {
+          sched_->cancel(*id);
+          wake_.notify_all();
+          cancelled = true;
+        }
+      }
+    }
+    if (cancelled) return grpc::Status(grpc::StatusCode::CANCELLED, "sequence cancelled");
+    return to_grpc(st);
+  }
+
+  grpc::Status Load(grpc::ServerContext*, const pb::LoadRequest*, pb::LoadReply* r) override {
+    auto s = sched_->stats();
+    r->set_running(s.running);
+    r->set_waiting(s.waiting);
+    r->set_free_blocks(s.free_blocks);
+    r->set_total_blocks(cache_->shape().num_blocks);
+    return grpc::Status::OK;
+  }
+
+ private:
+  void loop() {
+    while (!stopping_) {
+      if (!sched_->step()) {
+        std::unique_lock<std::mutex> l(wake_mu_);
+        wake_.wait_for(l, std::chrono::milliseconds(5));
+      }
+    }
+    // Let in-flight RPCs see their sequences end.
+    while (sched_->step()) {
+    }
+  }
+
+  api::DeploymentConfig cfg_;
+  int rank_ = 0;
+  model::Checkpoint ck_;
+  std::unique_ptr<model::ModelWeights> weights_;
+  std::unique_ptr<engine::KvCache> cache_;
+  std::unique_ptr<engine::ModelRunner> runner_;
+  std::unique_ptr<engine::LocalExpertExecutor> local_;
+  std::unique_ptr<engine::Scheduler> sched_;
+  std::unique_ptr<grpc::Server> server_;
+  std::thread worker_;
+  std::atomic<bool> stopping_{false};
+  std::mutex wake_mu_;
+  std::condition_variable wake_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<AttentionNode>> AttentionNode::start(const api::DeploymentConfig& config, int rank) {
+  if (rank < 0 || rank >= config.attention_nodes)
+    return invalid_argument("--rank " + std::to_string(rank) + " is outside the " +
+                            std::to_string(config.attention_nodes) + " attention nodes of " + config.source);
+  auto node = std::make_unique<Node>();
+  TANDEM_RETURN_IF_ERROR(node->init(config, rank).with_context("attention node " + std::to_string(rank)));
+  return std::unique_ptr<AttentionNode>(std::move(node));
+}
+
+}  // namespace tandem::attention

@@ -1,0 +1,144 @@
+// `tandem serve --config FILE`: runs every role of the deployment on this machine
+// as child processes, waits until all serve, restarts any that dies, and on
+// SIGINT/SIGTERM drains and stops them all (router first, so no new work
+// arrives), leaving no orphans: children also get SIGTERM if serve itself dies.
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "commands.h"
+#include "signals.h"
+#include "tandem/api/deployment.h"
+#include "tandem/api/health.h"
+#include "tandem/common/logging.h"
+#include "tandem/model/checkpoint.h"
+
+namespace tandem::cli {
+
+namespace {
+
+struct Child {
+  std::string role;  // "router", "attention"
+  int rank = -1;
+  std::string address;
+  pid_t pid = -1;
+  int restarts = 0;
+  std::string name() const { return rank < 0 ? role : role + "[" + std::to_string(rank) + "]"; }
+};
+
+pid_t spawn(const Child& c, const std::string& config) {
+  std::vector<std::string> args{"/proc/self/exe", c.role, "--config", config};
+  if (c.rank >= 0) args.insert(args.end(), {"--rank", std::to_string(c.rank)});
+  const pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  // Child: die with the supervisor; default signal handling again.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != parent) _exit(1);
+  sigset_t none;
+  sigemptyset(&none);
+  pthread_sigmask(SIG_SETMASK, &none, nullptr);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execv("/proc/self/exe", argv.data());
+  _exit(127);
+}
+
+int run_serve(const std::string& config_path) {
+  sigset_t sigs = block_termination_signals();
+  auto cfg = api::DeploymentConfig::from_file(config_path);
+  if (!cfg.is_ok()) {
+    std::fprintf(stderr, "tandem serve: %s\n", cfg.status().to_string().c_str());
+    return 2;
+  }
+  {
+    auto ck = model::Checkpoint::open(cfg->model_path);  // fail here, not in every child
+    if (!ck.is_ok()) {
+      std::fprintf(stderr, "tandem serve: %s\n", ck.status().to_string().c_str());
+      return 2;
+    }
+    Status st = cfg->validate_against_model(ck->config.moe.num_experts,
+                                            2 * ck->config.num_layers * ck->config.kv_dim() * 4, size_t{64} << 30);
+    if (!st.is_ok()) {
+      std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
+      return 2;
+    }
+  }
+  std::vector<Child> children;
+  for (int i = 0; i < cfg->attention_nodes; ++i)
+    children.push_back({"attention", i, cfg->attention_endpoint(i).to_string()});
+  children.push_back({"router", -1, cfg->router.to_string()});
+  for (auto& c : children) c.pid = spawn(c, config_path);
+
+  // Readiness: every role answers its health check.
+  for (auto& c : children) {
+    Status st = api::wait_until_serving(c.address, std::chrono::seconds(120));
+    if (!st.is_ok()) {
+      std::fprintf(stderr, "tandem serve: %s at %s did not come up: %s\n", c.name().c_str(), c.address.c_str(),
+                   st.message().c_str());
+      for (auto& k : children) kill(k.pid, SIGKILL);
+      while (waitpid(-1, nullptr, 0) > 0) {
+      }
+      return 1;
+    }
+  }
+  std::printf("tandem serve: cluster ready, router on %s (%d attention nodes, %d expert nodes, m=%d)\n",
+              cfg->router.to_string().c_str(), cfg->attention_nodes, cfg->expert_nodes, cfg->micro_batches);
+  std::fflush(stdout);
+
+  // Supervise until a termination signal.
+  const timespec tick{0, 100 * 1000 * 1000};
+  while (true) {
+    siginfo_t info;
+    const int sig = sigtimedwait(&sigs, &info, &tick);
+    if (sig == SIGINT || sig == SIGTERM) break;
+    int status = 0;
+    pid_t dead;
+    while ((dead = waitpid(-1, &status, WNOHANG)) > 0) {
+      for (auto& c : children) {
+        if (c.pid != dead) continue;
+        TANDEM_LOG_WARN("{} exited ({}); restarting", c.name(),
+                        WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                                            : "status " + std::to_string(WEXITSTATUS(status)));
+        std::fprintf(stderr, "tandem serve: %s died, restarting\n", c.name().c_str());
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        c.pid = spawn(c, config_path);
+        ++c.restarts;
+      }
+    }
+  }
+
+  // Drain: router first, then the nodes; SIGKILL whatever is left after 15 s.
+  std::fprintf(stderr, "tandem serve: stopping\n");
+  for (auto it = children.rbegin(); it != children.rend(); ++it) kill(it->pid, SIGTERM);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  size_t alive = children.size();
+  while (alive > 0 && std::chrono::steady_clock::now() < end) {
+    if (waitpid(-1, nullptr, WNOHANG) > 0) --alive;
+    else std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (alive > 0) {
+    for (auto& c : children) kill(c.pid, SIGKILL);
+    while (waitpid(-1, nullptr, 0) > 0) {
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app) {
+  static std::string config = "configs/local.yaml";
+  auto* s = add_command(app, "serve", "Run a whole cluster on this machine as child processes",
+                        [] { return run_serve(config); });
+  s->add_option("--config", config, "Deployment YAML")->capture_default_str();
+}
+
+}  // namespace tandem::cli

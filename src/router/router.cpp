@@ -1,0 +1,291 @@
+#include "tandem/router/router.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <random>
+#include <thread>
+
+#include "stop_strings.h"
+#include "tandem/common/grpc_status.h"
+#include "tandem/common/logging.h"
+#include "tandem/internal/v1/node.grpc.pb.h"
+#include "tandem/model/checkpoint.h"
+#include "tandem/v1/generation.grpc.pb.h"
+
+namespace tandem::router {
+
+namespace pb = tandem::v1;
+namespace ipb = tandem::internal::v1;
+
+namespace {
+
+constexpr uint32_t kDefaultMaxTokens = 256;
+
+grpc::Status invalid(const std::string& field, const std::string& what) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, field + ": " + what);
+}
+
+struct NodeHandle {
+  std::string address;
+  std::unique_ptr<ipb::AttentionNode::Stub> stub;
+  std::atomic<bool> healthy{false};
+  std::atomic<int64_t> in_flight{0};
+};
+
+class RouterImpl final : public Router, public pb::Generation::Service {
+ public:
+  Status init(const api::DeploymentConfig& cfg) {
+    cfg_ = cfg;
+    TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
+    for (int i = 0; i < cfg.attention_nodes; ++i) {
+      auto n = std::make_unique<NodeHandle>();
+      n->address = cfg.attention_endpoint(i).to_string();
+      n->stub = ipb::AttentionNode::NewStub(grpc::CreateChannel(n->address, grpc::InsecureChannelCredentials()));
+      nodes_.push_back(std::move(n));
+    }
+    capacity_ = static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue;
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder b;
+    int bound = 0;
+    b.AddListeningPort(cfg.router.to_string(), grpc::InsecureServerCredentials(), &bound);
+    b.RegisterService(this);
+    server_ = b.BuildAndStart();
+    if (!server_ || bound == 0) return unavailable("router: cannot listen on " + cfg.router.to_string());
+    server_->GetHealthCheckService()->SetServingStatus(false);  // until every node answers
+    monitor_ = std::thread([this] { monitor(); });
+    TANDEM_LOG_INFO("router serving on {}", cfg.router.to_string());
+    return Status::ok();
+  }
+
+  ~RouterImpl() override {
+    shutdown();
+    wait();
+  }
+
+  void shutdown() override {
+    if (stopping_.exchange(true)) return;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      cv_.notify_all();
+    }
+    if (server_) {
+      server_->GetHealthCheckService()->SetServingStatus(false);
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    }
+  }
+
+  void wait() override {
+    if (server_) server_->Wait();
+    if (monitor_.joinable()) monitor_.join();
+  }
+
+  grpc::Status ListModels(grpc::ServerContext*, const pb::ListModelsRequest*, pb::ListModelsResponse* r) override {
+    auto* m = r->add_models();
+    const auto& c = ck_.config;
+    m->set_name(cfg_.served_name);
+    m->set_architecture(std::string(model::architecture_name(c.arch)));
+    m->set_vocab_size(static_cast<uint32_t>(c.vocab_size));
+    m->set_max_context(static_cast<uint32_t>(c.max_position_embeddings));
+    m->set_num_experts(static_cast<uint32_t>(c.moe.num_experts));
+    m->set_experts_per_token(static_cast<uint32_t>(c.moe.top_k));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
+                        grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    if (!req->model().empty() && req->model() != cfg_.served_name)
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "model: '" + req->model() + "' is not served here (serving '" +
+                                                           cfg_.served_name + "')");
+    std::vector<int32_t> prompt;
+    switch (req->input_case()) {
+      case pb::GenerateRequest::kText: {
+        if (req->text().empty()) return invalid("text", "must not be empty");
+        auto ids = ck_.tokenizer->encode(req->text(), /*add_special_tokens=*/true);
+        if (!ids.is_ok()) return invalid("text", ids.status().message());
+        prompt = *ids;
+        break;
+      }
+      case pb::GenerateRequest::kTokenIds:
+        for (uint32_t id : req->token_ids().ids()) {
+          if (id >= static_cast<uint32_t>(ck_.config.vocab_size))
+            return invalid("token_ids", "id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                                            std::to_string(ck_.config.vocab_size) + ")");
+          prompt.push_back(static_cast<int32_t>(id));
+        }
+        if (prompt.empty()) return invalid("token_ids", "must not be empty");
+        break;
+      default:
+        return invalid("input", "set text or token_ids");
+    }
+    return run(ctx, req->request_id(), prompt, req->sampling(), w);
+  }
+
+  grpc::Status Chat(grpc::ServerContext*, const pb::ChatRequest*, grpc::ServerWriter<pb::GenerateResponse>*) override {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Chat: chat templates are not wired in yet");
+  }
+
+ private:
+  grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
+                   const pb::SamplingParams& sp, grpc::ServerWriter<pb::GenerateResponse>* w) {
+    const auto& c = ck_.config;
+    ipb::RunRequest run;
+    for (int32_t t : prompt) run.add_prompt(t);
+    if (sp.has_temperature() && !(sp.temperature() >= 0 && sp.temperature() <= 100))
+      return invalid("sampling.temperature", "must be in [0, 100]");
+    if (sp.has_top_p() && !(sp.top_p() > 0 && sp.top_p() <= 1)) return invalid("sampling.top_p", "must be in (0, 1]");
+    if (sp.has_top_k() && sp.top_k() < 0) return invalid("sampling.top_k", "must be >= 0");
+    if (sp.has_max_tokens() && sp.max_tokens() == 0) return invalid("sampling.max_tokens", "must be positive");
+    const int64_t room = c.max_position_embeddings - static_cast<int64_t>(prompt.size());
+    if (room <= 0)
+      return invalid("prompt", std::to_string(prompt.size()) + " tokens leave no room in the model's context of " +
+                                   std::to_string(c.max_position_embeddings));
+    run.set_max_tokens(static_cast<uint32_t>(
+        std::min<int64_t>(sp.has_max_tokens() ? sp.max_tokens() : kDefaultMaxTokens, room)));
+    run.set_temperature(sp.has_temperature() ? sp.temperature() : 1.0f);
+    run.set_top_p(sp.has_top_p() ? sp.top_p() : 1.0f);
+    run.set_top_k(sp.has_top_k() ? sp.top_k() : 0);
+    run.set_seed(sp.has_seed() ? sp.seed() : std::random_device{}());
+    for (uint32_t id : sp.stop_token_ids()) run.add_stop_token_ids(static_cast<int32_t>(id));
+    if (!sp.ignore_eos())
+      for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
+
+    // Admission: a bounded number of requests in the system.
+    if (in_flight_.fetch_add(1) >= capacity_) {
+      in_flight_.fetch_sub(1);
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "queue full: " + std::to_string(capacity_) + " requests in flight");
+    }
+    struct Release {
+      std::atomic<int64_t>& n;
+      ~Release() { n.fetch_sub(1); }
+    } release{in_flight_};
+
+    NodeHandle* node = pick_node();
+    if (!node) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no healthy attention node");
+    node->in_flight.fetch_add(1);
+    struct NodeRelease {
+      NodeHandle* n;
+      ~NodeRelease() { n->in_flight.fetch_sub(1); }
+    } node_release{node};
+
+    // The downstream call inherits the client's deadline and cancellation.
+    auto down = grpc::ClientContext::FromServerContext(*ctx);
+    down->set_deadline(std::min(ctx->deadline(), std::chrono::system_clock::now() +
+                                                     std::chrono::seconds(cfg_.request_timeout_s)));
+    auto reader = node->stub->Run(down.get(), run);
+    model::StreamingDetokenizer detok(*ck_.tokenizer, !sp.has_skip_special_tokens() || sp.skip_special_tokens());
+    StopStringFilter stops({sp.stop().begin(), sp.stop().end()});
+    uint32_t completion = 0;
+    bool finished = false, stopped_by_token = false, stopped_by_string = false;
+    ipb::RunEvent ev;
+    while (!stopped_by_string && reader->Read(&ev)) {
+      pb::GenerateResponse out;
+      out.set_request_id(request_id);
+      std::string text;
+      for (int32_t t : ev.tokens()) {
+        ++completion;
+        out.add_token_ids(static_cast<uint32_t>(t));
+        bool hit = false;
+        text += stops.push(detok.push(t), hit);
+        if (hit) {
+          stopped_by_string = true;
+          break;
+        }
+      }
+      if (ev.finished()) {
+        finished = true;
+        stopped_by_token = ev.stopped();
+        if (!stopped_by_string) {
+          bool hit = false;
+          text += stops.push(detok.flush(), hit);
+          stopped_by_string = hit;
+          if (!hit) text += stops.flush();
+        }
+      }
+      out.set_text(text);
+      if (finished || stopped_by_string) {
+        out.set_finish_reason(stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP : pb::FINISH_REASON_LENGTH);
+        out.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
+        out.mutable_usage()->set_completion_tokens(completion);
+      }
+      if (!w->Write(out)) {
+        down->TryCancel();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      }
+      if (finished) break;
+    }
+    if (stopped_by_string) {
+      down->TryCancel();  // the attention node frees the sequence now
+      reader->Finish();
+      return grpc::Status::OK;
+    }
+    grpc::Status st = reader->Finish();
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    if (!st.ok()) {
+      if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::CANCELLED ||
+          st.error_code() == grpc::StatusCode::UNKNOWN || st.error_code() == grpc::StatusCode::INTERNAL) {
+        node->healthy = false;
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "attention node " + node->address + " failed mid-request: " + st.error_message());
+      }
+      return st;
+    }
+    if (!finished) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "attention node " + node->address + " ended the stream early");
+    return grpc::Status::OK;
+  }
+
+  NodeHandle* pick_node() {
+    NodeHandle* best = nullptr;
+    for (auto& n : nodes_)
+      if (n->healthy && (!best || n->in_flight < best->in_flight)) best = n.get();
+    return best;
+  }
+
+  // Polls every attention node; the router serves only while all of them answer.
+  void monitor() {
+    while (!stopping_) {
+      bool all = true;
+      for (auto& n : nodes_) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+        ipb::LoadRequest rq;
+        ipb::LoadReply rp;
+        const bool ok = n->stub->Load(&ctx, rq, &rp).ok();
+        if (ok != n->healthy.load()) {
+          if (ok) TANDEM_LOG_INFO("attention node {} is up", n->address);
+          else TANDEM_LOG_WARN("attention node {} is down", n->address);
+        }
+        n->healthy = ok;
+        all = all && ok;
+      }
+      if (!stopping_) server_->GetHealthCheckService()->SetServingStatus(all);
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait_for(l, std::chrono::milliseconds(200), [this] { return stopping_.load(); });
+    }
+  }
+
+  api::DeploymentConfig cfg_;
+  model::Checkpoint ck_;
+  std::vector<std::unique_ptr<NodeHandle>> nodes_;
+  int64_t capacity_ = 0;
+  std::atomic<int64_t> in_flight_{0};
+  std::unique_ptr<grpc::Server> server_;
+  std::thread monitor_;
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Router>> Router::start(const api::DeploymentConfig& config) {
+  auto r = std::make_unique<RouterImpl>();
+  TANDEM_RETURN_IF_ERROR(r->init(config).with_context("router"));
+  return std::unique_ptr<Router>(std::move(r));
+}
+
+}  // namespace tandem::router

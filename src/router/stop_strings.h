@@ -1,0 +1,26 @@
+// Applies stop strings to streamed text: text that could still turn out to be
+// the start of a stop string is held back, so a client never sees any part of
+// a stop string, and nothing else is delayed longer than needed.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace tandem::router {
+
+class StopStringFilter {
+ public:
+  explicit StopStringFilter(std::vector<std::string> stops);
+  // Adds text; returns what can be released now. Sets `stopped` when a stop
+  // string appeared (the returned text ends right before it).
+  std::string push(const std::string& text, bool& stopped);
+  // The held-back tail, at the end of generation.
+  std::string flush();
+
+ private:
+  std::vector<std::string> stops_;
+  size_t hold_ = 0;  // longest stop string - 1
+  std::string pending_;
+};
+
+}  // namespace tandem::router

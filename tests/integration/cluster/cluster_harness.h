@@ -1,0 +1,146 @@
+// Starts a real cluster (`tandem serve` and its child processes on loopback)
+// for a test, talks to it over gRPC, and tears it down.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "tandem/api/health.h"
+#include "tandem/internal/v1/node.grpc.pb.h"
+#include "tandem/model/make_model.h"
+#include "tandem/v1/generation.grpc.pb.h"
+
+namespace tandem::testing {
+
+inline std::string tandem_bin() {
+  const char* b = std::getenv("TANDEM_BIN");
+  return b ? b : std::string(TANDEM_BINARY_DIR) + "/src/cli/tandem";
+}
+
+// A generated model shared by the tests of one process.
+inline const std::string& cluster_model(const std::string& preset) {
+  static std::map<std::string, std::string> dirs;
+  auto& d = dirs[preset];
+  if (d.empty()) {
+    d = (std::filesystem::path(::testing::TempDir()) / ("tandem_cluster_" + preset + "_" + std::to_string(getpid())))
+            .string();
+    std::filesystem::remove_all(d);
+    Status st = model::make_model({.preset = preset, .seed = 0, .out_dir = d, .dtype = DType::kF32});
+    if (!st.is_ok()) throw std::runtime_error(st.to_string());
+  }
+  return d;
+}
+
+struct ClusterShape {
+  int attention_nodes = 1;
+  int expert_nodes = 1;
+  int micro_batches = 1;
+  int max_running_sequences = 64;
+  int max_queue = 256;
+  int kv_blocks = 512;
+};
+
+class Cluster {
+ public:
+  Cluster(const std::string& model_dir, const ClusterShape& s) {
+    // Ports from a range that depends on the pid so parallel test processes do not collide.
+    std::mt19937 g(static_cast<unsigned>(getpid()) * 7919u + static_cast<unsigned>(time(nullptr)));
+    base_ = 20000 + static_cast<int>(g() % 2000) * 10;
+    config_ = (std::filesystem::path(::testing::TempDir()) / ("cluster_" + std::to_string(base_) + ".yaml")).string();
+    std::ofstream(config_) << "model: {path: " << model_dir << "}\n"
+                           << "cluster: {attention_nodes: " << s.attention_nodes << ", expert_nodes: " << s.expert_nodes
+                           << ", micro_batches: " << s.micro_batches << "}\n"
+                           << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue << "}\n"
+                           << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
+                           << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences << "}\n"
+                           << "expert: {base_port: " << base_ + 5 << "}\n";
+    pid_ = fork();
+    if (pid_ == 0) {
+      execl(tandem_bin().c_str(), tandem_bin().c_str(), "serve", "--config", config_.c_str(), nullptr);
+      _exit(127);
+    }
+    ready_ = api::wait_until_serving(router_address(), std::chrono::seconds(60));
+    channel_ = grpc::CreateChannel(router_address(), grpc::InsecureChannelCredentials());
+    stub_ = tandem::v1::Generation::NewStub(channel_);
+  }
+  ~Cluster() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int st = 0;
+      for (int i = 0; i < 300 && waitpid(pid_, &st, WNOHANG) == 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (waitpid(pid_, &st, WNOHANG) == 0) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, &st, 0);
+      }
+    }
+  }
+  const Status& ready() const { return ready_; }
+  std::string router_address() const { return "127.0.0.1:" + std::to_string(base_); }
+  std::string attention_address(int i) const { return "127.0.0.1:" + std::to_string(base_ + 1 + i); }
+  tandem::v1::Generation::Stub& stub() { return *stub_; }
+  pid_t serve_pid() const { return pid_; }
+  const std::string& config() const { return config_; }
+
+  // The pid of a role's process (a child of serve), found by its command line.
+  pid_t role_pid(const std::string& role, int rank) const {
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+      std::ifstream f(e.path() / "cmdline");
+      std::string cmd((std::istreambuf_iterator<char>(f)), {});
+      std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+      if (cmd.find(" " + role + " --config " + config_) != std::string::npos &&
+          (rank < 0 || cmd.find("--rank " + std::to_string(rank)) != std::string::npos))
+        return std::stoi(e.path().filename().string());
+    }
+    return -1;
+  }
+
+ private:
+  int base_ = 0;
+  std::string config_;
+  pid_t pid_ = -1;
+  Status ready_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<tandem::v1::Generation::Stub> stub_;
+};
+
+struct Reply {
+  std::vector<int32_t> tokens;
+  std::string text;
+  tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
+  uint32_t prompt_tokens = 0, completion_tokens = 0;
+  grpc::Status status;
+};
+
+inline Reply generate(tandem::v1::Generation::Stub& stub, const tandem::v1::GenerateRequest& req,
+                      std::chrono::seconds timeout = std::chrono::seconds(60), grpc::ClientContext* ctx_in = nullptr) {
+  grpc::ClientContext local;
+  grpc::ClientContext& ctx = ctx_in ? *ctx_in : local;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  auto reader = stub.Generate(&ctx, req);
+  Reply r;
+  tandem::v1::GenerateResponse m;
+  while (reader->Read(&m)) {
+    for (uint32_t t : m.token_ids()) r.tokens.push_back(static_cast<int32_t>(t));
+    r.text += m.text();
+    if (m.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) {
+      r.finish = m.finish_reason();
+      r.prompt_tokens = m.usage().prompt_tokens();
+      r.completion_tokens = m.usage().completion_tokens();
+    }
+  }
+  r.status = reader->Finish();
+  return r;
+}
+
+}  // namespace tandem::testing

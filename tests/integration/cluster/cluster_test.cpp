@@ -1,0 +1,257 @@
+// The cluster as users run it: `tandem serve` with real role processes on
+// loopback, driven through the public gRPC API.
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "cluster_harness.h"
+#include "tandem/engine/engine.h"
+#include "tandem/model/checkpoint.h"
+#include "tandem/model/weights.h"
+
+namespace tandem {
+namespace {
+
+using testing::Cluster;
+using testing::ClusterShape;
+using testing::cluster_model;
+using testing::generate;
+
+std::vector<std::string> prompts(int n) {
+  std::vector<std::string> p;
+  for (int i = 0; i < n; ++i) p.push_back("Stream " + std::to_string(i) + ": the " + std::string(i % 5 + 1, 'a') + " case");
+  return p;
+}
+
+// Single-process greedy reference for the same prompts.
+std::vector<std::vector<int32_t>> reference(const std::string& dir, const std::vector<std::string>& ps, int max_tokens) {
+  auto ck = model::Checkpoint::open(dir);
+  auto w = model::ModelWeights::load(ck->config, *ck->weights);
+  auto eng = engine::Engine::create(ck->config, **w, {});
+  std::vector<engine::GenerationRequest> reqs;
+  for (const auto& p : ps) {
+    engine::GenerationRequest r;
+    r.prompt = *ck->tokenizer->encode(p, true);
+    r.max_tokens = max_tokens;
+    r.sampling.temperature = 0;
+    r.stop_token_ids = ck->stop_token_ids;
+    reqs.push_back(r);
+  }
+  auto res = (*eng)->generate(reqs);
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& r : *res) out.push_back(r.tokens);
+  return out;
+}
+
+tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens) {
+  tandem::v1::GenerateRequest req;
+  req.set_text(text);
+  req.mutable_sampling()->set_temperature(0);
+  req.mutable_sampling()->set_max_tokens(max_tokens);
+  return req;
+}
+
+class ClusterEquivalence : public ::testing::TestWithParam<std::tuple<std::string, int, int>> {};
+
+// 16 concurrent streams through the cluster give, token for token, what the
+// single-process engine gives.
+TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
+  const auto& [preset, n_a, m] = GetParam();
+  const std::string& dir = cluster_model(preset);
+  Cluster cluster(dir, {.attention_nodes = n_a, .micro_batches = m});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  const auto ps = prompts(16);
+  const auto want = reference(dir, ps, 12);
+  std::vector<std::future<testing::Reply>> futs;
+  for (const auto& p : ps)
+    futs.push_back(std::async(std::launch::async, [&, p] { return generate(cluster.stub(), greedy(p, 12)); }));
+  for (size_t i = 0; i < ps.size(); ++i) {
+    auto r = futs[i].get();
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.tokens, want[i]) << "stream " << i;
+    EXPECT_EQ(r.completion_tokens, r.tokens.size());
+    EXPECT_NE(r.finish, tandem::v1::FINISH_REASON_UNSPECIFIED);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ClusterEquivalence,
+                         ::testing::Values(std::tuple{"tiny-mixtral", 1, 1}, std::tuple{"tiny-mixtral", 2, 2},
+                                           std::tuple{"tiny-qwen3-moe", 2, 3}),
+                         [](const auto& info) {
+                           std::string n = std::get<0>(info.param) + "_a" + std::to_string(std::get<1>(info.param)) +
+                                           "_m" + std::to_string(std::get<2>(info.param));
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+class ClusterBehaviour : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cluster_ = new Cluster(cluster_model("tiny-mixtral"), {.attention_nodes = 2, .micro_batches = 2});
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  static Cluster* cluster_;
+};
+Cluster* ClusterBehaviour::cluster_ = nullptr;
+
+TEST_F(ClusterBehaviour, InvalidRequestsNameTheField) {
+  ASSERT_TRUE(cluster_->ready().is_ok()) << cluster_->ready().to_string();
+  auto& stub = cluster_->stub();
+  tandem::v1::GenerateRequest none;
+  auto r = generate(stub, none);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("input"), std::string::npos) << r.status.error_message();
+  auto bad_p = greedy("hi", 4);
+  bad_p.mutable_sampling()->set_top_p(1.5f);
+  r = generate(stub, bad_p);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("sampling.top_p"), std::string::npos);
+  tandem::v1::GenerateRequest ids;
+  ids.mutable_token_ids()->add_ids(999999);
+  r = generate(stub, ids);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("token_ids"), std::string::npos);
+  auto wrong_model = greedy("hi", 4);
+  wrong_model.set_model("gpt-17");
+  EXPECT_EQ(generate(stub, wrong_model).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  auto huge = greedy("hi", 4);
+  huge.set_text(std::string(100000, 'x'));
+  EXPECT_EQ(generate(stub, huge).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ClusterBehaviour, StopStringsEndTheStreamBeforeTheStopText) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  auto free_run = generate(cluster_->stub(), greedy("Stop strings", 16));
+  ASSERT_TRUE(free_run.status.ok());
+  ASSERT_GE(free_run.text.size(), 6u);
+  // Three printable ASCII bytes from the second half (a stop string must be valid UTF-8).
+  size_t at = std::string::npos;
+  for (size_t i = free_run.text.size() / 2; i + 3 <= free_run.text.size() && at == std::string::npos; ++i)
+    if (std::all_of(free_run.text.begin() + i, free_run.text.begin() + i + 3, [](char ch) { return ch > 32 && ch < 127; }))
+      at = i;
+  ASSERT_NE(at, std::string::npos) << free_run.text;
+  const std::string stop = free_run.text.substr(at, 3);
+  auto req = greedy("Stop strings", 16);
+  req.mutable_sampling()->add_stop(stop);
+  auto r = generate(cluster_->stub(), req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.finish, tandem::v1::FINISH_REASON_STOP);
+  EXPECT_EQ(r.text, free_run.text.substr(0, free_run.text.find(stop)));
+}
+
+TEST_F(ClusterBehaviour, ClientCancellationFreesKvBlocks) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  auto long_one = greedy("a long one", 2000);
+  long_one.mutable_sampling()->set_ignore_eos(true);
+  grpc::ClientContext ctx;
+  auto reader = cluster_->stub().Generate(&ctx, long_one);
+  tandem::v1::GenerateResponse first;
+  ASSERT_TRUE(reader->Read(&first));  // the sequence is running: cancel it now
+  ctx.TryCancel();
+  while (reader->Read(&first)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // Both attention nodes are back to an empty cache shortly after.
+  for (int i = 0; i < 2; ++i) {
+    auto stub = tandem::internal::v1::AttentionNode::NewStub(
+        grpc::CreateChannel(cluster_->attention_address(i), grpc::InsecureChannelCredentials()));
+    bool freed = false;
+    for (int tries = 0; tries < 50 && !freed; ++tries) {
+      grpc::ClientContext c;
+      tandem::internal::v1::LoadRequest rq;
+      tandem::internal::v1::LoadReply rp;
+      ASSERT_TRUE(stub->Load(&c, rq, &rp).ok());
+      freed = rp.free_blocks() == rp.total_blocks() && rp.running() == 0;
+      if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(freed) << "attention node " << i;
+  }
+}
+
+TEST_F(ClusterBehaviour, ListModelsDescribesTheModel) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  grpc::ClientContext ctx;
+  tandem::v1::ListModelsRequest rq;
+  tandem::v1::ListModelsResponse rp;
+  ASSERT_TRUE(cluster_->stub().ListModels(&ctx, rq, &rp).ok());
+  ASSERT_EQ(rp.models_size(), 1);
+  EXPECT_EQ(rp.models(0).architecture(), "MixtralForCausalLM");
+  EXPECT_EQ(rp.models(0).num_experts(), 8u);
+}
+
+// Killing an attention node fails only its own requests; serve restarts it and
+// the router serves again.
+TEST_F(ClusterBehaviour, KilledAttentionNodeFailsOnlyItsRequestsAndIsRestarted) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  std::vector<std::future<testing::Reply>> futs;
+  for (int i = 0; i < 6; ++i)
+    futs.push_back(std::async(std::launch::async, [&, i] {
+      auto req = greedy("survive " + std::to_string(i), 1000);
+      req.mutable_sampling()->set_ignore_eos(true);
+      return generate(cluster_->stub(), req, std::chrono::seconds(60));
+    }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  const pid_t victim = cluster_->role_pid("attention", 0);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  int failed = 0, ok = 0;
+  for (auto& f : futs) {
+    auto r = f.get();
+    if (r.status.ok()) ++ok;
+    else {
+      ++failed;
+      EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
+    }
+  }
+  EXPECT_GT(failed, 0);
+  EXPECT_GT(ok, 0) << "requests on the surviving node must complete";
+  // Restarted by serve; the router reports SERVING again and requests succeed.
+  ASSERT_TRUE(api::wait_until_serving(cluster_->router_address(), std::chrono::seconds(60)).is_ok());
+  EXPECT_NE(cluster_->role_pid("attention", 0), victim);
+  bool served = false;
+  for (int i = 0; i < 20 && !served; ++i) {
+    served = generate(cluster_->stub(), greedy("back again", 4)).status.ok();
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_TRUE(served);
+}
+
+TEST(ClusterAdmission, FullQueueIsResourceExhausted) {
+  Cluster cluster(cluster_model("tiny-mixtral"), {.attention_nodes = 1, .max_running_sequences = 1, .max_queue = 1});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  std::vector<std::future<testing::Reply>> futs;
+  for (int i = 0; i < 8; ++i)
+    futs.push_back(std::async(std::launch::async, [&] {
+      auto req = greedy("queue", 200);
+      req.mutable_sampling()->set_ignore_eos(true);
+      return generate(cluster.stub(), req);
+    }));
+  int exhausted = 0, ok = 0;
+  for (auto& f : futs) {
+    auto r = f.get();
+    if (r.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++exhausted;
+    if (r.status.ok()) ++ok;
+  }
+  EXPECT_GT(exhausted, 0);
+  EXPECT_GT(ok, 0);
+}
+
+TEST(ClusterConfig, BadYamlIsRefusedWithKeyPath) {
+  const std::string path = ::testing::TempDir() + "/bad_cluster.yaml";
+  std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\ncluster: {expert_nodes: 99}\n";
+  const std::string cmd = testing::tandem_bin() + " serve --config " + path + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = pclose(p);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("cluster.expert_nodes"), std::string::npos) << out;
+  EXPECT_NE(out.find("99 expert nodes"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace tandem
