@@ -1,5 +1,7 @@
 #include "tandem/attention/attention_node.h"
 
+#include "remote_experts.h"
+
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -68,16 +70,17 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     TANDEM_RETURN_IF_ERROR(cfg.validate_against_model(ck_.config.moe.num_experts,
                                                       2 * ck_.config.num_layers * ck_.config.kv_dim() * 4,
                                                       size_t{64} << 30));
-    // Until the M2N transport lands the node also holds the experts.
-    TANDEM_ASSIGN_OR_RETURN(weights_, model::ModelWeights::load(ck_.config, *ck_.weights));
+    // The experts live on the expert nodes: load only the attention side here.
+    TANDEM_ASSIGN_OR_RETURN(weights_, model::ModelWeights::load(ck_.config, *ck_.weights,
+                                                                {.attention_side = true, .expert_begin = 0, .expert_end = 0}));
     const auto& c = ck_.config;
     TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create({c.num_layers, cfg.kv_blocks, cfg.kv_block_size,
                                                             c.num_kv_heads, c.head_dim},
                                                            size_t{64} << 30));
     runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
-    local_ = std::make_unique<engine::LocalExpertExecutor>(*runner_);
+    remote_ = std::make_unique<RemoteExpertExecutor>(cfg, c, rank);
     sched_ = std::make_unique<engine::Scheduler>(
-        c, *runner_, *cache_, *local_,
+        c, *runner_, *cache_, *remote_,
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
                                  .max_batch_tokens = cfg.max_batch_tokens,
                                  .micro_batches = cfg.micro_batches});
@@ -184,7 +187,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   std::unique_ptr<model::ModelWeights> weights_;
   std::unique_ptr<engine::KvCache> cache_;
   std::unique_ptr<engine::ModelRunner> runner_;
-  std::unique_ptr<engine::LocalExpertExecutor> local_;
+  std::unique_ptr<RemoteExpertExecutor> remote_;
   std::unique_ptr<engine::Scheduler> sched_;
   std::unique_ptr<grpc::Server> server_;
   std::thread worker_;

@@ -1,4 +1,4 @@
-// `tandem router` and `tandem attention --rank I`: one cluster role per process,
+// `tandem router`, `tandem attention --rank I`, `tandem expert --rank J`: one cluster role per process,
 // configured by the deployment YAML; SIGINT/SIGTERM drain and stop it.
 #include <cstdio>
 #include <string>
@@ -8,6 +8,7 @@
 #include "tandem/api/deployment.h"
 #include "tandem/attention/attention_node.h"
 #include "tandem/common/logging.h"
+#include "tandem/expert/expert_node.h"
 #include "tandem/router/router.h"
 
 namespace tandem::cli {
@@ -41,7 +42,7 @@ int run_role(const char* name, const std::string& config_path, Start start) {
 }  // namespace
 
 void register_roles(CLI::App& app) {
-  static RoleArgs router_args, attention_args;
+  static RoleArgs router_args, attention_args, expert_args;
   auto* r = add_command(app, "router", "Run the router (public gRPC API) of a cluster", [] {
     return run_role("router", router_args.config, [](const api::DeploymentConfig& c) { return router::Router::start(c); });
   });
@@ -53,6 +54,13 @@ void register_roles(CLI::App& app) {
   });
   a->add_option("--config", attention_args.config, "Deployment YAML")->required();
   a->add_option("--rank", attention_args.rank, "Attention node index")->required()->check(CLI::NonNegativeNumber);
+  auto* e = add_command(app, "expert", "Run expert node --rank of a cluster", [] {
+    return run_role("expert", expert_args.config, [](const api::DeploymentConfig& c) {
+      return expert::ExpertNode::start(c, expert_args.rank);
+    });
+  });
+  e->add_option("--config", expert_args.config, "Deployment YAML")->required();
+  e->add_option("--rank", expert_args.rank, "Expert node index")->required()->check(CLI::NonNegativeNumber);
 }
 
 }  // namespace tandem::cli

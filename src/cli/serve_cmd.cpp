@@ -24,7 +24,7 @@ namespace tandem::cli {
 namespace {
 
 struct Child {
-  std::string role;  // "router", "attention"
+  std::string role;  // "router", "attention", "expert"
   int rank = -1;
   std::string address;
   pid_t pid = -1;
@@ -72,6 +72,8 @@ int run_serve(const std::string& config_path) {
     }
   }
   std::vector<Child> children;
+  for (int j = 0; j < cfg->expert_nodes; ++j)
+    children.push_back({"expert", j, cfg->expert_endpoint(j).to_string()});
   for (int i = 0; i < cfg->attention_nodes; ++i)
     children.push_back({"attention", i, cfg->attention_endpoint(i).to_string()});
   children.push_back({"router", -1, cfg->router.to_string()});

@@ -46,8 +46,9 @@ std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& b, int m) {
   return out;
 }
 
-Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
-                         std::vector<float>& logits) {
+namespace {
+Status forward_pipelined_impl(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                              std::vector<float>& logits) {
   const auto& c = runner.config();
   const int64_t H = c.hidden_size, K = c.moe.top_k;
   std::vector<ForwardBatch> mbs = split_micro_batches(batch, m);
@@ -101,6 +102,14 @@ Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, 
     row += mbs[i].logits_rows.size();
   }
   return Status::ok();
+}
+}  // namespace
+
+Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                         std::vector<float>& logits) {
+  Status st = forward_pipelined_impl(runner, batch, m, experts, logits);
+  if (!st.is_ok()) experts.abort();
+  return st;
 }
 
 }  // namespace tandem::engine

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "stop_strings.h"
+#include "tandem/api/health.h"
 #include "tandem/common/grpc_status.h"
 #include "tandem/common/logging.h"
 #include "tandem/internal/v1/node.grpc.pb.h"
@@ -47,6 +48,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       n->stub = ipb::AttentionNode::NewStub(grpc::CreateChannel(n->address, grpc::InsecureChannelCredentials()));
       nodes_.push_back(std::move(n));
     }
+    for (int j = 0; j < cfg.expert_nodes; ++j) expert_addresses_.push_back(cfg.expert_endpoint(j).to_string());
     capacity_ = static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue;
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
@@ -164,6 +166,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       ~Release() { n.fetch_sub(1); }
     } release{in_flight_};
 
+    if (!experts_up_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "an expert node is down; retry later");
     NodeHandle* node = pick_node();
     if (!node) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no healthy attention node");
     node->in_flight.fetch_add(1);
@@ -228,9 +231,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (!st.ok()) {
       if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::CANCELLED ||
           st.error_code() == grpc::StatusCode::UNKNOWN || st.error_code() == grpc::StatusCode::INTERNAL) {
-        node->healthy = false;
+        if (st.error_code() != grpc::StatusCode::UNAVAILABLE || st.error_message().find("expert node") == std::string::npos)
+          node->healthy = false;  // the attention node itself failed
         return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            "attention node " + node->address + " failed mid-request: " + st.error_message());
+                            "attention node " + node->address + ": " + st.error_message());
       }
       return st;
     }
@@ -262,6 +266,18 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         n->healthy = ok;
         all = all && ok;
       }
+      // Every expert node holds experts no other node has: all must be up.
+      for (size_t j = 0; j < expert_addresses_.size(); ++j) {
+        const bool ok = api::check_health(expert_addresses_[j]).is_ok();
+        if (expert_up_.size() <= j) expert_up_.push_back(!ok);
+        if (ok != expert_up_[j]) {
+          if (ok) TANDEM_LOG_INFO("expert node {} is up", expert_addresses_[j]);
+          else TANDEM_LOG_WARN("expert node {} is down", expert_addresses_[j]);
+          expert_up_[j] = ok;
+        }
+        all = all && ok;
+      }
+      experts_up_ = std::all_of(expert_up_.begin(), expert_up_.end(), [](bool b) { return b; });
       if (!stopping_) server_->GetHealthCheckService()->SetServingStatus(all);
       std::unique_lock<std::mutex> l(mu_);
       cv_.wait_for(l, std::chrono::milliseconds(200), [this] { return stopping_.load(); });
@@ -271,6 +287,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   api::DeploymentConfig cfg_;
   model::Checkpoint ck_;
   std::vector<std::unique_ptr<NodeHandle>> nodes_;
+  std::vector<std::string> expert_addresses_;
+  std::vector<bool> expert_up_;  // monitor thread only
+  std::atomic<bool> experts_up_{true};
   int64_t capacity_ = 0;
   std::atomic<int64_t> in_flight_{0};
   std::unique_ptr<grpc::Server> server_;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tandem/common/status.h"
@@ -55,6 +56,11 @@ struct DeploymentConfig {
 
   Endpoint attention_endpoint(int rank) const { return {router.host, attention_base_port + rank}; }
   Endpoint expert_endpoint(int rank) const { return {router.host, expert_base_port + rank}; }
+  // Expert node `rank` holds experts [first, second) of every MoE layer:
+  // contiguous, near-equal ranges (re-balancing can later replace this map).
+  std::pair<int64_t, int64_t> expert_range(int64_t num_experts, int rank) const {
+    return {num_experts * rank / expert_nodes, num_experts * (rank + 1) / expert_nodes};
+  }
 
   static Result<DeploymentConfig> from_yaml(const std::string& text, const std::string& source);
   static Result<DeploymentConfig> from_file(const std::string& path);

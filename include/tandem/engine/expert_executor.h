@@ -22,6 +22,9 @@ class ExpertExecutor {
                           const float* topk_w, float* out) = 0;
   // Blocks until the dispatch of (layer, mb) has landed in its `out`.
   virtual Status wait(int64_t layer, int mb) = 0;
+  // Forgets every dispatch not yet waited for (after a failed step), so that
+  // nothing of it can land in a later step.
+  virtual void abort() {}
 };
 
 // Runs the experts synchronously with a ModelRunner that holds them.

@@ -51,14 +51,14 @@ tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens)
   return req;
 }
 
-class ClusterEquivalence : public ::testing::TestWithParam<std::tuple<std::string, int, int>> {};
+class ClusterEquivalence : public ::testing::TestWithParam<std::tuple<std::string, int, int, int>> {};
 
 // 16 concurrent streams through the cluster give, token for token, what the
 // single-process engine gives.
 TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
-  const auto& [preset, n_a, m] = GetParam();
+  const auto& [preset, n_a, n_e, m] = GetParam();
   const std::string& dir = cluster_model(preset);
-  Cluster cluster(dir, {.attention_nodes = n_a, .micro_batches = m});
+  Cluster cluster(dir, {.attention_nodes = n_a, .expert_nodes = n_e, .micro_batches = m});
   ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
   const auto ps = prompts(16);
   const auto want = reference(dir, ps, 12);
@@ -75,11 +75,13 @@ TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ClusterEquivalence,
-                         ::testing::Values(std::tuple{"tiny-mixtral", 1, 1}, std::tuple{"tiny-mixtral", 2, 2},
-                                           std::tuple{"tiny-qwen3-moe", 2, 3}),
+                         ::testing::Values(std::tuple{"tiny-mixtral", 1, 1, 1}, std::tuple{"tiny-mixtral", 2, 2, 2},
+                                           std::tuple{"tiny-mixtral", 2, 3, 3}, std::tuple{"tiny-qwen3-moe", 1, 1, 1},
+                                           std::tuple{"tiny-qwen3-moe", 2, 2, 2}, std::tuple{"tiny-qwen3-moe", 2, 3, 3}),
                          [](const auto& info) {
                            std::string n = std::get<0>(info.param) + "_a" + std::to_string(std::get<1>(info.param)) +
-                                           "_m" + std::to_string(std::get<2>(info.param));
+                                           "_e" + std::to_string(std::get<2>(info.param)) + "_m" +
+                                           std::to_string(std::get<3>(info.param));
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
@@ -87,7 +89,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ClusterEquivalence,
 class ClusterBehaviour : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    cluster_ = new Cluster(cluster_model("tiny-mixtral"), {.attention_nodes = 2, .micro_batches = 2});
+    cluster_ = new Cluster(cluster_model("tiny-mixtral"), {.attention_nodes = 2, .expert_nodes = 2, .micro_batches = 2});
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -214,6 +216,39 @@ TEST_F(ClusterBehaviour, KilledAttentionNodeFailsOnlyItsRequestsAndIsRestarted) 
   bool served = false;
   for (int i = 0; i < 20 && !served; ++i) {
     served = generate(cluster_->stub(), greedy("back again", 4)).status.ok();
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_TRUE(served);
+}
+
+// Killing an expert node ends the in-flight requests with UNAVAILABLE promptly;
+// the router reports NOT_SERVING until serve has restarted it, then serves again.
+TEST_F(ClusterBehaviour, KilledExpertNodeEndsRequestsAndServingResumes) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  std::vector<std::future<testing::Reply>> futs;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 4; ++i)
+    futs.push_back(std::async(std::launch::async, [&, i] {
+      auto req = greedy("experts " + std::to_string(i), 1500);
+      req.mutable_sampling()->set_ignore_eos(true);
+      return generate(cluster_->stub(), req, std::chrono::seconds(60));
+    }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const pid_t victim = cluster_->role_pid("expert", 1);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  for (auto& f : futs) {
+    auto r = f.get();
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << r.status.error_message() << " after " << r.tokens.size() << " tokens";
+    EXPECT_NE(r.status.error_message().find("expert node"), std::string::npos) << r.status.error_message();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(15));
+  ASSERT_TRUE(api::wait_until_serving(cluster_->router_address(), std::chrono::seconds(60)).is_ok());
+  EXPECT_NE(cluster_->role_pid("expert", 1), victim);
+  bool served = false;
+  for (int i = 0; i < 30 && !served; ++i) {
+    served = generate(cluster_->stub(), greedy("experts are back", 4)).status.ok();
     if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   EXPECT_TRUE(served);

@@ -1,0 +1,23 @@
+// An expert node: holds a contiguous range of the experts of every MoE layer
+// and runs the tokens attention nodes route to them as grouped matrix products.
+// Each attention node has its own stream, served on its own thread, so a slow
+// sender never delays another (no head-of-line blocking between senders).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "tandem/api/deployment.h"
+#include "tandem/common/status.h"
+
+namespace tandem::expert {
+
+class ExpertNode {
+ public:
+  virtual ~ExpertNode() = default;
+  static Result<std::unique_ptr<ExpertNode>> start(const api::DeploymentConfig& config, int rank);
+  virtual void shutdown() = 0;
+  virtual void wait() = 0;
+};
+
+}  // namespace tandem::expert
