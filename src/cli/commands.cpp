@@ -22,6 +22,7 @@ void register_commands(CLI::App& app) {
   register_roles(app);
   register_serve(app);
   register_client(app);
+  register_bench(app);
 }
 
 int run_selected(CLI::App& app) {

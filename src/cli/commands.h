@@ -22,5 +22,6 @@ void register_generate(CLI::App& app);
 void register_roles(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_client(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace tandem::cli

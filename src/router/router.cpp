@@ -259,7 +259,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         ipb::LoadRequest rq;
         ipb::LoadReply rp;
         const bool ok = n->stub->Load(&ctx, rq, &rp).ok();
-        if (ok != n->healthy.load()) {
+        if (ok != n->healthy.load() && !stopping_) {
           if (ok) TANDEM_LOG_INFO("attention node {} is up", n->address);
           else TANDEM_LOG_WARN("attention node {} is down", n->address);
         }
@@ -270,7 +270,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       for (size_t j = 0; j < expert_addresses_.size(); ++j) {
         const bool ok = api::check_health(expert_addresses_[j]).is_ok();
         if (expert_up_.size() <= j) expert_up_.push_back(!ok);
-        if (ok != expert_up_[j]) {
+        if (ok != expert_up_[j] && !stopping_) {
           if (ok) TANDEM_LOG_INFO("expert node {} is up", expert_addresses_[j]);
           else TANDEM_LOG_WARN("expert node {} is down", expert_addresses_[j]);
           expert_up_[j] = ok;

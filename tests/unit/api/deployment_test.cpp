@@ -15,7 +15,7 @@ TEST(Deployment, ParsesShippedLocalConfig) {
   EXPECT_EQ(c->micro_batches, 2);
   EXPECT_EQ(c->router.port, 50051);
   EXPECT_EQ(c->attention_endpoint(1).port, 50101);
-  EXPECT_EQ(c->transport, "ucx");
+  EXPECT_EQ(c->transport, "tcp");
 }
 
 TEST(Deployment, RoundTripsThroughYaml) {
@@ -48,6 +48,7 @@ TEST(Deployment, RefusesBadYamlWithKeyPath) {
   expect_refused("model: [1, 2]\n", "model", "mapping");
   expect_refused("model: {path: m}\nattention: {base_port: 50051}\n", "attention.base_port", "collide");
   expect_refused("model: {path: m\n", "not valid YAML");
+  expect_refused("model: {path: m}\ntransport: {backend: ucx}\n", "transport.backend", "not wired");
 }
 
 TEST(Deployment, ValidatesAgainstModel) {

@@ -1,0 +1,35 @@
+// M2N transport over UCX (ucp active messages, client-server connections).
+//
+// One ucp context + worker per transport, driven by a dedicated progress
+// thread that sleeps on the worker's event fd when idle. Endpoints use
+// UCP_ERR_HANDLING_MODE_PEER so a dead peer is reported, which on Debian's UCX
+// 1.13 restricts same-host traffic to tcp (see docs: shm lacks peer failure
+// handling); set ucx_config {"NET_DEVICES", "lo"} for loopback-only tests.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tandem/transport/transport.h"
+
+namespace tandem::transport {
+
+struct UcxOptions {
+  NodeId self;
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 0;  // 0: ephemeral, see Transport::address()
+  // Overrides of UCX_* settings, without the prefix: {"TLS", "tcp"}. The
+  // environment applies first.
+  std::vector<std::pair<std::string, std::string>> ucx_config;
+  // The progress thread polls this long after its last event before sleeping
+  // on the event fd: lower latency for a core's worth of CPU.
+  std::chrono::microseconds busy_poll{0};
+};
+
+// Starts listening; UNAVAILABLE if UCX cannot start or bind.
+Result<std::unique_ptr<Transport>> create_ucx_transport(const UcxOptions& options);
+
+}  // namespace tandem::transport
