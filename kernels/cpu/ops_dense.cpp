@@ -37,7 +37,12 @@ void linear(const float* x, const float* w, float* y, int64_t n, int64_t in, int
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t chunk = ((out + nt - 1) / nt + 15) / 16 * 16;
     const int64_t o0 = std::min(out, t * chunk), o1 = std::min(out, o0 + chunk);
-    if (o1 > o0)
+    // One row: a matrix-vector product streams the weights once, where gemm
+    // would first pack them.
+    if (o1 > o0 && n == 1)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(o1 - o0), static_cast<int>(in), 1.0f, w + o0 * in,
+                  static_cast<int>(in), x, 1, 0.0f, y + o0, 1);
+    else if (o1 > o0)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o1 - o0),
                   static_cast<int>(in), 1.0f, x, static_cast<int>(in), w + o0 * in, static_cast<int>(in), 0.0f,
                   y + o0, static_cast<int>(out));

@@ -41,6 +41,12 @@ void TransportBase::fail_link(const NodeId& peer, const Status& status) {
   inbox_.fail_peer(peer, status);
 }
 
+Status TransportBase::link_status(const NodeId& peer) const {
+  std::lock_guard lock(mu_);
+  auto it = peers_.find(peer);
+  return it == peers_.end() ? Status::ok() : it->second.link_failure;
+}
+
 Result<const std::byte*> TransportBase::check_send(const NodeId& peer, const Buffer& buffer, size_t bytes,
                                                    size_t offset) {
   if (bytes > 0 || buffer.region()) {

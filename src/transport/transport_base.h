@@ -44,6 +44,8 @@ class TransportBase : public Transport {
   void fail_link(const NodeId& peer, const Status& status);
   // `peer` sent something we cannot trust: receives from it fail with `status`.
   void poison(const NodeId& peer, const Status& status) { inbox_.fail_peer(peer, status); }
+  // OK, or the failure recorded by fail_link().
+  Status link_status(const NodeId& peer) const;
   void close_inbox(Status status) { inbox_.close(std::move(status)); }
 
   // Receive path. Checks the header of a data message from `from` carrying
