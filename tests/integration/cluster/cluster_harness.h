@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -35,6 +36,14 @@ inline const std::string& cluster_model(const std::string& preset) {
     d = (std::filesystem::path(::testing::TempDir()) / ("tandem_cluster_" + preset + "_" + std::to_string(getpid())))
             .string();
     std::filesystem::remove_all(d);
+    static struct Cleanup {
+      std::vector<std::string> dirs;
+      ~Cleanup() {
+        std::error_code ec;
+        for (const auto& x : dirs) std::filesystem::remove_all(x, ec);
+      }
+    } cleanup;
+    cleanup.dirs.push_back(d);
     Status st = model::make_model({.preset = preset, .seed = 0, .out_dir = d, .dtype = DType::kF32});
     if (!st.is_ok()) throw std::runtime_error(st.to_string());
   }
@@ -84,6 +93,8 @@ class Cluster {
         waitpid(pid_, &st, 0);
       }
     }
+    std::error_code ec;
+    std::filesystem::remove(config_, ec);
   }
   const Status& ready() const { return ready_; }
   std::string router_address() const { return "127.0.0.1:" + std::to_string(base_); }

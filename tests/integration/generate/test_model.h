@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/make_model.h"
@@ -20,9 +21,23 @@ struct LoadedModel {
   std::unique_ptr<model::ModelWeights> weights;
 };
 
+// Directories a test process created; removed when it exits.
+struct TempDirs {
+  std::vector<std::string> dirs;
+  ~TempDirs() {
+    std::error_code ec;
+    for (const auto& d : dirs) std::filesystem::remove_all(d, ec);
+  }
+};
+inline TempDirs& temp_dirs() {
+  static TempDirs t;
+  return t;
+}
+
 inline std::string fresh_dir(const std::string& name) {
   auto d = std::filesystem::path(::testing::TempDir()) / ("tandem_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(d);
+  temp_dirs().dirs.push_back(d.string());
   return d.string();
 }
 
