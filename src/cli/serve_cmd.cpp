@@ -112,7 +112,6 @@ int run_serve(const std::string& config_path) {
         TANDEM_LOG_WARN("{} exited ({}); restarting", c.name(),
                         WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
                                             : "status " + std::to_string(WEXITSTATUS(status)));
-        std::fprintf(stderr, "tandem serve: %s died, restarting\n", c.name().c_str());
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
         c.pid = spawn(c, config_path);
         ++c.restarts;

@@ -15,6 +15,7 @@
 #include "tandem/common/logging.h"
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/model/checkpoint.h"
+#include "tandem/model/jinja.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
 namespace tandem::router {
@@ -42,6 +43,13 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   Status init(const api::DeploymentConfig& cfg) {
     cfg_ = cfg;
     TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
+    if (ck_.tokenizer_config.chat_template.empty()) {
+      chat_template_error_ = "the model has no chat template (tokenizer_config.json / chat_template.jinja)";
+    } else {
+      auto t = model::JinjaTemplate::parse(ck_.tokenizer_config.chat_template);
+      if (t.is_ok()) chat_template_ = std::make_unique<model::JinjaTemplate>(std::move(t).value());
+      else chat_template_error_ = "the model's chat template does not parse: " + t.status().message();
+    }
     for (int i = 0; i < cfg.attention_nodes; ++i) {
       auto n = std::make_unique<NodeHandle>();
       n->address = cfg.attention_endpoint(i).to_string();
@@ -126,8 +134,29 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return run(ctx, req->request_id(), prompt, req->sampling(), w);
   }
 
-  grpc::Status Chat(grpc::ServerContext*, const pb::ChatRequest*, grpc::ServerWriter<pb::GenerateResponse>*) override {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Chat: chat templates are not wired in yet");
+  grpc::Status Chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
+                    grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    if (!req->model().empty() && req->model() != cfg_.served_name)
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "model: '" + req->model() + "' is not served here");
+    if (!chat_template_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "Chat: " + chat_template_error_);
+    if (req->messages_size() == 0) return invalid("messages", "must hold at least one message");
+    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+    for (int i = 0; i < req->messages_size(); ++i) {
+      const auto& m = req->messages(i);
+      if (m.role().empty()) return invalid("messages[" + std::to_string(i) + "].role", "must be set");
+      msgs.push_back({{"role", m.role()}, {"content", m.content()}});
+    }
+    nlohmann::ordered_json vars = {{"messages", msgs},
+                                   {"add_generation_prompt", !req->has_add_generation_prompt() || req->add_generation_prompt()},
+                                   {"bos_token", ck_.tokenizer_config.bos_token},
+                                   {"eos_token", ck_.tokenizer_config.eos_token}};
+    auto text = chat_template_->render(vars);
+    if (!text.is_ok()) return invalid("messages", text.status().message());
+    // The template already holds any BOS: no post-processor specials on top (as transformers does).
+    auto ids = ck_.tokenizer->encode(*text, /*add_special_tokens=*/false);
+    if (!ids.is_ok()) return invalid("messages", ids.status().message());
+    if (ids->empty()) return invalid("messages", "the chat template rendered nothing");
+    return run(ctx, req->request_id(), *ids, req->sampling(), w);
   }
 
  private:
@@ -286,6 +315,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
 
   api::DeploymentConfig cfg_;
   model::Checkpoint ck_;
+  std::unique_ptr<model::JinjaTemplate> chat_template_;
+  std::string chat_template_error_;
   std::vector<std::unique_ptr<NodeHandle>> nodes_;
   std::vector<std::string> expert_addresses_;
   std::vector<bool> expert_up_;  // monitor thread only

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 
+#include "tandem/common/status.h"
 #include "tandem/transport/buffer.h"
 #include "tandem/transport/types.h"
 

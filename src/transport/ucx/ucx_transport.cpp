@@ -28,6 +28,7 @@ namespace tandem::transport {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using ucx::ucx_error;
 
 constexpr unsigned kAmId = 17;
 constexpr auto kRedialDelay = std::chrono::milliseconds(100);
@@ -539,7 +540,7 @@ void UcxTransport::mark_established(const NodeId& id) {
 Status UcxTransport::send_error(const NodeId& peer, ucs_status_t status) const {
   Status link = link_status(peer);
   if (!link.is_ok()) return link;
-  return ucx::ucx_error(status, "send to " + to_string(peer));
+  return ucx_error(status, "send to " + to_string(peer));
 }
 
 void UcxTransport::do_send(const std::shared_ptr<detail::SendState>& op) {
@@ -603,7 +604,7 @@ void UcxTransport::finish_rndv(RndvRecv r, ucs_status_t status) {
   // Usually the peer died, which its endpoint reports as well; without that
   // the message is lost, which must not pass silently either.
   Status link = link_status(r.from);
-  poison(r.from, link.is_ok() ? ucx::ucx_error(status, "receive from " + to_string(r.from) + " failed") : link);
+  poison(r.from, link.is_ok() ? ucx_error(status, "receive from " + to_string(r.from) + " failed") : link);
 }
 
 // ---------------------------------------------------------------------------

@@ -173,6 +173,42 @@ TEST_F(ClusterBehaviour, ClientCancellationFreesKvBlocks) {
   }
 }
 
+// Chat renders the model's chat template (ChatML for generated models) and
+// generates from it exactly as Generate does from the rendered text's tokens.
+TEST_F(ClusterBehaviour, ChatAppliesTheChatTemplate) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  tandem::v1::ChatRequest chat;
+  auto* m = chat.add_messages();
+  m->set_role("user");
+  m->set_content("Hello there");
+  chat.mutable_sampling()->set_temperature(0);
+  chat.mutable_sampling()->set_max_tokens(8);
+  grpc::ClientContext ctx;
+  auto reader = cluster_->stub().Chat(&ctx, chat);
+  std::vector<int32_t> chat_tokens;
+  tandem::v1::GenerateResponse r;
+  while (reader->Read(&r))
+    for (uint32_t t : r.token_ids()) chat_tokens.push_back(static_cast<int32_t>(t));
+  ASSERT_TRUE(reader->Finish().ok());
+  auto ck = model::Checkpoint::open(cluster_model("tiny-mixtral"));
+  auto ids = ck->tokenizer->encode("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n");
+  tandem::v1::GenerateRequest gen;
+  for (int32_t id : *ids) gen.mutable_token_ids()->add_ids(static_cast<uint32_t>(id));
+  gen.mutable_sampling()->set_temperature(0);
+  gen.mutable_sampling()->set_max_tokens(8);
+  auto direct = generate(cluster_->stub(), gen);
+  ASSERT_TRUE(direct.status.ok());
+  EXPECT_EQ(chat_tokens, direct.tokens);
+  tandem::v1::ChatRequest empty;
+  grpc::ClientContext ctx2;
+  auto bad = cluster_->stub().Chat(&ctx2, empty);
+  while (bad->Read(&r)) {
+  }
+  grpc::Status st = bad->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("messages"), std::string::npos);
+}
+
 TEST_F(ClusterBehaviour, ListModelsDescribesTheModel) {
   ASSERT_TRUE(cluster_->ready().is_ok());
   grpc::ClientContext ctx;

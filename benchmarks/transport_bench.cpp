@@ -1,0 +1,429 @@
+// M2N transport over UCX on loopback, every node its own process: throughput of
+// a one-way attention->expert stream and latency of a dispatch+combine round
+// trip (one MoE layer's communication) per message size, for 1x1 and MxN.
+// The 1x1 numbers are set against ucx_perftest (ucp_am_bw / ucp_am_lat) run
+// with the same UCX_TLS, the limit of the UCX layer underneath.
+//
+//   build/benchmarks/transport_bench [--mesh 2x2] [--sizes 1024,...,4194304]
+//                                    [--busy-poll-us 0] [--no-perftest]
+// Internal: transport_bench --node ROLE RANK SIZES BUSY_POLL_US (one node).
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tandem/common/logging.h"
+#include "tandem/transport/ucx_transport.h"
+
+extern char** environ;
+
+using namespace tandem;
+using namespace tandem::transport;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Same transport settings for our nodes and for ucx_perftest.
+const std::vector<std::pair<std::string, std::string>> kUcxConfig = {{"TLS", "tcp"}, {"NET_DEVICES", "lo"}};
+constexpr int kWindow = 8;  // sends in flight per peer in the throughput phase
+
+std::vector<size_t> parse_sizes(const std::string& s) {
+  std::vector<size_t> v;
+  std::stringstream in(s);
+  for (std::string x; std::getline(in, x, ',');) v.push_back(std::stoull(x));
+  return v;
+}
+
+std::string human(size_t bytes) {
+  if (bytes >= (1u << 20) && bytes % (1u << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
+  if (bytes >= 1024 && bytes % 1024 == 0) return std::to_string(bytes >> 10) + " KiB";
+  return std::to_string(bytes) + " B";
+}
+
+size_t throughput_iters(size_t bytes) { return std::clamp<size_t>((size_t{32} << 20) / bytes, 20, 4000); }
+size_t latency_iters(size_t bytes) { return std::clamp<size_t>((size_t{8} << 20) / bytes, 20, 1000); }
+constexpr size_t kLatencyWarmup = 5;
+
+// ----------------------------------------------------------------------------
+// One node (a child process)
+
+Status check(const Status& s) {
+  if (!s.is_ok()) {
+    std::printf("ERROR %s\n", s.to_string().c_str());
+    std::fflush(stdout);
+    std::_Exit(1);
+  }
+  return s;
+}
+template <typename T>
+T check(Result<T> r) {
+  check(r.status());
+  return std::move(r).value();
+}
+
+MessageHeader header(MessageKind kind, uint32_t layer, uint32_t mb, size_t bytes) {
+  MessageHeader h;
+  h.kind = kind;
+  h.layer = layer;
+  h.micro_batch = mb;
+  h.num_tokens = static_cast<uint32_t>(bytes);
+  h.hidden_size = 1;
+  h.dtype = DType::kU8;
+  return h;
+}
+
+void attention_node(Transport& t, const std::vector<NodeId>& experts, const std::vector<size_t>& sizes) {
+  for (uint32_t si = 0; si < sizes.size(); ++si) {
+    const size_t bytes = sizes[si];
+    // Throughput: kWindow sends in flight per expert, then one ack per expert.
+    std::vector<std::vector<Buffer>> bufs(experts.size());
+    for (auto& b : bufs) {
+      for (int w = 0; w < kWindow; ++w) {
+        b.push_back(check(t.allocate(bytes)));
+        std::memset(b.back().data(), 0x5a, bytes);
+      }
+    }
+    const size_t iters = throughput_iters(bytes);
+    std::vector<std::vector<SendHandle>> inflight(experts.size(), std::vector<SendHandle>(kWindow));
+    const auto t0 = Clock::now();
+    for (uint32_t it = 0; it < iters; ++it) {
+      for (size_t e = 0; e < experts.size(); ++e) {
+        SendHandle& slot = inflight[e][it % kWindow];
+        if (it >= kWindow) check(slot.wait(30s));
+        slot = check(t.send(experts[e], header(MessageKind::kDispatch, it, 2 * si, bytes), bufs[e][it % kWindow], bytes));
+      }
+    }
+    for (NodeId e : experts) check(t.recv(TagFilter::exact(iters, 2 * si, e), 60s));
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    for (auto& v : inflight) {
+      for (auto& h : v) check(h.wait(30s));
+    }
+    std::printf("RESULT tput %zu %zu %.9f\n", bytes, iters, secs);
+
+    // Latency: dispatch to every expert, wait for every combine.
+    const size_t n = latency_iters(bytes) + kLatencyWarmup;
+    std::vector<double> us;
+    std::vector<SendHandle> sends(experts.size());
+    for (uint32_t it = 0; it < n; ++it) {
+      const auto s0 = Clock::now();
+      for (size_t e = 0; e < experts.size(); ++e) {
+        sends[e] = check(t.send(experts[e], header(MessageKind::kDispatch, it, 2 * si + 1, bytes), bufs[e][0], bytes));
+      }
+      for (NodeId e : experts) check(t.recv(TagFilter::exact(it, 2 * si + 1, e), 30s));
+      if (it >= kLatencyWarmup) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s0).count());
+      for (auto& h : sends) check(h.wait(30s));
+    }
+    std::sort(us.begin(), us.end());
+    std::printf("RESULT lat %zu %.2f %.2f\n", bytes, us[us.size() / 2], us[us.size() * 99 / 100]);
+    std::fflush(stdout);
+  }
+}
+
+void expert_node(Transport& t, const std::vector<NodeId>& attention, const std::vector<size_t>& sizes) {
+  for (uint32_t si = 0; si < sizes.size(); ++si) {
+    const size_t bytes = sizes[si];
+    auto buf = check(t.allocate(bytes));
+    std::memset(buf.data(), 0xa5, bytes);
+    const size_t iters = throughput_iters(bytes);
+    for (uint32_t it = 0; it < iters; ++it) {
+      for (NodeId a : attention) check(t.recv(TagFilter::exact(it, 2 * si, a), 30s));
+    }
+    std::vector<SendHandle> acks;
+    for (NodeId a : attention) acks.push_back(check(t.send(a, header(MessageKind::kCombine, iters, 2 * si, 1), buf, 1)));
+    for (auto& h : acks) check(h.wait(30s));
+
+    const size_t n = latency_iters(bytes) + kLatencyWarmup;
+    for (uint32_t it = 0; it < n; ++it) {
+      for (NodeId a : attention) check(t.recv(TagFilter::exact(it, 2 * si + 1, a), 30s));
+      // All combines share one buffer: nobody writes it while they are in flight.
+      std::vector<SendHandle> replies;
+      for (NodeId a : attention) {
+        replies.push_back(check(t.send(a, header(MessageKind::kCombine, it, 2 * si + 1, bytes), buf, bytes)));
+      }
+      for (auto& h : replies) check(h.wait(30s));
+    }
+  }
+}
+
+int run_node(int argc, char** argv) {
+  // --node ROLE RANK SIZES BUSY_POLL_US
+  if (argc < 6) return 2;
+  init_logging("transport-bench");
+  const Role role = std::string(argv[2]) == "expert" ? Role::kExpert : Role::kAttention;
+  UcxOptions o;
+  o.self = {role, static_cast<uint32_t>(std::atoi(argv[3]))};
+  o.ucx_config = kUcxConfig;
+  o.busy_poll = std::chrono::microseconds(std::atoi(argv[5]));
+  const std::vector<size_t> sizes = parse_sizes(argv[4]);
+  auto t = check(create_ucx_transport(o));
+  std::printf("LISTENING %u\n", t->address().port);
+  std::fflush(stdout);
+  std::vector<PeerAddress> peers;
+  char line[256];
+  while (std::fgets(line, sizeof(line), stdin)) {
+    char r[32], host[64];
+    unsigned rank, port;
+    if (std::strncmp(line, "GO", 2) == 0) break;
+    if (std::sscanf(line, "PEER %31s %u %63s %u", r, &rank, host, &port) == 4) {
+      peers.push_back({{std::string(r) == "expert" ? Role::kExpert : Role::kAttention, rank}, host,
+                       static_cast<uint16_t>(port)});
+    }
+  }
+  check(t->connect(peers, 30s));
+  std::vector<NodeId> ids;
+  for (auto& p : peers) ids.push_back(p.id);
+  if (role == Role::kAttention) {
+    attention_node(*t, ids, sizes);
+  } else {
+    expert_node(*t, ids, sizes);
+  }
+  std::printf("DONE\n");
+  std::fflush(stdout);
+  return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Coordinator
+
+struct Child {
+  pid_t pid = -1;
+  FILE* in = nullptr;
+  FILE* out = nullptr;
+};
+
+Child spawn_node(Role role, uint32_t rank, const std::string& sizes, int busy_poll_us) {
+  int to[2], from[2];
+  if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) std::abort();
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, to[0], 0);
+  posix_spawn_file_actions_adddup2(&fa, from[1], 1);
+  std::vector<std::string> args = {"/proc/self/exe", "--node", std::string(role_name(role)), std::to_string(rank), sizes,
+                                   std::to_string(busy_poll_us)};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  Child c;
+  if (posix_spawn(&c.pid, "/proc/self/exe", &fa, nullptr, argv.data(), environ) != 0) std::abort();
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(to[0]);
+  ::close(from[1]);
+  c.in = fdopen(to[1], "w");
+  c.out = fdopen(from[0], "r");
+  return c;
+}
+
+// Next line from a child, or "" at EOF. The children bound every wait they
+// make, so a blocking read here cannot hang for long.
+std::string read_line(Child& c) {
+  char buf[512];
+  if (!std::fgets(buf, sizeof(buf), c.out)) return "";
+  std::string s(buf);
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+struct Row {
+  double gbps = 0;      // aggregate over all pairs
+  double rtt_p50 = 0;   // µs, dispatch + combine
+  double rtt_p99 = 0;
+};
+
+// Runs an m x n mesh over all sizes; nullopt-like empty map on failure.
+std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes, int busy_poll_us) {
+  std::vector<Child> kids;
+  std::vector<NodeId> ids;
+  for (uint32_t i = 0; i < m; ++i) ids.push_back({Role::kAttention, i});
+  for (uint32_t i = 0; i < n; ++i) ids.push_back({Role::kExpert, i});
+  for (NodeId id : ids) kids.push_back(spawn_node(id.role, id.rank, sizes, busy_poll_us));
+  std::vector<std::string> ports;
+  for (auto& k : kids) {
+    std::string l = read_line(k);
+    if (l.rfind("LISTENING ", 0) != 0) {
+      std::fprintf(stderr, "node failed to start: %s\n", l.c_str());
+      for (auto& x : kids) ::kill(x.pid, SIGKILL);
+      for (auto& x : kids) waitpid(x.pid, nullptr, 0);
+      return {};
+    }
+    ports.push_back(l.substr(10));
+  }
+  for (size_t i = 0; i < kids.size(); ++i) {
+    for (size_t j = 0; j < kids.size(); ++j) {
+      if (ids[i].role == ids[j].role) continue;
+      std::fprintf(kids[i].in, "PEER %s %u 127.0.0.1 %s\n", std::string(role_name(ids[j].role)).c_str(), ids[j].rank,
+                   ports[j].c_str());
+    }
+    std::fprintf(kids[i].in, "GO\n");
+    std::fflush(kids[i].in);
+  }
+  std::map<size_t, Row> rows;
+  std::map<size_t, double> slowest;  // per size: the longest throughput phase over attention nodes
+  std::map<size_t, size_t> iters;
+  std::map<size_t, std::vector<double>> p50s, p99s;
+  bool ok = true;
+  for (uint32_t i = 0; i < m; ++i) {
+    for (std::string l = read_line(kids[i]); l != "DONE"; l = read_line(kids[i])) {
+      if (l.empty() || l.rfind("ERROR", 0) == 0) {
+        std::fprintf(stderr, "%s: %s\n", to_string(ids[i]).c_str(), l.empty() ? "died" : l.c_str());
+        ok = false;
+        break;
+      }
+      std::istringstream in(l);
+      std::string tag, kind;
+      size_t bytes;
+      in >> tag >> kind >> bytes;
+      if (kind == "tput") {
+        size_t it;
+        double secs;
+        in >> it >> secs;
+        iters[bytes] = it;
+        slowest[bytes] = std::max(slowest[bytes], secs);
+      } else if (kind == "lat") {
+        double a, b;
+        in >> a >> b;
+        p50s[bytes].push_back(a);
+        p99s[bytes].push_back(b);
+      }
+    }
+  }
+  for (auto& k : kids) {
+    if (!ok) ::kill(k.pid, SIGKILL);
+    int st = 0;
+    waitpid(k.pid, &st, 0);
+    std::fclose(k.in);
+    std::fclose(k.out);
+  }
+  if (!ok) return {};
+  for (auto& [bytes, secs] : slowest) {
+    Row& r = rows[bytes];
+    r.gbps = static_cast<double>(m) * n * iters[bytes] * bytes / secs / 1e9;
+    auto& a = p50s[bytes];
+    std::sort(a.begin(), a.end());
+    r.rtt_p50 = a[a.size() / 2];
+    r.rtt_p99 = *std::max_element(p99s[bytes].begin(), p99s[bytes].end());
+  }
+  return rows;
+}
+
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+bool have_perftest() { return std::system("command -v ucx_perftest > /dev/null 2>&1") == 0; }
+
+// One ucx_perftest run (server + client on 127.0.0.1); the client's CSV line:
+// iterations, p50 lat, avg lat, overall lat (µs), avg bw, overall bw (MB/s = 2^20 B/s), ...
+std::vector<double> perftest(const std::string& test, size_t bytes, size_t iters) {
+  std::string env;
+  for (auto& [k, v] : kUcxConfig) env += "UCX_" + k + "=" + v + " ";
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const std::string common = " -t " + test + " -s " + std::to_string(bytes) + " -n " + std::to_string(iters) +
+                               " -w " + std::to_string(std::max<size_t>(iters / 10, 10)) + " -p " +
+                               std::to_string(free_port()) + " -v";
+    FILE* server = popen((env + "timeout 60 ucx_perftest" + common + " 2>/dev/null").c_str(), "r");
+    std::this_thread::sleep_for(300ms);
+    FILE* client = popen((env + "timeout 60 ucx_perftest 127.0.0.1" + common + " 2>/dev/null").c_str(), "r");
+    std::vector<double> last;
+    char buf[512];
+    while (client && std::fgets(buf, sizeof(buf), client)) {
+      std::vector<double> v;
+      std::stringstream in(buf);
+      for (std::string x; std::getline(in, x, ',');) {
+        char* end = nullptr;
+        double d = std::strtod(x.c_str(), &end);
+        if (end == x.c_str()) break;
+        v.push_back(d);
+      }
+      if (v.size() >= 6) last = v;
+    }
+    if (client) pclose(client);
+    if (server) pclose(server);
+    if (!last.empty()) return last;
+  }
+  return {};
+}
+
+int run_coordinator(int argc, char** argv) {
+  std::string sizes = "1024,4096,16384,65536,262144,1048576,4194304";
+  uint32_t m = 2, n = 2;
+  int busy_poll_us = 0;
+  bool perf = true;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--sizes" && i + 1 < argc) sizes = argv[++i];
+    else if (a == "--mesh" && i + 1 < argc) std::sscanf(argv[++i], "%ux%u", &m, &n);
+    else if (a == "--busy-poll-us" && i + 1 < argc) busy_poll_us = std::atoi(argv[++i]);
+    else if (a == "--no-perftest") perf = false;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  std::printf("M2N transport over UCX (UCX_TLS=tcp, UCX_NET_DEVICES=lo, peer failure handling on), one process per "
+              "node, busy-poll %d us\n",
+              busy_poll_us);
+  std::printf("tput: one-way stream, %d sends in flight per pair, GB/s = 1e9 B/s summed over all pairs\n", kWindow);
+  std::printf("rtt : dispatch of S bytes to every expert + combine of S bytes back from each (one MoE layer)\n\n");
+  auto one = run_mesh(1, 1, sizes, busy_poll_us);
+  auto mesh = run_mesh(m, n, sizes, busy_poll_us);
+  if (one.empty() || mesh.empty()) return 1;
+  const bool use_perftest = perf && have_perftest();
+  if (perf && !use_perftest) std::printf("ucx_perftest not found: perftest columns skipped\n\n");
+
+  std::printf("%8s | %10s %10s %6s | %10s %10s %6s | %10s %10s %10s\n", "size", "1x1 GB/s", "perftest", "ratio",
+              "1x1 lat us", "perftest", "ratio", "agg GB/s", "rtt p50 us", "rtt p99 us");
+  std::printf("%8s | %10s %10s %6s | %10s %10s %6s | %32s\n", "", "", "am_bw", "", "(rtt/2)", "am_lat", "",
+              (std::to_string(m) + "x" + std::to_string(n) + " mesh").c_str());
+  for (size_t bytes : parse_sizes(sizes)) {
+    const Row& a = one[bytes];
+    const Row& b = mesh[bytes];
+    const double lat = a.rtt_p50 / 2;
+    std::string pt_bw = "-", pt_lat = "-", r_bw = "-", r_lat = "-";
+    if (use_perftest) {
+      auto bw = perftest("ucp_am_bw", bytes, throughput_iters(bytes));
+      auto lt = perftest("ucp_am_lat", bytes, latency_iters(bytes));
+      char tmp[64];
+      if (!bw.empty()) {
+        const double g = bw[5] * 1048576 / 1e9;
+        std::snprintf(tmp, sizeof(tmp), "%.3f", g), pt_bw = tmp;
+        std::snprintf(tmp, sizeof(tmp), "%.2f", a.gbps / g), r_bw = tmp;
+      }
+      if (!lt.empty()) {
+        std::snprintf(tmp, sizeof(tmp), "%.1f", lt[1]), pt_lat = tmp;
+        std::snprintf(tmp, sizeof(tmp), "%.2f", lat / lt[1]), r_lat = tmp;
+      }
+    }
+    std::printf("%8s | %10.3f %10s %6s | %10.1f %10s %6s | %10.3f %10.1f %10.1f\n", human(bytes).c_str(), a.gbps,
+                pt_bw.c_str(), r_bw.c_str(), lat, pt_lat.c_str(), r_lat.c_str(), b.gbps, b.rtt_p50, b.rtt_p99);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--node") return run_node(argc, argv);
+  return run_coordinator(argc, argv);
+}
