@@ -5,8 +5,8 @@
 // with the same UCX_TLS, the limit of the UCX layer underneath.
 //
 //   build/benchmarks/transport_bench [--mesh 2x2] [--sizes 1024,...,4194304]
-//                                    [--busy-poll-us 0] [--no-perftest]
-// Internal: transport_bench --node ROLE RANK SIZES BUSY_POLL_US (one node).
+//                                    [--reps 3] [--busy-poll-us 0] [--no-perftest]
+// Internal: transport_bench --node ROLE RANK SIZES BUSY_POLL_US REPS (one node).
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -56,20 +56,20 @@ std::string human(size_t bytes) {
   return std::to_string(bytes) + " B";
 }
 
-size_t throughput_iters(size_t bytes) { return std::clamp<size_t>((size_t{32} << 20) / bytes, 20, 4000); }
-size_t latency_iters(size_t bytes) { return std::clamp<size_t>((size_t{8} << 20) / bytes, 20, 1000); }
+size_t throughput_iters(size_t bytes) { return std::clamp<size_t>((size_t{128} << 20) / bytes, 64, 20000); }
+size_t latency_iters(size_t bytes) { return std::clamp<size_t>((size_t{16} << 20) / bytes, 50, 2000); }
 constexpr size_t kLatencyWarmup = 5;
 
 // ----------------------------------------------------------------------------
 // One node (a child process)
 
-Status check(const Status& s) {
+// A node has no one to return errors to: report on stdout and exit.
+void check(const Status& s) {
   if (!s.is_ok()) {
     std::printf("ERROR %s\n", s.to_string().c_str());
     std::fflush(stdout);
     std::_Exit(1);
   }
-  return s;
 }
 template <typename T>
 T check(Result<T> r) {
@@ -88,9 +88,11 @@ MessageHeader header(MessageKind kind, uint32_t layer, uint32_t mb, size_t bytes
   return h;
 }
 
-void attention_node(Transport& t, const std::vector<NodeId>& experts, const std::vector<size_t>& sizes) {
-  for (uint32_t si = 0; si < sizes.size(); ++si) {
-    const size_t bytes = sizes[si];
+// Run k covers size k % sizes (repetition k / sizes). Tags: layer = iteration,
+// micro_batch = 2k (throughput) or 2k + 1 (latency).
+void attention_node(Transport& t, const std::vector<NodeId>& experts, const std::vector<size_t>& sizes, int reps) {
+  for (uint32_t k = 0; k < reps * sizes.size(); ++k) {
+    const size_t bytes = sizes[k % sizes.size()];
     // Throughput: kWindow sends in flight per expert, then one ack per expert.
     std::vector<std::vector<Buffer>> bufs(experts.size());
     for (auto& b : bufs) {
@@ -106,15 +108,15 @@ void attention_node(Transport& t, const std::vector<NodeId>& experts, const std:
       for (size_t e = 0; e < experts.size(); ++e) {
         SendHandle& slot = inflight[e][it % kWindow];
         if (it >= kWindow) check(slot.wait(30s));
-        slot = check(t.send(experts[e], header(MessageKind::kDispatch, it, 2 * si, bytes), bufs[e][it % kWindow], bytes));
+        slot = check(t.send(experts[e], header(MessageKind::kDispatch, it, 2 * k, bytes), bufs[e][it % kWindow], bytes));
       }
     }
-    for (NodeId e : experts) check(t.recv(TagFilter::exact(iters, 2 * si, e), 60s));
+    for (NodeId e : experts) check(t.recv(TagFilter::exact(iters, 2 * k, e), 60s));
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     for (auto& v : inflight) {
       for (auto& h : v) check(h.wait(30s));
     }
-    std::printf("RESULT tput %zu %zu %.9f\n", bytes, iters, secs);
+    std::printf("RESULT tput %u %zu %zu %.9f\n", k, bytes, iters, secs);
 
     // Latency: dispatch to every expert, wait for every combine.
     const size_t n = latency_iters(bytes) + kLatencyWarmup;
@@ -123,38 +125,38 @@ void attention_node(Transport& t, const std::vector<NodeId>& experts, const std:
     for (uint32_t it = 0; it < n; ++it) {
       const auto s0 = Clock::now();
       for (size_t e = 0; e < experts.size(); ++e) {
-        sends[e] = check(t.send(experts[e], header(MessageKind::kDispatch, it, 2 * si + 1, bytes), bufs[e][0], bytes));
+        sends[e] = check(t.send(experts[e], header(MessageKind::kDispatch, it, 2 * k + 1, bytes), bufs[e][0], bytes));
       }
-      for (NodeId e : experts) check(t.recv(TagFilter::exact(it, 2 * si + 1, e), 30s));
+      for (NodeId e : experts) check(t.recv(TagFilter::exact(it, 2 * k + 1, e), 30s));
       if (it >= kLatencyWarmup) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s0).count());
       for (auto& h : sends) check(h.wait(30s));
     }
     std::sort(us.begin(), us.end());
-    std::printf("RESULT lat %zu %.2f %.2f\n", bytes, us[us.size() / 2], us[us.size() * 99 / 100]);
+    std::printf("RESULT lat %u %zu %.2f %.2f\n", k, bytes, us[us.size() / 2], us[us.size() * 99 / 100]);
     std::fflush(stdout);
   }
 }
 
-void expert_node(Transport& t, const std::vector<NodeId>& attention, const std::vector<size_t>& sizes) {
-  for (uint32_t si = 0; si < sizes.size(); ++si) {
-    const size_t bytes = sizes[si];
+void expert_node(Transport& t, const std::vector<NodeId>& attention, const std::vector<size_t>& sizes, int reps) {
+  for (uint32_t k = 0; k < reps * sizes.size(); ++k) {
+    const size_t bytes = sizes[k % sizes.size()];
     auto buf = check(t.allocate(bytes));
     std::memset(buf.data(), 0xa5, bytes);
     const size_t iters = throughput_iters(bytes);
     for (uint32_t it = 0; it < iters; ++it) {
-      for (NodeId a : attention) check(t.recv(TagFilter::exact(it, 2 * si, a), 30s));
+      for (NodeId a : attention) check(t.recv(TagFilter::exact(it, 2 * k, a), 30s));
     }
     std::vector<SendHandle> acks;
-    for (NodeId a : attention) acks.push_back(check(t.send(a, header(MessageKind::kCombine, iters, 2 * si, 1), buf, 1)));
+    for (NodeId a : attention) acks.push_back(check(t.send(a, header(MessageKind::kCombine, iters, 2 * k, 1), buf, 1)));
     for (auto& h : acks) check(h.wait(30s));
 
     const size_t n = latency_iters(bytes) + kLatencyWarmup;
     for (uint32_t it = 0; it < n; ++it) {
-      for (NodeId a : attention) check(t.recv(TagFilter::exact(it, 2 * si + 1, a), 30s));
+      for (NodeId a : attention) check(t.recv(TagFilter::exact(it, 2 * k + 1, a), 30s));
       // All combines share one buffer: nobody writes it while they are in flight.
       std::vector<SendHandle> replies;
       for (NodeId a : attention) {
-        replies.push_back(check(t.send(a, header(MessageKind::kCombine, it, 2 * si + 1, bytes), buf, bytes)));
+        replies.push_back(check(t.send(a, header(MessageKind::kCombine, it, 2 * k + 1, bytes), buf, bytes)));
       }
       for (auto& h : replies) check(h.wait(30s));
     }
@@ -162,8 +164,9 @@ void expert_node(Transport& t, const std::vector<NodeId>& attention, const std::
 }
 
 int run_node(int argc, char** argv) {
-  // --node ROLE RANK SIZES BUSY_POLL_US
-  if (argc < 6) return 2;
+  // --node ROLE RANK SIZES BUSY_POLL_US REPS
+  if (argc < 7) return 2;
+  const int reps = std::atoi(argv[6]);
   init_logging("transport-bench");
   const Role role = std::string(argv[2]) == "expert" ? Role::kExpert : Role::kAttention;
   UcxOptions o;
@@ -189,9 +192,9 @@ int run_node(int argc, char** argv) {
   std::vector<NodeId> ids;
   for (auto& p : peers) ids.push_back(p.id);
   if (role == Role::kAttention) {
-    attention_node(*t, ids, sizes);
+    attention_node(*t, ids, sizes, reps);
   } else {
-    expert_node(*t, ids, sizes);
+    expert_node(*t, ids, sizes, reps);
   }
   std::printf("DONE\n");
   std::fflush(stdout);
@@ -207,7 +210,7 @@ struct Child {
   FILE* out = nullptr;
 };
 
-Child spawn_node(Role role, uint32_t rank, const std::string& sizes, int busy_poll_us) {
+Child spawn_node(Role role, uint32_t rank, const std::string& sizes, int busy_poll_us, int reps) {
   int to[2], from[2];
   if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) std::abort();
   posix_spawn_file_actions_t fa;
@@ -215,7 +218,7 @@ Child spawn_node(Role role, uint32_t rank, const std::string& sizes, int busy_po
   posix_spawn_file_actions_adddup2(&fa, to[0], 0);
   posix_spawn_file_actions_adddup2(&fa, from[1], 1);
   std::vector<std::string> args = {"/proc/self/exe", "--node", std::string(role_name(role)), std::to_string(rank), sizes,
-                                   std::to_string(busy_poll_us)};
+                                   std::to_string(busy_poll_us), std::to_string(reps)};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -245,25 +248,27 @@ struct Row {
   double rtt_p99 = 0;
 };
 
-// Runs an m x n mesh over all sizes; nullopt-like empty map on failure.
-std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes, int busy_poll_us) {
+// Runs an m x n mesh over all sizes `reps` times; per size the best repetition
+// (highest throughput; lowest median round trip, with that repetition's p99).
+// Empty on failure.
+std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes, int busy_poll_us, int reps) {
   std::vector<Child> kids;
   std::vector<NodeId> ids;
   for (uint32_t i = 0; i < m; ++i) ids.push_back({Role::kAttention, i});
   for (uint32_t i = 0; i < n; ++i) ids.push_back({Role::kExpert, i});
-  for (NodeId id : ids) kids.push_back(spawn_node(id.role, id.rank, sizes, busy_poll_us));
+  for (NodeId id : ids) kids.push_back(spawn_node(id.role, id.rank, sizes, busy_poll_us, reps));
   std::vector<std::string> ports;
+  bool ok = true;
   for (auto& k : kids) {
     std::string l = read_line(k);
     if (l.rfind("LISTENING ", 0) != 0) {
       std::fprintf(stderr, "node failed to start: %s\n", l.c_str());
-      for (auto& x : kids) ::kill(x.pid, SIGKILL);
-      for (auto& x : kids) waitpid(x.pid, nullptr, 0);
-      return {};
+      ok = false;
+      break;
     }
     ports.push_back(l.substr(10));
   }
-  for (size_t i = 0; i < kids.size(); ++i) {
+  for (size_t i = 0; ok && i < kids.size(); ++i) {
     for (size_t j = 0; j < kids.size(); ++j) {
       if (ids[i].role == ids[j].role) continue;
       std::fprintf(kids[i].in, "PEER %s %u 127.0.0.1 %s\n", std::string(role_name(ids[j].role)).c_str(), ids[j].rank,
@@ -272,12 +277,12 @@ std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes,
     std::fprintf(kids[i].in, "GO\n");
     std::fflush(kids[i].in);
   }
-  std::map<size_t, Row> rows;
-  std::map<size_t, double> slowest;  // per size: the longest throughput phase over attention nodes
-  std::map<size_t, size_t> iters;
-  std::map<size_t, std::vector<double>> p50s, p99s;
-  bool ok = true;
-  for (uint32_t i = 0; i < m; ++i) {
+  // Per (repetition, size) run k: the slowest attention node's throughput phase,
+  // and every attention node's p50 / p99.
+  std::map<uint32_t, size_t> bytes_of, iters_of;
+  std::map<uint32_t, double> slowest;
+  std::map<uint32_t, std::vector<double>> p50s, p99s;
+  for (uint32_t i = 0; ok && i < m; ++i) {
     for (std::string l = read_line(kids[i]); l != "DONE"; l = read_line(kids[i])) {
       if (l.empty() || l.rfind("ERROR", 0) == 0) {
         std::fprintf(stderr, "%s: %s\n", to_string(ids[i]).c_str(), l.empty() ? "died" : l.c_str());
@@ -286,37 +291,40 @@ std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes,
       }
       std::istringstream in(l);
       std::string tag, kind;
+      uint32_t k;
       size_t bytes;
-      in >> tag >> kind >> bytes;
+      in >> tag >> kind >> k >> bytes;
+      bytes_of[k] = bytes;
       if (kind == "tput") {
-        size_t it;
         double secs;
-        in >> it >> secs;
-        iters[bytes] = it;
-        slowest[bytes] = std::max(slowest[bytes], secs);
+        in >> iters_of[k] >> secs;
+        slowest[k] = std::max(slowest[k], secs);
       } else if (kind == "lat") {
         double a, b;
         in >> a >> b;
-        p50s[bytes].push_back(a);
-        p99s[bytes].push_back(b);
+        p50s[k].push_back(a);
+        p99s[k].push_back(b);
       }
     }
   }
   for (auto& k : kids) {
     if (!ok) ::kill(k.pid, SIGKILL);
-    int st = 0;
-    waitpid(k.pid, &st, 0);
+    waitpid(k.pid, nullptr, 0);
     std::fclose(k.in);
     std::fclose(k.out);
   }
   if (!ok) return {};
-  for (auto& [bytes, secs] : slowest) {
+  std::map<size_t, Row> rows;
+  for (auto& [k, bytes] : bytes_of) {
     Row& r = rows[bytes];
-    r.gbps = static_cast<double>(m) * n * iters[bytes] * bytes / secs / 1e9;
-    auto& a = p50s[bytes];
+    r.gbps = std::max(r.gbps, static_cast<double>(m) * n * iters_of[k] * bytes / slowest[k] / 1e9);
+    auto& a = p50s[k];
     std::sort(a.begin(), a.end());
-    r.rtt_p50 = a[a.size() / 2];
-    r.rtt_p99 = *std::max_element(p99s[bytes].begin(), p99s[bytes].end());
+    const double p50 = a[a.size() / 2];
+    if (r.rtt_p50 == 0 || p50 < r.rtt_p50) {
+      r.rtt_p50 = p50;
+      r.rtt_p99 = *std::max_element(p99s[k].begin(), p99s[k].end());
+    }
   }
   return rows;
 }
@@ -337,12 +345,12 @@ bool have_perftest() { return std::system("command -v ucx_perftest > /dev/null 2
 
 // One ucx_perftest run (server + client on 127.0.0.1); the client's CSV line:
 // iterations, p50 lat, avg lat, overall lat (µs), avg bw, overall bw (MB/s = 2^20 B/s), ...
-std::vector<double> perftest(const std::string& test, size_t bytes, size_t iters) {
+std::vector<double> perftest_once(const std::string& test, size_t bytes, size_t iters) {
   std::string env;
   for (auto& [k, v] : kUcxConfig) env += "UCX_" + k + "=" + v + " ";
   for (int attempt = 0; attempt < 3; ++attempt) {
     const std::string common = " -t " + test + " -s " + std::to_string(bytes) + " -n " + std::to_string(iters) +
-                               " -w " + std::to_string(std::max<size_t>(iters / 10, 10)) + " -p " +
+                               " -w " + std::to_string(std::max<size_t>(iters / 4, 10)) + " -p " +
                                std::to_string(free_port()) + " -v";
     FILE* server = popen((env + "timeout 60 ucx_perftest" + common + " 2>/dev/null").c_str(), "r");
     std::this_thread::sleep_for(300ms);
@@ -367,16 +375,30 @@ std::vector<double> perftest(const std::string& test, size_t bytes, size_t iters
   return {};
 }
 
+// Best of `reps` runs: highest bandwidth (field 5) or lowest median latency (field 1).
+std::vector<double> perftest(const std::string& test, size_t bytes, size_t iters, int reps) {
+  std::vector<double> best;
+  for (int r = 0; r < reps; ++r) {
+    auto v = perftest_once(test, bytes, iters);
+    if (v.empty()) continue;
+    const bool better = best.empty() || (test == "ucp_am_bw" ? v[5] > best[5] : v[1] < best[1]);
+    if (better) best = v;
+  }
+  return best;
+}
+
 int run_coordinator(int argc, char** argv) {
   std::string sizes = "1024,4096,16384,65536,262144,1048576,4194304";
   uint32_t m = 2, n = 2;
   int busy_poll_us = 0;
+  int reps = 3;
   bool perf = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--sizes" && i + 1 < argc) sizes = argv[++i];
     else if (a == "--mesh" && i + 1 < argc) std::sscanf(argv[++i], "%ux%u", &m, &n);
     else if (a == "--busy-poll-us" && i + 1 < argc) busy_poll_us = std::atoi(argv[++i]);
+    else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--no-perftest") perf = false;
   }
   ::signal(SIGPIPE, SIG_IGN);
@@ -384,9 +406,10 @@ int run_coordinator(int argc, char** argv) {
               "node, busy-poll %d us\n",
               busy_poll_us);
   std::printf("tput: one-way stream, %d sends in flight per pair, GB/s = 1e9 B/s summed over all pairs\n", kWindow);
-  std::printf("rtt : dispatch of S bytes to every expert + combine of S bytes back from each (one MoE layer)\n\n");
-  auto one = run_mesh(1, 1, sizes, busy_poll_us);
-  auto mesh = run_mesh(m, n, sizes, busy_poll_us);
+  std::printf("rtt : dispatch of S bytes to every expert + combine of S bytes back from each (one MoE layer)\n");
+  std::printf("best of %d repetitions, ours and ucx_perftest's alike\n\n", reps);
+  auto one = run_mesh(1, 1, sizes, busy_poll_us, reps);
+  auto mesh = run_mesh(m, n, sizes, busy_poll_us, reps);
   if (one.empty() || mesh.empty()) return 1;
   const bool use_perftest = perf && have_perftest();
   if (perf && !use_perftest) std::printf("ucx_perftest not found: perftest columns skipped\n\n");
@@ -401,8 +424,8 @@ int run_coordinator(int argc, char** argv) {
     const double lat = a.rtt_p50 / 2;
     std::string pt_bw = "-", pt_lat = "-", r_bw = "-", r_lat = "-";
     if (use_perftest) {
-      auto bw = perftest("ucp_am_bw", bytes, throughput_iters(bytes));
-      auto lt = perftest("ucp_am_lat", bytes, latency_iters(bytes));
+      auto bw = perftest("ucp_am_bw", bytes, throughput_iters(bytes), reps);
+      auto lt = perftest("ucp_am_lat", bytes, latency_iters(bytes), reps);
       char tmp[64];
       if (!bw.empty()) {
         const double g = bw[5] * 1048576 / 1e9;

@@ -2,7 +2,11 @@
 // twin in tandem/kernels/cuda.h, which has the same signature over device
 // pointers. All tensors are dense, row-major float32 unless stated; shapes are
 // given as [dim0, dim1, ...]. Matrix products go through BLAS; the rest is
-// threaded where it pays. None of these allocate except where noted.
+// threaded where it pays (OpenMP). A zero extent (n = 0 tokens, rows, ...) makes
+// any op a no-op. Besides the caller's scratch, ops keep small per-thread
+// buffers that grow to the largest shape seen and are reused, so steady-state
+// calls do not allocate. Results are deterministic for the same inputs (they do
+// not depend on the number of threads).
 #pragma once
 
 #include <cstdint>
@@ -59,7 +63,15 @@ void attention_paged(const float* q, float* out, int64_t n_tokens, int64_t hq, c
                      const int32_t* ctx_len, float scale);
 
 // Router: logits [n, E] (fp32) -> top-k expert indices [n, k] in descending score
-// order (ties: lower index first) and their weights [n, k].
+// order (ties: lower index first) and their weights [n, k], as HuggingFace does:
+//  - softmax: softmax over all E experts, top-k, optional renormalisation by the
+//    sum of the k weights (Mixtral, Qwen-MoE), then × routed_scaling.
+//  - sigmoid (DeepSeek-V3): s = sigmoid(logit); the choice uses s + correction_bias
+//    with grouped selection when n_group > 1 (a group scores the sum of its top-2
+//    biased scores, the best topk_group groups stay, the rest are masked to 0.0);
+//    the weights are the unbiased s of the chosen, divided by (sum + 1e-20) if
+//    renormalize, then × routed_scaling.
+// Requires 0 < top_k <= num_experts (otherwise nothing is written).
 void moe_gate_topk(const float* logits, int32_t* topk_idx, float* topk_w, int64_t n, const GateParams& p);
 
 // Groups the n*k (token, choice) pairs by expert, stable in token order.
@@ -87,7 +99,12 @@ void grouped_swiglu(const float* x_perm, float* y_perm, const int32_t* expert_of
 
 // Picks a token from logits [vocab]. `uniform` is a random number in [0, 1) that
 // the caller draws from its seeded generator, so CPU and GPU pick the same token.
-// Greedy ties go to the lowest id. scratch must hold 2 * vocab floats.
+// temperature <= 0 or top_k == 1: argmax (ties to the lowest id). Otherwise
+// p ∝ exp(logits / temperature) in descending order (ties: lower id first), cut
+// to the first top_k (if > 0), then to the shortest prefix whose mass reaches
+// top_p of what is left (at least one token); the token is the first in that
+// order whose cumulative mass exceeds uniform × the prefix's mass.
+// scratch must hold 2 * vocab floats.
 int32_t sample(const float* logits, int64_t vocab, const SamplingParams& params, float uniform,
                float* scratch);
 

@@ -1,13 +1,13 @@
 // M2N transport: moves token activations between M attention nodes and N expert
 // nodes, per MoE layer and micro-batch (MegaScale-Infer's M2N pattern).
 //
-// Usage, on every node:
-//   auto t = create_ucx_transport({.self = expert_node(0)});   // listens
-//   publish t->address(); learn the peers' addresses
-//   t->connect(peers, 10s);                                    // all peers up
-//   Buffer b = *t->allocate(bytes);                            // register once
-//   ... fill b ...; SendHandle h = *t->send(peer, header, b, bytes);
-//   Message m = *t->recv(TagFilter::exact(layer, mb, peer), 100ms);
+// Usage, on every node (ASSIGN = TANDEM_ASSIGN_OR_RETURN):
+//   ASSIGN(auto t, create_ucx_transport({.self = expert_node(0)}));  // listens
+//   publish t->address(), learn the peers' addresses
+//   RETURN_IF_ERROR(t->connect(peers, 10s));                       // all peers up
+//   ASSIGN(Buffer b, t->allocate(bytes));                          // register once
+//   fill b; ASSIGN(SendHandle h, t->send(peer, header, b, bytes));
+//   ASSIGN(Message m, t->recv(TagFilter::exact(layer, mb, peer), 100ms));
 //
 // Errors: UNAVAILABLE once a peer disconnected or died (pending and later
 // operations on it, promptly); DEADLINE_EXCEEDED when a wait runs out, naming
@@ -15,6 +15,10 @@
 // that peer: its stream cannot be trusted afterwards).
 //
 // Thread-safety: every method may be called from any thread concurrently.
+// Lifetime: Buffers, Messages and SendHandles may outlive their transport;
+// destroying a transport fails its own blocked receives with UNAVAILABLE and
+// looks like a disconnect to its peers (after flushing what was sent).
+// A failed peer stays failed: reconnecting a restarted node is future work.
 #pragma once
 
 #include <chrono>

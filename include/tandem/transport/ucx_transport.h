@@ -25,7 +25,8 @@ struct UcxOptions {
   // environment applies first.
   std::vector<std::pair<std::string, std::string>> ucx_config;
   // The progress thread polls this long after its last event before sleeping
-  // on the event fd: lower latency for a core's worth of CPU.
+  // on the event fd: lower latency for a core's worth of CPU. On 2 shared
+  // cores it made every number worse (benchmarks/transport_bench), hence 0.
   std::chrono::microseconds busy_poll{0};
 };
 

@@ -57,8 +57,10 @@ inline void fill_pattern(std::span<std::byte> out, uint64_t seed) {
     const uint64_t v = mix(seed + i);
     std::memcpy(out.data() + i, &v, 8);
   }
-  const uint64_t tail = mix(seed + i);
-  std::memcpy(out.data() + i, &tail, out.size() - i);
+  if (i < out.size()) {
+    const uint64_t tail = mix(seed + i);
+    std::memcpy(out.data() + i, &tail, out.size() - i);
+  }
 }
 
 // Index of the first byte that differs from the pattern, or -1.

@@ -263,6 +263,30 @@ TEST(UcxTransport, DialerRetriesUntilThePeerListens) {
   EXPECT_TRUE(connecting.get().is_ok());
 }
 
+TEST(UcxTransport, MessagesAndBuffersOutliveTheirTransport) {
+  std::vector<Buffer> keep;
+  std::vector<Message> got;
+  {
+    Mesh m(1, 1);
+    ASSERT_TRUE(connect_all(m.all(), 10s).is_ok());
+    Transport& a = *m.attention[0];
+    for (uint32_t layer = 0; layer < 2; ++layer) {
+      auto h = send_pattern(a, expert_node(0), MessageKind::kDispatch, layer, 0, layer ? 300000 : 100, keep);
+      ASSERT_TRUE(h.is_ok());
+      ASSERT_TRUE(h->wait(5s).is_ok());
+      auto msg = m.experts[0]->recv(TagFilter::exact(layer, 0, a.self()), 5s);
+      ASSERT_TRUE(msg.is_ok()) << msg.status().to_string();
+      got.push_back(std::move(msg).value());
+    }
+  }
+  // Registered memory stays valid (and is unregistered later) without its transport.
+  for (uint32_t layer = 0; layer < 2; ++layer) {
+    EXPECT_EQ(first_mismatch(got[layer].data(), message_seed(attention_node(0), expert_node(0), layer, 0)), -1);
+  }
+  got.clear();
+  keep.clear();
+}
+
 TEST(UcxTransport, RejectsBadSends) {
   Mesh m(1, 1);
   Transport& a = *m.attention[0];
