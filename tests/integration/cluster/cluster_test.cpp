@@ -23,6 +23,50 @@ std::vector<std::string> prompts(int n) {
   return p;
 }
 
+// Logits after `tokens` from the single-process forward (one sequence, no batching).
+std::vector<float> last_logits(const model::Checkpoint& ck, const model::ModelWeights& w, const std::vector<int32_t>& tokens) {
+  const auto& c = ck.config;
+  auto cache = engine::KvCache::create({c.num_layers, 256, 16, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
+  engine::ModelRunner runner(c, w, cache->get());
+  engine::SequenceKv kv;
+  (void)kv.reserve(**cache, static_cast<int64_t>(tokens.size()));
+  engine::ForwardBatch b;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    b.tokens.push_back(tokens[t]);
+    b.positions.push_back(static_cast<int32_t>(t));
+    b.seq_of_token.push_back(0);
+    b.slots.push_back(kv.slot(static_cast<int64_t>(t), 16));
+    b.ctx_len.push_back(static_cast<int32_t>(t + 1));
+  }
+  b.block_tables = kv.blocks();
+  b.max_blocks_per_seq = static_cast<int64_t>(kv.blocks().size());
+  b.logits_rows = {static_cast<int32_t>(tokens.size() - 1)};
+  std::vector<float> logits;
+  runner.forward(b, logits);
+  return logits;
+}
+
+// Token-for-token equality, except that where the two first differ the model
+// must have been at a numerical tie: batches of different sizes round
+// differently in the last bits (BLAS blocking), which may flip an argmax only
+// when the two top logits are equal to within float rounding.
+void expect_same_or_tied(const std::string& dir, const std::vector<int32_t>& prompt, const std::vector<int32_t>& got,
+                         const std::vector<int32_t>& want, const std::string& what) {
+  size_t i = 0;
+  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
+  if (i == got.size() && i == want.size()) return;
+  ASSERT_LT(i, std::min(got.size(), want.size())) << what << ": lengths differ";
+  auto ck = model::Checkpoint::open(dir);
+  auto w = model::ModelWeights::load(ck->config, *ck->weights);
+  std::vector<int32_t> prefix = prompt;
+  prefix.insert(prefix.end(), want.begin(), want.begin() + static_cast<long>(i));
+  auto logits = last_logits(*ck, **w, prefix);
+  const float gap = std::abs(logits[want[i]] - logits[got[i]]);
+  EXPECT_LT(gap, 1e-4f) << what << ": differs at token " << i << " (" << got[i] << " vs " << want[i]
+                        << ") where the logits differ by " << gap << ", not a tie";
+  GTEST_LOG_(INFO) << what << ": tie at token " << i << " (logit gap " << gap << "), comparison stops there";
+}
+
 // Single-process greedy reference for the same prompts.
 std::vector<std::vector<int32_t>> reference(const std::string& dir, const std::vector<std::string>& ps, int max_tokens) {
   auto ck = model::Checkpoint::open(dir);
@@ -68,7 +112,8 @@ TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
   for (size_t i = 0; i < ps.size(); ++i) {
     auto r = futs[i].get();
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-    EXPECT_EQ(r.tokens, want[i]) << "stream " << i;
+    auto ck = model::Checkpoint::open(dir);
+    expect_same_or_tied(dir, *ck->tokenizer->encode(ps[i], true), r.tokens, want[i], "stream " + std::to_string(i));
     EXPECT_EQ(r.completion_tokens, r.tokens.size());
     EXPECT_NE(r.finish, tandem::v1::FINISH_REASON_UNSPECIFIED);
   }
