@@ -3,10 +3,10 @@
 // pointers. All tensors are dense, row-major float32 unless stated; shapes are
 // given as [dim0, dim1, ...]. Matrix products go through BLAS; the rest is
 // threaded where it pays (OpenMP). A zero extent (n = 0 tokens, rows, ...) makes
-// any op a no-op. Besides the caller's scratch, ops keep small per-thread
+// any op a no-op. Besides the caller's scratch, ops keep per-thread work
 // buffers that grow to the largest shape seen and are reused, so steady-state
-// calls do not allocate. Results are deterministic for the same inputs (they do
-// not depend on the number of threads).
+// calls do not allocate. Results are deterministic for the same inputs; outside
+// the BLAS calls they do not depend on the number of threads either.
 #pragma once
 
 #include <cstdint>
