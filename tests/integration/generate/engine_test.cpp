@@ -60,25 +60,8 @@ TEST_P(EngineOnPreset, GreedyDecodeMatchesFullRecompute) {
 TEST_P(EngineOnPreset, PrefillLogitsMatchFullRecompute) {
   const auto& m = tiny_model(GetParam());
   const auto& c = m.ck.config;
-  auto cache = engine::KvCache::create({c.num_layers, 16, 16, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
-  ASSERT_TRUE(cache.is_ok());
-  engine::ModelRunner runner(c, *m.weights, cache->get());
   std::vector<int32_t> toks = prompt_ids(m, "Serving mixture-of-experts models on two cores.");
-  engine::SequenceKv kv;
-  ASSERT_TRUE(kv.reserve(**cache, static_cast<int64_t>(toks.size())).is_ok());
-  engine::ForwardBatch b;
-  for (size_t i = 0; i < toks.size(); ++i) {
-    b.tokens.push_back(toks[i]);
-    b.positions.push_back(static_cast<int32_t>(i));
-    b.seq_of_token.push_back(0);
-    b.slots.push_back(kv.slot(static_cast<int64_t>(i), 16));
-    b.ctx_len.push_back(static_cast<int32_t>(i + 1));
-  }
-  b.block_tables = kv.blocks();
-  b.max_blocks_per_seq = static_cast<int64_t>(kv.blocks().size());
-  b.logits_rows = {static_cast<int32_t>(toks.size() - 1)};
-  std::vector<float> logits;
-  runner.forward(b, logits);
+  std::vector<float> logits = testing::prefill_logits(c, *m.weights, toks, /*all_rows=*/false);
   auto ref = testing::naive_last_logits(c, *m.weights, toks);
   double max_ref = 1, max_err = 0;
   for (size_t i = 0; i < ref.size(); ++i) {

@@ -59,23 +59,7 @@ TEST_P(HfParity, TokensPrefillLogitsAndGreedyDecodeMatchTransformers) {
     EXPECT_EQ(*ids, hf_ids) << "tokenizer differs from HF";
 
     // Prefill: logits at every position.
-    auto cache = engine::KvCache::create({c.num_layers, 8, 16, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
-    engine::ModelRunner runner(c, *m.weights, cache->get());
-    engine::SequenceKv kv;
-    ASSERT_TRUE(kv.reserve(**cache, static_cast<int64_t>(hf_ids.size())).is_ok());
-    engine::ForwardBatch b;
-    for (size_t t = 0; t < hf_ids.size(); ++t) {
-      b.tokens.push_back(hf_ids[t]);
-      b.positions.push_back(static_cast<int32_t>(t));
-      b.seq_of_token.push_back(0);
-      b.slots.push_back(kv.slot(static_cast<int64_t>(t), 16));
-      b.ctx_len.push_back(static_cast<int32_t>(t + 1));
-      b.logits_rows.push_back(static_cast<int32_t>(t));
-    }
-    b.block_tables = kv.blocks();
-    b.max_blocks_per_seq = static_cast<int64_t>(kv.blocks().size());
-    std::vector<float> logits;
-    runner.forward(b, logits);
+    std::vector<float> logits = testing::prefill_logits(c, *m.weights, hf_ids, /*all_rows=*/true);
     auto ref = values<float>((*fx)->find(p + "prefill_logits"));
     ASSERT_EQ(logits.size(), ref.size());
     const double err = rel_err(logits.data(), ref.data(), ref.size());
@@ -127,23 +111,7 @@ TEST_P(HfWritten, LoadsAndMatchesTransformers) {
     ASSERT_TRUE(res.is_ok()) << res.status().to_string();
     EXPECT_EQ((*res)[0].tokens, want);
 
-    auto cache = engine::KvCache::create({c.num_layers, 8, 16, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
-    engine::ModelRunner runner(c, **w, cache->get());
-    engine::SequenceKv kv;
-    ASSERT_TRUE(kv.reserve(**cache, static_cast<int64_t>(ids.size())).is_ok());
-    engine::ForwardBatch b;
-    for (size_t t = 0; t < ids.size(); ++t) {
-      b.tokens.push_back(ids[t]);
-      b.positions.push_back(static_cast<int32_t>(t));
-      b.seq_of_token.push_back(0);
-      b.slots.push_back(kv.slot(static_cast<int64_t>(t), 16));
-      b.ctx_len.push_back(static_cast<int32_t>(t + 1));
-      b.logits_rows.push_back(static_cast<int32_t>(t));
-    }
-    b.block_tables = kv.blocks();
-    b.max_blocks_per_seq = static_cast<int64_t>(kv.blocks().size());
-    std::vector<float> logits;
-    runner.forward(b, logits);
+    std::vector<float> logits = testing::prefill_logits(c, **w, ids, /*all_rows=*/true);
     auto ref = values<float>((*fx)->find(p + "prefill_logits"));
     const double err = rel_err(logits.data(), ref.data(), ref.size());
     std::printf("[ parity ] %s prompt %zu: prefill logits max rel err %.3g\n", GetParam().c_str(), i, err);

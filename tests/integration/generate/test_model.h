@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tandem/engine/model_runner.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/make_model.h"
 #include "tandem/model/weights.h"
@@ -65,6 +66,33 @@ inline const LoadedModel& tiny_model(const std::string& preset, DType dtype = DT
     slot = std::move(m);
   }
   return *slot;
+}
+
+// Logits of one sequence run through the paged forward in a single prefill:
+// [tokens, vocab] when all_rows, else [1, vocab] for the last token.
+inline std::vector<float> prefill_logits(const model::ModelConfig& c, const model::ModelWeights& w,
+                                         const std::vector<int32_t>& tokens, bool all_rows) {
+  constexpr int64_t kBlock = 16;
+  const int64_t blocks = (static_cast<int64_t>(tokens.size()) + kBlock - 1) / kBlock;
+  auto cache = engine::KvCache::create({c.num_layers, blocks, kBlock, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
+  if (!cache.is_ok()) throw std::runtime_error(cache.status().to_string());
+  engine::ModelRunner runner(c, w, cache->get());
+  engine::SequenceKv kv;
+  if (!kv.reserve(**cache, static_cast<int64_t>(tokens.size())).is_ok()) throw std::runtime_error("KV reserve");
+  engine::ForwardBatch b;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    b.tokens.push_back(tokens[t]);
+    b.positions.push_back(static_cast<int32_t>(t));
+    b.seq_of_token.push_back(0);
+    b.slots.push_back(kv.slot(static_cast<int64_t>(t), kBlock));
+    b.ctx_len.push_back(static_cast<int32_t>(t + 1));
+    if (all_rows || t + 1 == tokens.size()) b.logits_rows.push_back(static_cast<int32_t>(t));
+  }
+  b.block_tables = kv.blocks();
+  b.max_blocks_per_seq = static_cast<int64_t>(kv.blocks().size());
+  std::vector<float> logits;
+  runner.forward(b, logits);
+  return logits;
 }
 
 }  // namespace tandem::testing
