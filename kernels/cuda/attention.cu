@@ -148,11 +148,11 @@ template <typename T>
 Status prefill_impl(const T* q, const T* k, const T* v, T* out, int64_t n, int64_t hq, int64_t hkv, int64_t d,
                     float scale) {
   const char* op = "attention_prefill";
-  TANDEM_CUDA_REQUIRE(op, n >= 0 && hq > 0 && hkv > 0 && d > 0, "bad sizes");
-  TANDEM_CUDA_REQUIRE(op, hq % hkv == 0, "hq must be a multiple of hkv");
+  TANDEM_CUDA_REQUIRE(op, n >= 0 && hq >= 0 && hkv >= 0 && d >= 0, "negative size");
+  if (n == 0 || hq == 0 || d == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, hkv > 0 && hq % hkv == 0, "hq must be a multiple of hkv");
   TANDEM_CUDA_REQUIRE(op, d <= 256, "head_dim over 256 is not supported");
   TANDEM_CUDA_REQUIRE(op, n <= INT32_MAX && hq <= 65535, "sizes over the launch limits");
-  if (n == 0) return Status::ok();
   TANDEM_CUDA_REQUIRE(op, q && k && v && out, "null pointer");
   const int ni = static_cast<int>(n), hqi = static_cast<int>(hq), hkvi = static_cast<int>(hkv),
             di = static_cast<int>(d);
@@ -390,9 +390,11 @@ Status paged_impl(const T* q, T* out, int64_t n_tokens, int64_t hq, const Cache&
                   int64_t max_blocks_per_seq, const int32_t* seq_of_token, const int32_t* ctx_len, float scale) {
   const char* op = "attention_paged";
   const int64_t hkv = cache.kv_heads, d = cache.head_dim, bs = cache.block_size;
-  TANDEM_CUDA_REQUIRE(op, n_tokens >= 0 && hq > 0 && hkv > 0 && d > 0 && bs > 0 && max_blocks_per_seq >= 0,
-                      "bad sizes");
-  TANDEM_CUDA_REQUIRE(op, hq % hkv == 0, "hq must be a multiple of kv_heads");
+  TANDEM_CUDA_REQUIRE(op, n_tokens >= 0 && hq >= 0 && hkv >= 0 && d >= 0 && max_blocks_per_seq >= 0,
+                      "negative size");
+  if (n_tokens == 0 || hq == 0 || d == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, hkv > 0 && hq % hkv == 0, "hq must be a multiple of kv_heads");
+  TANDEM_CUDA_REQUIRE(op, bs > 0, "block_size must be positive");
   TANDEM_CUDA_REQUIRE(op, d <= 256, "head_dim over 256 is not supported");
   const int64_t max_ctx = max_blocks_per_seq * bs;
   TANDEM_CUDA_REQUIRE(op, n_tokens <= INT32_MAX && max_ctx <= INT32_MAX && bs <= INT32_MAX,

@@ -63,11 +63,10 @@ template <typename T>
 Status rope_impl(T* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads, int64_t head_dim,
                  int64_t rot_dim, float scaling) {
   const char* op = "rope_neox";
-  TANDEM_CUDA_REQUIRE(op, n >= 0 && heads >= 0 && head_dim > 0, "bad sizes");
-  TANDEM_CUDA_REQUIRE(op, rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0,
-                      "rot_dim must be even and <= head_dim");
+  TANDEM_CUDA_REQUIRE(op, n >= 0 && heads >= 0 && head_dim >= 0 && rot_dim >= 0, "negative size");
   const int64_t total = n * heads * (rot_dim / 2);
   if (total == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, rot_dim <= head_dim && rot_dim % 2 == 0, "rot_dim must be even and <= head_dim");
   TANDEM_CUDA_REQUIRE(op, x && positions && inv_freq, "null pointer");
   rope_neox_kernel<<<grid_for(total, kBlock), kBlock, 0, stream()>>>(dev(x), positions, inv_freq, n, heads,
                                                                     head_dim, rot_dim / 2, scaling);
@@ -93,10 +92,10 @@ __global__ void kv_cache_write_kernel(const T* __restrict__ k, const T* __restri
 template <typename T, typename Cache>
 Status kv_write_impl(const T* k, const T* v, const int64_t* slots, int64_t n, const Cache& cache) {
   const char* op = "kv_cache_write";
-  TANDEM_CUDA_REQUIRE(op, n >= 0 && cache.kv_heads > 0 && cache.head_dim > 0, "bad sizes");
-  if (n == 0) return Status::ok();
-  TANDEM_CUDA_REQUIRE(op, k && v && slots && cache.k && cache.v, "null pointer");
+  TANDEM_CUDA_REQUIRE(op, n >= 0 && cache.kv_heads >= 0 && cache.head_dim >= 0, "negative size");
   const int64_t row = cache.kv_heads * cache.head_dim;
+  if (n == 0 || row == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, k && v && slots && cache.k && cache.v, "null pointer");
   kv_cache_write_kernel<<<grid_for(n * row, kBlock), kBlock, 0, stream()>>>(dev(k), dev(v), slots, dev(cache.k),
                                                                            dev(cache.v), n, row);
   TANDEM_CUDA_CHECK_LAUNCH(op);

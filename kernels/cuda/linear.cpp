@@ -50,8 +50,8 @@ template <typename T, typename W>
 Status swiglu_host(const T* x_perm, T* y_perm, const int32_t* offsets, int64_t num_experts, const W* experts,
                    int64_t hidden, int64_t inter, T* scratch) {
   const char* op = "grouped_swiglu";
-  TANDEM_CUDA_REQUIRE(op, num_experts >= 0 && hidden > 0 && inter > 0, "bad sizes");
-  if (num_experts == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, num_experts >= 0 && hidden >= 0 && inter >= 0, "negative size");
+  if (num_experts == 0 || hidden == 0) return Status::ok();
   TANDEM_CUDA_REQUIRE(op, offsets && experts, "null offsets or experts");
   int64_t max_rows = 0;
   for (int64_t e = 0; e < num_experts; ++e) {
@@ -62,6 +62,13 @@ Status swiglu_host(const T* x_perm, T* y_perm, const int32_t* offsets, int64_t n
     max_rows = std::max<int64_t>(max_rows, offsets[e + 1] - offsets[e]);
   }
   if (max_rows == 0) return Status::ok();
+  if (inter == 0) {  // down(silu(0) * 0) = 0, as the CPU reference
+    TANDEM_CUDA_REQUIRE(op, y_perm, "null pointer");
+    const int64_t rows = offsets[num_experts] - offsets[0];
+    TANDEM_CUDA_CHECK(op, cudaMemsetAsync(y_perm + offsets[0] * hidden, 0, sizeof(T) * rows * hidden,
+                                          detail::stream()));
+    return Status::ok();
+  }
   TANDEM_CUDA_REQUIRE(op, x_perm && y_perm && scratch, "null pointer");
   // Scratch layout [gate | up], each max_rows * inter; the activation overwrites gate.
   T* g = scratch;
@@ -87,8 +94,8 @@ template <typename T, typename W>
 Status swiglu_device(const T* x_perm, T* y_perm, const int32_t* expert_offsets, int64_t num_experts,
                      const W* experts, int64_t hidden, int64_t inter, T* scratch) {
   const char* op = "grouped_swiglu";
-  TANDEM_CUDA_REQUIRE(op, num_experts >= 0, "negative num_experts");
-  if (num_experts == 0) return Status::ok();
+  TANDEM_CUDA_REQUIRE(op, num_experts >= 0 && hidden >= 0, "negative size");
+  if (num_experts == 0 || hidden == 0) return Status::ok();
   TANDEM_CUDA_REQUIRE(op, expert_offsets, "null expert_offsets");
   TANDEM_ASSIGN_OR_RETURN(const void* host,
                           detail::read_back(expert_offsets, sizeof(int32_t) * (num_experts + 1), op));

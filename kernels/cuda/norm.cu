@@ -55,9 +55,9 @@ __global__ void add_rmsnorm_kernel(T* residual, const T* x, const T* __restrict_
 template <typename T>
 Status rmsnorm_impl(const T* x, const T* w, T* y, int64_t n, int64_t dim, float eps) {
   const char* op = "rmsnorm";
-  TANDEM_CUDA_REQUIRE(op, n >= 0 && dim > 0, "need n >= 0 and dim > 0");
+  TANDEM_CUDA_REQUIRE(op, n >= 0 && dim >= 0, "negative size");
   TANDEM_CUDA_REQUIRE(op, n <= INT32_MAX, "too many rows");
-  if (n == 0) return Status::ok();
+  if (n == 0 || dim == 0) return Status::ok();
   TANDEM_CUDA_REQUIRE(op, x && w && y, "null pointer");
   rmsnorm_kernel<<<static_cast<unsigned>(n), kBlock, 0, detail::stream()>>>(dev(x), dev(w), dev(y), dim, eps);
   TANDEM_CUDA_CHECK_LAUNCH(op);
@@ -67,9 +67,9 @@ Status rmsnorm_impl(const T* x, const T* w, T* y, int64_t n, int64_t dim, float 
 template <typename T>
 Status add_rmsnorm_impl(T* residual, const T* x, const T* w, T* y, int64_t n, int64_t dim, float eps) {
   const char* op = "add_rmsnorm";
-  TANDEM_CUDA_REQUIRE(op, n >= 0 && dim > 0, "need n >= 0 and dim > 0");
+  TANDEM_CUDA_REQUIRE(op, n >= 0 && dim >= 0, "negative size");
   TANDEM_CUDA_REQUIRE(op, n <= INT32_MAX, "too many rows");
-  if (n == 0) return Status::ok();
+  if (n == 0 || dim == 0) return Status::ok();
   TANDEM_CUDA_REQUIRE(op, residual && x && w && y, "null pointer");
   add_rmsnorm_kernel<<<static_cast<unsigned>(n), kBlock, 0, detail::stream()>>>(dev(residual), dev(x), dev(w),
                                                                                  dev(y), dim, eps);

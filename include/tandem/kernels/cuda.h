@@ -8,6 +8,11 @@
 // host (sample, argmax) or need host-side sizes (grouped_swiglu) synchronise
 // that stream only. The default stream is cudaStreamPerThread.
 //
+// Scratch: ops that need device work space beyond their arguments (split
+// attention_paged, moe_permute, sample, argmax) take it stream-ordered from a
+// library-owned memory pool that keeps freed blocks, so steady-state calls do
+// not hit cudaMalloc and the space is safe to reuse whatever stream comes next.
+//
 // Precision: the float overloads compute in FP32 (cuBLAS without TF32), so they
 // match the CPU reference to rounding. The Bf16 overloads take BF16 weights and
 // activations, accumulate in FP32 and round once on store.
@@ -207,9 +212,11 @@ Status grouped_swiglu_host_offsets(const Bf16* x_perm, Bf16* y_perm, const int32
 
 // ---- Sampling ---------------------------------------------------------------------
 
-// Same token as cpu::sample for the same logits, params and uniform (up to ties
-// decided by the last bit of a probability). Synchronises the current stream.
-// scratch: 2 * vocab floats of device memory.
+// Same token as cpu::sample for the same logits, params and uniform: the same
+// float probabilities (exp rounded as glibc's), a stable sort (ties to the lower
+// id), and the mass accumulated in double as the CPU does. Synchronises the
+// current stream. scratch: 2 * vocab floats of device memory (a full-vocabulary
+// radix sort for now; a top-k-first selection is the obvious speed-up).
 Result<int32_t> sample(const float* logits, int64_t vocab, const SamplingParams& params, float uniform,
                        float* scratch);
 

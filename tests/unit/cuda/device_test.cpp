@@ -24,8 +24,16 @@ TEST(CudaRuntime, BadArgumentsNameTheOp) {
   Status st = attention_prefill(static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, 4, 8, 3, 64, 1.0f);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(st.message(), "attention_prefill: hq must be a multiple of hkv");
-  st = rmsnorm(static_cast<const float*>(nullptr), nullptr, nullptr, 2, 0, 1e-6f);
-  EXPECT_EQ(st.message(), "rmsnorm: need n >= 0 and dim > 0");
+  st = rmsnorm(static_cast<const float*>(nullptr), nullptr, nullptr, 2, -1, 1e-6f);
+  EXPECT_EQ(st.message(), "rmsnorm: negative size");
+  // A zero extent is a no-op, as on the CPU, and touches no pointer.
+  EXPECT_TRUE(rmsnorm(static_cast<const float*>(nullptr), nullptr, nullptr, 2, 0, 1e-6f).is_ok());
+  EXPECT_TRUE(attention_paged(static_cast<const float*>(nullptr), nullptr, 0, 8, PagedKv{}, nullptr, 0, nullptr,
+                              nullptr, 1.0f)
+                  .is_ok());
+  Result<int32_t> empty = argmax(nullptr, 0);
+  ASSERT_TRUE(empty.is_ok());
+  EXPECT_EQ(*empty, 0);
   EXPECT_EQ(format_bytes(512), "512 B");
   EXPECT_EQ(format_bytes(3u << 20), "3.00 MiB");
 }
