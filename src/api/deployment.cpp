@@ -147,9 +147,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
 
   if (c.model_path.empty()) return r.error("model.path", "required");
   if (c.device != "cpu" && c.device != "cuda") return r.error("cluster.device", "must be cpu or cuda, got '" + c.device + "'");
-  if (c.transport == "ucx")
-    return unimplemented(source + ": transport.backend: the UCX data plane is not wired into the nodes yet; use tcp");
-  if (c.transport != "tcp") return r.error("transport.backend", "must be tcp or ucx, got '" + c.transport + "'");
+  if (c.transport != "tcp" && c.transport != "ucx") return r.error("transport.backend", "must be tcp or ucx, got '" + c.transport + "'");
   if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warn" && c.log_level != "error")
     return r.error("logging.level", "must be debug, info, warn or error");
   if (c.max_batch_tokens < c.micro_batches)

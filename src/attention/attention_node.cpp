@@ -1,6 +1,7 @@
 #include "tandem/attention/attention_node.h"
 
 #include "remote_experts.h"
+#include "ucx_experts.h"
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -78,7 +79,11 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
                                                             c.num_kv_heads, c.head_dim},
                                                            size_t{64} << 30));
     runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
-    remote_ = std::make_unique<RemoteExpertExecutor>(cfg, c, rank);
+    if (cfg.transport == "ucx") {
+      TANDEM_ASSIGN_OR_RETURN(remote_, UcxExpertExecutor::create(cfg, c, rank));
+    } else {
+      remote_ = std::make_unique<RemoteExpertExecutor>(cfg, c, rank);
+    }
     sched_ = std::make_unique<engine::Scheduler>(
         c, *runner_, *cache_, *remote_,
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
@@ -187,7 +192,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   std::unique_ptr<model::ModelWeights> weights_;
   std::unique_ptr<engine::KvCache> cache_;
   std::unique_ptr<engine::ModelRunner> runner_;
-  std::unique_ptr<RemoteExpertExecutor> remote_;
+  std::unique_ptr<engine::ExpertExecutor> remote_;
   std::unique_ptr<engine::Scheduler> sched_;
   std::unique_ptr<grpc::Server> server_;
   std::thread worker_;

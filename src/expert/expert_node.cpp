@@ -3,15 +3,21 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/model_runner.h"
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/weights.h"
+#include "tandem/transport/moe_payload.h"
+#include "tandem/transport/ucx_transport.h"
 
 namespace tandem::expert {
 
@@ -40,6 +46,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     b.RegisterService(this);
     server_ = b.BuildAndStart();
     if (!server_ || bound == 0) return unavailable("cannot listen on " + ep.to_string());
+    if (cfg.transport == "ucx") TANDEM_RETURN_IF_ERROR(start_data_plane(cfg, ep.host));
     server_->GetHealthCheckService()->SetServingStatus(true);
     TANDEM_LOG_INFO("expert[{}] serving experts [{}, {}) on {}", rank, range_.first, range_.second, ep.to_string());
     return Status::ok();
@@ -58,6 +65,22 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
   void wait() override {
     if (server_) server_->Wait();
+    for (auto& t : senders_)
+      if (t.joinable()) t.join();
+  }
+
+  grpc::Status DataPlane(grpc::ServerContext*, const pb::DataPlaneRequest*, pb::DataPlaneReply* reply) override {
+    reply->set_first_expert(range_.first);
+    reply->set_last_expert(range_.second);
+    if (!transport_) {
+      reply->set_backend("tcp");
+      return grpc::Status::OK;
+    }
+    const transport::PeerAddress a = transport_->address();
+    reply->set_backend("ucx");
+    reply->set_host(a.host);
+    reply->set_port(a.port);
+    return grpc::Status::OK;
   }
 
   // One stream per attention node; its batches are answered in order. Each
@@ -87,6 +110,98 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
 
  private:
+  // The UCX data plane: an ephemeral listener (its address is handed out by
+  // DataPlane) and one thread per attention node, so a slow or restarting
+  // sender never delays another.
+  Status start_data_plane(const api::DeploymentConfig& cfg, const std::string& host) {
+    const auto self = transport::expert_node(static_cast<uint32_t>(rank_));
+    TANDEM_ASSIGN_OR_RETURN(transport_, transport::create_ucx_transport(transport::ucx_node_options(self, host)));
+    std::vector<transport::NodeId> peers;
+    for (int i = 0; i < cfg.attention_nodes; ++i) peers.push_back(transport::attention_node(static_cast<uint32_t>(i)));
+    TANDEM_RETURN_IF_ERROR(transport_->expect(peers));
+    for (const auto& peer : peers) senders_.emplace_back([this, peer] { serve_sender(peer); });
+    TANDEM_LOG_INFO("expert[{}] data plane on {}", rank_, transport::to_string(transport_->address()));
+    return Status::ok();
+  }
+
+  void serve_sender(transport::NodeId peer) {
+    using namespace std::chrono_literals;
+    const auto& c = ck_.config;
+    engine::ModelRunner runner(c, *weights_, nullptr);
+    // Two reply buffers: one is computed into while the other may still be sending.
+    struct ReplySlot {
+      transport::Buffer buffer;
+      transport::SendHandle last;
+    };
+    std::array<ReplySlot, 2> replies;
+    size_t turn = 0;
+    while (!stopping_) {
+      auto msg = transport_->recv(transport::TagFilter{std::nullopt, std::nullopt, peer}, 200ms);
+      if (!msg.is_ok()) {
+        // Not connected (yet, or any more): the attention node dials again
+        // when it is back. Anything else is a timeout: look at stopping_.
+        if (msg.status().code() != StatusCode::kDeadlineExceeded) std::this_thread::sleep_for(20ms);
+        continue;
+      }
+      const transport::MessageHeader& h = msg->header();
+      const transport::MoePayloadLayout lay{h.num_tokens, static_cast<size_t>(c.hidden_size),
+                                            static_cast<size_t>(c.moe.top_k)};
+      if (Status st = validate(h, lay, msg->data()); !st.is_ok()) {
+        // Unanswered, the dispatch times out on the attention node, which names us.
+        TANDEM_LOG_ERROR("expert[{}]: dropping a dispatch from {}: {}", rank_, transport::to_string(peer),
+                         st.message());
+        continue;
+      }
+      auto& slot = replies[turn++ % replies.size()];
+      if (!slot.last.wait(std::chrono::milliseconds(5000)).is_ok()) slot = {};
+      if (slot.buffer.size() < lay.combine_bytes()) {
+        auto b = transport_->allocate(std::max(lay.combine_bytes(), 2 * slot.buffer.size()));
+        if (!b.is_ok()) {
+          TANDEM_LOG_ERROR("expert[{}]: {}", rank_, b.status().message());
+          continue;
+        }
+        slot.buffer = std::move(b).value();
+      }
+      const std::byte* in = msg->data().data();
+      auto* y = reinterpret_cast<float*>(slot.buffer.data());
+      std::fill(y, y + lay.tokens * lay.hidden, 0.0f);
+      runner.experts(h.layer, reinterpret_cast<const float*>(in), static_cast<int64_t>(lay.tokens),
+                     reinterpret_cast<const int32_t*>(in + lay.ids_offset()),
+                     reinterpret_cast<const float*>(in + lay.weights_offset()), y);
+      transport::write_step(slot.buffer.span(), lay.step_offset(), transport::read_step(msg->data(), lay.step_offset()));
+      transport::MessageHeader r;
+      r.kind = transport::MessageKind::kCombine;
+      r.layer = h.layer;
+      r.micro_batch = h.micro_batch;
+      r.num_tokens = h.num_tokens;
+      r.hidden_size = h.hidden_size;
+      r.dtype = DType::kF32;
+      auto sent = transport_->send(peer, r, slot.buffer, lay.combine_bytes());
+      if (sent.is_ok()) slot.last = *sent;  // a failed send: the sender is gone, and will redo the step
+    }
+  }
+
+  // A dispatch is read in place, so every field that sizes or indexes
+  // something is checked first.
+  Status validate(const transport::MessageHeader& h, const transport::MoePayloadLayout& lay,
+                  std::span<const std::byte> data) const {
+    const auto& c = ck_.config;
+    if (h.kind != transport::MessageKind::kDispatch) return invalid_argument("not a dispatch message");
+    if (h.layer >= static_cast<uint32_t>(c.num_layers) || !c.layer_is_moe[h.layer])
+      return invalid_argument("layer " + std::to_string(h.layer) + " is not a MoE layer");
+    if (h.dtype != DType::kF32 || h.hidden_size != static_cast<uint32_t>(c.hidden_size))
+      return invalid_argument("activations must be F32 with hidden size " + std::to_string(c.hidden_size));
+    if (data.size() != lay.dispatch_bytes())
+      return invalid_argument("payload of " + std::to_string(data.size()) + " bytes, " +
+                              std::to_string(lay.dispatch_bytes()) + " expected for " + std::to_string(lay.tokens) +
+                              " tokens");
+    const auto* ids = reinterpret_cast<const int32_t*>(data.data() + lay.ids_offset());
+    for (size_t i = 0; i < lay.tokens * lay.top_k; ++i)
+      if (ids[i] < 0 || ids[i] >= c.moe.num_experts)
+        return invalid_argument("expert id " + std::to_string(ids[i]) + " out of range");
+    return Status::ok();
+  }
+
   // Every field is checked before use: a malformed batch ends the stream with
   // an error naming the field, never a crash or an out-of-bounds read.
   Status validate(const pb::ExpertBatch& b) const {
@@ -116,6 +231,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   std::unique_ptr<model::ModelWeights> weights_;
   std::unique_ptr<grpc::Server> server_;
   std::atomic<bool> stopping_{false};
+  std::unique_ptr<transport::Transport> transport_;  // ucx only
+  std::vector<std::thread> senders_;
 };
 
 }  // namespace

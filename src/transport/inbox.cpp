@@ -20,6 +20,16 @@ void Inbox::fail_peer(const NodeId& peer, Status status) {
   cv_.notify_all();
 }
 
+void Inbox::drop_from(const NodeId& peer) {
+  std::lock_guard lock(mu_);
+  std::erase_if(queue_, [&](const Message& m) { return m.header().sender == peer; });
+}
+
+void Inbox::clear_failure(const NodeId& peer) {
+  std::lock_guard lock(mu_);
+  failed_.erase(peer);
+}
+
 void Inbox::close(Status status) {
   {
     std::lock_guard lock(mu_);

@@ -23,6 +23,10 @@ class Inbox {
   // Later receives from `peer` (or from any peer) that find nothing queued fail
   // with `status`. The first failure of a peer sticks.
   void fail_peer(const NodeId& peer, Status status);
+  // Drops the messages of `peer` still queued.
+  void drop_from(const NodeId& peer);
+  // Receives from `peer` wait again instead of failing.
+  void clear_failure(const NodeId& peer);
   // Every waiter and later receive that finds nothing queued fails with `status`.
   void close(Status status);
   std::optional<Status> peer_failure(const NodeId& peer) const;

@@ -71,6 +71,15 @@ class InprocTransport final : public detail::TransportBase {
     return fabric_->wait_for(ids, timeout, self());
   }
 
+  // The in-process fabric has fixed membership: a node that left cannot come back.
+  Status expect(std::span<const NodeId>) override {
+    return {StatusCode::kUnimplemented, "the in-process transport has fixed membership: use connect()"};
+  }
+  Status reconnect(const PeerAddress& peer, std::chrono::milliseconds) override {
+    return {StatusCode::kUnimplemented,
+            "the in-process transport cannot reconnect " + to_string(peer.id) + ": a node that left stays gone"};
+  }
+
   // Called by the fabric: `peer` is gone.
   void peer_lost(const NodeId& peer, const std::string& why) { fail_link(peer, unavailable(why)); }
   // Called by the fabric on kill(): this node behaves as crashed.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 namespace tandem::transport::detail {
 
@@ -17,13 +18,60 @@ Result<Buffer> TransportBase::allocate(size_t bytes) {
 }
 
 Status TransportBase::set_peers(std::span<const PeerAddress> peers) {
+  std::vector<NodeId> ids;
+  for (const PeerAddress& p : peers) ids.push_back(p.id);
+  return set_peers(ids);
+}
+
+Status TransportBase::set_peers(std::span<const NodeId> peers) {
   std::lock_guard lock(mu_);
-  if (have_peers_) return failed_precondition("connect() called twice");
-  for (const PeerAddress& p : peers) {
-    if (p.id == self_) return invalid_argument("peer list contains this node " + to_string(self_));
-    if (!peers_.emplace(p.id, PeerState{}).second) return invalid_argument("duplicate peer " + to_string(p.id));
+  if (have_peers_) return failed_precondition("the peer set is fixed already (connect() or expect() called twice)");
+  std::map<NodeId, PeerState> fresh;
+  for (const NodeId& id : peers) {
+    if (id == self_) return invalid_argument("peer list contains this node " + to_string(self_));
+    if (!fresh.emplace(id, PeerState{}).second) return invalid_argument("duplicate peer " + to_string(id));
   }
+  peers_ = std::move(fresh);
   have_peers_ = true;
+  return Status::ok();
+}
+
+void TransportBase::forget_traffic(const NodeId& peer) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = peers_.find(peer);
+    if (it != peers_.end()) {
+      it->second.next_sequence = 0;
+      ++it->second.incarnation;
+    }
+  }
+  inbox_.drop_from(peer);
+}
+
+void TransportBase::clear_failure(const NodeId& peer) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = peers_.find(peer);
+    if (it != peers_.end()) it->second.link_failure = Status::ok();
+  }
+  inbox_.clear_failure(peer);
+}
+
+uint64_t TransportBase::incarnation(const NodeId& peer) const {
+  std::lock_guard lock(mu_);
+  auto it = peers_.find(peer);
+  return it == peers_.end() ? 0 : it->second.incarnation;
+}
+
+Status TransportBase::peer_status(const NodeId& peer) const {
+  {
+    std::lock_guard lock(mu_);
+    if (!have_peers_) return failed_precondition("peer_status() before connect() or expect()");
+    auto it = peers_.find(peer);
+    if (it == peers_.end()) return invalid_argument(to_string(peer) + " is not a peer of " + to_string(self_));
+    if (!it->second.link_failure.is_ok()) return it->second.link_failure;
+  }
+  if (auto poisoned = inbox_.peer_failure(peer)) return *poisoned;
   return Status::ok();
 }
 

@@ -25,6 +25,7 @@ class TransportBase : public Transport {
   Result<SendHandle> send_raw(const NodeId& peer, std::span<const std::byte> wire_header, const Buffer& buffer,
                               size_t bytes) override;
   Result<Message> recv(const TagFilter& filter, std::chrono::milliseconds timeout) override;
+  Status peer_status(const NodeId& peer) const override;
 
  protected:
   static constexpr size_t kMaxCachedRecvBytes = size_t{512} << 20;
@@ -33,6 +34,7 @@ class TransportBase : public Transport {
 
   // Fixes the peer set (from connect()); sends to anyone else are INVALID_ARGUMENT.
   Status set_peers(std::span<const PeerAddress> peers);
+  Status set_peers(std::span<const NodeId> peers);
   bool is_peer(const NodeId& id) const;
 
   // Posts a checked send; the implementation completes `op` exactly once.
@@ -47,6 +49,13 @@ class TransportBase : public Transport {
   // OK, or the failure recorded by fail_link().
   Status link_status(const NodeId& peer) const;
   void close_inbox(Status status) { inbox_.close(std::move(status)); }
+  // A new connection to `peer` replaces the old: messages still queued from
+  // the old one are dropped, sequences restart and its incarnation advances
+  // (receives begun on the old connection check it before delivering).
+  void forget_traffic(const NodeId& peer);
+  // The link to `peer` is up (again): its recorded failure is forgotten.
+  void clear_failure(const NodeId& peer);
+  uint64_t incarnation(const NodeId& peer) const;
 
   // Receive path. Checks the header of a data message from `from` carrying
   // `payload_bytes`; a bad one poisons `from` and comes back as DATA_LOSS.
@@ -59,6 +68,7 @@ class TransportBase : public Transport {
  private:
   struct PeerState {
     uint64_t next_sequence = 0;
+    uint64_t incarnation = 0;
     Status link_failure;
   };
   // Checks shared by send() and send_raw(); the data pointer to send.

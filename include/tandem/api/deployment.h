@@ -48,7 +48,7 @@ struct DeploymentConfig {
   int expert_base_port = 50200;
 
   // transport
-  std::string transport = "tcp";  // tcp (gRPC streams) | ucx (refused until the UCX data plane lands)
+  std::string transport = "tcp";  // tcp (gRPC streams) | ucx (UCX M2N transport, src/transport)
   int transport_timeout_ms = 5000;
 
   // logging

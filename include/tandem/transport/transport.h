@@ -18,7 +18,12 @@
 // Lifetime: Buffers, Messages and SendHandles may outlive their transport;
 // destroying a transport fails its own blocked receives with UNAVAILABLE and
 // looks like a disconnect to its peers (after flushing what was sent).
-// A failed peer stays failed: reconnecting a restarted node is future work.
+//
+// Restarts: a long-running node fixes its peer set with expect() and lets
+// peers come and go. A peer that connects again (a restarted process, or the
+// same one after a lost link) replaces its old connection: the old one is
+// closed, messages still queued from it are dropped, and sequence numbers
+// start again at 0. The dialing side does the same with reconnect().
 #pragma once
 
 #include <chrono>
@@ -65,6 +70,20 @@ class Transport {
   // accepts) and returns once all are connected: DEADLINE_EXCEEDED listing the
   // missing ones otherwise. Call once.
   virtual Status connect(std::span<const PeerAddress> peers, std::chrono::milliseconds timeout) = 0;
+
+  // Fixes the peer set without connecting or waiting: for a node that accepts
+  // connections from peers whose lifetimes differ from its own. Instead of
+  // connect(), once. UNIMPLEMENTED where the backend has fixed membership.
+  virtual Status expect(std::span<const NodeId> peers) = 0;
+
+  // Dials `peer` afresh, replacing any connection to it (healthy or failed),
+  // and waits until it is up: DEADLINE_EXCEEDED with the last dial error
+  // otherwise. After expect() or connect(); `peer` must be in the peer set.
+  virtual Status reconnect(const PeerAddress& peer, std::chrono::milliseconds timeout) = 0;
+
+  // OK while the link to `peer` is usable; else why not (UNAVAILABLE for a
+  // lost or never-made link, DATA_LOSS after a malformed message).
+  virtual Status peer_status(const NodeId& peer) const = 0;
 
   // Registered memory for send(); reuse it across sends.
   virtual Result<Buffer> allocate(size_t bytes) = 0;

@@ -30,6 +30,12 @@ struct UcxOptions {
   std::chrono::microseconds busy_poll{0};
 };
 
+// Options for a cluster node listening on `host`: tcp transports (the only
+// ones Debian's UCX 1.13 runs with peer failure handling) and, for a loopback
+// host, the loopback device only. UCX_TLS / UCX_NET_DEVICES in the
+// environment take precedence.
+UcxOptions ucx_node_options(NodeId self, const std::string& host);
+
 // Starts listening; UNAVAILABLE if UCX cannot start or bind.
 Result<std::unique_ptr<Transport>> create_ucx_transport(const UcxOptions& options);
 

@@ -1,6 +1,9 @@
 // Connections of the UCX transport: the smaller NodeId of a pair dials the
 // other's listener and says HELLO; the acceptor learns who it is from that and
 // answers HELLO_ACK. Both sides count the peer as connected from then on.
+// A HELLO from a peer that is connected or failed already is a new incarnation
+// of it (a restarted process, or a reconnect() after a lost link): the new
+// connection replaces the old, whose queued and late traffic is dropped.
 #include <algorithm>
 
 #include "tandem/common/logging.h"
@@ -58,6 +61,52 @@ Status UcxTransport::connect(std::span<const PeerAddress> peers, std::chrono::mi
   // Operations on the missing peers fail fast from now on instead of timing out.
   for (const NodeId& id : missing_ids) fail_link(id, unavailable("never connected: " + st.message()));
   return st;
+}
+
+Status UcxTransport::expect(std::span<const NodeId> peers) {
+  TANDEM_RETURN_IF_ERROR(set_peers(peers));
+  std::set<NodeId> ids(peers.begin(), peers.end());
+  // Unusable until they connect: callers ask peer_status() whether to reconnect.
+  for (const NodeId& id : ids) fail_link(id, unavailable(to_string(id) + " has not connected to " + to_string(self()) + " yet"));
+  post([this, ids] {
+    expected_ = ids;
+    have_expected_ = true;
+    for (auto& c : conns_) {
+      if (c->peer && !ids.count(*c->peer) && !c->failed) {
+        TANDEM_LOG_WARN("{}: dropping connection from {}, not a peer", to_string(self()), to_string(*c->peer));
+        close_connection(c.get(), /*force=*/true);
+      }
+    }
+  });
+  return Status::ok();
+}
+
+Status UcxTransport::reconnect(const PeerAddress& peer, std::chrono::milliseconds timeout) {
+  if (!is_peer(peer.id)) return invalid_argument(to_string(peer.id) + " is not a peer of " + to_string(self()));
+  auto addr = resolve(peer.host, peer.port);
+  if (!addr.is_ok()) return addr.status().with_context("reconnect to " + to_string(peer));
+  const auto deadline = Clock::now() + timeout;
+  {
+    std::lock_guard lock(conn_mu_);
+    established_.erase(peer.id);
+    dial_errors_.erase(peer.id);
+  }
+  post([this, peer, addr = *addr, deadline] {
+    if (auto it = by_peer_.find(peer.id); it != by_peer_.end()) close_connection(it->second, /*force=*/true);
+    // Here, not at HELLO_ACK: the peer may send right after its ACK, and that
+    // can arrive before the ACK is handled.
+    forget_traffic(peer.id);
+    std::erase_if(redials_, [&](const auto& r) { return r.second.id == peer.id; });
+    dial_addrs_[peer.id] = addr;
+    dial_deadline_ = std::max(dial_deadline_, deadline);
+    dial(peer, addr);
+  });
+  std::unique_lock lock(conn_mu_);
+  if (conn_cv_.wait_until(lock, deadline, [&] { return established_.count(peer.id) > 0; })) return Status::ok();
+  std::string why;
+  if (auto it = dial_errors_.find(peer.id); it != dial_errors_.end()) why = " (" + it->second + ")";
+  return {StatusCode::kDeadlineExceeded, to_string(self()) + " reconnect: no " + to_string(peer) + why + " within " +
+                                             std::to_string(timeout.count()) + " ms"};
 }
 
 void UcxTransport::dial(const PeerAddress& peer, const SockAddr& addr) {
@@ -167,31 +216,37 @@ void UcxTransport::on_handshake(Connection* c, const MessageHeader& h) {
   if (c->failed) return;
   const NodeId from = h.sender;
   if (h.kind == MessageKind::kHelloAck && c->dialed && c->peer == from && !c->established) {
-    c->established = true;
-    by_peer_[from] = c;
+    adopt(c, from);
     mark_established(from);
     return;
   }
   if (h.kind == MessageKind::kHello && !c->dialed && !c->peer) {
-    // A peer that failed stays failed (its in-flight state is lost); taking a
-    // restarted incarnation back is the control plane's business, not ours.
-    const char* refuse = have_expected_ && !expected_.count(from) ? "not a peer"
-                         : by_peer_.count(from) || from == self() ? "already connected"
-                         : !link_status(from).is_ok()             ? "failed before"
-                                                                  : nullptr;
+    const char* refuse = from == self()                             ? "it claims to be this node"
+                         : have_expected_ && !expected_.count(from) ? "not a peer"
+                                                                    : nullptr;
     if (refuse) {
       TANDEM_LOG_WARN("{}: refusing connection from {} ({})", to_string(self()), to_string(from), refuse);
       close_connection(c, /*force=*/true);
       return;
     }
-    c->peer = from;
-    c->established = true;
-    by_peer_[from] = c;
+    if (by_peer_.count(from) || !link_status(from).is_ok())
+      TANDEM_LOG_INFO("{}: {} connected again; its old connection is replaced", to_string(self()), to_string(from));
+    // Whatever the old connection left queued or in flight is not the new one's.
+    forget_traffic(from);
+    adopt(c, from);
     send_handshake(c, MessageKind::kHelloAck);
     mark_established(from);
     return;
   }
   TANDEM_LOG_WARN("{}: unexpected {} from {}", to_string(self()), kind_name(h.kind), to_string(from));
+}
+
+void UcxTransport::adopt(Connection* c, const NodeId& peer) {
+  if (auto it = by_peer_.find(peer); it != by_peer_.end() && it->second != c) close_connection(it->second, true);
+  c->peer = peer;
+  c->established = true;
+  by_peer_[peer] = c;
+  clear_failure(peer);
 }
 
 void UcxTransport::mark_established(const NodeId& id) {

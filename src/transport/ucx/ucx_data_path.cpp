@@ -68,6 +68,8 @@ void UcxTransport::start_rndv(PendingRndv p) {
 }
 
 void UcxTransport::finish_rndv(RndvRecv r, ucs_status_t status) {
+  // The sender reconnected meanwhile: this belongs to its old connection.
+  if (incarnation(r.from) != r.incarnation) return;
   if (status == UCS_OK) {
     deliver(r.header, std::move(r.slot));
     return;
@@ -139,7 +141,7 @@ ucs_status_t UcxTransport::on_am(void* arg, const void* header, size_t header_le
     return UCS_OK;
   }
   // Rendezvous: UCX fetches straight into the registered slot, after progress returns.
-  self->pending_rndv_.push_back({data, RndvRecv{from, *h, std::move(*slot)}});
+  self->pending_rndv_.push_back({data, RndvRecv{from, self->incarnation(from), *h, std::move(*slot)}});
   return UCS_INPROGRESS;
 }
 

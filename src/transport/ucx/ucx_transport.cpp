@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "ucx_transport_impl.h"
@@ -185,6 +186,17 @@ void UcxTransport::shutdown_progress() {
 }
 
 }  // namespace ucx
+
+UcxOptions ucx_node_options(NodeId self, const std::string& host) {
+  UcxOptions o;
+  o.self = self;
+  o.listen_host = host;
+  o.listen_port = 0;
+  if (!std::getenv("UCX_TLS")) o.ucx_config.emplace_back("TLS", "tcp");
+  const bool loopback = host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+  if (loopback && !std::getenv("UCX_NET_DEVICES")) o.ucx_config.emplace_back("NET_DEVICES", "lo");
+  return o;
+}
 
 Result<std::unique_ptr<Transport>> create_ucx_transport(const UcxOptions& options) {
   TANDEM_ASSIGN_OR_RETURN(auto context, ucx::Context::create(options.ucx_config));

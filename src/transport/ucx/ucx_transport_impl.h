@@ -43,6 +43,8 @@ class UcxTransport final : public detail::TransportBase {
   Status start();
   PeerAddress address() const override { return address_; }
   Status connect(std::span<const PeerAddress> peers, std::chrono::milliseconds timeout) override;
+  Status expect(std::span<const NodeId> peers) override;
+  Status reconnect(const PeerAddress& peer, std::chrono::milliseconds timeout) override;
 
  protected:
   void post_send(std::shared_ptr<detail::SendState> op) override {
@@ -60,6 +62,7 @@ class UcxTransport final : public detail::TransportBase {
   };
   struct RndvRecv {
     NodeId from;
+    uint64_t incarnation = 0;  // of `from` when the message arrived
     MessageHeader header;
     std::unique_ptr<detail::RecvSlot> slot;
   };
@@ -82,6 +85,8 @@ class UcxTransport final : public detail::TransportBase {
   void send_handshake(Connection* c, MessageKind kind);
   void on_handshake(Connection* c, const MessageHeader& h);
   void mark_established(const NodeId& id);
+  // Makes `c` the connection of `peer`, closing the one it replaces.
+  void adopt(Connection* c, const NodeId& peer);
   void do_send(const std::shared_ptr<detail::SendState>& op);
   void start_rndv(PendingRndv p);
   void finish_rndv(RndvRecv r, ucs_status_t status);

@@ -57,6 +57,7 @@ struct ClusterShape {
   int max_running_sequences = 64;
   int max_queue = 256;
   int kv_blocks = 512;
+  std::string transport = "tcp";
 };
 
 class Cluster {
@@ -72,7 +73,8 @@ class Cluster {
                            << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences << "}\n"
-                           << "expert: {base_port: " << base_ + 5 << "}\n";
+                           << "expert: {base_port: " << base_ + 5 << "}\n"
+                           << "transport: {backend: " << s.transport << "}\n";
     pid_ = fork();
     if (pid_ == 0) {
       execl(tandem_bin().c_str(), tandem_bin().c_str(), "serve", "--config", config_.c_str(), nullptr);

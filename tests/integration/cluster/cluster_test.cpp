@@ -95,14 +95,14 @@ tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens)
   return req;
 }
 
-class ClusterEquivalence : public ::testing::TestWithParam<std::tuple<std::string, int, int, int>> {};
+class ClusterEquivalence : public ::testing::TestWithParam<std::tuple<std::string, int, int, int, std::string>> {};
 
 // 16 concurrent streams through the cluster give, token for token, what the
 // single-process engine gives.
 TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
-  const auto& [preset, n_a, n_e, m] = GetParam();
+  const auto& [preset, n_a, n_e, m, transport] = GetParam();
   const std::string& dir = cluster_model(preset);
-  Cluster cluster(dir, {.attention_nodes = n_a, .expert_nodes = n_e, .micro_batches = m});
+  Cluster cluster(dir, {.attention_nodes = n_a, .expert_nodes = n_e, .micro_batches = m, .transport = transport});
   ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
   const auto ps = prompts(16);
   const auto want = reference(dir, ps, 12);
@@ -119,17 +119,25 @@ TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, ClusterEquivalence,
-                         ::testing::Values(std::tuple{"tiny-mixtral", 1, 1, 1}, std::tuple{"tiny-mixtral", 2, 2, 2},
-                                           std::tuple{"tiny-mixtral", 2, 3, 3}, std::tuple{"tiny-qwen3-moe", 1, 1, 1},
-                                           std::tuple{"tiny-qwen3-moe", 2, 2, 2}, std::tuple{"tiny-qwen3-moe", 2, 3, 3}),
-                         [](const auto& info) {
-                           std::string n = std::get<0>(info.param) + "_a" + std::to_string(std::get<1>(info.param)) +
-                                           "_e" + std::to_string(std::get<2>(info.param)) + "_m" +
-                                           std::to_string(std::get<3>(info.param));
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+// Every shape over both data planes: gRPC streams (tcp) and the UCX M2N transport.
+std::vector<std::tuple<std::string, int, int, int, std::string>> equivalence_cases() {
+  std::vector<std::tuple<std::string, int, int, int, std::string>> v;
+  for (const char* transport : {"tcp", "ucx"})
+    for (const char* preset : {"tiny-mixtral", "tiny-qwen3-moe"})
+      for (auto [n_a, n_e, m] : {std::tuple{1, 1, 1}, std::tuple{2, 2, 2}, std::tuple{2, 3, 3}})
+        v.emplace_back(preset, n_a, n_e, m, transport);
+  return v;
+}
+
+std::string equivalence_name(const ::testing::TestParamInfo<ClusterEquivalence::ParamType>& info) {
+  const auto& [preset, n_a, n_e, m, transport] = info.param;
+  std::string n = preset + "_a" + std::to_string(n_a) + "_e" + std::to_string(n_e) + "_m" + std::to_string(m) + "_" +
+                  transport;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ClusterEquivalence, ::testing::ValuesIn(equivalence_cases()), equivalence_name);
 
 class ClusterBehaviour : public ::testing::Test {
  protected:
@@ -265,10 +273,21 @@ TEST_F(ClusterBehaviour, ListModelsDescribesTheModel) {
   EXPECT_EQ(rp.models(0).num_experts(), 8u);
 }
 
+// Node failures, over each data plane: the UCX one must also find a restarted
+// expert node on its new data-plane port, and take a restarted attention node back.
+class ClusterFailures : public ::testing::TestWithParam<std::string> {
+ protected:
+  ClusterShape shape() const {
+    return {.attention_nodes = 2, .expert_nodes = 2, .micro_batches = 2, .transport = GetParam()};
+  }
+};
+
 // Killing an attention node fails only its own requests; serve restarts it and
 // the router serves again.
-TEST_F(ClusterBehaviour, KilledAttentionNodeFailsOnlyItsRequestsAndIsRestarted) {
-  ASSERT_TRUE(cluster_->ready().is_ok());
+TEST_P(ClusterFailures, KilledAttentionNodeFailsOnlyItsRequestsAndIsRestarted) {
+  Cluster cluster(cluster_model("tiny-mixtral"), shape());
+  auto* cluster_ = &cluster;
+  ASSERT_TRUE(cluster_->ready().is_ok()) << cluster_->ready().to_string();
   std::vector<std::future<testing::Reply>> futs;
   for (int i = 0; i < 6; ++i)
     futs.push_back(std::async(std::launch::async, [&, i] {
@@ -304,8 +323,10 @@ TEST_F(ClusterBehaviour, KilledAttentionNodeFailsOnlyItsRequestsAndIsRestarted) 
 
 // Killing an expert node ends the in-flight requests with UNAVAILABLE promptly;
 // the router reports NOT_SERVING until serve has restarted it, then serves again.
-TEST_F(ClusterBehaviour, KilledExpertNodeEndsRequestsAndServingResumes) {
-  ASSERT_TRUE(cluster_->ready().is_ok());
+TEST_P(ClusterFailures, KilledExpertNodeEndsRequestsAndServingResumes) {
+  Cluster cluster(cluster_model("tiny-mixtral"), shape());
+  auto* cluster_ = &cluster;
+  ASSERT_TRUE(cluster_->ready().is_ok()) << cluster_->ready().to_string();
   std::vector<std::future<testing::Reply>> futs;
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < 4; ++i)
@@ -334,6 +355,9 @@ TEST_F(ClusterBehaviour, KilledExpertNodeEndsRequestsAndServingResumes) {
   }
   EXPECT_TRUE(served);
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, ClusterFailures, ::testing::Values("tcp", "ucx"),
+                         [](const auto& info) { return info.param; });
 
 TEST(ClusterAdmission, FullQueueIsResourceExhausted) {
   Cluster cluster(cluster_model("tiny-mixtral"), {.attention_nodes = 1, .max_running_sequences = 1, .max_queue = 1});

@@ -48,7 +48,14 @@ TEST(Deployment, RefusesBadYamlWithKeyPath) {
   expect_refused("model: [1, 2]\n", "model", "mapping");
   expect_refused("model: {path: m}\nattention: {base_port: 50051}\n", "attention.base_port", "collide");
   expect_refused("model: {path: m\n", "not valid YAML");
-  expect_refused("model: {path: m}\ntransport: {backend: ucx}\n", "transport.backend", "not wired");
+}
+
+TEST(Deployment, AcceptsBothTransportBackends) {
+  for (const std::string backend : {"tcp", "ucx"}) {
+    auto c = DeploymentConfig::from_yaml("model: {path: m}\ntransport: {backend: " + backend + "}\n", "d.yaml");
+    ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+    EXPECT_EQ(c->transport, backend);
+  }
 }
 
 TEST(Deployment, ValidatesAgainstModel) {

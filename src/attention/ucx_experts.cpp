@@ -1,0 +1,195 @@
+#include "ucx_experts.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "tandem/common/logging.h"
+#include "tandem/internal/v1/node.grpc.pb.h"
+#include "tandem/transport/moe_payload.h"
+#include "tandem/transport/ucx_transport.h"
+
+namespace tandem::attention {
+
+namespace pb = tandem::internal::v1;
+using transport::MoePayloadLayout;
+using namespace std::chrono_literals;
+
+struct UcxExpertExecutor::Link {
+  int rank = 0;
+  transport::NodeId id;
+  std::string control_address;  // the node's gRPC endpoint
+  int64_t first = 0, last = 0;  // experts [first, last)
+  std::unique_ptr<pb::ExpertNode::Stub> stub;
+};
+
+UcxExpertExecutor::UcxExpertExecutor(const api::DeploymentConfig& cfg, const model::ModelConfig& model, int rank)
+    : cfg_(cfg), model_(model), rank_(rank) {}
+
+UcxExpertExecutor::~UcxExpertExecutor() = default;
+
+Result<std::unique_ptr<UcxExpertExecutor>> UcxExpertExecutor::create(const api::DeploymentConfig& cfg,
+                                                                     const model::ModelConfig& model, int rank) {
+  std::unique_ptr<UcxExpertExecutor> x(new UcxExpertExecutor(cfg, model, rank));
+  const auto self = transport::attention_node(static_cast<uint32_t>(rank));
+  TANDEM_ASSIGN_OR_RETURN(x->transport_,
+                          transport::create_ucx_transport(
+                              transport::ucx_node_options(self, cfg.attention_endpoint(rank).host)));
+  std::vector<transport::NodeId> peers;
+  for (int j = 0; j < cfg.expert_nodes; ++j) {
+    auto link = std::make_unique<Link>();
+    link->rank = j;
+    link->id = transport::expert_node(static_cast<uint32_t>(j));
+    link->control_address = cfg.expert_endpoint(j).to_string();
+    std::tie(link->first, link->last) = cfg.expert_range(model.moe.num_experts, j);
+    link->stub = pb::ExpertNode::NewStub(
+        grpc::CreateChannel(link->control_address, grpc::InsecureChannelCredentials()));
+    peers.push_back(link->id);
+    x->links_.push_back(std::move(link));
+  }
+  TANDEM_RETURN_IF_ERROR(x->transport_->expect(peers));
+  return x;
+}
+
+Status UcxExpertExecutor::connected(Link& link) {
+  if (transport_->peer_status(link.id).is_ok()) return Status::ok();
+  const std::string who = "expert node " + std::to_string(link.rank) + " at " + link.control_address;
+  // Short waits: while a node is down every step fails, and the scheduler
+  // thread must stay responsive to cancellations meanwhile.
+  const auto budget = std::chrono::milliseconds(std::min(cfg_.transport_timeout_ms, 500));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + budget);
+  pb::DataPlaneRequest req;
+  pb::DataPlaneReply reply;
+  if (grpc::Status st = link.stub->DataPlane(&ctx, req, &reply); !st.ok())
+    return unavailable(who + " is unreachable: " + st.error_message());
+  if (reply.backend() != "ucx")
+    return failed_precondition(who + " serves transport '" + reply.backend() +
+                               "', this attention node 'ucx': the nodes run with different deployment files");
+  if (reply.first_expert() != link.first || reply.last_expert() != link.last)
+    return failed_precondition(who + " holds experts [" + std::to_string(reply.first_expert()) + ", " +
+                               std::to_string(reply.last_expert()) + "), this attention node expects [" +
+                               std::to_string(link.first) + ", " + std::to_string(link.last) +
+                               "): the nodes run with different deployment files");
+  const transport::PeerAddress addr{link.id, reply.host(), static_cast<uint16_t>(reply.port())};
+  if (Status st = transport_->reconnect(addr, budget); !st.is_ok())
+    return unavailable(who + ": data plane " + transport::to_string(addr) + " not reachable: " + st.message());
+  TANDEM_LOG_INFO("attention[{}]: data plane to {} up", rank_, transport::to_string(addr));
+  return Status::ok();
+}
+
+Result<UcxExpertExecutor::SendSlot*> UcxExpertExecutor::send_slot(size_t link, int mb, size_t bytes) {
+  SendSlot& slot = slots_[{link, mb}];
+  // The slot's previous message is normally long delivered (its combine came
+  // back); after an aborted step it may still be in flight.
+  if (Status st = slot.last_send.wait(std::chrono::milliseconds(cfg_.transport_timeout_ms)); !st.is_ok()) {
+    slot = SendSlot{};  // abandon the buffer to the send that still holds it
+  }
+  if (slot.buffer.size() < bytes) {
+    // Grow geometrically: registration is slow, batch sizes vary.
+    TANDEM_ASSIGN_OR_RETURN(slot.buffer, transport_->allocate(std::max(bytes, 2 * slot.buffer.size())));
+  }
+  return &slot;
+}
+
+Status UcxExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_in, int64_t n, const int32_t* topk_idx,
+                                   const float* topk_w, float* out) {
+  const int64_t K = model_.moe.top_k, H = model_.hidden_size;
+  // Every expert node must be up, not only those this micro-batch needs: a
+  // sequence's next token may need any of them, and a degraded cluster should
+  // fail fast and visibly rather than by luck of the routing.
+  for (auto& link : links_) TANDEM_RETURN_IF_ERROR(connected(*link));
+  auto& entry = pending_[{layer, mb}];
+  entry.first = out;
+  entry.second.clear();
+  const uint64_t step = next_step_++;
+  for (size_t li = 0; li < links_.size(); ++li) {
+    Link& link = *links_[li];
+    Outgoing o{li, step, {}};
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t e = topk_idx[t * K + k];
+        if (e >= link.first && e < link.last) {
+          o.rows.push_back(static_cast<int32_t>(t));
+          break;
+        }
+      }
+    if (o.rows.empty()) continue;  // no token of this micro-batch goes there
+    const MoePayloadLayout lay{o.rows.size(), static_cast<size_t>(H), static_cast<size_t>(K)};
+    TANDEM_ASSIGN_OR_RETURN(SendSlot * slot, send_slot(li, mb, lay.dispatch_bytes()));
+    std::byte* p = slot->buffer.data();
+    auto* ids = reinterpret_cast<int32_t*>(p + lay.ids_offset());
+    auto* weights = reinterpret_cast<float*>(p + lay.weights_offset());
+    for (size_t r = 0; r < o.rows.size(); ++r) {
+      const int64_t row = o.rows[r];
+      std::memcpy(p + r * H * sizeof(float), moe_in + row * H, H * sizeof(float));
+      std::memcpy(ids + r * K, topk_idx + row * K, K * sizeof(int32_t));
+      std::memcpy(weights + r * K, topk_w + row * K, K * sizeof(float));
+    }
+    transport::write_step(slot->buffer.span(), lay.step_offset(), step);
+    transport::MessageHeader h;
+    h.kind = transport::MessageKind::kDispatch;
+    h.layer = static_cast<uint32_t>(layer);
+    h.micro_batch = static_cast<uint32_t>(mb);
+    h.num_tokens = static_cast<uint32_t>(o.rows.size());
+    h.hidden_size = static_cast<uint32_t>(H);
+    h.dtype = DType::kF32;
+    auto sent = transport_->send(link.id, h, slot->buffer, lay.dispatch_bytes());
+    if (!sent.is_ok())
+      return sent.status().with_context("dispatch to expert node " + std::to_string(link.rank));
+    slot->last_send = *sent;
+    entry.second.push_back(std::move(o));
+  }
+  return Status::ok();
+}
+
+Status UcxExpertExecutor::wait(int64_t layer, int mb) {
+  auto it = pending_.find({layer, mb});
+  if (it == pending_.end()) return Status::ok();
+  float* out = it->second.first;
+  std::vector<Outgoing> sent = std::move(it->second.second);
+  pending_.erase(it);
+  const int64_t H = model_.hidden_size;
+  const auto timeout = std::chrono::milliseconds(cfg_.transport_timeout_ms);
+  for (const Outgoing& o : sent) {
+    Link& link = *links_[o.link];
+    const std::string who = "expert node " + std::to_string(link.rank);
+    const MoePayloadLayout lay{o.rows.size(), static_cast<size_t>(H), 0};
+    while (true) {
+      auto msg = transport_->recv(
+          transport::TagFilter::exact(static_cast<uint32_t>(layer), static_cast<uint32_t>(mb), link.id), timeout);
+      if (!msg.is_ok()) {
+        const Status& st = msg.status();
+        if (st.code() == StatusCode::kDeadlineExceeded || st.code() == StatusCode::kDataLoss)
+          return Status(st.code(), who + ": " + st.message());
+        return unavailable(who + ": " + st.message());
+      }
+      const auto& hdr = msg->header();
+      const auto data = msg->data();
+      if (data.size() < sizeof(uint64_t)) return data_loss(who + ": combine of " + std::to_string(data.size()) + " bytes");
+      const uint64_t echoed = transport::read_step(data, data.size() - sizeof(uint64_t));
+      if (echoed < o.step) continue;  // the late answer to a dispatch of an aborted step
+      if (echoed != o.step || hdr.num_tokens != o.rows.size() || hdr.hidden_size != H ||
+          hdr.dtype != DType::kF32 || data.size() != lay.combine_bytes())
+        return data_loss(who + ": combine (layer " + std::to_string(hdr.layer) + ", micro-batch " +
+                         std::to_string(hdr.micro_batch) + ", step " + std::to_string(echoed) + ", " +
+                         std::to_string(hdr.num_tokens) + " tokens, " + std::to_string(data.size()) +
+                         " bytes) does not answer the dispatch (step " + std::to_string(o.step) + ", " +
+                         std::to_string(o.rows.size()) + " tokens, " + std::to_string(lay.combine_bytes()) +
+                         " bytes)");
+      // The receive pool is page-aligned, so the rows are read in place.
+      const auto* y = reinterpret_cast<const float*>(data.data());
+      for (size_t i = 0; i < o.rows.size(); ++i) {
+        float* dst = out + static_cast<int64_t>(o.rows[i]) * H;
+        const float* src = y + i * H;
+        for (int64_t j = 0; j < H; ++j) dst[j] += src[j];
+      }
+      break;
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace tandem::attention
