@@ -2,12 +2,16 @@
 // a one-way attention->expert stream and latency of a dispatch+combine round
 // trip (one MoE layer's communication) per message size, for 1x1 and MxN.
 // The 1x1 numbers are set against ucx_perftest (ucp_am_bw / ucp_am_lat) run
-// with the same UCX_TLS, the limit of the UCX layer underneath.
+// with the same UCX_TLS, the limit of the UCX layer underneath. The MxN numbers
+// are set against MPI_Alltoallv (mpi_alltoallv_baseline, run through mpirun)
+// doing the same dispatch + combine, by default over the same UCX on tcp/lo.
 //
 //   build/benchmarks/transport_bench [--mesh 2x2] [--sizes 1024,...,4194304]
 //                                    [--reps 3] [--busy-poll-us 0] [--no-perftest]
+//                                    [--no-mpi] [--mpi-pml ucx|ob1]
 // Internal: transport_bench --node ROLE RANK SIZES BUSY_POLL_US REPS (one node).
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -248,6 +252,56 @@ struct Row {
   double rtt_p99 = 0;
 };
 
+// Collects the attention nodes' RESULT lines (ours and the MPI baseline's use
+// one format, so both are aggregated the same way). Per (repetition, size) run
+// k: the slowest attention node's throughput phase, and every attention node's
+// p50 / p99.
+struct Tally {
+  std::map<uint32_t, size_t> bytes_of, iters_of;
+  std::map<uint32_t, double> slowest;
+  std::map<uint32_t, std::vector<double>> p50s, p99s;
+
+  // False for anything that is not a RESULT line.
+  bool add(const std::string& l) {
+    std::istringstream in(l);
+    std::string tag, kind;
+    uint32_t k;
+    size_t bytes;
+    if (!(in >> tag >> kind >> k >> bytes) || tag != "RESULT") return false;
+    bytes_of[k] = bytes;
+    if (kind == "tput") {
+      double secs;
+      in >> iters_of[k] >> secs;
+      slowest[k] = std::max(slowest[k], secs);
+    } else if (kind == "lat") {
+      double a, b;
+      in >> a >> b;
+      p50s[k].push_back(a);
+      p99s[k].push_back(b);
+    }
+    return true;
+  }
+
+  // Per size the best repetition (highest throughput; lowest median round
+  // trip, with that repetition's p99).
+  std::map<size_t, Row> rows(uint32_t m, uint32_t n) {
+    std::map<size_t, Row> rows;
+    for (auto& [k, bytes] : bytes_of) {
+      Row& r = rows[bytes];
+      if (slowest[k] > 0) r.gbps = std::max(r.gbps, static_cast<double>(m) * n * iters_of[k] * bytes / slowest[k] / 1e9);
+      auto& a = p50s[k];
+      if (a.empty()) continue;
+      std::sort(a.begin(), a.end());
+      const double p50 = a[a.size() / 2];
+      if (r.rtt_p50 == 0 || p50 < r.rtt_p50) {
+        r.rtt_p50 = p50;
+        r.rtt_p99 = *std::max_element(p99s[k].begin(), p99s[k].end());
+      }
+    }
+    return rows;
+  }
+};
+
 // Runs an m x n mesh over all sizes `reps` times; per size the best repetition
 // (highest throughput; lowest median round trip, with that repetition's p99).
 // Empty on failure.
@@ -277,11 +331,7 @@ std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes,
     std::fprintf(kids[i].in, "GO\n");
     std::fflush(kids[i].in);
   }
-  // Per (repetition, size) run k: the slowest attention node's throughput phase,
-  // and every attention node's p50 / p99.
-  std::map<uint32_t, size_t> bytes_of, iters_of;
-  std::map<uint32_t, double> slowest;
-  std::map<uint32_t, std::vector<double>> p50s, p99s;
+  Tally tally;
   for (uint32_t i = 0; ok && i < m; ++i) {
     for (std::string l = read_line(kids[i]); l != "DONE"; l = read_line(kids[i])) {
       if (l.empty() || l.rfind("ERROR", 0) == 0) {
@@ -289,22 +339,7 @@ std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes,
         ok = false;
         break;
       }
-      std::istringstream in(l);
-      std::string tag, kind;
-      uint32_t k;
-      size_t bytes;
-      in >> tag >> kind >> k >> bytes;
-      bytes_of[k] = bytes;
-      if (kind == "tput") {
-        double secs;
-        in >> iters_of[k] >> secs;
-        slowest[k] = std::max(slowest[k], secs);
-      } else if (kind == "lat") {
-        double a, b;
-        in >> a >> b;
-        p50s[k].push_back(a);
-        p99s[k].push_back(b);
-      }
+      tally.add(l);
     }
   }
   for (auto& k : kids) {
@@ -314,19 +349,7 @@ std::map<size_t, Row> run_mesh(uint32_t m, uint32_t n, const std::string& sizes,
     std::fclose(k.out);
   }
   if (!ok) return {};
-  std::map<size_t, Row> rows;
-  for (auto& [k, bytes] : bytes_of) {
-    Row& r = rows[bytes];
-    r.gbps = std::max(r.gbps, static_cast<double>(m) * n * iters_of[k] * bytes / slowest[k] / 1e9);
-    auto& a = p50s[k];
-    std::sort(a.begin(), a.end());
-    const double p50 = a[a.size() / 2];
-    if (r.rtt_p50 == 0 || p50 < r.rtt_p50) {
-      r.rtt_p50 = p50;
-      r.rtt_p99 = *std::max_element(p99s[k].begin(), p99s[k].end());
-    }
-  }
-  return rows;
+  return tally.rows(m, n);
 }
 
 uint16_t free_port() {
@@ -387,12 +410,92 @@ std::vector<double> perftest(const std::string& test, size_t bytes, size_t iters
   return best;
 }
 
+// ----------------------------------------------------------------------------
+// MPI_Alltoallv baseline
+
+// How mpirun moves the bytes. "ucx" (the default) is the like-for-like choice:
+// the same UCX library on the same tcp/lo (kUcxConfig) as our nodes, so shm is
+// off for MPI too. OpenMPI 4.1 only picks pml ucx on IB/RoCE unless
+// pml_ucx_tls/pml_ucx_devices say any; naming the pml makes mpirun abort
+// instead of quietly falling back to ob1, so what ran is what the header says.
+// "ob1" is OpenMPI's own TCP BTL on lo, for an OpenMPI built without UCX.
+std::string mpi_transport_flags(const std::string& pml) {
+  if (pml == "ob1") return "--mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include lo";
+  std::string f = "--mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any";
+  for (auto& [k, v] : kUcxConfig) f += " -x UCX_" + k + "=" + v;
+  return f;
+}
+
+// 4 ranks on 2 cores: without oversubscribe mpirun refuses, without bind-to
+// none it pins ranks onto the same core, and without yield_when_idle its
+// busy-polling ranks starve each other.
+constexpr const char* kMpirunFlags =
+    "--oversubscribe --allow-run-as-root --bind-to none --mca mpi_yield_when_idle 1";
+
+std::string self_dir() {
+  char buf[PATH_MAX];
+  const ssize_t len = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (len <= 0) return ".";
+  std::string p(buf, static_cast<size_t>(len));
+  return p.substr(0, p.rfind('/'));
+}
+
+// The mpirun line, or "" with the reason in *why when the baseline cannot run.
+std::string mpi_command(uint32_t m, uint32_t n, const std::string& sizes, int reps, const std::string& pml,
+                        std::string* why) {
+#ifndef TANDEM_HAVE_MPI_BASELINE
+  (void)m, (void)n, (void)sizes, (void)reps, (void)pml;
+  *why = "skipped: built without MPI (apt-get install libopenmpi-dev, then re-run cmake)";
+  return "";
+#else
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
+    *why = "skipped: mpirun not found (apt-get install openmpi-bin)";
+    return "";
+  }
+  const std::string exe = self_dir() + "/mpi_alltoallv_baseline";
+  if (::access(exe.c_str(), X_OK) != 0) {
+    *why = "skipped: " + exe + " not built";
+    return "";
+  }
+  return "mpirun -np " + std::to_string(m + n) + " " + kMpirunFlags + " " + mpi_transport_flags(pml) + " " + exe +
+         " " + std::to_string(m) + " " + std::to_string(n) + " " + sizes + " " + std::to_string(reps);
+#endif
+}
+
+// Empty with the reason in *why when it failed.
+std::map<size_t, Row> run_mpi(const std::string& cmd, uint32_t m, uint32_t n, std::string* why) {
+  FILE* p = popen(("timeout 300 " + cmd + " 2>&1").c_str(), "r");
+  if (!p) {
+    *why = "failed: popen";
+    return {};
+  }
+  Tally tally;
+  bool done = false;
+  std::vector<std::string> other;  // mpirun's complaints, for the failure message
+  char buf[1024];
+  while (std::fgets(buf, sizeof(buf), p)) {
+    std::string l(buf);
+    if (!l.empty() && l.back() == '\n') l.pop_back();
+    if (l == "DONE") done = true;
+    else if (!tally.add(l) && !l.empty()) other.push_back(l);
+  }
+  const int rc = pclose(p);
+  if (!done) {
+    *why = "failed (exit status " + std::to_string(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1) + ")";
+    for (size_t i = other.size() > 8 ? other.size() - 8 : 0; i < other.size(); ++i) *why += "\n    " + other[i];
+    return {};
+  }
+  return tally.rows(m, n);
+}
+
 int run_coordinator(int argc, char** argv) {
   std::string sizes = "1024,4096,16384,65536,262144,1048576,4194304";
   uint32_t m = 2, n = 2;
   int busy_poll_us = 0;
   int reps = 3;
   bool perf = true;
+  bool mpi = true;
+  std::string mpi_pml = "ucx";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--sizes" && i + 1 < argc) sizes = argv[++i];
@@ -400,6 +503,8 @@ int run_coordinator(int argc, char** argv) {
     else if (a == "--busy-poll-us" && i + 1 < argc) busy_poll_us = std::atoi(argv[++i]);
     else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--no-perftest") perf = false;
+    else if (a == "--no-mpi") mpi = false;
+    else if (a == "--mpi-pml" && i + 1 < argc) mpi_pml = argv[++i];
   }
   ::signal(SIGPIPE, SIG_IGN);
   std::printf("M2N transport over UCX (UCX_TLS=tcp, UCX_NET_DEVICES=lo, peer failure handling on), one process per "
@@ -407,20 +512,47 @@ int run_coordinator(int argc, char** argv) {
               busy_poll_us);
   std::printf("tput: one-way stream, %d sends in flight per pair, GB/s = 1e9 B/s summed over all pairs\n", kWindow);
   std::printf("rtt : dispatch of S bytes to every expert + combine of S bytes back from each (one MoE layer)\n");
-  std::printf("best of %d repetitions, ours and ucx_perftest's alike\n\n", reps);
+  std::printf("best of %d repetitions, ours, ucx_perftest's and MPI_Alltoallv's alike\n", reps);
+  std::printf("ratio = ours / theirs (above 1 is faster for GB/s, slower for us)\n");
+  std::string mpi_why = "skipped: --no-mpi";
+  const std::string mpi_cmd = mpi ? mpi_command(m, n, sizes, reps, mpi_pml, &mpi_why) : "";
+  if (!mpi_cmd.empty()) {
+    std::printf("MPI_Alltoallv (Open MPI, %s): the same %ux%u exchange, zero counts between non-peers; tput = "
+                "%d MPI_Ialltoallv dispatches in flight then a 1-byte combine, rtt = blocking dispatch + combine\n  %s\n",
+                mpi_pml == "ob1" ? "pml ob1, btl tcp on lo" : "pml ucx, same UCX settings as ours", m, n, kWindow,
+                mpi_cmd.c_str());
+  }
+  std::printf("\n");
+  std::fflush(stdout);
   auto one = run_mesh(1, 1, sizes, busy_poll_us, reps);
   auto mesh = run_mesh(m, n, sizes, busy_poll_us, reps);
   if (one.empty() || mesh.empty()) return 1;
+  std::map<size_t, Row> mpi_rows;
+  if (!mpi_cmd.empty()) mpi_rows = run_mpi(mpi_cmd, m, n, &mpi_why);
+  if (mpi_rows.empty()) std::printf("MPI_Alltoallv baseline %s\n\n", mpi_why.c_str());
   const bool use_perftest = perf && have_perftest();
   if (perf && !use_perftest) std::printf("ucx_perftest not found: perftest columns skipped\n\n");
 
-  std::printf("%8s | %10s %10s %6s | %10s %10s %6s | %10s %10s %10s\n", "size", "1x1 GB/s", "perftest", "ratio",
-              "1x1 lat us", "perftest", "ratio", "agg GB/s", "rtt p50 us", "rtt p99 us");
-  std::printf("%8s | %10s %10s %6s | %10s %10s %6s | %32s\n", "", "", "am_bw", "", "(rtt/2)", "am_lat", "",
-              (std::to_string(m) + "x" + std::to_string(n) + " mesh").c_str());
+  const std::string mesh_name = std::to_string(m) + "x" + std::to_string(n);
+  std::printf("%8s | %10s %10s %6s | %10s %10s %6s | %10s %10s %6s | %10s %10s %6s | %10s %10s\n", "size",
+              "1x1 GB/s", "perftest", "ratio", "1x1 lat us", "perftest", "ratio", "agg GB/s", "MPI", "ratio",
+              "rtt p50 us", "MPI", "ratio", "rtt p99 us", "MPI");
+  std::printf("%8s | %10s %10s %6s | %10s %10s %6s | %10s %10s %6s | %10s %10s %6s | %10s %10s\n", "", "", "am_bw",
+              "", "(rtt/2)", "am_lat", "", mesh_name.c_str(), "alltoallv", "", mesh_name.c_str(), "alltoallv", "",
+              mesh_name.c_str(), "alltoallv");
   for (size_t bytes : parse_sizes(sizes)) {
     const Row& a = one[bytes];
     const Row& b = mesh[bytes];
+    std::string mpi_bw = "-", mpi_r_bw = "-", mpi_p50 = "-", mpi_r_lat = "-", mpi_p99 = "-";
+    if (auto it = mpi_rows.find(bytes); it != mpi_rows.end()) {
+      const Row& c = it->second;
+      char tmp[64];
+      std::snprintf(tmp, sizeof(tmp), "%.3f", c.gbps), mpi_bw = tmp;
+      std::snprintf(tmp, sizeof(tmp), "%.2f", b.gbps / c.gbps), mpi_r_bw = tmp;
+      std::snprintf(tmp, sizeof(tmp), "%.1f", c.rtt_p50), mpi_p50 = tmp;
+      std::snprintf(tmp, sizeof(tmp), "%.2f", b.rtt_p50 / c.rtt_p50), mpi_r_lat = tmp;
+      std::snprintf(tmp, sizeof(tmp), "%.1f", c.rtt_p99), mpi_p99 = tmp;
+    }
     const double lat = a.rtt_p50 / 2;
     std::string pt_bw = "-", pt_lat = "-", r_bw = "-", r_lat = "-";
     if (use_perftest) {
@@ -437,8 +569,10 @@ int run_coordinator(int argc, char** argv) {
         std::snprintf(tmp, sizeof(tmp), "%.2f", lat / lt[1]), r_lat = tmp;
       }
     }
-    std::printf("%8s | %10.3f %10s %6s | %10.1f %10s %6s | %10.3f %10.1f %10.1f\n", human(bytes).c_str(), a.gbps,
-                pt_bw.c_str(), r_bw.c_str(), lat, pt_lat.c_str(), r_lat.c_str(), b.gbps, b.rtt_p50, b.rtt_p99);
+    std::printf("%8s | %10.3f %10s %6s | %10.1f %10s %6s | %10.3f %10s %6s | %10.1f %10s %6s | %10.1f %10s\n",
+                human(bytes).c_str(), a.gbps, pt_bw.c_str(), r_bw.c_str(), lat, pt_lat.c_str(), r_lat.c_str(), b.gbps,
+                mpi_bw.c_str(), mpi_r_bw.c_str(), b.rtt_p50, mpi_p50.c_str(), mpi_r_lat.c_str(), b.rtt_p99,
+                mpi_p99.c_str());
     std::fflush(stdout);
   }
   return 0;
