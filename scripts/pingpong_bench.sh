@@ -2,6 +2,7 @@
 # Ping-pong effect: decode throughput of the same deployment at m = 1, 2, 3,
 # measured with `tandem bench` against a real local cluster.
 #   scripts/pingpong_bench.sh [MODEL_DIR] [ATTENTION_NODES] [EXPERT_NODES]
+# TRANSPORTS="tcp ucx" (default) picks the data planes to compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TANDEM=${TANDEM:-build/src/cli/tandem}
@@ -9,6 +10,7 @@ MODEL=${1:-models/small-mixtral}
 NA=${2:-1}
 NE=${3:-2}
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
+for transport in ${TRANSPORTS:-tcp ucx}; do
 for m in 1 2 3; do
   cfg=$(mktemp --suffix=.yaml)
   cat >"$cfg" <<YAML
@@ -17,13 +19,15 @@ cluster: {attention_nodes: $NA, expert_nodes: $NE, micro_batches: $m}
 router: {listen: 127.0.0.1:52051}
 attention: {base_port: 52100, kv_blocks: 2048, max_running_sequences: 64}
 expert: {base_port: 52200}
+transport: {backend: $transport}
 YAML
   "$TANDEM" serve --config "$cfg" >/dev/null &
   pid=$!
   for _ in $(seq 100); do "$TANDEM" bench --server 127.0.0.1:52051 --requests 1 --concurrency 1 --output-tokens 2 >/dev/null 2>&1 && break; sleep 0.3; done
-  echo "== m=$m (n_a=$NA, n_e=$NE)"
+  echo "== transport=$transport m=$m (n_a=$NA, n_e=$NE)"
   "$TANDEM" bench --server 127.0.0.1:52051 --concurrency ${CONCURRENCY:-16} --requests ${REQUESTS:-32} \
     --prompt-tokens ${PROMPT:-32} --output-tokens ${OUTPUT:-64} | grep -E "throughput|TPOT|TTFT"
   kill -INT $pid; wait $pid || true
   rm -f "$cfg"
+done
 done

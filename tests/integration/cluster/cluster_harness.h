@@ -101,6 +101,7 @@ class Cluster {
   const Status& ready() const { return ready_; }
   std::string router_address() const { return "127.0.0.1:" + std::to_string(base_); }
   std::string attention_address(int i) const { return "127.0.0.1:" + std::to_string(base_ + 1 + i); }
+  std::string expert_address(int j) const { return "127.0.0.1:" + std::to_string(base_ + 5 + j); }
   tandem::v1::Generation::Stub& stub() { return *stub_; }
   pid_t serve_pid() const { return pid_; }
   const std::string& config() const { return config_; }
