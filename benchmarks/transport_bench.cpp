@@ -44,7 +44,20 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 // Same transport settings for our nodes and for ucx_perftest.
-const std::vector<std::pair<std::string, std::string>> kUcxConfig = {{"TLS", "tcp"}, {"NET_DEVICES", "lo"}};
+// tcp on lo unless the environment says otherwise, e.g. shared memory:
+//   UCX_TLS=tcp,sysv,posix,cma,self UCX_MM_ERROR_HANDLING=y transport_bench
+// (tcp stays in the list: UCX's client-server wire-up needs it.)
+std::vector<std::pair<std::string, std::string>> ucx_config() {
+  auto env_or = [](const char* name, const char* fallback) {
+    const char* v = std::getenv(name);
+    return std::string(v && *v ? v : fallback);
+  };
+  std::vector<std::pair<std::string, std::string>> c = {{"TLS", env_or("UCX_TLS", "tcp")},
+                                                        {"NET_DEVICES", env_or("UCX_NET_DEVICES", "lo")}};
+  if (const char* mm = std::getenv("UCX_MM_ERROR_HANDLING")) c.emplace_back("MM_ERROR_HANDLING", mm);
+  return c;
+}
+const std::vector<std::pair<std::string, std::string>> kUcxConfig = ucx_config();
 constexpr int kWindow = 8;  // sends in flight per peer in the throughput phase
 
 std::vector<size_t> parse_sizes(const std::string& s) {
@@ -507,9 +520,10 @@ int run_coordinator(int argc, char** argv) {
     else if (a == "--mpi-pml" && i + 1 < argc) mpi_pml = argv[++i];
   }
   ::signal(SIGPIPE, SIG_IGN);
-  std::printf("M2N transport over UCX (UCX_TLS=tcp, UCX_NET_DEVICES=lo, peer failure handling on), one process per "
-              "node, busy-poll %d us\n",
-              busy_poll_us);
+  std::string settings;
+  for (auto& [k, v] : kUcxConfig) settings += (settings.empty() ? "UCX_" : ", UCX_") + k + "=" + v;
+  std::printf("M2N transport over UCX (%s, peer failure handling on), one process per node, busy-poll %d us\n",
+              settings.c_str(), busy_poll_us);
   std::printf("tput: one-way stream, %d sends in flight per pair, GB/s = 1e9 B/s summed over all pairs\n", kWindow);
   std::printf("rtt : dispatch of S bytes to every expert + combine of S bytes back from each (one MoE layer)\n");
   std::printf("best of %d repetitions, ours, ucx_perftest's and MPI_Alltoallv's alike\n", reps);
