@@ -138,7 +138,11 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
           return r.mapping(n, p, {{"base_port", num(c.expert_base_port, 1, 65535)}});
         }},
        {"transport", [&](const YAML::Node& n, const std::string& p) {
-          return r.mapping(n, p, {{"backend", str(c.transport)}, {"timeout_ms", num(c.transport_timeout_ms, 1, 3600000)}});
+          return r.mapping(n, p, {{"backend", str(c.transport)},
+                                  {"timeout_ms", num(c.transport_timeout_ms, 1, 3600000)},
+                                  {"shared_memory", [&](const YAML::Node& v, const std::string& q) {
+                                     return r.scalar(v, q, c.transport_shared_memory);
+                                   }}});
         }},
        {"logging", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"level", str(c.log_level)}});
@@ -147,6 +151,8 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
 
   if (c.model_path.empty()) return r.error("model.path", "required");
   if (c.device != "cpu" && c.device != "cuda") return r.error("cluster.device", "must be cpu or cuda, got '" + c.device + "'");
+  if (c.transport_shared_memory && c.transport != "ucx")
+    return r.error("transport.shared_memory", "needs transport.backend: ucx (the tcp backend is gRPC streams)");
   if (c.transport != "tcp" && c.transport != "ucx") return r.error("transport.backend", "must be tcp or ucx, got '" + c.transport + "'");
   if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warn" && c.log_level != "error")
     return r.error("logging.level", "must be debug, info, warn or error");
@@ -213,7 +219,8 @@ std::string DeploymentConfig::to_yaml() const {
   e << YAML::Key << "expert" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << expert_base_port << YAML::EndMap;
   e << YAML::Key << "transport" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
-    << transport << YAML::Key << "timeout_ms" << YAML::Value << transport_timeout_ms << YAML::EndMap;
+    << transport << YAML::Key << "timeout_ms" << YAML::Value << transport_timeout_ms << YAML::Key << "shared_memory"
+    << YAML::Value << transport_shared_memory << YAML::EndMap;
   e << YAML::Key << "logging" << YAML::Value << YAML::BeginMap << YAML::Key << "level" << YAML::Value << log_level
     << YAML::EndMap;
   e << YAML::EndMap;

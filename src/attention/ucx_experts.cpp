@@ -36,7 +36,8 @@ Result<std::unique_ptr<UcxExpertExecutor>> UcxExpertExecutor::create(const api::
   const auto self = transport::attention_node(static_cast<uint32_t>(rank));
   TANDEM_ASSIGN_OR_RETURN(x->transport_,
                           transport::create_ucx_transport(
-                              transport::ucx_node_options(self, cfg.attention_endpoint(rank).host)));
+                              transport::ucx_node_options(self, cfg.attention_endpoint(rank).host,
+                                                           cfg.transport_shared_memory)));
   std::vector<transport::NodeId> peers;
   for (int j = 0; j < cfg.expert_nodes; ++j) {
     auto link = std::make_unique<Link>();

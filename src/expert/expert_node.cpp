@@ -115,7 +115,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   // sender never delays another.
   Status start_data_plane(const api::DeploymentConfig& cfg, const std::string& host) {
     const auto self = transport::expert_node(static_cast<uint32_t>(rank_));
-    TANDEM_ASSIGN_OR_RETURN(transport_, transport::create_ucx_transport(transport::ucx_node_options(self, host)));
+    TANDEM_ASSIGN_OR_RETURN(transport_, transport::create_ucx_transport(
+                                              transport::ucx_node_options(self, host, cfg.transport_shared_memory)));
     std::vector<transport::NodeId> peers;
     for (int i = 0; i < cfg.attention_nodes; ++i) peers.push_back(transport::attention_node(static_cast<uint32_t>(i)));
     TANDEM_RETURN_IF_ERROR(transport_->expect(peers));

@@ -50,6 +50,8 @@ struct DeploymentConfig {
   // transport
   std::string transport = "tcp";  // tcp (gRPC streams) | ucx (UCX M2N transport, src/transport)
   int transport_timeout_ms = 5000;
+  // ucx on one host: small (eager) messages over UCX shared memory instead of tcp.
+  bool transport_shared_memory = false;
 
   // logging
   std::string log_level = "warn";

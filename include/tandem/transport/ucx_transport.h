@@ -30,11 +30,14 @@ struct UcxOptions {
   std::chrono::microseconds busy_poll{0};
 };
 
-// Options for a cluster node listening on `host`: tcp transports (the only
-// ones Debian's UCX 1.13 runs with peer failure handling) and, for a loopback
-// host, the loopback device only. UCX_TLS / UCX_NET_DEVICES in the
+// Options for a cluster node listening on `host`: UCX's tcp transport (all
+// that Debian's UCX 1.13 uses between processes once peer failure handling is
+// on) and, for a loopback host, the loopback device only. `shared_memory` adds
+// UCX's shared-memory transports with their error handling switched on, so
+// eager messages between processes of one host skip the socket (rendezvous
+// and connection set-up stay on tcp). UCX_TLS / UCX_NET_DEVICES in the
 // environment take precedence.
-UcxOptions ucx_node_options(NodeId self, const std::string& host);
+UcxOptions ucx_node_options(NodeId self, const std::string& host, bool shared_memory = false);
 
 // Starts listening; UNAVAILABLE if UCX cannot start or bind.
 Result<std::unique_ptr<Transport>> create_ucx_transport(const UcxOptions& options);

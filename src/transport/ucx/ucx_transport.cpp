@@ -187,12 +187,15 @@ void UcxTransport::shutdown_progress() {
 
 }  // namespace ucx
 
-UcxOptions ucx_node_options(NodeId self, const std::string& host) {
+UcxOptions ucx_node_options(NodeId self, const std::string& host, bool shared_memory) {
   UcxOptions o;
   o.self = self;
   o.listen_host = host;
   o.listen_port = 0;
-  if (!std::getenv("UCX_TLS")) o.ucx_config.emplace_back("TLS", "tcp");
+  if (!std::getenv("UCX_TLS")) o.ucx_config.emplace_back("TLS", shared_memory ? "tcp,sysv,posix,cma,self" : "tcp");
+  // Without it UCX 1.13 leaves shared memory out of endpoints that ask for
+  // peer failure handling (openucx/ucx#8477).
+  if (shared_memory) o.ucx_config.emplace_back("MM_ERROR_HANDLING", "y");
   const bool loopback = host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
   if (loopback && !std::getenv("UCX_NET_DEVICES")) o.ucx_config.emplace_back("NET_DEVICES", "lo");
   return o;

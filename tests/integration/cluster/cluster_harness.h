@@ -57,7 +57,7 @@ struct ClusterShape {
   int max_running_sequences = 64;
   int max_queue = 256;
   int kv_blocks = 512;
-  std::string transport = "tcp";
+  std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory)
 };
 
 class Cluster {
@@ -74,7 +74,8 @@ class Cluster {
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences << "}\n"
                            << "expert: {base_port: " << base_ + 5 << "}\n"
-                           << "transport: {backend: " << s.transport << "}\n";
+                           << "transport: {backend: " << (s.transport == "tcp" ? "tcp" : "ucx")
+                           << ", shared_memory: " << (s.transport == "ucx-shm" ? "true" : "false") << "}\n";
     pid_ = fork();
     if (pid_ == 0) {
       execl(tandem_bin().c_str(), tandem_bin().c_str(), "serve", "--config", config_.c_str(), nullptr);

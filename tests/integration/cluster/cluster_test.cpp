@@ -126,6 +126,9 @@ std::vector<std::tuple<std::string, int, int, int, std::string>> equivalence_cas
     for (const char* preset : {"tiny-mixtral", "tiny-qwen3-moe"})
       for (auto [n_a, n_e, m] : {std::tuple{1, 1, 1}, std::tuple{2, 2, 2}, std::tuple{2, 3, 3}})
         v.emplace_back(preset, n_a, n_e, m, transport);
+  // UCX with its shared-memory transports, on the largest shapes.
+  v.emplace_back("tiny-mixtral", 2, 3, 3, "ucx-shm");
+  v.emplace_back("tiny-qwen3-moe", 2, 3, 3, "ucx-shm");
   return v;
 }
 
@@ -133,6 +136,12 @@ std::string equivalence_name(const ::testing::TestParamInfo<ClusterEquivalence::
   const auto& [preset, n_a, n_e, m, transport] = info.param;
   std::string n = preset + "_a" + std::to_string(n_a) + "_e" + std::to_string(n_e) + "_m" + std::to_string(m) + "_" +
                   transport;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
+
+std::string transport_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string n = info.param;
   std::replace(n.begin(), n.end(), '-', '_');
   return n;
 }
@@ -356,8 +365,7 @@ TEST_P(ClusterFailures, KilledExpertNodeEndsRequestsAndServingResumes) {
   EXPECT_TRUE(served);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, ClusterFailures, ::testing::Values("tcp", "ucx"),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Transports, ClusterFailures, ::testing::Values("tcp", "ucx", "ucx-shm"), transport_name);
 
 TEST(ClusterAdmission, FullQueueIsResourceExhausted) {
   Cluster cluster(cluster_model("tiny-mixtral"), {.attention_nodes = 1, .max_running_sequences = 1, .max_queue = 1});

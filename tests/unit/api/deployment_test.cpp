@@ -55,7 +55,18 @@ TEST(Deployment, AcceptsBothTransportBackends) {
     auto c = DeploymentConfig::from_yaml("model: {path: m}\ntransport: {backend: " + backend + "}\n", "d.yaml");
     ASSERT_TRUE(c.is_ok()) << c.status().to_string();
     EXPECT_EQ(c->transport, backend);
+    EXPECT_FALSE(c->transport_shared_memory);
   }
+  auto shm = DeploymentConfig::from_yaml("model: {path: m}\ntransport: {backend: ucx, shared_memory: true}\n", "d.yaml");
+  ASSERT_TRUE(shm.is_ok()) << shm.status().to_string();
+  EXPECT_TRUE(shm->transport_shared_memory);
+  auto again = DeploymentConfig::from_yaml(shm->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_TRUE(again->transport_shared_memory);
+  expect_refused("model: {path: m}\ntransport: {backend: tcp, shared_memory: true}\n", "transport.shared_memory",
+                 "backend: ucx");
+  expect_refused("model: {path: m}\ntransport: {backend: ucx, shared_memory: maybe}\n", "transport.shared_memory",
+                 "true/false");
 }
 
 TEST(Deployment, ValidatesAgainstModel) {
