@@ -2,7 +2,8 @@
 # Ping-pong effect: decode throughput of the same deployment at m = 1, 2, 3,
 # measured with `tandem bench` against a real local cluster.
 #   scripts/pingpong_bench.sh [MODEL_DIR] [ATTENTION_NODES] [EXPERT_NODES]
-# TRANSPORTS="tcp ucx" (default) picks the data planes to compare.
+# TRANSPORTS="tcp ucx" (default) picks the data planes to compare;
+# ATTENTION_CPUS / EXPERT_CPUS (e.g. 0 and 1) pin the roles (attention.cpus, expert.cpus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TANDEM=${TANDEM:-build/src/cli/tandem}
@@ -17,8 +18,8 @@ for m in 1 2 3; do
 model: {path: $MODEL}
 cluster: {attention_nodes: $NA, expert_nodes: $NE, micro_batches: $m}
 router: {listen: 127.0.0.1:52051}
-attention: {base_port: 52100, kv_blocks: 2048, max_running_sequences: 64}
-expert: {base_port: 52200}
+attention: {base_port: 52100, kv_blocks: 2048, max_running_sequences: 64${ATTENTION_CPUS:+, cpus: '$ATTENTION_CPUS'}}
+expert: {base_port: 52200${EXPERT_CPUS:+, cpus: '$EXPERT_CPUS'}}
 transport: {backend: $transport}
 YAML
   "$TANDEM" serve --config "$cfg" >/dev/null &

@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -108,6 +109,16 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   auto num = [&r](int& out, int lo, int hi) -> Handler {
     return [&r, o = &out, lo, hi](const YAML::Node& n, const std::string& p) { return r.integer(n, p, *o, lo, hi); };
   };
+  auto cpus = [&r](std::vector<int>& out) -> Handler {
+    return [&r, o = &out](const YAML::Node& n, const std::string& p) {
+      std::string text;
+      TANDEM_RETURN_IF_ERROR(r.scalar(n, p, text));
+      auto list = parse_cpu_list(text);
+      if (!list.is_ok()) return r.error(p, list.status().message());
+      *o = std::move(list).value();
+      return Status::ok();
+    };
+  };
   constexpr int kBig = 1 << 30;
   Status st = r.mapping(
       root, "",
@@ -132,10 +143,11 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"max_running_sequences", num(c.max_running_sequences, 1, kBig)},
                                   {"max_batch_tokens", num(c.max_batch_tokens, 1, kBig)},
                                   {"kv_blocks", num(c.kv_blocks, 1, kBig)},
-                                  {"kv_block_size", num(c.kv_block_size, 1, 1024)}});
+                                  {"kv_block_size", num(c.kv_block_size, 1, 1024)},
+                                  {"cpus", cpus(c.attention_cpus)}});
         }},
        {"expert", [&](const YAML::Node& n, const std::string& p) {
-          return r.mapping(n, p, {{"base_port", num(c.expert_base_port, 1, 65535)}});
+          return r.mapping(n, p, {{"base_port", num(c.expert_base_port, 1, 65535)}, {"cpus", cpus(c.expert_cpus)}});
         }},
        {"transport", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"backend", str(c.transport)},
@@ -178,6 +190,41 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   return c;
 }
 
+Result<std::vector<int>> parse_cpu_list(const std::string& text) {
+  constexpr int kMaxCpu = 4095;
+  std::vector<int> cpus;
+  std::stringstream in(text);
+  for (std::string part; std::getline(in, part, ',');) {
+    const auto dash = part.find('-');
+    auto number = [&](const std::string& s, int& out) {
+      if (s.empty() || s.size() > 4 || s.find_first_not_of("0123456789") != std::string::npos) return false;
+      out = std::stoi(s);
+      return out <= kMaxCpu;
+    };
+    int lo = 0, hi = 0;
+    const bool ok = dash == std::string::npos ? number(part, lo) && number(part, hi)
+                                              : number(part.substr(0, dash), lo) && number(part.substr(dash + 1), hi);
+    if (!ok || lo > hi)
+      return invalid_argument("'" + part + "' is not a CPU number or range (like 0-3,8) in '" + text + "'");
+    for (int c = lo; c <= hi; ++c) cpus.push_back(c);
+  }
+  if (cpus.empty()) return invalid_argument("empty CPU list");
+  std::sort(cpus.begin(), cpus.end());
+  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  return cpus;
+}
+
+std::string format_cpu_list(const std::vector<int>& cpus) {
+  std::string out;
+  for (size_t i = 0; i < cpus.size();) {
+    size_t j = i;
+    while (j + 1 < cpus.size() && cpus[j + 1] == cpus[j] + 1) ++j;
+    out += (out.empty() ? "" : ",") + std::to_string(cpus[i]) + (j > i ? "-" + std::to_string(cpus[j]) : "");
+    i = j + 1;
+  }
+  return out;
+}
+
 Result<DeploymentConfig> DeploymentConfig::from_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) return not_found(path + ": cannot open deployment file");
@@ -215,9 +262,13 @@ std::string DeploymentConfig::to_yaml() const {
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << attention_base_port << YAML::Key << "max_running_sequences" << YAML::Value << max_running_sequences
     << YAML::Key << "max_batch_tokens" << YAML::Value << max_batch_tokens << YAML::Key << "kv_blocks"
-    << YAML::Value << kv_blocks << YAML::Key << "kv_block_size" << YAML::Value << kv_block_size << YAML::EndMap;
+    << YAML::Value << kv_blocks << YAML::Key << "kv_block_size" << YAML::Value << kv_block_size;
+  if (!attention_cpus.empty()) e << YAML::Key << "cpus" << YAML::Value << format_cpu_list(attention_cpus);
+  e << YAML::EndMap;
   e << YAML::Key << "expert" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
-    << expert_base_port << YAML::EndMap;
+    << expert_base_port;
+  if (!expert_cpus.empty()) e << YAML::Key << "cpus" << YAML::Value << format_cpu_list(expert_cpus);
+  e << YAML::EndMap;
   e << YAML::Key << "transport" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
     << transport << YAML::Key << "timeout_ms" << YAML::Value << transport_timeout_ms << YAML::Key << "shared_memory"
     << YAML::Value << transport_shared_memory << YAML::EndMap;

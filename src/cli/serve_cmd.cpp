@@ -2,6 +2,7 @@
 // as child processes, waits until all serve, restarts any that dies, and on
 // SIGINT/SIGTERM drains and stops them all (router first, so no new work
 // arrives), leaving no orphans: children also get SIGTERM if serve itself dies.
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +32,22 @@ struct Child {
   int restarts = 0;
   std::string name() const { return rank < 0 ? role : role + "[" + std::to_string(rank) + "]"; }
 };
+
+// CPUs named in the YAML must be ones this process may run on; checked here
+// once rather than by children that would fail and be restarted forever.
+Status check_cpus(const std::vector<int>& cpus, const std::string& key) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (cpus.empty() || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return Status::ok();
+  std::vector<int> have;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &allowed)) have.push_back(c);
+  for (int c : cpus)
+    if (c >= CPU_SETSIZE || !CPU_ISSET(c, &allowed))
+      return invalid_argument(key + ": CPU " + std::to_string(c) + " is not available here (available: " +
+                              api::format_cpu_list(have) + ")");
+  return Status::ok();
+}
 
 pid_t spawn(const Child& c, const std::string& config) {
   std::vector<std::string> args{"/proc/self/exe", c.role, "--config", config};
@@ -69,6 +86,13 @@ int run_serve(const std::string& config_path) {
     }
     Status st = cfg->validate_against_model(ck->config.moe.num_experts,
                                             2 * ck->config.num_layers * ck->config.kv_dim() * 4, size_t{64} << 30);
+    if (!st.is_ok()) {
+      std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
+      return 2;
+    }
+  }
+  for (auto [cpus, key] : {std::pair{&cfg->attention_cpus, "attention.cpus"}, std::pair{&cfg->expert_cpus, "expert.cpus"}}) {
+    Status st = check_cpus(*cpus, cfg->source + ": " + key);
     if (!st.is_ok()) {
       std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
       return 2;

@@ -19,6 +19,11 @@ struct Endpoint {
   std::string to_string() const { return host + ":" + std::to_string(port); }
 };
 
+// "0-3,8" -> {0, 1, 2, 3, 8}: sorted, without repeats. INVALID_ARGUMENT on
+// anything else, naming the bad part.
+Result<std::vector<int>> parse_cpu_list(const std::string& text);
+std::string format_cpu_list(const std::vector<int>& cpus);  // {0, 1, 2, 5} -> "0-2,5"
+
 struct DeploymentConfig {
   std::string source;  // file it came from, for messages
 
@@ -43,9 +48,12 @@ struct DeploymentConfig {
   int max_batch_tokens = 2048;
   int kv_blocks = 1024;
   int kv_block_size = 16;
+  // CPUs every attention node runs on (and as many OpenMP threads); empty: all.
+  std::vector<int> attention_cpus;
 
   // expert nodes
   int expert_base_port = 50200;
+  std::vector<int> expert_cpus;  // as attention_cpus, for expert nodes
 
   // transport
   std::string transport = "tcp";  // tcp (gRPC streams) | ucx (UCX M2N transport, src/transport)

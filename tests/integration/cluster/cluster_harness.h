@@ -58,6 +58,7 @@ struct ClusterShape {
   int max_queue = 256;
   int kv_blocks = 512;
   std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory)
+  std::string attention_cpus, expert_cpus;  // attention.cpus / expert.cpus when not empty
 };
 
 class Cluster {
@@ -72,8 +73,10 @@ class Cluster {
                            << ", micro_batches: " << s.micro_batches << "}\n"
                            << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
-                           << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences << "}\n"
-                           << "expert: {base_port: " << base_ + 5 << "}\n"
+                           << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences
+                           << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'") << "}\n"
+                           << "expert: {base_port: " << base_ + 5
+                           << (s.expert_cpus.empty() ? "" : ", cpus: '" + s.expert_cpus + "'") << "}\n"
                            << "transport: {backend: " << (s.transport == "tcp" ? "tcp" : "ucx")
                            << ", shared_memory: " << (s.transport == "ucx-shm" ? "true" : "false") << "}\n";
     pid_ = fork();

@@ -401,5 +401,44 @@ TEST(ClusterConfig, BadYamlIsRefusedWithKeyPath) {
   EXPECT_NE(out.find("99 expert nodes"), std::string::npos) << out;
 }
 
+std::string read_proc(pid_t pid, const std::string& file) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/" + file, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+// attention.cpus / expert.cpus: each node runs on its CPUs with as many OpenMP
+// threads, and still computes the same tokens.
+TEST(ClusterConfig, NodesRunOnTheirCpus) {
+  const std::string& dir = cluster_model("tiny-mixtral");
+  Cluster cluster(dir, {.attention_nodes = 1, .expert_nodes = 2, .micro_batches = 2, .attention_cpus = "0",
+                        .expert_cpus = "0-1"});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  for (auto [role, rank, cpus, threads] : {std::tuple{"attention", 0, "0", "1"}, std::tuple{"expert", 1, "0-1", "2"}}) {
+    const pid_t pid = cluster.role_pid(role, rank);
+    ASSERT_GT(pid, 0) << role;
+    const std::string status = read_proc(pid, "status");
+    EXPECT_NE(status.find(std::string("Cpus_allowed_list:\t") + cpus + "\n"), std::string::npos) << role << status;
+    std::string env = read_proc(pid, "environ");
+    std::replace(env.begin(), env.end(), '\0', '\n');
+    EXPECT_NE(env.find(std::string("\nOMP_NUM_THREADS=") + threads + "\n"), std::string::npos) << role;
+  }
+  const auto want = reference(dir, {"pinned"}, 8);
+  auto r = generate(cluster.stub(), greedy("pinned", 8));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  auto ck = model::Checkpoint::open(dir);
+  expect_same_or_tied(dir, *ck->tokenizer->encode("pinned", true), r.tokens, want[0], "pinned");
+}
+
+TEST(ClusterConfig, UnavailableCpuIsRefusedAtStart) {
+  const std::string path = ::testing::TempDir() + "/bad_cpus.yaml";
+  std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\nexpert: {cpus: '4000'}\n";
+  FILE* p = popen((testing::tandem_bin() + " serve --config " + path + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  EXPECT_NE(pclose(p), 0);
+  EXPECT_NE(out.find("expert.cpus: CPU 4000 is not available"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace tandem

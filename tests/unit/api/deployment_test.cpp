@@ -80,5 +80,23 @@ TEST(Deployment, ValidatesAgainstModel) {
   EXPECT_TRUE(c->validate_against_model(8, 1024, size_t{1} << 34).is_ok());
 }
 
+TEST(Deployment, CpuListsParseAndRoundTrip) {
+  EXPECT_EQ(*parse_cpu_list("3"), (std::vector<int>{3}));
+  EXPECT_EQ(*parse_cpu_list("4-6,0,5"), (std::vector<int>{0, 4, 5, 6}));
+  EXPECT_EQ(format_cpu_list({0, 1, 2, 5, 7, 8}), "0-2,5,7-8");
+  for (const char* bad : {"", "a", "1-", "-1", "3-1", "1,,2", "99999", "1 2"}) {
+    auto r = parse_cpu_list(bad);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << "'" << bad << "'";
+  }
+  auto c = DeploymentConfig::from_yaml("model: {path: m}\nattention: {cpus: '0'}\nexpert: {cpus: 1-3}\n", "d.yaml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->attention_cpus, (std::vector<int>{0}));
+  EXPECT_EQ(c->expert_cpus, (std::vector<int>{1, 2, 3}));
+  auto again = DeploymentConfig::from_yaml(c->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_EQ(again->expert_cpus, c->expert_cpus);
+  expect_refused("model: {path: m}\nexpert: {cpus: 2-x}\n", "expert.cpus", "'2-x'");
+}
+
 }  // namespace
 }  // namespace tandem::api
