@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "device_check.h"
 #include "signals.h"
 #include "tandem/api/deployment.h"
 #include "tandem/attention/attention_node.h"
@@ -70,6 +71,10 @@ int run_role(const char* name, const std::string& config_path, Start start) {
   }
   spdlog::set_level(spdlog::level::from_str(cfg->log_level));
   const std::string role_name = name;
+  if (Status st = check_device(*cfg); !st.is_ok() && role_name != "router") {
+    std::fprintf(stderr, "tandem %s: %s\n", name, st.to_string().c_str());
+    return 2;
+  }
   if (role_name == "attention" || role_name == "expert") {
     Status pinned = pin_to_cpus(role_name == "attention" ? cfg->attention_cpus : cfg->expert_cpus,
                                 cfg->source + ": " + role_name + ".cpus");

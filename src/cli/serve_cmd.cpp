@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "device_check.h"
 #include "signals.h"
 #include "tandem/api/deployment.h"
 #include "tandem/api/health.h"
@@ -90,6 +91,10 @@ int run_serve(const std::string& config_path) {
       std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
       return 2;
     }
+  }
+  if (Status st = check_device(*cfg); !st.is_ok()) {
+    std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
+    return 2;
   }
   for (auto [cpus, key] : {std::pair{&cfg->attention_cpus, "attention.cpus"}, std::pair{&cfg->expert_cpus, "expert.cpus"}}) {
     Status st = check_cpus(*cpus, cfg->source + ": " + key);

@@ -429,6 +429,21 @@ TEST(ClusterConfig, NodesRunOnTheirCpus) {
   expect_same_or_tied(dir, *ck->tokenizer->encode("pinned", true), r.tokens, want[0], "pinned");
 }
 
+// The schema accepts cuda (the planner writes it), but until GPU nodes exist
+// serve and the node roles refuse to run it on the CPU behind the user's back.
+TEST(ClusterConfig, CudaDeviceIsRefusedUntilGpuNodesExist) {
+  const std::string path = ::testing::TempDir() + "/cuda_cluster.yaml";
+  std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\ncluster: {device: cuda}\n";
+  for (const std::string role : {"serve", "expert --rank 0", "attention --rank 0"}) {
+    FILE* p = popen((testing::tandem_bin() + " " + role + " --config " + path + " 2>&1").c_str(), "r");
+    std::string out;
+    char buf[512];
+    while (fgets(buf, sizeof buf, p)) out += buf;
+    EXPECT_NE(pclose(p), 0) << role;
+    EXPECT_NE(out.find("cluster.device: cuda"), std::string::npos) << role << ": " << out;
+  }
+}
+
 TEST(ClusterConfig, UnavailableCpuIsRefusedAtStart) {
   const std::string path = ::testing::TempDir() + "/bad_cpus.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\nexpert: {cpus: '4000'}\n";
