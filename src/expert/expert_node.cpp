@@ -1,5 +1,7 @@
 #include "tandem/expert/expert_node.h"
 
+#include "tandem/expert/expert_batcher.h"
+
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -36,6 +38,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
                                                                 {.attention_side = false,
                                                                  .expert_begin = range_.first,
                                                                  .expert_end = range_.second}));
+    batcher_ = std::make_unique<ExpertBatcher>(ck_.config, *weights_);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     const api::Endpoint ep = cfg.expert_endpoint(rank);
@@ -83,11 +86,10 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     return grpc::Status::OK;
   }
 
-  // One stream per attention node; its batches are answered in order. Each
-  // stream has its own runner (scratch buffers), so streams never wait on each other.
+  // One stream per attention node; its batches are answered in order. The
+  // experts of all streams run on the batcher, merged where they meet.
   grpc::Status Exchange(grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::ExpertResult, pb::ExpertBatch>* s) override {
     const auto& c = ck_.config;
-    engine::ModelRunner runner(c, *weights_, nullptr);
     pb::ExpertBatch in;
     std::vector<float> x, out;
     while (!stopping_ && s->Read(&in)) {
@@ -96,8 +98,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       const int64_t n = in.num_tokens(), H = c.hidden_size;
       x.resize(static_cast<size_t>(n * H));
       std::memcpy(x.data(), in.activations().data(), x.size() * sizeof(float));
-      out.assign(static_cast<size_t>(n * H), 0.0f);
-      runner.experts(in.layer(), x.data(), n, in.expert_ids().data(), in.weights().data(), out.data());
+      out.resize(static_cast<size_t>(n * H));
+      batcher_->run(in.layer(), x.data(), n, in.expert_ids().data(), in.weights().data(), out.data());
       pb::ExpertResult r;
       r.set_layer(in.layer());
       r.set_micro_batch(in.micro_batch());
@@ -128,7 +130,6 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   void serve_sender(transport::NodeId peer) {
     using namespace std::chrono_literals;
     const auto& c = ck_.config;
-    engine::ModelRunner runner(c, *weights_, nullptr);
     // Two reply buffers: one is computed into while the other may still be sending.
     struct ReplySlot {
       transport::Buffer buffer;
@@ -165,10 +166,9 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       }
       const std::byte* in = msg->data().data();
       auto* y = reinterpret_cast<float*>(slot.buffer.data());
-      std::fill(y, y + lay.tokens * lay.hidden, 0.0f);
-      runner.experts(h.layer, reinterpret_cast<const float*>(in), static_cast<int64_t>(lay.tokens),
-                     reinterpret_cast<const int32_t*>(in + lay.ids_offset()),
-                     reinterpret_cast<const float*>(in + lay.weights_offset()), y);
+      batcher_->run(h.layer, reinterpret_cast<const float*>(in), static_cast<int64_t>(lay.tokens),
+                    reinterpret_cast<const int32_t*>(in + lay.ids_offset()),
+                    reinterpret_cast<const float*>(in + lay.weights_offset()), y);
       transport::write_step(slot.buffer.span(), lay.step_offset(), transport::read_step(msg->data(), lay.step_offset()));
       transport::MessageHeader r;
       r.kind = transport::MessageKind::kCombine;
@@ -230,6 +230,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   model::Checkpoint ck_;
   std::pair<int64_t, int64_t> range_;
   std::unique_ptr<model::ModelWeights> weights_;
+  std::unique_ptr<ExpertBatcher> batcher_;  // after weights_: stops before they go
   std::unique_ptr<grpc::Server> server_;
   std::atomic<bool> stopping_{false};
   std::unique_ptr<transport::Transport> transport_;  // ucx only

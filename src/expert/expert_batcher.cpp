@@ -1,0 +1,86 @@
+#include "tandem/expert/expert_batcher.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace tandem::expert {
+
+ExpertBatcher::ExpertBatcher(const model::ModelConfig& config, const model::ModelWeights& weights)
+    : config_(config), runner_(config, weights, nullptr), thread_([this] { loop(); }) {}
+
+ExpertBatcher::~ExpertBatcher() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+  }
+  work_cv_.notify_all();
+  thread_.join();
+}
+
+void ExpertBatcher::run(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out) {
+  Request r{layer, x, n, ids, w, out};
+  std::unique_lock<std::mutex> l(mu_);
+  queue_.push_back(&r);
+  work_cv_.notify_one();
+  done_cv_.wait(l, [&] { return r.done; });
+}
+
+ExpertBatcher::Stats ExpertBatcher::stats() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return stats_;
+}
+
+void ExpertBatcher::loop() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    work_cv_.wait(l, [&] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and nothing left to serve
+    // The oldest request's layer goes first, with every waiting request of
+    // that layer; requests of other layers stay queued in order.
+    const int64_t layer = queue_.front()->layer;
+    std::vector<Request*> group;
+    std::erase_if(queue_, [&](Request* r) {
+      if (r->layer != layer) return false;
+      group.push_back(r);
+      return true;
+    });
+    l.unlock();
+    run_group(group);
+    l.lock();
+    for (Request* r : group) r->done = true;
+    stats_.requests += group.size();
+    stats_.launches += 1;
+    done_cv_.notify_all();
+  }
+}
+
+void ExpertBatcher::run_group(const std::vector<Request*>& group) {
+  const int64_t H = config_.hidden_size, K = config_.moe.top_k;
+  if (group.size() == 1) {
+    const Request& r = *group.front();
+    std::fill(r.out, r.out + r.n * H, 0.0f);
+    runner_.experts(r.layer, r.x, r.n, r.ids, r.w, r.out);
+    return;
+  }
+  int64_t total = 0;
+  for (const Request* r : group) total += r->n;
+  x_.resize(static_cast<size_t>(total * H));
+  out_.assign(static_cast<size_t>(total * H), 0.0f);
+  ids_.resize(static_cast<size_t>(total * K));
+  w_.resize(static_cast<size_t>(total * K));
+  int64_t at = 0;
+  for (const Request* r : group) {
+    std::memcpy(x_.data() + at * H, r->x, static_cast<size_t>(r->n * H) * sizeof(float));
+    std::memcpy(ids_.data() + at * K, r->ids, static_cast<size_t>(r->n * K) * sizeof(int32_t));
+    std::memcpy(w_.data() + at * K, r->w, static_cast<size_t>(r->n * K) * sizeof(float));
+    at += r->n;
+  }
+  runner_.experts(group.front()->layer, x_.data(), total, ids_.data(), w_.data(), out_.data());
+  at = 0;
+  for (const Request* r : group) {
+    std::memcpy(r->out, out_.data() + at * H, static_cast<size_t>(r->n * H) * sizeof(float));
+    at += r->n;
+  }
+}
+
+}  // namespace tandem::expert
