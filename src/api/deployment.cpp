@@ -67,6 +67,7 @@ class Reader {
   static std::string type_name() {
     if constexpr (std::is_same_v<T, int>) return "an integer";
     else if constexpr (std::is_same_v<T, bool>) return "true/false";
+    else if constexpr (std::is_same_v<T, double>) return "a number";
     else return "a string";
   }
   std::string source_;
@@ -87,6 +88,37 @@ Status parse_endpoint(Reader& r, const YAML::Node& n, const std::string& path, E
   }
   if (e.port <= 0 || e.port > 65535) return r.error(path, "port must be in [1, 65535]");
   return Status::ok();
+}
+
+// The informational `plan:` section `tandem plan` writes; strict like the rest.
+Status parse_plan(Reader& r, const YAML::Node& n, const std::string& path, PlanInfo& plan) {
+  using Handler = std::function<Status(const YAML::Node&, const std::string&)>;
+  auto str = [&r](std::string& out) -> Handler {
+    return [&r, o = &out](const YAML::Node& v, const std::string& p) { return r.scalar(v, p, *o); };
+  };
+  auto num = [&r](int& out, int lo) -> Handler {
+    return [&r, o = &out, lo](const YAML::Node& v, const std::string& p) { return r.integer(v, p, *o, lo, 1 << 30); };
+  };
+  auto real = [&r](double& out) -> Handler {
+    return [&r, o = &out](const YAML::Node& v, const std::string& p) {
+      TANDEM_RETURN_IF_ERROR(r.scalar(v, p, *o));
+      return *o >= 0 ? Status::ok() : r.error(p, "must not be negative");
+    };
+  };
+  plan.present = true;
+  return r.mapping(n, path,
+                   {{"attention_hw", str(plan.attention_hw)},
+                    {"expert_hw", str(plan.expert_hw)},
+                    {"attention_tp", num(plan.attention_tp, 1)},
+                    {"expert_tp", num(plan.expert_tp, 1)},
+                    {"global_batch", num(plan.global_batch, 0)},
+                    {"micro_batch_size", num(plan.micro_batch_size, 0)},
+                    {"avg_context", real(plan.avg_context)},
+                    {"tpot_slo_ms", real(plan.tpot_slo_ms)},
+                    {"predicted_tpot_ms", real(plan.predicted_tpot_ms)},
+                    {"predicted_tokens_per_s", real(plan.predicted_tokens_per_s)},
+                    {"predicted_tokens_per_s_per_gpu", real(plan.predicted_tokens_per_s_per_gpu)},
+                    {"predicted_tokens_per_dollar", real(plan.predicted_tokens_per_dollar)}});
 }
 
 }  // namespace
@@ -158,7 +190,8 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
         }},
        {"logging", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"level", str(c.log_level)}});
-        }}});
+        }},
+       {"plan", [&](const YAML::Node& n, const std::string& p) { return parse_plan(r, n, p, c.plan); }}});
   if (!st.is_ok()) return st;
 
   if (c.model_path.empty()) return r.error("model.path", "required");
@@ -274,6 +307,20 @@ std::string DeploymentConfig::to_yaml() const {
     << YAML::Value << transport_shared_memory << YAML::EndMap;
   e << YAML::Key << "logging" << YAML::Value << YAML::BeginMap << YAML::Key << "level" << YAML::Value << log_level
     << YAML::EndMap;
+  if (plan.present) {
+    e << YAML::Key << "plan" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "attention_hw" << YAML::Value << plan.attention_hw << YAML::Key << "expert_hw" << YAML::Value
+      << plan.expert_hw << YAML::Key << "attention_tp" << YAML::Value << plan.attention_tp << YAML::Key
+      << "expert_tp" << YAML::Value << plan.expert_tp << YAML::Key << "global_batch" << YAML::Value
+      << plan.global_batch << YAML::Key << "micro_batch_size" << YAML::Value << plan.micro_batch_size;
+    e.SetDoublePrecision(6);  // predictions: more digits would be noise
+    e << YAML::Key << "avg_context" << YAML::Value << plan.avg_context << YAML::Key << "tpot_slo_ms" << YAML::Value
+      << plan.tpot_slo_ms << YAML::Key << "predicted_tpot_ms" << YAML::Value << plan.predicted_tpot_ms << YAML::Key
+      << "predicted_tokens_per_s" << YAML::Value << plan.predicted_tokens_per_s << YAML::Key
+      << "predicted_tokens_per_s_per_gpu" << YAML::Value << plan.predicted_tokens_per_s_per_gpu << YAML::Key
+      << "predicted_tokens_per_dollar" << YAML::Value << plan.predicted_tokens_per_dollar;
+    e << YAML::EndMap;
+  }
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }

@@ -23,6 +23,8 @@ void register_commands(CLI::App& app) {
   register_serve(app);
   register_client(app);
   register_bench(app);
+  register_plan(app);
+  register_profile(app);
 }
 
 int run_selected(CLI::App& app) {

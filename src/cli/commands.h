@@ -23,5 +23,7 @@ void register_roles(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_client(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_plan(CLI::App& app);
+void register_profile(CLI::App& app);
 
 }  // namespace tandem::cli

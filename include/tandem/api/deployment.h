@@ -19,6 +19,23 @@ struct Endpoint {
   std::string to_string() const { return host + ":" + std::to_string(port); }
 };
 
+// What `tandem plan` chose and predicted (docs/planner.md). Informational: the
+// roles ignore it; it records the parts of a plan the cluster keys cannot say
+// (tensor-parallel degrees, GPU kinds) and the predictions to check against.
+struct PlanInfo {
+  bool present = false;
+  std::string attention_hw, expert_hw;
+  int attention_tp = 1, expert_tp = 1;
+  int global_batch = 0;      // B
+  int micro_batch_size = 0;  // b_a: sequences per attention node per micro-batch
+  double avg_context = 0;    // s the plan assumed
+  double tpot_slo_ms = 0;
+  double predicted_tpot_ms = 0;
+  double predicted_tokens_per_s = 0;
+  double predicted_tokens_per_s_per_gpu = 0;
+  double predicted_tokens_per_dollar = 0;
+};
+
 // "0-3,8" -> {0, 1, 2, 3, 8}: sorted, without repeats. INVALID_ARGUMENT on
 // anything else, naming the bad part.
 Result<std::vector<int>> parse_cpu_list(const std::string& text);
@@ -63,6 +80,8 @@ struct DeploymentConfig {
 
   // logging
   std::string log_level = "warn";
+
+  PlanInfo plan;  // optional `plan:` section
 
   Endpoint attention_endpoint(int rank) const { return {router.host, attention_base_port + rank}; }
   Endpoint expert_endpoint(int rank) const { return {router.host, expert_base_port + rank}; }
