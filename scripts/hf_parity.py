@@ -162,11 +162,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tandem", required=True, help="path to the tandem binary")
     ap.add_argument("--out", default="tests/fixtures/hf")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="where transformers runs the reference: cpu (default), cuda, cuda:N")
     ap.add_argument("--check", metavar="BUILD_DIR", help="then run the C++ parity test from this build dir")
     a = ap.parse_args()
+    if a.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            sys.exit(f"--device {a.device}: torch sees no CUDA device")
+        # Deterministic cuBLAS needs a fixed workspace, or use_deterministic_algorithms
+        # raises at the first matmul; cuBLAS reads this when torch first creates its handle.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # The reference must be FP32 all the way: no TF32 in matmuls or convolutions.
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
+    # Some CUDA kernels the MoE blocks may hit (scatter/index adds, bincount) have
+    # no deterministic version and would raise; on a GPU they only warn. The CPU
+    # path is unchanged.
+    torch.use_deterministic_algorithms(True, warn_only=a.device != "cpu")
     os.makedirs(a.out, exist_ok=True)
     for preset in PRESETS:
         record(a.tandem, preset, a.out, a.device)
