@@ -5,10 +5,13 @@
 // step time from below.
 //
 //   build/benchmarks/generate_bench [--model DIR] [--prompt-tokens 128] [--decode-tokens 32]
+//                                   [--batches 1,4,16]
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "bench_util.h"
 #include "tandem/engine/engine.h"
@@ -21,8 +24,14 @@ using namespace tandem;
 int main(int argc, char** argv) {
   std::string dir = "models/small-mixtral";
   int prompt_tokens = 128, decode_tokens = 32;
+  std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
+    if (a == "--batches") {
+      batches.clear();
+      std::stringstream in(argv[i + 1]);
+      for (std::string x; std::getline(in, x, ',');) batches.push_back(std::atoi(x.c_str()));
+    }
     if (a == "--model") dir = argv[i + 1];
     else if (a == "--prompt-tokens") prompt_tokens = std::atoi(argv[i + 1]);
     else if (a == "--decode-tokens") decode_tokens = std::atoi(argv[i + 1]);
@@ -48,7 +57,7 @@ int main(int argc, char** argv) {
   const double attn_bytes = 4.0 * c.num_layers * (H * c.q_dim() * 2 + H * c.kv_dim() * 2 + 2 * H + H * c.moe.num_experts);
   const double expert_bytes = 4.0 * 3 * H * I;
   const double head_bytes = 4.0 * c.vocab_size * H;
-  for (int batch : {1, 4, 16}) {
+  for (int batch : batches) {
     engine::EngineOptions eo;
     eo.num_blocks = batch * ((prompt_tokens + decode_tokens) / 16 + 2);
     auto eng = engine::Engine::create(c, **w, eo);

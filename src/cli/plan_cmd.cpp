@@ -8,6 +8,7 @@
 #include <string>
 
 #include "commands.h"
+#include "tandem/api/deployment.h"
 #include "tandem/planner/search.h"
 #include "tandem/planner/simulator.h"
 
@@ -35,7 +36,47 @@ struct PlanArgs {
   std::string trace;
   double hot_expert = 1;   // load factor of expert node 0 in the simulated check
   std::string model_path;  // written into the YAML; default: the model directory
+  std::string evaluate;    // a deployment YAML to predict instead of searching
+  int batch = 0;           // B for --evaluate: sequences decoding at once over all attention nodes
 };
+
+// --evaluate: the model's prediction for one given deployment (no search),
+// to set beside what `tandem bench` measures on it.
+int run_evaluate(const PlanArgs& a, const planner::ModelShape& model, const planner::HardwareProfile& ha,
+                 const planner::HardwareProfile& he) {
+  auto d = api::DeploymentConfig::from_file(a.evaluate);
+  if (!d.is_ok()) {
+    std::fprintf(stderr, "tandem plan: --evaluate: %s\n", d.status().to_string().c_str());
+    return 2;
+  }
+  if (a.batch <= 0) {
+    std::fprintf(stderr, "tandem plan: --evaluate needs --batch (sequences decoding at once in the whole cluster)\n");
+    return 2;
+  }
+  planner::Plan p;
+  p.n_a = d->attention_nodes;
+  p.n_e = d->expert_nodes;
+  p.m = d->micro_batches;
+  p.tp_a = d->plan.present ? d->plan.attention_tp : 1;
+  p.tp_e = d->plan.present ? d->plan.expert_tp : 1;
+  const int64_t per_micro_batch = static_cast<int64_t>(p.n_a) * p.m;
+  p.b_a = (a.batch + per_micro_batch - 1) / per_micro_batch;
+  if (p.b_a * per_micro_batch != a.batch)
+    std::printf("note: --batch %d does not split evenly into %d attention nodes x %d micro-batches; modelled as %lld\n",
+                a.batch, p.n_a, p.m, static_cast<long long>(p.global_batch()));
+  planner::Workload w;
+  w.avg_context = a.context;
+  const planner::Estimate e = planner::estimate(model, ha, he, p, w);
+  const planner::SimResult sim = planner::simulate(p, e.t, model.layer_is_moe, {});
+  std::printf("deployment %s: %s, B=%lld, context %.0f, attention on %s, experts on %s\n", a.evaluate.c_str(),
+              p.to_string().c_str(), static_cast<long long>(p.global_batch()), a.context, ha.name.c_str(),
+              he.name.c_str());
+  std::printf("per layer and micro-batch: T_a %.3f ms, T_e %.3f ms, A2E %.3f ms, E2A %.3f ms (b_e %.1f tokens/expert)\n",
+              e.t.attn * 1e3, e.t.expert * 1e3, e.t.a2e() * 1e3, e.t.e2a() * 1e3, e.t.b_e);
+  std::printf("predicted TPOT %.2f ms (simulated %.2f ms), decode throughput %.1f tok/s\n", e.t_total * 1e3,
+              sim.t_total * 1e3, e.tokens_per_s);
+  return 0;
+}
 
 std::string hardware_dir(const PlanArgs& a) {
   if (!a.hardware_dir.empty()) return a.hardware_dir;
@@ -89,6 +130,8 @@ int run_plan(const PlanArgs& a) {
   o.keep = static_cast<size_t>(std::max(1, a.top));
   const std::string objective = a.objective.empty() ? (a.budget > 0 ? "dollar" : "gpu") : a.objective;
   o.objective = objective == "dollar" ? planner::Objective::kPerDollar : planner::Objective::kPerGpu;
+
+  if (!a.evaluate.empty()) return run_evaluate(a, *model, *ha, *he);
 
   std::printf("model %s: %.1fB parameters (%.1fB outside the experts), %lld experts, top-%lld, %lld layers\n",
               model->name.c_str(), model->total_params() / 1e9, model->attention_params() / 1e9,
@@ -188,6 +231,10 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--trace", a.trace, "Write the simulated timeline of the best plan as Chrome/Perfetto trace JSON");
   cmd->add_option("--hot-expert", a.hot_expert,
                   "Simulate the best plan with expert node 0 at this multiple of the uniform load (routing skew)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--evaluate", a.evaluate,
+                  "Predict this deployment YAML (its node counts and m) instead of searching; needs --batch");
+  cmd->add_option("--batch", a.batch, "With --evaluate: sequences decoding at once in the whole cluster (B)")
       ->check(CLI::PositiveNumber);
 }
 

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <random>
@@ -56,8 +57,8 @@ double time_us(int reps, F&& f) {
 
 Status measure_attention(const model::ModelConfig& c, const model::ModelWeights& w, int reps,
                          planner::ProfilePoints& pts) {
-  const std::vector<int64_t> batches{1, 4, 16};
-  const std::vector<int64_t> contexts{128, 512};
+  const std::vector<int64_t> batches{1, 4, 16, 64};
+  const std::vector<int64_t> contexts{32, 128, 512};
   constexpr int64_t kBlock = 16;
   const int64_t max_seqs = batches.back(), max_blocks = (contexts.back() + kBlock - 1) / kBlock;
   engine::KvCacheShape shape{c.num_layers, max_seqs * max_blocks, kBlock, c.num_kv_heads, c.head_dim};
@@ -97,6 +98,18 @@ Status measure_attention(const model::ModelConfig& c, const model::ModelWeights&
         }
       });
       pts.attention.push_back({b, static_cast<double>(s), us / static_cast<double>(c.num_layers)});
+      if (s == contexts.front()) {
+        // What a step costs besides its layers: embedding in, final norm and
+        // LM head out (the planner's per-micro-batch head time).
+        std::vector<int32_t> rows(static_cast<size_t>(b));
+        for (int64_t i = 0; i < b; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+        std::vector<float> logits(static_cast<size_t>(b * c.vocab_size));
+        const double head_us = time_us(reps, [&] {
+          runner.embed(fb, hidden.data());
+          runner.lm_head(hidden.data(), rows, logits.data());
+        });
+        pts.head.push_back({b, head_us});
+      }
       for (const auto& bl : owned) cache->allocator().free(bl);
     }
   }
@@ -221,6 +234,7 @@ int run_profile(const ProfileArgs& a) {
   for (const auto& p : pts.attention)
     std::printf("  attention  batch %3lld  context %4.0f  %9.1f us\n", static_cast<long long>(p.batch), p.context, p.us);
   for (const auto& p : pts.experts) std::printf("  experts    %5.1f tokens/expert  %9.1f us\n", p.tokens_per_expert, p.us);
+  for (const auto& p : pts.head) std::printf("  head       batch %3lld  %9.1f us\n", static_cast<long long>(p.batch), p.us);
   for (const auto& p : pts.m2n) std::printf("  m2n        %7.0f bytes x %d  %9.1f us\n", p.bytes, p.fanout, p.us);
 
   planner::HardwareProfile base;
@@ -236,26 +250,36 @@ int run_profile(const ProfileArgs& a) {
   base.gpus_per_node = 1;
   base.price_per_hour = a.price;
   base.price_source = "assumed: --price " + std::to_string(a.price);
-  const auto g = planner::ModelShape::from_config(ck->config, cfg->served_name);
+  // Named as `tandem plan --model DIR` names it, so plans of this model use the points.
+  const auto g = planner::ModelShape::from_config(
+      ck->config, (std::filesystem::path(cfg->model_path) / "config.json").parent_path().filename().string());
+  base.measured_model = g.name;
   auto h = planner::fit_profile(g, pts, base);
   if (!h.is_ok()) return fail(h.status());
   std::printf("fitted: %.3f TFLOP/s, %.1f GB/s (planner bytes), %.1f us per layer, M2N %.1f GB/s + %.1f us\n",
               h->peak_tflops, h->memory_bw_gbps, h->layer_overhead_us, h->nic_gbps, h->nic_latency_us);
   // How well the planner's formulas on the fitted profile reproduce the points.
   double worst = 0;
+  // Judged without the points themselves (which plans of this model use as
+  // they are): how well the fitted rates stand in for them on other models.
+  planner::HardwareProfile rates = *h;
+  rates.measured_model.clear();
   for (const auto& p : pts.attention) {
     planner::Workload w;
     w.avg_context = p.context;
     planner::Plan plan;
     plan.b_a = p.batch;
-    worst = std::max(worst, std::abs(planner::stage_times(g, *h, *h, plan, w).attn * 1e6 / p.us - 1));
+    worst = std::max(worst, std::abs(planner::stage_times(g, rates, rates, plan, w).attn * 1e6 / p.us - 1));
   }
   for (const auto& p : pts.experts) {
     planner::Plan plan;
     plan.b_a = std::max<int64_t>(1, std::llround(p.tokens_per_expert * g.experts / g.top_k));
-    worst = std::max(worst, std::abs(planner::stage_times(g, *h, *h, plan, planner::Workload{}).expert * 1e6 / p.us - 1));
+    worst = std::max(worst,
+                     std::abs(planner::stage_times(g, rates, rates, plan, planner::Workload{}).expert * 1e6 / p.us - 1));
   }
-  std::printf("the planner on this profile reproduces the attention and expert points within %.0f%%\n", worst * 100);
+  std::printf("the fitted rates reproduce the attention and expert points within %.0f%%; plans of %s interpolate "
+              "the points themselves\n",
+              worst * 100, g.name.c_str());
   std::ofstream f(a.out);
   f << "# Written by `tandem profile`; see docs/planner.md, \"Measured profiles\".\n" << h->to_yaml();
   if (!f) return fail(internal_error("cannot write " + a.out));

@@ -121,6 +121,7 @@ Result<HardwareProfile> HardwareProfile::from_yaml(const std::string& text, cons
        {"kind", str(h.kind)},
        {"device", str(h.device)},
        {"source", str(h.source)},
+       {"measured_model", str(h.measured_model)},
        {"compute", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"bf16_tflops", pos(h.peak_tflops)},
                                   {"efficiency", frac(h.compute_efficiency)},
@@ -165,8 +166,8 @@ Result<HardwareProfile> HardwareProfile::from_yaml(const std::string& text, cons
                                               {"y", nonneg(pt.y)},
                                               {"us", nonneg(pt.us)}},
                                              {"what", "us"}));
-            if (pt.what != "attention" && pt.what != "experts" && pt.what != "m2n")
-              return r.error(q + ".what", "must be attention, experts or m2n, got '" + pt.what + "'");
+            if (pt.what != "attention" && pt.what != "experts" && pt.what != "head" && pt.what != "m2n")
+              return r.error(q + ".what", "must be attention, experts, head or m2n, got '" + pt.what + "'");
             h.measurements.push_back(pt);
           }
           return Status::ok();
@@ -227,6 +228,7 @@ std::string HardwareProfile::to_yaml() const {
     << nic_per_message_us << YAML::Key << "efficiency" << YAML::Value << nic_efficiency << YAML::EndMap;
   e << YAML::Key << "price" << YAML::Value << YAML::BeginMap << YAML::Key << "per_gpu_hour" << YAML::Value
     << price_per_hour << YAML::Key << "source" << YAML::Value << price_source << YAML::EndMap;
+  if (!measured_model.empty()) e << YAML::Key << "measured_model" << YAML::Value << measured_model;
   if (!measurements.empty()) {
     e << YAML::Key << "measurements" << YAML::Value << YAML::BeginSeq;
     for (const auto& p : measurements)

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <optional>
 
 namespace tandem::planner {
 
@@ -106,6 +108,48 @@ double attention_core(const HardwareProfile& hw, const ModelShape& g, double b, 
   return t;
 }
 
+// Piecewise-linear through (xs, ys), sorted by x, extended past the ends along
+// the end segments (a measured profile covers the batch sizes it tried; the
+// planner may ask for more) and kept positive.
+double interpolate(const std::vector<std::pair<double, double>>& pts, double x) {
+  if (pts.size() == 1) return pts.front().second;
+  size_t i = 1;
+  while (i + 1 < pts.size() && x > pts[i].first) ++i;
+  const auto [x0, y0] = pts[i - 1];
+  const auto [x1, y1] = pts[i];
+  const double y = x1 == x0 ? y1 : y0 + (y1 - y0) * (x - x0) / (x1 - x0);
+  return std::max(y, 0.01 * std::min(y0, y1));
+}
+
+// The measured points of `what` on the model being planned, as {x: {y: seconds}}.
+std::map<double, std::vector<std::pair<double, double>>> measured(const HardwareProfile& hw, const ModelShape& g,
+                                                                   const std::string& what) {
+  std::map<double, std::vector<std::pair<double, double>>> by_y;
+  if (hw.kind != "measured" || hw.measured_model != g.name) return by_y;
+  for (const auto& p : hw.measurements)
+    if (p.what == what) by_y[p.y].emplace_back(p.x, p.us * 1e-6);
+  for (auto& [y, pts] : by_y) std::sort(pts.begin(), pts.end());
+  return by_y;
+}
+
+// Attention + router of one layer for `batch` decode tokens at `context`:
+// along batch within each measured context, then across contexts.
+std::optional<double> measured_attention(const HardwareProfile& hw, const ModelShape& g, double batch,
+                                         double context) {
+  const auto by_context = measured(hw, g, "attention");
+  if (by_context.empty()) return std::nullopt;
+  std::vector<std::pair<double, double>> across;
+  for (const auto& [ctx, pts] : by_context) across.emplace_back(ctx, interpolate(pts, batch));
+  return interpolate(across, context);
+}
+
+// All experts of one layer, each with `tokens` tokens (what the profile times).
+std::optional<double> measured_experts(const HardwareProfile& hw, const ModelShape& g, double tokens) {
+  const auto by_y = measured(hw, g, "experts");
+  if (by_y.empty()) return std::nullopt;
+  return interpolate(by_y.begin()->second, tokens);
+}
+
 }  // namespace
 
 StageTimes stage_times(const ModelShape& g, const HardwareProfile& ha, const HardwareProfile& he, const Plan& p,
@@ -120,10 +164,14 @@ StageTimes stage_times(const ModelShape& g, const HardwareProfile& ha, const Har
   // and a shared expert if the model has one.
   const double core = attention_core(ha, g, b, p.tp_a, w);
   t.attn = core + roofline(ha, 2 * b * h * E, h * E * w.weight_bytes) + overhead_a;
+  // A profile measured on this very model knows T_a better than any rate: the
+  // paper's planner, too, works from profiled times (section 4.2).
+  const auto attn_measured = p.tp_a == 1 ? measured_attention(ha, g, b, w.avg_context) : std::nullopt;
+  if (attn_measured) t.attn = *attn_measured;
   if (g.shared_ffn > 0)
     t.attn += mlp_time(ha, g, b, static_cast<double>(g.shared_ffn), p.tp_a, w) +
               all_reduce(ha, p.tp_a, b * h * w.act_bytes);
-  t.dense_attn = core + overhead_a;
+  t.dense_attn = attn_measured ? *attn_measured : core + overhead_a;
   if (g.dense_ffn > 0)
     t.dense_attn += mlp_time(ha, g, b, static_cast<double>(g.dense_ffn), p.tp_a, w) +
                     all_reduce(ha, p.tp_a, b * h * w.act_bytes);
@@ -138,6 +186,8 @@ StageTimes stage_times(const ModelShape& g, const HardwareProfile& ha, const Har
                                      expert_params * w.weight_bytes + t.b_e * (2 * h + 3 * hp / p.tp_e) * w.act_bytes);
   t.expert = experts_per_node * one_expert + all_reduce(he, p.tp_e, experts_per_node * t.b_e * h * w.act_bytes) +
              overhead_e;
+  if (p.tp_e == 1)
+    if (auto all = measured_experts(he, g, t.b_e)) t.expert = *all * experts_per_node / E;
 
   // M2N (Eq. 6): an attention GPU sends its b_a K token copies (its 1/tp_a
   // slice) to n_e expert nodes; an expert GPU returns its tokens to n_a
@@ -153,6 +203,8 @@ StageTimes stage_times(const ModelShape& g, const HardwareProfile& ha, const Har
 
   const double head_params = h * static_cast<double>(g.vocab) / p.tp_a;
   t.head = roofline(ha, 2 * b * head_params, head_params * w.weight_bytes + b * h * w.act_bytes) + overhead_a;
+  if (p.tp_a == 1)
+    if (auto head = measured(ha, g, "head"); !head.empty()) t.head = interpolate(head.begin()->second, b);
   return t;
 }
 

@@ -175,6 +175,7 @@ Result<HardwareProfile> fit_profile(const ModelShape& g, const ProfilePoints& pt
   for (const auto& p : pts.attention)
     h.measurements.push_back({"attention", static_cast<double>(p.batch), p.context, p.us});
   for (const auto& p : pts.experts) h.measurements.push_back({"experts", p.tokens_per_expert, 0, p.us});
+  for (const auto& p : pts.head) h.measurements.push_back({"head", static_cast<double>(p.batch), 0, p.us});
   for (const auto& p : pts.m2n) h.measurements.push_back({"m2n", p.bytes, static_cast<double>(p.fanout), p.us});
   return h;
 }

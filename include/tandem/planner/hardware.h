@@ -47,10 +47,12 @@ struct HardwareProfile {
   double price_per_hour = 0;     // per GPU, in the unit of --budget (see price_source)
   std::string price_source;
 
-  // Measured points `tandem profile` recorded (informational; the fitted numbers
-  // above are what the planner uses).
+  // Measured points `tandem profile` recorded, and the model they were taken
+  // on (ModelShape::name). Planning that model, the planner interpolates them
+  // for T_a and T_e instead of the fitted rates above (docs/planner.md).
+  std::string measured_model;
   struct Point {
-    std::string what;  // attention | experts | m2n
+    std::string what;  // attention | experts | head | m2n
     double x = 0, y = 0, us = 0;
   };
   std::vector<Point> measurements;

@@ -28,8 +28,13 @@ struct ProfilePoints {
     int fanout = 0;
     double us = 0;     // from the first send to the last arrival
   };
+  struct Head {
+    int64_t batch = 0;
+    double us = 0;  // embedding + final norm + LM head of one micro-batch
+  };
   std::vector<Attention> attention;
   std::vector<Experts> experts;
+  std::vector<Head> head;
   std::vector<M2n> m2n;
 };
 

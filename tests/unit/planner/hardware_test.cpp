@@ -76,7 +76,7 @@ TEST(Hardware, RefusesBadFilesWithKeyPath) {
   expect_refused("name: X\nkind: measured\nsource: s\n", "compute", "required");
   expect_refused(ok + "colour: green\n", "colour", "unknown key");
   expect_refused("name: [\n", "not valid YAML");
-  expect_refused(ok + "measurements: [{what: gpu, us: 1}]\n", "measurements[0].what", "attention, experts or m2n");
+  expect_refused(ok + "measurements: [{what: gpu, us: 1}]\n", "measurements[0].what", "attention, experts, head or m2n");
 }
 
 TEST(Hardware, FindNamesTheKnownProfiles) {

@@ -82,6 +82,39 @@ TEST(PerfModel, MemoryFollowsEq8) {
   EXPECT_NEAR((g.attention_params() + 2 * 56 * g.expert_params()) / 1e9, 39, 1.5);
 }
 
+// A profile measured on the planned model is read, not fitted: T_a, T_e and
+// the head come from its points (interpolated, and extended past the last).
+TEST(PerfModel, MeasuredPointsOfThePlannedModelReplaceTheRates) {
+  const ModelShape g = small_shape();
+  HardwareProfile h = round_hw();
+  h.kind = "measured";
+  h.measured_model = "small";
+  h.measurements = {{"attention", 1, 100, 1000}, {"attention", 5, 100, 2000},   // at context 100
+                    {"attention", 1, 300, 3000}, {"attention", 5, 300, 6000},   // at context 300
+                    {"experts", 1, 0, 8000},     {"experts", 3, 0, 12000},      // all 8 experts
+                    {"head", 1, 0, 50},          {"head", 5, 0, 90}};
+  Plan p;
+  p.n_a = 2;
+  p.n_e = 2;
+  p.b_a = 3;  // b_e = n_a b_a K / E = 1.5
+  Workload w;
+  w.avg_context = 200;
+  const StageTimes t = stage_times(g, h, h, p, w);
+  // batch 3: 1500 us at context 100, 4500 us at 300; context 200: 3000 us.
+  EXPECT_NEAR(t.attn, 3000e-6, 1e-9);
+  // 1.5 tokens per expert: 9000 us for all 8 experts; each node holds half of them.
+  EXPECT_NEAR(t.expert, 9000e-6 / 2, 1e-9);
+  EXPECT_NEAR(t.head, 70e-6, 1e-9);  // batch 3, halfway from 50 to 90 us
+  // Past the last point: along the last segment.
+  p.b_a = 9;  // at context 100: 1000 + 8 * 250 = 3000 us; at 300: 3000 + 8 * 750 = 9000 us; at 200: 6000 us
+  EXPECT_NEAR(stage_times(g, h, h, p, w).attn, 6000e-6, 1e-9);
+
+  // Another model on the same profile: the fitted rates, not the points.
+  ModelShape other = g;
+  other.name = "other";
+  EXPECT_NEAR(stage_times(other, h, h, p, w).attn, stage_times(other, round_hw(), round_hw(), p, w).attn, 1e-12);
+}
+
 TEST(PerfModel, DbrxHas132BParameters) {
   const ModelShape g = testing::shipped_model("dbrx");
   EXPECT_EQ(g.experts, 16);
