@@ -5,6 +5,7 @@
 #include <future>
 
 #include "cluster_harness.h"
+#include "tandem/api/deployment.h"
 #include "tandem/engine/engine.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/weights.h"
@@ -442,6 +443,54 @@ TEST(ClusterConfig, CudaDeviceIsRefusedUntilGpuNodesExist) {
     EXPECT_NE(pclose(p), 0) << role;
     EXPECT_NE(out.find("cluster.device: cuda"), std::string::npos) << role << ": " << out;
   }
+}
+
+std::string shell(const std::string& cmd, int* rc) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  *rc = pclose(p);
+  return out;
+}
+
+// What `tandem plan` writes, `tandem serve` runs as it is: profile this
+// machine, plan on the measured profile, serve the plan, answer a request.
+TEST(ClusterConfig, PlannedDeploymentServesAsWritten) {
+  const std::string dir = ::testing::TempDir() + "/planned_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  const std::string model = cluster_model("tiny-mixtral");
+  std::ofstream(dir + "/probe.yaml") << "model: {path: " << model << "}\n";
+  int rc = 0;
+  std::string out = shell(testing::tandem_bin() + " profile --config " + dir + "/probe.yaml --reps 1 --threads 1 --out " +
+                              dir + "/measured.yaml",
+                          &rc);
+  ASSERT_EQ(rc, 0) << out;
+  out = shell(testing::tandem_bin() + " plan --model " + model + " --attention-hw " + dir +
+                  "/measured.yaml --tpot-slo-ms 1000 --gpus 3 --out " + dir + "/plan.yaml",
+              &rc);
+  ASSERT_EQ(rc, 0) << out;
+  auto planned = api::DeploymentConfig::from_file(dir + "/plan.yaml");
+  ASSERT_TRUE(planned.is_ok()) << planned.status().to_string();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string bin = testing::tandem_bin(), cfg = dir + "/plan.yaml";
+    execl(bin.c_str(), bin.c_str(), "serve", "--config", cfg.c_str(), nullptr);
+    _exit(127);
+  }
+  const std::string router = planned->router.to_string();
+  Status up = api::wait_until_serving(router, std::chrono::seconds(60));
+  if (up.is_ok()) {
+    auto stub = tandem::v1::Generation::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
+    auto r = generate(*stub, greedy("planned", 4));
+    EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.tokens.size(), 4u);
+  }
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  EXPECT_TRUE(up.is_ok()) << up.to_string() << "\n" << out;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ClusterConfig, UnavailableCpuIsRefusedAtStart) {
