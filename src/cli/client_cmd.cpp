@@ -46,6 +46,7 @@ int run_client(const ClientArgs& a) {
     }
   }
   std::fputc('\n', stdout);
+  std::fflush(stdout);  // before the summary on stderr, so the two do not interleave
   grpc::Status st = reader->Finish();
   if (!st.ok()) {
     std::fprintf(stderr, "tandem client: %s: %s\n", std::to_string(st.error_code()).c_str(), st.error_message().c_str());

@@ -189,7 +189,12 @@ void UcxTransport::connection_failed(Connection* c, ucs_status_t status) {
   if (!c->peer) return;  // an accepted connection that never said HELLO
   std::string where = c->dialed ? " at " + c->dialed->host + ":" + std::to_string(c->dialed->port) : "";
   Status st = unavailable(to_string(*c->peer) + where + (c->established ? " disconnected: " : " unreachable: ") + why);
-  TANDEM_LOG_WARN("{}: {}", to_string(self()), st.message());
+  // A peer that goes away is routine (restarts, orderly shutdowns) and the
+  // callers say what it cost them; one that never answered is not.
+  if (c->established)
+    TANDEM_LOG_INFO("{}: {}", to_string(self()), st.message());
+  else
+    TANDEM_LOG_WARN("{}: {}", to_string(self()), st.message());
   fail_link(*c->peer, st);
 }
 
