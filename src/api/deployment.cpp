@@ -9,69 +9,13 @@
 #include <set>
 #include <sstream>
 
+#include "tandem/api/yaml_reader.h"
+
 namespace tandem::api {
 
 namespace {
 
-// Walks a YAML mapping against a schema of known keys; every error names the
-// file, the key path and the problem.
-class Reader {
- public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
-
-  Status error(const std::string& path, const std::string& what) const {
-    return invalid_argument(source_ + ": " + path + ": " + what);
-  }
-
-  template <typename T>
-  Status scalar(const YAML::Node& node, const std::string& path, T& out) {
-    if (!node.IsScalar()) return error(path, "expected a scalar value");
-    try {
-      out = node.as<T>();
-    } catch (const YAML::Exception&) {
-      return error(path, "expected " + type_name<T>() + ", got '" + node.Scalar() + "'");
-    }
-    return Status::ok();
-  }
-
-  Status integer(const YAML::Node& node, const std::string& path, int& out, int lo, int hi) {
-    TANDEM_RETURN_IF_ERROR(scalar(node, path, out));
-    if (out < lo || out > hi)
-      return error(path, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
-                             std::to_string(out));
-    return Status::ok();
-  }
-
-  // Calls the handler of each key; unknown keys are an error listing the known ones.
-  Status mapping(const YAML::Node& node, const std::string& path,
-                 const std::map<std::string, std::function<Status(const YAML::Node&, const std::string&)>>& keys) {
-    if (!node.IsMap()) return error(path.empty() ? "(top level)" : path, "expected a mapping");
-    std::set<std::string> seen;
-    for (const auto& kv : node) {
-      const std::string key = kv.first.as<std::string>();
-      const std::string p = path.empty() ? key : path + "." + key;
-      auto it = keys.find(key);
-      if (it == keys.end()) {
-        std::string known;
-        for (const auto& k : keys) known += (known.empty() ? "" : ", ") + k.first;
-        return error(p, "unknown key (known here: " + known + ")");
-      }
-      if (!seen.insert(key).second) return error(p, "duplicate key");
-      TANDEM_RETURN_IF_ERROR(it->second(kv.second, p));
-    }
-    return Status::ok();
-  }
-
- private:
-  template <typename T>
-  static std::string type_name() {
-    if constexpr (std::is_same_v<T, int>) return "an integer";
-    else if constexpr (std::is_same_v<T, bool>) return "true/false";
-    else if constexpr (std::is_same_v<T, double>) return "a number";
-    else return "a string";
-  }
-  std::string source_;
-};
+using Reader = YamlReader;
 
 Status parse_endpoint(Reader& r, const YAML::Node& n, const std::string& path, Endpoint& e) {
   std::string s;

@@ -118,15 +118,7 @@ Status RemoteExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_in
   entry.second.clear();
   for (size_t li = 0; li < links_.size(); ++li) {
     Link& link = *links_[li];
-    Pending p{li, 0, {}};
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t e = topk_idx[t * K + k];
-        if (e >= link.first && e < link.last) {
-          p.rows.push_back(static_cast<int32_t>(t));
-          break;
-        }
-      }
+    Pending p{li, 0, engine::rows_routed_to(topk_idx, n, K, link.first, link.last)};
     if (p.rows.empty()) continue;  // no token of this micro-batch goes there
     TANDEM_RETURN_IF_ERROR(connected(link));
     pb::ExpertBatch b;

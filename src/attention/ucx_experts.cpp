@@ -108,15 +108,7 @@ Status UcxExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_in, i
   const uint64_t step = next_step_++;
   for (size_t li = 0; li < links_.size(); ++li) {
     Link& link = *links_[li];
-    Outgoing o{li, step, {}};
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t e = topk_idx[t * K + k];
-        if (e >= link.first && e < link.last) {
-          o.rows.push_back(static_cast<int32_t>(t));
-          break;
-        }
-      }
+    Outgoing o{li, step, engine::rows_routed_to(topk_idx, n, K, link.first, link.last)};
     if (o.rows.empty()) continue;  // no token of this micro-batch goes there
     const MoePayloadLayout lay{o.rows.size(), static_cast<size_t>(H), static_cast<size_t>(K)};
     TANDEM_ASSIGN_OR_RETURN(SendSlot * slot, send_slot(li, mb, lay.dispatch_bytes()));

@@ -4,6 +4,19 @@
 
 namespace tandem::engine {
 
+std::vector<int32_t> rows_routed_to(const int32_t* topk_idx, int64_t n, int64_t k, int64_t first, int64_t last) {
+  std::vector<int32_t> rows;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = topk_idx[t * k + j];
+      if (e >= first && e < last) {
+        rows.push_back(static_cast<int32_t>(t));
+        break;
+      }
+    }
+  return rows;
+}
+
 std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& b, int m) {
   // Sequences in order of first appearance with their token ranges (a sequence's
   // tokens are contiguous in a batch).

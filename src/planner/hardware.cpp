@@ -11,84 +11,14 @@
 #include <set>
 #include <sstream>
 
+#include "tandem/api/yaml_reader.h"
+
 namespace tandem::planner {
 
 namespace {
 
-using Handler = std::function<Status(const YAML::Node&, const std::string&)>;
-
-// Walks a mapping against its known keys; every error names the file and key path.
-class Reader {
- public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
-
-  Status error(const std::string& path, const std::string& what) const {
-    return invalid_argument(source_ + ": " + path + ": " + what);
-  }
-
-  Status text(const YAML::Node& n, const std::string& path, std::string& out) const {
-    if (!n.IsScalar()) return error(path, "expected a string");
-    out = n.Scalar();
-    return Status::ok();
-  }
-
-  // A number in [lo, hi]; with open_lo, lo itself is refused too.
-  Status number(const YAML::Node& n, const std::string& path, double& out, double lo, double hi,
-                bool open_lo = false) const {
-    if (!n.IsScalar()) return error(path, "expected a number");
-    try {
-      out = n.as<double>();
-    } catch (const YAML::Exception&) {
-      return error(path, "expected a number, got '" + n.Scalar() + "'");
-    }
-    if (out < lo || out > hi || (open_lo && out == lo))
-      return error(path, "must be in " + std::string(open_lo ? "(" : "[") + fmt(lo) + ", " + fmt(hi) + "], got " +
-                             n.Scalar());
-    return Status::ok();
-  }
-
-  Status integer(const YAML::Node& n, const std::string& path, int& out, int lo, int hi) const {
-    if (!n.IsScalar()) return error(path, "expected an integer");
-    try {
-      out = n.as<int>();
-    } catch (const YAML::Exception&) {
-      return error(path, "expected an integer, got '" + n.Scalar() + "'");
-    }
-    if (out < lo || out > hi)
-      return error(path, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + n.Scalar());
-    return Status::ok();
-  }
-
-  Status mapping(const YAML::Node& node, const std::string& path, const std::map<std::string, Handler>& keys,
-                 const std::set<std::string>& required = {}) const {
-    if (!node.IsMap()) return error(path.empty() ? "(top level)" : path, "expected a mapping");
-    std::set<std::string> seen;
-    for (const auto& kv : node) {
-      const std::string key = kv.first.as<std::string>();
-      const std::string p = path.empty() ? key : path + "." + key;
-      auto it = keys.find(key);
-      if (it == keys.end()) {
-        std::string known;
-        for (const auto& k : keys) known += (known.empty() ? "" : ", ") + k.first;
-        return error(p, "unknown key (known here: " + known + ")");
-      }
-      if (!seen.insert(key).second) return error(p, "duplicate key");
-      TANDEM_RETURN_IF_ERROR(it->second(kv.second, p));
-    }
-    for (const auto& r : required)
-      if (!seen.count(r)) return error(path.empty() ? r : path + "." + r, "required");
-    return Status::ok();
-  }
-
-  static std::string fmt(double v) {
-    std::ostringstream o;
-    o << v;
-    return o.str();
-  }
-
- private:
-  std::string source_;
-};
+using Handler = api::YamlReader::Handler;
+using Reader = api::YamlReader;
 
 }  // namespace
 
@@ -104,7 +34,7 @@ Result<HardwareProfile> HardwareProfile::from_yaml(const std::string& text, cons
   Reader r(source);
   constexpr double kInf = 1e12;
   auto str = [&r](std::string& out) -> Handler {
-    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.text(n, p, *o); };
+    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.scalar(n, p, *o); };
   };
   auto pos = [&r](double& out) -> Handler {
     return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.number(n, p, *o, 0, kInf, true); };

@@ -42,6 +42,10 @@ class LocalExpertExecutor : public ExpertExecutor {
   ModelRunner& runner_;
 };
 
+// The tokens (rows of topk_idx [n, k]) that chose at least one expert in
+// [first, last): what one expert node must be sent, in order.
+std::vector<int32_t> rows_routed_to(const int32_t* topk_idx, int64_t n, int64_t k, int64_t first, int64_t last);
+
 // Splits a batch into at most m micro-batches of whole sequences with balanced
 // token counts; logits rows keep their order across the split.
 std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& batch, int m);

@@ -15,7 +15,7 @@ TEST(Deployment, ParsesShippedLocalConfig) {
   EXPECT_EQ(c->micro_batches, 2);
   EXPECT_EQ(c->router.port, 50051);
   EXPECT_EQ(c->attention_endpoint(1).port, 50101);
-  EXPECT_EQ(c->transport, "tcp");
+  EXPECT_EQ(c->transport, "ucx");
 }
 
 TEST(Deployment, RoundTripsThroughYaml) {
