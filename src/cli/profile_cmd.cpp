@@ -57,7 +57,7 @@ double time_us(int reps, F&& f) {
 
 Status measure_attention(const model::ModelConfig& c, const model::ModelWeights& w, int reps,
                          planner::ProfilePoints& pts) {
-  const std::vector<int64_t> batches{1, 4, 16, 64};
+  const std::vector<int64_t> batches{1, 4, 16, 48, 64};
   const std::vector<int64_t> contexts{32, 128, 512};
   constexpr int64_t kBlock = 16;
   const int64_t max_seqs = batches.back(), max_blocks = (contexts.back() + kBlock - 1) / kBlock;
@@ -126,7 +126,7 @@ Status measure_experts(const model::ModelConfig& c, const model::ModelWeights& w
   const int64_t H = c.hidden_size, E = c.moe.num_experts, K = c.moe.top_k;
   std::mt19937 rng(2);
   std::uniform_real_distribution<float> u(-0.1f, 0.1f);
-  for (int64_t t : {1, 4, 16, 64}) {
+  for (int64_t t : {1, 2, 4, 8, 12, 16, 32, 64}) {
     // Token i picks experts (iK + j) mod E: every expert gets t tokens, each token K distinct experts.
     const int64_t n = (t * E + K - 1) / K;
     std::vector<float> x(static_cast<size_t>(n * H)), out(x.size()), wts(static_cast<size_t>(n * K), 1.0f / K);

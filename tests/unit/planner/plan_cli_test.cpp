@@ -96,8 +96,8 @@ TEST_F(PlanCli, ProfilesTheCpuBackendAndPlansOnTheMeasuredProfile) {
   ASSERT_TRUE(h.is_ok()) << h.status().to_string();
   EXPECT_EQ(h->kind, "measured");
   EXPECT_EQ(h->device, "cpu");
-  // attention: 4 batches x 3 contexts; experts: 4 loads; head: 4 batches; m2n: 3 sizes x 3 fan-outs.
-  EXPECT_EQ(h->measurements.size(), 12u + 4u + 4u + 9u);
+  // attention: 5 batches x 3 contexts; experts: 8 loads; head: 5 batches; m2n: 3 sizes x 3 fan-outs.
+  EXPECT_EQ(h->measurements.size(), 15u + 8u + 5u + 9u);
   EXPECT_EQ(h->measured_model, "tiny");
   ASSERT_EQ(run(tandem_bin() + " plan --model " + model + " --attention-hw " + prof + " --tpot-slo-ms 100 --out " +
                     plan,
