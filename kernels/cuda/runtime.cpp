@@ -243,4 +243,59 @@ Status synchronize() {
   return Status::ok();
 }
 
+Result<DeviceBuffer> DeviceBuffer::allocate(size_t bytes, std::string_view what) {
+  DeviceBuffer b;
+  if (bytes == 0) return b;
+  TANDEM_RETURN_IF_ERROR(check_free_memory(bytes, what));
+  const cudaError_t err = cudaMalloc(&b.ptr_, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // not sticky: clear it so later calls do not report it
+    return resource_exhausted(std::string(what) + ": cudaMalloc of " + format_bytes(bytes) + " failed: out of memory");
+  }
+  TANDEM_CUDA_CHECK("DeviceBuffer::allocate", err);
+  b.bytes_ = bytes;
+  return b;
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept : ptr_(other.ptr_), bytes_(other.bytes_) {
+  other.ptr_ = nullptr;
+  other.bytes_ = 0;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    if (ptr_) (void)cudaFree(ptr_);
+    ptr_ = other.ptr_;
+    bytes_ = other.bytes_;
+    other.ptr_ = nullptr;
+    other.bytes_ = 0;
+  }
+  return *this;
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  // cudaFree synchronises the device; buffers live as long as their runner, so
+  // this happens at teardown, not on the hot path.
+  if (ptr_) (void)cudaFree(ptr_);
+}
+
+Status copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return Status::ok();
+  TANDEM_CUDA_CHECK("copy_to_device", cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, detail::t_stream));
+  return Status::ok();
+}
+
+Status copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return Status::ok();
+  TANDEM_CUDA_CHECK("copy_to_host", cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, detail::t_stream));
+  TANDEM_CUDA_CHECK("copy_to_host", cudaStreamSynchronize(detail::t_stream));
+  return Status::ok();
+}
+
+Status fill_zero(void* dst, size_t bytes) {
+  if (bytes == 0) return Status::ok();
+  TANDEM_CUDA_CHECK("fill_zero", cudaMemsetAsync(dst, 0, bytes, detail::t_stream));
+  return Status::ok();
+}
+
 }  // namespace tandem::kernels::cuda

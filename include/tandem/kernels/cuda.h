@@ -114,6 +114,40 @@ std::string format_bytes(size_t bytes);
 // Waits for the current stream (not the device).
 Status synchronize();
 
+// Device memory owned by one object (cudaMalloc / cudaFree); move-only. For
+// long-lived data (weights, KV cache, activations of a runner), not scratch.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  // RESOURCE_EXHAUSTED naming `what`, the size asked and the memory free when
+  // the device cannot hold it.
+  static Result<DeviceBuffer> allocate(size_t bytes, std::string_view what);
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+
+  void* data() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t size() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Copies on the current stream. To the device from pageable host memory, the
+// call returns once the source may be reused; to the host it waits for the
+// stream, so the data is there on return.
+Status copy_to_device(void* dst, const void* src, size_t bytes);
+Status copy_to_host(void* dst, const void* src, size_t bytes);
+// Zeroes device memory on the current stream.
+Status fill_zero(void* dst, size_t bytes);
+
 // ---- Dense ops ----------------------------------------------------------------
 
 // y[n, out] = x[n, in] · w[out, in]ᵀ (cuBLAS, FP32 compute).
