@@ -228,6 +228,35 @@ else
   record "cuda_kernels_bench" "$st" "$secs" "${detail:-see $LOG}"
 fi
 
+# ---- end to end: tandem generate on the GPU forward against the CPU one -----------------
+# (appended to gpu_tests.log: the device tool returns at most 8 files)
+banner "end to end: tandem generate --device cuda vs cpu (small-mixtral, greedy)"
+LOG="$OUT/gpu_tests.log"
+if ((!PACK_OK)); then
+  record "generate cuda" "skipped: setup failed" 0 ""
+elif ((!HAVE_GPU)); then
+  record "generate cuda" "$no_gpu" 0 "the CPU path is what CI runs"
+else
+  e2e_start=$(date +%s)
+  run_timed 60 "$LOG" '^$' "$PACK/bin/tandem" make-model --preset small-mixtral --seed 0 --out "$WORK/small-mixtral"
+  # A greedy 64-token run on DEVICE ($1): text to gen_$1.txt, stats to gen_$1.err.
+  gen='"$0" generate --model "$2" --prompt "The weather in the mountains" --max-tokens 64 --ignore-eos \
+    --device "$1" >"$3/gen_$1.txt" 2>"$3/gen_$1.err"'
+  run_timed 60 "$LOG" 'tandem generate' sh -c "$gen" "$PACK/bin/tandem" cpu "$WORK/small-mixtral" "$WORK"
+  cpu_rc=$RC
+  run_timed 60 "$LOG" 'tandem generate' sh -c "$gen" "$PACK/bin/tandem" cuda "$WORK/small-mixtral" "$WORK"
+  cat "$WORK/gen_cpu.err" "$WORK/gen_cuda.err" >>"$LOG"
+  if ((cpu_rc == 0 && RC == 0)); then
+    same=$(cmp -s "$WORK/gen_cpu.txt" "$WORK/gen_cuda.txt" && echo "same text" || echo "texts differ (ties?)")
+    detail="cpu: $(grep -oE 'decode: [0-9]+ tokens, [0-9.]+ tokens/s' "$WORK/gen_cpu.err"); cuda: $(grep -oE 'decode: [0-9]+ tokens, [0-9.]+ tokens/s' "$WORK/gen_cuda.err"); $same"
+    st=ok
+  else
+    st="FAILED"
+    detail=$(tail -n 1 "$WORK/gen_cuda.err")
+  fi
+  record "generate cuda" "$st" "$(($(date +%s) - e2e_start))" "$detail"
+fi
+
 # ---- HF parity with transformers on the GPU -------------------------------------------
 banner "HF parity (transformers on the GPU, tandem on the CPU)"
 LOG="$OUT/hf_parity.log"

@@ -1,11 +1,15 @@
 // `tandem generate`: one process, prefill then decode, text streamed to stdout.
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "commands.h"
 #include "tandem/engine/engine.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/weights.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "tandem/engine/cuda_runner.h"
+#endif
 
 namespace tandem::cli {
 
@@ -21,6 +25,7 @@ struct GenerateArgs {
   int64_t kv_blocks = 512;
   int64_t block_size = 16;
   bool ignore_eos = false;
+  std::string device = "cpu";
 };
 
 int fail(const Status& st) {
@@ -36,6 +41,23 @@ int run_generate(const GenerateArgs& a) {
   engine::EngineOptions eo;
   eo.num_blocks = a.kv_blocks;
   eo.block_size = a.block_size;
+#ifdef TANDEM_HAVE_CUDA
+  std::unique_ptr<engine::CudaModelRunner> gpu;
+  if (a.device == "cuda") {
+    const auto& c = ck->config;
+    auto made = engine::CudaModelRunner::create(
+        c, **weights, {c.num_layers, a.kv_blocks, a.block_size, c.num_kv_heads, c.head_dim});
+    if (!made.is_ok()) return fail(made.status());
+    gpu = std::move(made).value();
+    eo.forward = [r = gpu.get()](const engine::ForwardBatch& b, std::vector<float>& logits) {
+      return r->forward(b, logits);
+    };
+  }
+#else
+  if (a.device == "cuda")
+    return fail(unimplemented("--device cuda: this build has no CUDA backend (nvcc was not found when it was "
+                              "configured)"));
+#endif
   auto eng = engine::Engine::create(ck->config, **weights, eo);
   if (!eng.is_ok()) return fail(eng.status());
 
@@ -83,6 +105,9 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--seed", a.seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--kv-blocks", a.kv_blocks, "KV cache blocks")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--block-size", a.block_size, "Tokens per KV block")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--device", a.device, "Where the forward runs: cpu, or cuda (the GPU forward, FP32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at end-of-sequence tokens");
 }
 

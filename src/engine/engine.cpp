@@ -23,7 +23,12 @@ Result<std::unique_ptr<Engine>> Engine::create(const model::ModelConfig& config,
   if (options.micro_batches <= 0) return invalid_argument("micro_batches must be positive");
   KvCacheShape shape{config.num_layers, options.num_blocks, options.block_size, config.num_kv_heads,
                      config.head_dim};
-  TANDEM_ASSIGN_OR_RETURN(auto cache, KvCache::create(shape, options.max_kv_bytes));
+  std::unique_ptr<KvCache> cache;
+  if (options.forward) {
+    TANDEM_ASSIGN_OR_RETURN(cache, KvCache::create_unbacked(shape));
+  } else {
+    TANDEM_ASSIGN_OR_RETURN(cache, KvCache::create(shape, options.max_kv_bytes));
+  }
   return std::unique_ptr<Engine>(new Engine(config, weights, options, std::move(cache)));
 }
 
@@ -44,7 +49,8 @@ Result<std::vector<GenerationResult>> Engine::generate(const std::vector<Generat
   Scheduler sched(config_, runner_, *cache_, *experts_,
                   {.max_running_sequences = static_cast<int64_t>(std::max<size_t>(1, requests.size())),
                    .max_batch_tokens = options_.max_batch_tokens,
-                   .micro_batches = options_.micro_batches});
+                   .micro_batches = options_.micro_batches,
+                   .forward = options_.forward});
   std::vector<GenerationResult> results(requests.size());
   Status failure;
   size_t finished = 0;

@@ -46,10 +46,19 @@ Result<std::unique_ptr<KvCache>> KvCache::create(const KvCacheShape& s, size_t m
     return resource_exhausted("KV cache of " + std::to_string(s.num_blocks) + " blocks x " +
                               std::to_string(s.block_size) + " tokens needs " + std::to_string(s.bytes() >> 20) +
                               " MiB but only " + std::to_string(max_bytes >> 20) + " MiB are allowed");
-  return std::unique_ptr<KvCache>(new KvCache(s));
+  return std::unique_ptr<KvCache>(new KvCache(s, true));
 }
 
-KvCache::KvCache(const KvCacheShape& s) : shape_(s), storage_(s.bytes() / sizeof(float)), allocator_(s.num_blocks) {}
+Result<std::unique_ptr<KvCache>> KvCache::create_unbacked(const KvCacheShape& s) {
+  if (s.num_layers <= 0 || s.num_blocks <= 0 || s.block_size <= 0 || s.kv_heads <= 0 || s.head_dim <= 0)
+    return invalid_argument("KV cache shape must be positive (layers " + std::to_string(s.num_layers) +
+                            ", blocks " + std::to_string(s.num_blocks) + ", block_size " +
+                            std::to_string(s.block_size) + ")");
+  return std::unique_ptr<KvCache>(new KvCache(s, false));
+}
+
+KvCache::KvCache(const KvCacheShape& s, bool backed)
+    : shape_(s), storage_(backed ? s.bytes() / sizeof(float) : 0), allocator_(s.num_blocks) {}
 
 kernels::cpu::PagedKv KvCache::layer(int64_t l) {
   const size_t per = static_cast<size_t>(shape_.num_blocks * shape_.block_size * shape_.kv_heads * shape_.head_dim);

@@ -188,7 +188,8 @@ bool Scheduler::step() {
               b.block_tables.begin() + static_cast<int64_t>(r) * b.max_blocks_per_seq);
 
   const auto t0 = std::chrono::steady_clock::now();
-  Status st = forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
+  Status st = options_.forward ? options_.forward(b, logits_)
+                               : forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
   if (!st.is_ok()) {
     // The step's sequences cannot continue (e.g. an expert node died): end them.
     for (Seq* s : in_batch) finish(*s, st, FinishReason::kStop);

@@ -31,11 +31,11 @@ class CudaModelRunner {
   ~CudaModelRunner();
 
   // logits [logits_rows, vocab] on the host, as ModelRunner::forward. The batch's
-  // slots and block tables index this runner's cache (allocator()).
+  // slots and block tables index this runner's device cache, whose blocks the
+  // caller hands out (an engine's KvCache of the same shape, unbacked).
   Status forward(const ForwardBatch& batch, std::vector<float>& logits);
 
-  BlockAllocator& allocator();
-  size_t device_bytes() const;
+  size_t device_bytes() const;  // weights + KV cache
 
  private:
   struct Impl;

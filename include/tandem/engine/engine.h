@@ -31,12 +31,19 @@ struct GenerationResult {
   FinishReason finish = FinishReason::kLength;
 };
 
+// One forward step: logits [logits_rows, vocab] for a batch whose slots index
+// the engine's KV cache; a GPU runner plugs in here in place of the CPU forward.
+using ForwardFn = std::function<Status(const ForwardBatch& batch, std::vector<float>& logits)>;
+
 struct EngineOptions {
   int64_t num_blocks = 512;
   int64_t block_size = 16;
   int64_t max_batch_tokens = 2048;
   size_t max_kv_bytes = size_t{8} << 30;
   int micro_batches = 1;  // ping-pong micro-batches per step (m)
+  // Set: every step runs through it (a GPU runner whose device cache has the
+  // shape above) and the engine keeps only the block bookkeeping of its cache.
+  ForwardFn forward;
 };
 
 struct EngineStats {

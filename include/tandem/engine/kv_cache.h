@@ -43,6 +43,9 @@ class KvCache {
  public:
   // Refuses shapes that are empty or larger than max_bytes, saying how much was asked.
   static Result<std::unique_ptr<KvCache>> create(const KvCacheShape& shape, size_t max_bytes);
+  // Block bookkeeping only, for a forward that keeps K and V elsewhere (a GPU
+  // runner's device cache of the same shape); layer() must not be called.
+  static Result<std::unique_ptr<KvCache>> create_unbacked(const KvCacheShape& shape);
 
   kernels::cpu::PagedKv layer(int64_t l);
   const KvCacheShape& shape() const { return shape_; }
@@ -50,7 +53,7 @@ class KvCache {
   BlockAllocator& allocator() { return allocator_; }
 
  private:
-  KvCache(const KvCacheShape& shape);
+  KvCache(const KvCacheShape& shape, bool backed);
   KvCacheShape shape_;
   std::vector<float> storage_;  // [layers][K|V][blocks][block_size][kv_heads][head_dim]
   BlockAllocator allocator_;

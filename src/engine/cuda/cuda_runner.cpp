@@ -45,7 +45,6 @@ Result<T*> upload_vector(kc::DeviceBuffer& b, const std::vector<T>& host, const 
 struct CudaModelRunner::Impl {
   const model::ModelConfig& c;
   KvCacheShape kv_shape;
-  BlockAllocator allocator;
   std::vector<kc::DeviceBuffer> owned;
   std::unordered_map<const float*, const float*> uploaded;  // host tensor -> its device copy
   size_t device_bytes = 0;
@@ -60,7 +59,7 @@ struct CudaModelRunner::Impl {
   kc::DeviceBuffer offsets, row_token, row_weight, x_perm, y_perm, scratch, normed, selected, logits;
 
   Impl(const model::ModelConfig& config, const KvCacheShape& kv)
-      : c(config), kv_shape(kv), allocator(kv.num_blocks) {}
+      : c(config), kv_shape(kv) {}
 
   Result<const float*> upload(const float* host, int64_t count, const std::string& what) {
     if (!host) return static_cast<const float*>(nullptr);
@@ -266,7 +265,6 @@ Status CudaModelRunner::forward(const ForwardBatch& batch, std::vector<float>& l
   return impl_->forward(batch, logits).with_context("CUDA forward");
 }
 
-BlockAllocator& CudaModelRunner::allocator() { return impl_->allocator; }
 size_t CudaModelRunner::device_bytes() const { return impl_->device_bytes; }
 
 }  // namespace tandem::engine
