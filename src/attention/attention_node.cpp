@@ -88,7 +88,8 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         c, *runner_, *cache_, *remote_,
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
                                  .max_batch_tokens = cfg.max_batch_tokens,
-                                 .micro_batches = cfg.micro_batches});
+                                 .micro_batches = cfg.micro_batches,
+                                 .forward = {}});
 
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;

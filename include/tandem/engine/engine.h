@@ -43,7 +43,7 @@ struct EngineOptions {
   int micro_batches = 1;  // ping-pong micro-batches per step (m)
   // Set: every step runs through it (a GPU runner whose device cache has the
   // shape above) and the engine keeps only the block bookkeeping of its cache.
-  ForwardFn forward;
+  ForwardFn forward{};
 };
 
 struct EngineStats {

@@ -32,7 +32,7 @@ struct SchedulerOptions {
   int64_t max_running_sequences = 64;
   int64_t max_batch_tokens = 2048;
   int micro_batches = 1;
-  ForwardFn forward;  // set: replaces the pipelined CPU forward (engine.h)
+  ForwardFn forward{};  // set: replaces the pipelined CPU forward (engine.h)
 };
 
 struct SchedulerStats {

@@ -58,7 +58,7 @@ struct ClusterShape {
   int max_queue = 256;
   int kv_blocks = 512;
   std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory)
-  std::string attention_cpus, expert_cpus;  // attention.cpus / expert.cpus when not empty
+  std::string attention_cpus{}, expert_cpus{};  // attention.cpus / expert.cpus when not empty
 };
 
 class Cluster {
@@ -131,6 +131,15 @@ class Cluster {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<tandem::v1::Generation::Stub> stub_;
 };
+
+// A greedy request for `max_tokens` tokens of `text`.
+inline tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens) {
+  tandem::v1::GenerateRequest req;
+  req.set_text(text);
+  req.mutable_sampling()->set_temperature(0);
+  req.mutable_sampling()->set_max_tokens(max_tokens);
+  return req;
+}
 
 struct Reply {
   std::vector<int32_t> tokens;

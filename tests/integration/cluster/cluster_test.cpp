@@ -17,6 +17,7 @@ using testing::Cluster;
 using testing::ClusterShape;
 using testing::cluster_model;
 using testing::generate;
+using testing::greedy;
 
 std::vector<std::string> prompts(int n) {
   std::vector<std::string> p;
@@ -86,14 +87,6 @@ std::vector<std::vector<int32_t>> reference(const std::string& dir, const std::v
   std::vector<std::vector<int32_t>> out;
   for (const auto& r : *res) out.push_back(r.tokens);
   return out;
-}
-
-tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens) {
-  tandem::v1::GenerateRequest req;
-  req.set_text(text);
-  req.mutable_sampling()->set_temperature(0);
-  req.mutable_sampling()->set_max_tokens(max_tokens);
-  return req;
 }
 
 class ClusterEquivalence : public ::testing::TestWithParam<std::tuple<std::string, int, int, int, std::string>> {};

@@ -20,15 +20,8 @@ using namespace std::chrono_literals;
 using testing::Cluster;
 using testing::cluster_model;
 using testing::generate;
+using testing::greedy;
 namespace tr = transport;
-
-tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens) {
-  tandem::v1::GenerateRequest req;
-  req.set_text(text);
-  req.mutable_sampling()->set_temperature(0);
-  req.mutable_sampling()->set_max_tokens(max_tokens);
-  return req;
-}
 
 struct Dispatch {
   tr::MessageHeader header;
