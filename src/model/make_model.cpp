@@ -35,6 +35,10 @@ const std::vector<Preset>& presets() {
        "qwen3_moe", 1000, 64, 3, 4, 2, 32, 128, 16, 4, 64, {0}, 1e6, 1e-6, 2048},
       {"small-mixtral", "Mixtral, 8 layers, hidden 1024, 8 experts top-2 (~230M params) for demos and benchmarks",
        "mixtral", 4000, 1024, 8, 16, 4, 64, 1024, 8, 2, 1024, {}, 1e6, 1e-5, 4096},
+      {"qwen3-30b-a3b-4l",
+       "Qwen3-30B-A3B shapes (hidden 2048, 32 query / 4 KV heads of 128, 128 experts of 768, top-8), 4 of its 48 "
+       "layers and a small vocabulary (~2.5B params, for GPU benchmarks)",
+       "qwen3_moe", 4000, 2048, 4, 32, 4, 128, 6144, 128, 8, 768, {}, 1e6, 1e-6, 4096},
   };
   return p;
 }
