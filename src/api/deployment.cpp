@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -36,13 +35,9 @@ Status parse_endpoint(Reader& r, const YAML::Node& n, const std::string& path, E
 
 // The informational `plan:` section `tandem plan` writes; strict like the rest.
 Status parse_plan(Reader& r, const YAML::Node& n, const std::string& path, PlanInfo& plan) {
-  using Handler = std::function<Status(const YAML::Node&, const std::string&)>;
-  auto str = [&r](std::string& out) -> Handler {
-    return [&r, o = &out](const YAML::Node& v, const std::string& p) { return r.scalar(v, p, *o); };
-  };
-  auto num = [&r](int& out, int lo) -> Handler {
-    return [&r, o = &out, lo](const YAML::Node& v, const std::string& p) { return r.integer(v, p, *o, lo, 1 << 30); };
-  };
+  using Handler = YamlReader::Handler;
+  auto str = [&r](std::string& out) { return r.field(out); };
+  auto num = [&r](int& out, int lo) { return r.field(out, lo, 1 << 30); };
   auto real = [&r](double& out) -> Handler {
     return [&r, o = &out](const YAML::Node& v, const std::string& p) {
       TANDEM_RETURN_IF_ERROR(r.scalar(v, p, *o));
@@ -68,23 +63,13 @@ Status parse_plan(Reader& r, const YAML::Node& n, const std::string& path, PlanI
 }  // namespace
 
 Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, const std::string& source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    return invalid_argument(source + ": not valid YAML: " + e.what());
-  }
+  TANDEM_ASSIGN_OR_RETURN(YAML::Node root, Reader::load(text, source));
   DeploymentConfig c;
   c.source = source;
   Reader r(source);
-  using Handler = std::function<Status(const YAML::Node&, const std::string&)>;
-  // Handlers hold a pointer to the field they fill.
-  auto str = [&r](std::string& out) -> Handler {
-    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.scalar(n, p, *o); };
-  };
-  auto num = [&r](int& out, int lo, int hi) -> Handler {
-    return [&r, o = &out, lo, hi](const YAML::Node& n, const std::string& p) { return r.integer(n, p, *o, lo, hi); };
-  };
+  using Handler = YamlReader::Handler;
+  auto str = [&r](std::string& out) { return r.field(out); };
+  auto num = [&r](int& out, int lo, int hi) { return r.field(out, lo, hi); };
   auto cpus = [&r](std::vector<int>& out) -> Handler {
     return [&r, o = &out](const YAML::Node& n, const std::string& p) {
       std::string text;
@@ -128,9 +113,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
        {"transport", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"backend", str(c.transport)},
                                   {"timeout_ms", num(c.transport_timeout_ms, 1, 3600000)},
-                                  {"shared_memory", [&](const YAML::Node& v, const std::string& q) {
-                                     return r.scalar(v, q, c.transport_shared_memory);
-                                   }}});
+                                  {"shared_memory", r.field(c.transport_shared_memory)}});
         }},
        {"logging", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"level", str(c.log_level)}});

@@ -12,6 +12,14 @@ std::string format(double v) {
 }
 }  // namespace
 
+Result<YAML::Node> YamlReader::load(const std::string& text, const std::string& source) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return invalid_argument(source + ": not valid YAML: " + e.what());
+  }
+}
+
 Status YamlReader::error(const std::string& path, const std::string& what) const {
   return invalid_argument(source_ + ": " + path + ": " + what);
 }

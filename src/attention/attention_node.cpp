@@ -88,8 +88,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         c, *runner_, *cache_, *remote_,
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
                                  .max_batch_tokens = cfg.max_batch_tokens,
-                                 .micro_batches = cfg.micro_batches,
-                                 .forward = {}});
+                                 .micro_batches = cfg.micro_batches});
 
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;

@@ -148,7 +148,7 @@ Status UcxExpertExecutor::wait(int64_t layer, int mb) {
   const auto timeout = std::chrono::milliseconds(cfg_.transport_timeout_ms);
   for (const Outgoing& o : sent) {
     Link& link = *links_[o.link];
-    const std::string who = "expert node " + std::to_string(link.rank);
+    auto who = [&] { return "expert node " + std::to_string(link.rank); };  // errors only, off the hot path
     const MoePayloadLayout lay{o.rows.size(), static_cast<size_t>(H), 0};
     while (true) {
       auto msg = transport_->recv(
@@ -156,17 +156,17 @@ Status UcxExpertExecutor::wait(int64_t layer, int mb) {
       if (!msg.is_ok()) {
         const Status& st = msg.status();
         if (st.code() == StatusCode::kDeadlineExceeded || st.code() == StatusCode::kDataLoss)
-          return Status(st.code(), who + ": " + st.message());
-        return unavailable(who + ": " + st.message());
+          return Status(st.code(), who() + ": " + st.message());
+        return unavailable(who() + ": " + st.message());
       }
       const auto& hdr = msg->header();
       const auto data = msg->data();
-      if (data.size() < sizeof(uint64_t)) return data_loss(who + ": combine of " + std::to_string(data.size()) + " bytes");
+      if (data.size() < sizeof(uint64_t)) return data_loss(who() + ": combine of " + std::to_string(data.size()) + " bytes");
       const uint64_t echoed = transport::read_step(data, data.size() - sizeof(uint64_t));
       if (echoed < o.step) continue;  // the late answer to a dispatch of an aborted step
       if (echoed != o.step || hdr.num_tokens != o.rows.size() || hdr.hidden_size != H ||
           hdr.dtype != DType::kF32 || data.size() != lay.combine_bytes())
-        return data_loss(who + ": combine (layer " + std::to_string(hdr.layer) + ", micro-batch " +
+        return data_loss(who() + ": combine (layer " + std::to_string(hdr.layer) + ", micro-batch " +
                          std::to_string(hdr.micro_batch) + ", step " + std::to_string(echoed) + ", " +
                          std::to_string(hdr.num_tokens) + " tokens, " + std::to_string(data.size()) +
                          " bytes) does not answer the dispatch (step " + std::to_string(o.step) + ", " +

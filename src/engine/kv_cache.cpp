@@ -37,11 +37,18 @@ size_t KvCacheShape::bytes() const {
          static_cast<size_t>(kv_heads) * static_cast<size_t>(head_dim) * sizeof(float);
 }
 
-Result<std::unique_ptr<KvCache>> KvCache::create(const KvCacheShape& s, size_t max_bytes) {
+namespace {
+Status check_shape(const KvCacheShape& s) {
   if (s.num_layers <= 0 || s.num_blocks <= 0 || s.block_size <= 0 || s.kv_heads <= 0 || s.head_dim <= 0)
     return invalid_argument("KV cache shape must be positive (layers " + std::to_string(s.num_layers) +
                             ", blocks " + std::to_string(s.num_blocks) + ", block_size " +
                             std::to_string(s.block_size) + ")");
+  return Status::ok();
+}
+}  // namespace
+
+Result<std::unique_ptr<KvCache>> KvCache::create(const KvCacheShape& s, size_t max_bytes) {
+  TANDEM_RETURN_IF_ERROR(check_shape(s));
   if (s.bytes() > max_bytes)
     return resource_exhausted("KV cache of " + std::to_string(s.num_blocks) + " blocks x " +
                               std::to_string(s.block_size) + " tokens needs " + std::to_string(s.bytes() >> 20) +
@@ -50,10 +57,7 @@ Result<std::unique_ptr<KvCache>> KvCache::create(const KvCacheShape& s, size_t m
 }
 
 Result<std::unique_ptr<KvCache>> KvCache::create_unbacked(const KvCacheShape& s) {
-  if (s.num_layers <= 0 || s.num_blocks <= 0 || s.block_size <= 0 || s.kv_heads <= 0 || s.head_dim <= 0)
-    return invalid_argument("KV cache shape must be positive (layers " + std::to_string(s.num_layers) +
-                            ", blocks " + std::to_string(s.num_blocks) + ", block_size " +
-                            std::to_string(s.block_size) + ")");
+  TANDEM_RETURN_IF_ERROR(check_shape(s));
   return std::unique_ptr<KvCache>(new KvCache(s, false));
 }
 

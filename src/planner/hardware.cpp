@@ -6,7 +6,6 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -15,36 +14,18 @@
 
 namespace tandem::planner {
 
-namespace {
-
-using Handler = api::YamlReader::Handler;
 using Reader = api::YamlReader;
 
-}  // namespace
-
 Result<HardwareProfile> HardwareProfile::from_yaml(const std::string& text, const std::string& source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    return invalid_argument(source + ": not valid YAML: " + e.what());
-  }
+  TANDEM_ASSIGN_OR_RETURN(YAML::Node root, Reader::load(text, source));
   HardwareProfile h;
   h.source_file = source;
   Reader r(source);
   constexpr double kInf = 1e12;
-  auto str = [&r](std::string& out) -> Handler {
-    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.scalar(n, p, *o); };
-  };
-  auto pos = [&r](double& out) -> Handler {
-    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.number(n, p, *o, 0, kInf, true); };
-  };
-  auto nonneg = [&r](double& out) -> Handler {
-    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.number(n, p, *o, 0, kInf); };
-  };
-  auto frac = [&r](double& out) -> Handler {
-    return [&r, o = &out](const YAML::Node& n, const std::string& p) { return r.number(n, p, *o, 0, 1, true); };
-  };
+  auto str = [&r](std::string& out) { return r.field(out); };
+  auto pos = [&r](double& out) { return r.field(out, 0, kInf, /*open_lo=*/true); };
+  auto nonneg = [&r](double& out) { return r.field(out, 0, kInf); };
+  auto frac = [&r](double& out) { return r.field(out, 0, 1, /*open_lo=*/true); };
   Status st = r.mapping(
       root, "",
       {{"name", str(h.name)},

@@ -115,17 +115,33 @@ class Simulator {
     });
   }
 
-  void try_nic_a(int n) {
-    Server& s = nic_a_[static_cast<size_t>(n)];
+  double load(int e) const {
+    return opt_.expert_load.empty() ? 1.0 : opt_.expert_load[static_cast<size_t>(e) % opt_.expert_load.size()];
+  }
+
+  // A FIFO resource (a NIC or an expert node): if idle, it takes its oldest
+  // ready task, is busy for `dur`, records it on trace process `pid`, hands the
+  // task to `done` and takes the next one.
+  template <typename Done>
+  void serve(std::vector<Server>& pool, int i, double dur, const char* what, int pid, Done done) {
+    Server& s = pool[static_cast<size_t>(i)];
     if (s.busy || s.ready.empty()) return;
     Task k = s.ready.front();
     s.ready.pop_front();
     s.busy = true;
-    s.busy_time += t_.a2e_busy;
+    s.busy_time += dur;
     const double start = now_;
-    at(now_ + t_.a2e_busy, [this, n, k, start] {
-      nic_a_[static_cast<size_t>(n)].busy = false;
-      record("a2e", 2, n, k, start, t_.a2e_busy);
+    at(now_ + dur, [this, &pool, i, k, start, dur, what, pid, done] {
+      pool[static_cast<size_t>(i)].busy = false;
+      record(what, pid, i, k, start, dur);
+      done(k);
+    });
+  }
+
+  // An attention NIC sends a micro-batch's tokens to every expert node; an
+  // expert node starts once all attention nodes' tokens have arrived.
+  void try_nic_a(int n) {
+    serve(nic_a_, n, t_.a2e_busy, "a2e", 2, [this, n](const Task& k) {
       at(now_ + t_.a2e_latency, [this, k] {
         for (int e = 0; e < p_.n_e; ++e)
           if (++a2e(e, k.layer, k.mb) == p_.n_a) {
@@ -137,40 +153,17 @@ class Simulator {
     });
   }
 
-  double load(int e) const {
-    return opt_.expert_load.empty() ? 1.0 : opt_.expert_load[static_cast<size_t>(e) % opt_.expert_load.size()];
-  }
-
   void try_expert(int e) {
-    Server& s = expert_[static_cast<size_t>(e)];
-    if (s.busy || s.ready.empty()) return;
-    Task k = s.ready.front();
-    s.ready.pop_front();
-    s.busy = true;
-    const double dur = t_.expert * load(e);
-    s.busy_time += dur;
-    const double start = now_;
-    at(now_ + dur, [this, e, k, start, dur] {
-      expert_[static_cast<size_t>(e)].busy = false;
-      record("experts", 3, e, k, start, dur);
+    serve(expert_, e, t_.expert * load(e), "experts", 3, [this, e](const Task& k) {
       nic_e_[static_cast<size_t>(e)].ready.push_back(k);
       try_nic_e(e);
       try_expert(e);
     });
   }
 
+  // An expert NIC returns the results to every attention node.
   void try_nic_e(int e) {
-    Server& s = nic_e_[static_cast<size_t>(e)];
-    if (s.busy || s.ready.empty()) return;
-    Task k = s.ready.front();
-    s.ready.pop_front();
-    s.busy = true;
-    const double dur = t_.e2a_busy * load(e);
-    s.busy_time += dur;
-    const double start = now_;
-    at(now_ + dur, [this, e, k, start, dur] {
-      nic_e_[static_cast<size_t>(e)].busy = false;
-      record("e2a", 4, e, k, start, dur);
+    serve(nic_e_, e, t_.e2a_busy * load(e), "e2a", 4, [this, e](const Task& k) {
       at(now_ + t_.e2a_latency, [this, k] {
         for (int n = 0; n < p_.n_a; ++n)
           if (++e2a(n, k.layer, k.mb) == p_.n_e) try_attention(n);

@@ -22,6 +22,9 @@ class YamlReader {
 
   explicit YamlReader(std::string source) : source_(std::move(source)) {}
 
+  // Parses `text`; INVALID_ARGUMENT "SOURCE: not valid YAML: ..." otherwise.
+  static Result<YAML::Node> load(const std::string& text, const std::string& source);
+
   // INVALID_ARGUMENT "SOURCE: PATH: WHAT".
   Status error(const std::string& path, const std::string& what) const;
 
@@ -40,6 +43,21 @@ class YamlReader {
   // A number in [lo, hi]; with open_lo, lo itself is refused too.
   Status number(const YAML::Node& node, const std::string& path, double& out, double lo, double hi,
                 bool open_lo = false) const;
+
+  // Handlers for mapping() that fill one field (they keep a pointer to it and
+  // to this reader, so both must outlive the mapping() call).
+  template <typename T>
+  Handler field(T& out) const {
+    return [this, o = &out](const YAML::Node& n, const std::string& p) { return scalar(n, p, *o); };
+  }
+  Handler field(int& out, int lo, int hi) const {
+    return [this, o = &out, lo, hi](const YAML::Node& n, const std::string& p) { return integer(n, p, *o, lo, hi); };
+  }
+  Handler field(double& out, double lo, double hi, bool open_lo = false) const {
+    return [this, o = &out, lo, hi, open_lo](const YAML::Node& n, const std::string& p) {
+      return number(n, p, *o, lo, hi, open_lo);
+    };
+  }
 
   // Calls the handler of each key; an unknown key is an error listing the
   // known ones, and so is a duplicate or a missing `required` one.

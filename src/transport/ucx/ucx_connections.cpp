@@ -26,16 +26,8 @@ Status UcxTransport::connect(std::span<const PeerAddress> peers, std::chrono::mi
     }
   }
   post([this, ids, dials, deadline] {
-    expected_ = ids;
-    have_expected_ = true;
+    set_expected(ids);
     dial_deadline_ = deadline;
-    // Peers that connected before we knew the peer list but do not belong.
-    for (auto& c : conns_) {
-      if (c->peer && !ids.count(*c->peer) && !c->failed) {
-        TANDEM_LOG_WARN("{}: dropping connection from {}, not a peer", to_string(self()), to_string(*c->peer));
-        close_connection(c.get(), /*force=*/true);
-      }
-    }
     for (const auto& [peer, addr] : dials) {
       dial_addrs_[peer.id] = addr;
       dial(peer, addr);
@@ -68,16 +60,7 @@ Status UcxTransport::expect(std::span<const NodeId> peers) {
   std::set<NodeId> ids(peers.begin(), peers.end());
   // Unusable until they connect: callers ask peer_status() whether to reconnect.
   for (const NodeId& id : ids) fail_link(id, unavailable(to_string(id) + " has not connected to " + to_string(self()) + " yet"));
-  post([this, ids] {
-    expected_ = ids;
-    have_expected_ = true;
-    for (auto& c : conns_) {
-      if (c->peer && !ids.count(*c->peer) && !c->failed) {
-        TANDEM_LOG_WARN("{}: dropping connection from {}, not a peer", to_string(self()), to_string(*c->peer));
-        close_connection(c.get(), /*force=*/true);
-      }
-    }
-  });
+  post([this, ids] { set_expected(ids); });
   return Status::ok();
 }
 
@@ -107,6 +90,18 @@ Status UcxTransport::reconnect(const PeerAddress& peer, std::chrono::millisecond
   if (auto it = dial_errors_.find(peer.id); it != dial_errors_.end()) why = " (" + it->second + ")";
   return {StatusCode::kDeadlineExceeded, to_string(self()) + " reconnect: no " + to_string(peer) + why + " within " +
                                              std::to_string(timeout.count()) + " ms"};
+}
+
+void UcxTransport::set_expected(const std::set<NodeId>& ids) {
+  expected_ = ids;
+  have_expected_ = true;
+  // Peers that connected before we knew the peer list but do not belong.
+  for (auto& c : conns_) {
+    if (c->peer && !ids.count(*c->peer) && !c->failed) {
+      TANDEM_LOG_WARN("{}: dropping connection from {}, not a peer", to_string(self()), to_string(*c->peer));
+      close_connection(c.get(), /*force=*/true);
+    }
+  }
 }
 
 void UcxTransport::dial(const PeerAddress& peer, const SockAddr& addr) {

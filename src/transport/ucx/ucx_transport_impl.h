@@ -78,6 +78,8 @@ class UcxTransport final : public detail::TransportBase {
   bool run_redials();
   void shutdown_progress();
 
+  // Fixes the peer set on the progress thread and drops connections outside it.
+  void set_expected(const std::set<NodeId>& ids);
   void dial(const PeerAddress& peer, const SockAddr& addr);
   void accept(ucp_conn_request_h request);
   void connection_failed(Connection* c, ucs_status_t status);
