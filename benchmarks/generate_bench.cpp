@@ -1,11 +1,13 @@
-// Decode throughput of the single-process CPU engine on small-mixtral, as a
-// fraction of the memory-bandwidth limit: each decode step must read the
-// attention weights, the experts the batch touches, the LM head and the KV
-// cache at least once, so bytes/step ÷ measured streaming-read bandwidth bounds the
-// step time from below.
+// Decode throughput of the single-process engine (colocated: attention and
+// experts in one process) on small-mixtral, as a fraction of the memory-
+// bandwidth limit: each decode step must read the attention weights, the
+// experts the batch touches, the LM head and the KV cache at least once, so
+// bytes/step ÷ measured bandwidth bounds the step time from below. The
+// bandwidth is a streaming read on the CPU, and a device-to-device copy
+// (the bytes it reads per second) with --device cuda.
 //
 //   build/benchmarks/generate_bench [--model DIR] [--prompt-tokens 128] [--decode-tokens 32]
-//                                   [--batches 1,4,16]
+//                                   [--batches 1,4,16] [--device cpu|cuda]
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -18,12 +20,43 @@
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/make_model.h"
 #include "tandem/model/weights.h"
+#if TANDEM_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "tandem/engine/cuda_runner.h"
+#include "tandem/kernels/cuda.h"
+#endif
 
 using namespace tandem;
+
+#if TANDEM_HAVE_CUDA
+// Bytes read per second by cudaMemcpy device-to-device of 256 MiB (each byte
+// is read once and written once; reads are what a decode step is bound by).
+double device_copy_gbps() {
+  const size_t bytes = size_t{256} << 20;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0;
+  cudaEvent_t t0, t1;
+  cudaEventCreate(&t0);
+  cudaEventCreate(&t1);
+  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);  // warm-up
+  cudaEventRecord(t0);
+  const int reps = 10;
+  for (int i = 0; i < reps; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaEventRecord(t1);
+  cudaEventSynchronize(t1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, t0, t1);
+  cudaFree(a);
+  cudaFree(b);
+  return ms > 0 ? static_cast<double>(bytes) * reps / (ms * 1e-3) / 1e9 : 0;
+}
+#endif
 
 int main(int argc, char** argv) {
   std::string dir = "models/small-mixtral";
   int prompt_tokens = 128, decode_tokens = 32;
+  std::string device = "cpu";
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -35,7 +68,12 @@ int main(int argc, char** argv) {
     if (a == "--model") dir = argv[i + 1];
     else if (a == "--prompt-tokens") prompt_tokens = std::atoi(argv[i + 1]);
     else if (a == "--decode-tokens") decode_tokens = std::atoi(argv[i + 1]);
+    else if (a == "--device") device = argv[i + 1];
   }
+  if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
+#if !TANDEM_HAVE_CUDA
+  if (device == "cuda") return std::fprintf(stderr, "--device cuda: this build has no CUDA\n"), 2;
+#endif
   if (!std::filesystem::exists(dir + "/config.json")) {
     std::fprintf(stderr, "making small-mixtral in %s\n", dir.c_str());
     Status st = model::make_model({.preset = "small-mixtral", .seed = 0, .out_dir = dir});
@@ -47,10 +85,21 @@ int main(int argc, char** argv) {
   if (!w.is_ok()) return std::fprintf(stderr, "%s\n", w.status().to_string().c_str()), 1;
   const auto& c = ck->config;
 
-  const double bw = bench::read_gbps();
-  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld\n", dir.c_str(), (long long)c.num_layers,
-              (long long)c.hidden_size, (long long)c.moe.num_experts, (long long)c.moe.top_k);
-  std::printf("baselines: streaming read %.1f GB/s, memcpy %.1f GB/s (read+write bytes)\n", bw, bench::memcpy_gbps());
+  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s\n", dir.c_str(),
+              (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
+              (long long)c.moe.top_k, device.c_str());
+  double bw = 0;
+  if (device == "cpu") {
+    bw = bench::read_gbps();
+    std::printf("baselines: streaming read %.1f GB/s, memcpy %.1f GB/s (read+write bytes)\n", bw, bench::memcpy_gbps());
+  } else {
+#if TANDEM_HAVE_CUDA
+    if (auto n = kernels::cuda::device_count(); !n.is_ok())
+      return std::printf("skipped: %s\n", n.status().message().c_str()), 0;
+    bw = device_copy_gbps();
+    std::printf("baseline: device-to-device copy %.1f GB/s read\n", bw);
+#endif
+  }
   std::printf("%6s %14s %14s %10s %16s %12s\n", "batch", "prefill tok/s", "decode tok/s", "step ms",
               "min bytes GB/s", "of read bw");
   const double H = c.hidden_size, I = c.moe.expert_intermediate;
@@ -60,6 +109,16 @@ int main(int argc, char** argv) {
   for (int batch : batches) {
     engine::EngineOptions eo;
     eo.num_blocks = batch * ((prompt_tokens + decode_tokens) / 16 + 2);
+#if TANDEM_HAVE_CUDA
+    std::unique_ptr<engine::CudaModelRunner> gpu;
+    if (device == "cuda") {
+      auto r = engine::CudaModelRunner::create(
+          c, **w, {c.num_layers, eo.num_blocks, eo.block_size, c.num_kv_heads, c.head_dim});
+      if (!r.is_ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
+      gpu = std::move(r).value();
+      eo.forward = [&gpu](const engine::ForwardBatch& b, std::vector<float>& logits) { return gpu->forward(b, logits); };
+    }
+#endif
     auto eng = engine::Engine::create(c, **w, eo);
     std::vector<engine::GenerationRequest> reqs(static_cast<size_t>(batch));
     for (int b = 0; b < batch; ++b) {

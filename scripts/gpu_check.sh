@@ -8,7 +8,7 @@
 #   device tool: run  command "bash scripts/gpu_check.sh"  carry ["gpu-pack"]  timeout_s 540
 #
 # Full logs go to $OUT (at most 8 files, which the device tool returns):
-# summary.txt env.log gpu_tests.log gpu_tests.xml cuda_kernels_bench.log
+# summary.txt env.log gpu_tests.log gpu_tests.xml benchmarks.log
 # cuda_kernels_bench.csv hf_parity.log hf_fixtures_gpu.tar.gz.
 #
 # Every step runs under its own time limit, cut to what is left of
@@ -23,7 +23,10 @@
 # so python3 and torch, keep the machine's libraries.
 #
 # Knobs: OUT, GPU_CHECK_BUDGET, BENCH_ARGS (e.g. "--quick"), BENCH_REPEAT (0 or
-# 1: a second, --quick bench run to show run-to-run spread), PACK_ARCHIVE.
+# 1: a second, --quick bench run to show run-to-run spread), PACK_ARCHIVE,
+# E2E_MODEL.#
+# STEPS (default "tests cluster generate kernels ipc e2e parity", in this order
+# of value) picks the steps, e.g. STEPS="cluster e2e" for a rerun.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -176,7 +179,23 @@ PACK_OK=0
 [ "$setup_status" = ok ] && PACK_OK=1
 
 no_gpu="skipped: no GPU"
+STEPS=${STEPS:-tests cluster generate kernels ipc e2e parity}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+# runs_on_gpu STEP [WHY]: false (with STEP recorded as skipped) when the pack
+# did not unpack or there is no GPU.
+runs_on_gpu() {
+  if ((!PACK_OK)); then
+    record "$1" "skipped: setup failed" 0 ""
+    return 1
+  fi
+  if ((!HAVE_GPU)); then
+    record "$1" "$no_gpu" 0 "${2:-}"
+    return 1
+  fi
+}
+: >"$OUT/benchmarks.log"
 
+if want tests; then
 # ---- gpu-labelled tests (tests/unit/cuda) ---------------------------------------------
 banner "gpu tests: tandem_unit_cuda_tests"
 LOG="$OUT/gpu_tests.log"
@@ -199,11 +218,54 @@ else
   fi
   record "gpu tests" "$st" "$SECS" "$detail"
 fi
+fi
 
+if want cluster; then
+# ---- cluster nodes on the GPU: equivalence with the single-process engine -------------
+# (appended to gpu_tests.log)
+banner "cluster on the GPU: attention and expert nodes with device: cuda"
+LOG="$OUT/gpu_tests.log"
+if runs_on_gpu "cluster gpu" "the CPU cluster is what CI runs"; then
+  run_timed 180 "$LOG" '^\[  (PASSED|FAILED) *\]|^\[  SKIPPED \] [0-9]+ test|^\[==========\] [0-9]+ tests' \
+    env TANDEM_BIN="$PACK/bin/tandem" "$PACK/bin/tandem_integration_cluster_tests" \
+    --gtest_filter='Devices/ClusterGpu.*' --gtest_color=no
+  st=$(status_of "$RC")
+  [ "$st" = ok ] && (($(gtest_count "$LOG" SKIPPED) > 0)) && st="FAILED (skips on a GPU)"
+  record "cluster gpu" "$st" "$SECS" "$(gtest_count "$LOG" PASSED) passed, $(gtest_count "$LOG" FAILED) failed (3 device mixes x 2 models vs the CPU engine)"
+fi
+fi
+
+if want generate; then
+# ---- end to end: tandem generate on the GPU forward against the CPU one -----------------
+# (appended to gpu_tests.log: the device tool returns at most 8 files)
+banner "end to end: tandem generate --device cuda vs cpu (small-mixtral, greedy)"
+LOG="$OUT/gpu_tests.log"
+if runs_on_gpu "generate cuda" "the CPU path is what CI runs"; then
+  e2e_start=$(date +%s)
+  run_timed 60 "$LOG" '^$' "$PACK/bin/tandem" make-model --preset small-mixtral --seed 0 --out "$WORK/small-mixtral"
+  # A greedy 64-token run on DEVICE ($1): text to gen_$1.txt, stats to gen_$1.err.
+  gen='"$0" generate --model "$2" --prompt "The weather in the mountains" --max-tokens 64 --ignore-eos \
+    --device "$1" >"$3/gen_$1.txt" 2>"$3/gen_$1.err"'
+  run_timed 60 "$LOG" 'tandem generate' sh -c "$gen" "$PACK/bin/tandem" cpu "$WORK/small-mixtral" "$WORK"
+  cpu_rc=$RC
+  run_timed 60 "$LOG" 'tandem generate' sh -c "$gen" "$PACK/bin/tandem" cuda "$WORK/small-mixtral" "$WORK"
+  cat "$WORK/gen_cpu.err" "$WORK/gen_cuda.err" >>"$LOG"
+  if ((cpu_rc == 0 && RC == 0)); then
+    same=$(cmp -s "$WORK/gen_cpu.txt" "$WORK/gen_cuda.txt" && echo "same text" || echo "texts differ (ties?)")
+    detail="cpu: $(grep -oE 'decode: [0-9]+ tokens, [0-9.]+ tokens/s' "$WORK/gen_cpu.err"); cuda: $(grep -oE 'decode: [0-9]+ tokens, [0-9.]+ tokens/s' "$WORK/gen_cuda.err"); $same"
+    st=ok
+  else
+    st="FAILED"
+    detail=$(tail -n 1 "$WORK/gen_cuda.err")
+  fi
+  record "generate cuda" "$st" "$(($(date +%s) - e2e_start))" "$detail"
+fi
+fi
+
+if want kernels; then
 # ---- CUDA kernel benchmarks ------------------------------------------------------------
 banner "benchmarks: cuda_kernels_bench"
-LOG="$OUT/cuda_kernels_bench.log"
-: >"$LOG"
+LOG="$OUT/benchmarks.log"
 if ((!PACK_OK)); then
   record "cuda_kernels_bench" "skipped: setup failed" 0 ""
 else
@@ -227,36 +289,53 @@ else
   fi
   record "cuda_kernels_bench" "$st" "$secs" "${detail:-see $LOG}"
 fi
-
-# ---- end to end: tandem generate on the GPU forward against the CPU one -----------------
-# (appended to gpu_tests.log: the device tool returns at most 8 files)
-banner "end to end: tandem generate --device cuda vs cpu (small-mixtral, greedy)"
-LOG="$OUT/gpu_tests.log"
-if ((!PACK_OK)); then
-  record "generate cuda" "skipped: setup failed" 0 ""
-elif ((!HAVE_GPU)); then
-  record "generate cuda" "$no_gpu" 0 "the CPU path is what CI runs"
-else
-  e2e_start=$(date +%s)
-  run_timed 60 "$LOG" '^$' "$PACK/bin/tandem" make-model --preset small-mixtral --seed 0 --out "$WORK/small-mixtral"
-  # A greedy 64-token run on DEVICE ($1): text to gen_$1.txt, stats to gen_$1.err.
-  gen='"$0" generate --model "$2" --prompt "The weather in the mountains" --max-tokens 64 --ignore-eos \
-    --device "$1" >"$3/gen_$1.txt" 2>"$3/gen_$1.err"'
-  run_timed 60 "$LOG" 'tandem generate' sh -c "$gen" "$PACK/bin/tandem" cpu "$WORK/small-mixtral" "$WORK"
-  cpu_rc=$RC
-  run_timed 60 "$LOG" 'tandem generate' sh -c "$gen" "$PACK/bin/tandem" cuda "$WORK/small-mixtral" "$WORK"
-  cat "$WORK/gen_cpu.err" "$WORK/gen_cuda.err" >>"$LOG"
-  if ((cpu_rc == 0 && RC == 0)); then
-    same=$(cmp -s "$WORK/gen_cpu.txt" "$WORK/gen_cuda.txt" && echo "same text" || echo "texts differ (ties?)")
-    detail="cpu: $(grep -oE 'decode: [0-9]+ tokens, [0-9.]+ tokens/s' "$WORK/gen_cpu.err"); cuda: $(grep -oE 'decode: [0-9]+ tokens, [0-9.]+ tokens/s' "$WORK/gen_cuda.err"); $same"
-    st=ok
-  else
-    st="FAILED"
-    detail=$(tail -n 1 "$WORK/gen_cuda.err")
-  fi
-  record "generate cuda" "$st" "$(($(date +%s) - e2e_start))" "$detail"
 fi
 
+if want ipc; then
+# ---- M2N over CUDA IPC against cudaMemcpy device-to-device -----------------------------
+banner "benchmarks: cuda_ipc_bench (M2N over CUDA IPC vs D2D copy)"
+LOG="$OUT/benchmarks.log"
+if ((!PACK_OK)); then
+  record "cuda_ipc_bench" "skipped: setup failed" 0 ""
+else
+  run_timed 120 "$LOG" '.' "$PACK/bin/cuda_ipc_bench"
+  if ((!HAVE_GPU)); then
+    st="$no_gpu"
+    ((RC != 0)) && st="$(status_of "$RC"), no GPU"
+    detail="binary loads from the pack"
+  else
+    st=$(status_of "$RC")
+    detail=$(grep -iE 'target' "$LOG" | tail -n 3 | tr '\n' ' ')
+  fi
+  record "cuda_ipc_bench" "$st" "$SECS" "${detail:-see $LOG}"
+fi
+fi
+
+if want e2e; then
+# ---- end to end on one GPU: colocated vs disaggregated, m = 1, 2, 3 --------------------
+# Colocated: one process (generate_bench --device cuda). Disaggregated: tandem
+# serve with one attention and one expert node sharing the GPU, over UCX, and
+# tandem bench at the same concurrency. E2E_MODEL (a make-model preset,
+# default small-mixtral; qwen3-30b-a3b-4l is the issue's shape, ~1 min to make).
+banner "end to end on one GPU: colocated vs disaggregated (m = 1, 2, 3)"
+LOG="$OUT/benchmarks.log"
+E2E_MODEL=${E2E_MODEL:-small-mixtral}
+if runs_on_gpu "e2e one GPU"; then
+  e2e_start=$(date +%s)
+  dir="$WORK/$E2E_MODEL"
+  [ -f "$dir/config.json" ] || run_timed 150 "$LOG" '^$' "$PACK/bin/tandem" make-model --preset "$E2E_MODEL" --seed 0 --out "$dir"
+  run_timed 90 "$LOG" '.' "$PACK/bin/generate_bench" --model "$dir" --device cuda --batches 16 \
+    --prompt-tokens 32 --decode-tokens 64
+  colocated=$(awk '$1 == 16 {print $3}' "$LOG" | tail -n 1)
+  run_timed 240 "$LOG" '^==|throughput' env TANDEM="$PACK/bin/tandem" DEVICE=cuda TRANSPORTS=ucx READY_TRIES=300 \
+    CONCURRENCY=16 REQUESTS=32 PROMPT=32 OUTPUT=64 bash scripts/pingpong_bench.sh "$dir" 1 1
+  st=$(status_of "$RC")
+  disagg=$(grep -oE 'output throughput [0-9.]+ tok/s' "$LOG" | tail -n 3 | awk '{print $3}' | paste -sd/ -)
+  record "e2e one GPU" "$st" "$(($(date +%s) - e2e_start))" "colocated batch 16: ${colocated:-?} decode tok/s; disaggregated m=1/2/3: ${disagg:-see $LOG} output tok/s"
+fi
+fi
+
+if want parity; then
 # ---- HF parity with transformers on the GPU -------------------------------------------
 banner "HF parity (transformers on the GPU, tandem on the CPU)"
 LOG="$OUT/hf_parity.log"
@@ -304,6 +383,7 @@ print(f"torch {torch.__version__} transformers {transformers.__version__} cuda {
     detail="transformers not run on a GPU ($why); C++ vs committed CPU fixtures: $(parity_detail)"
   fi
   record "hf parity (GPU)" "$st" "$(($(date +%s) - parity_start))" "$detail"
+fi
 fi
 
 # ---- summary --------------------------------------------------------------------------

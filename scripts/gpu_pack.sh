@@ -22,7 +22,8 @@ BUILD_DIR=${BUILD_DIR:-build-gpu}
 PACK_DIR=${PACK_DIR:-gpu-pack}
 CUDA_ARCHS=${CUDA_ARCHS:-90}
 JOBS=${JOBS:-1}
-TARGETS=(tandem tandem_unit_cuda_tests tandem_integration_generate_tests cuda_kernels_bench)
+TARGETS=(tandem tandem_unit_cuda_tests tandem_integration_generate_tests tandem_integration_cluster_tests
+  cuda_kernels_bench cuda_ipc_bench generate_bench)
 
 log() { echo "gpu_pack: $*"; }
 die() { echo "gpu_pack: $*" >&2; exit 1; }
@@ -42,7 +43,7 @@ ninja -C "$BUILD_DIR" -j "$JOBS" "${TARGETS[@]}"
 bin_path() {
   case "$1" in
     tandem) echo "$BUILD_DIR/src/cli/tandem" ;;
-    cuda_kernels_bench) echo "$BUILD_DIR/benchmarks/cuda_kernels_bench" ;;
+    *_bench) echo "$BUILD_DIR/benchmarks/$1" ;;
     *) echo "$BUILD_DIR/tests/$1" ;;
   esac
 }

@@ -4,6 +4,7 @@
 #   scripts/pingpong_bench.sh [MODEL_DIR] [ATTENTION_NODES] [EXPERT_NODES]
 # TRANSPORTS="tcp ucx" (default) picks the data planes to compare;
 # ATTENTION_CPUS / EXPERT_CPUS (e.g. 0 and 1) pin the roles (attention.cpus, expert.cpus).
+# DEVICE=cuda puts both roles on the GPU(s) (cluster.device); MS="1 2 3" the m values.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TANDEM=${TANDEM:-build/src/cli/tandem}
@@ -12,11 +13,11 @@ NA=${2:-1}
 NE=${3:-2}
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
 for transport in ${TRANSPORTS:-tcp ucx}; do
-for m in 1 2 3; do
+for m in ${MS:-1 2 3}; do
   cfg=$(mktemp --suffix=.yaml)
   cat >"$cfg" <<YAML
 model: {path: $MODEL}
-cluster: {attention_nodes: $NA, expert_nodes: $NE, micro_batches: $m}
+cluster: {attention_nodes: $NA, expert_nodes: $NE, micro_batches: $m, device: ${DEVICE:-cpu}}
 router: {listen: 127.0.0.1:52051}
 attention: {base_port: 52100, kv_blocks: 2048, max_running_sequences: 64${ATTENTION_CPUS:+, cpus: '$ATTENTION_CPUS'}}
 expert: {base_port: 52200${EXPERT_CPUS:+, cpus: '$EXPERT_CPUS'}}
@@ -24,8 +25,8 @@ transport: {backend: $transport}
 YAML
   "$TANDEM" serve --config "$cfg" >/dev/null &
   pid=$!
-  for _ in $(seq 100); do "$TANDEM" bench --server 127.0.0.1:52051 --requests 1 --concurrency 1 --output-tokens 2 >/dev/null 2>&1 && break; sleep 0.3; done
-  echo "== transport=$transport m=$m (n_a=$NA, n_e=$NE)"
+  for _ in $(seq ${READY_TRIES:-100}); do "$TANDEM" bench --server 127.0.0.1:52051 --requests 1 --concurrency 1 --output-tokens 2 >/dev/null 2>&1 && break; sleep 0.3; done
+  echo "== transport=$transport m=$m (n_a=$NA, n_e=$NE, device ${DEVICE:-cpu})"
   "$TANDEM" bench --server 127.0.0.1:52051 --concurrency ${CONCURRENCY:-16} --requests ${REQUESTS:-32} \
     --prompt-tokens ${PROMPT:-32} --output-tokens ${OUTPUT:-64} | grep -E "throughput|TPOT|TTFT"
   kill -INT $pid; wait $pid || true

@@ -243,6 +243,7 @@ Status synchronize() {
   return Status::ok();
 }
 
+template <>
 Result<DeviceBuffer> DeviceBuffer::allocate(size_t bytes, std::string_view what) {
   DeviceBuffer b;
   if (bytes == 0) return b;
@@ -257,26 +258,47 @@ Result<DeviceBuffer> DeviceBuffer::allocate(size_t bytes, std::string_view what)
   return b;
 }
 
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept : ptr_(other.ptr_), bytes_(other.bytes_) {
-  other.ptr_ = nullptr;
-  other.bytes_ = 0;
-}
-
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
-  if (this != &other) {
-    if (ptr_) (void)cudaFree(ptr_);
-    ptr_ = other.ptr_;
-    bytes_ = other.bytes_;
-    other.ptr_ = nullptr;
-    other.bytes_ = 0;
-  }
-  return *this;
-}
-
-DeviceBuffer::~DeviceBuffer() {
+template <>
+void DeviceBuffer::release() {
   // cudaFree synchronises the device; buffers live as long as their runner, so
   // this happens at teardown, not on the hot path.
   if (ptr_) (void)cudaFree(ptr_);
+}
+
+template <>
+Result<PinnedBuffer> PinnedBuffer::allocate(size_t bytes, std::string_view what) {
+  PinnedBuffer b;
+  if (bytes == 0) return b;
+  const cudaError_t err = cudaMallocHost(&b.ptr_, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    return resource_exhausted(std::string(what) + ": cudaMallocHost of " + format_bytes(bytes) +
+                              " failed: out of page-locked host memory");
+  }
+  TANDEM_CUDA_CHECK("PinnedBuffer::allocate", err);
+  b.bytes_ = bytes;
+  return b;
+}
+
+template <>
+void PinnedBuffer::release() {
+  if (ptr_) (void)cudaFreeHost(ptr_);
+}
+
+Status set_device(int ordinal) {
+  TANDEM_ASSIGN_OR_RETURN(int n, device_count());
+  if (ordinal < 0 || ordinal >= n)
+    return failed_precondition("CUDA device " + std::to_string(ordinal) + " does not exist: " + std::to_string(n) +
+                               " visible");
+  TANDEM_CUDA_CHECK("set_device", cudaSetDevice(ordinal));
+  return Status::ok();
+}
+
+Status copy_to_host_async(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return Status::ok();
+  TANDEM_CUDA_CHECK("copy_to_host_async",
+                    cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, detail::t_stream));
+  return Status::ok();
 }
 
 Status copy_to_device(void* dst, const void* src, size_t bytes) {

@@ -105,10 +105,13 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"max_batch_tokens", num(c.max_batch_tokens, 1, kBig)},
                                   {"kv_blocks", num(c.kv_blocks, 1, kBig)},
                                   {"kv_block_size", num(c.kv_block_size, 1, 1024)},
-                                  {"cpus", cpus(c.attention_cpus)}});
+                                  {"cpus", cpus(c.attention_cpus)},
+                                  {"device", str(c.attention_device)}});
         }},
        {"expert", [&](const YAML::Node& n, const std::string& p) {
-          return r.mapping(n, p, {{"base_port", num(c.expert_base_port, 1, 65535)}, {"cpus", cpus(c.expert_cpus)}});
+          return r.mapping(n, p, {{"base_port", num(c.expert_base_port, 1, 65535)},
+                                  {"cpus", cpus(c.expert_cpus)},
+                                  {"device", str(c.expert_device)}});
         }},
        {"transport", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"backend", str(c.transport)},
@@ -122,7 +125,12 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   if (!st.is_ok()) return st;
 
   if (c.model_path.empty()) return r.error("model.path", "required");
-  if (c.device != "cpu" && c.device != "cuda") return r.error("cluster.device", "must be cpu or cuda, got '" + c.device + "'");
+  for (auto [key, value] : {std::pair<const char*, std::string*>{"cluster.device", &c.device},
+                            {"attention.device", &c.attention_device},
+                            {"expert.device", &c.expert_device}}) {
+    if (value->empty() && value != &c.device) continue;  // follows cluster.device
+    if (*value != "cpu" && *value != "cuda") return r.error(key, "must be cpu or cuda, got '" + *value + "'");
+  }
   if (c.transport_shared_memory && c.transport != "ucx")
     return r.error("transport.shared_memory", "needs transport.backend: ucx (the tcp backend is gRPC streams)");
   if (c.transport != "tcp" && c.transport != "ucx") return r.error("transport.backend", "must be tcp or ucx, got '" + c.transport + "'");
@@ -229,10 +237,12 @@ std::string DeploymentConfig::to_yaml() const {
     << YAML::Key << "max_batch_tokens" << YAML::Value << max_batch_tokens << YAML::Key << "kv_blocks"
     << YAML::Value << kv_blocks << YAML::Key << "kv_block_size" << YAML::Value << kv_block_size;
   if (!attention_cpus.empty()) e << YAML::Key << "cpus" << YAML::Value << format_cpu_list(attention_cpus);
+  if (attention_on() != device) e << YAML::Key << "device" << YAML::Value << attention_device;
   e << YAML::EndMap;
   e << YAML::Key << "expert" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << expert_base_port;
   if (!expert_cpus.empty()) e << YAML::Key << "cpus" << YAML::Value << format_cpu_list(expert_cpus);
+  if (experts_on() != device) e << YAML::Key << "device" << YAML::Value << expert_device;
   e << YAML::EndMap;
   e << YAML::Key << "transport" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
     << transport << YAML::Key << "timeout_ms" << YAML::Value << transport_timeout_ms << YAML::Key << "shared_memory"

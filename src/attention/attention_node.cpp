@@ -15,6 +15,10 @@
 #include "tandem/common/grpc_status.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/scheduler.h"
+#if TANDEM_HAVE_CUDA
+#include "tandem/engine/cuda_runner.h"
+#include "tandem/kernels/cuda.h"
+#endif
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/weights.h"
@@ -75,9 +79,15 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     TANDEM_ASSIGN_OR_RETURN(weights_, model::ModelWeights::load(ck_.config, *ck_.weights,
                                                                 {.attention_side = true, .expert_begin = 0, .expert_end = 0}));
     const auto& c = ck_.config;
-    TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create({c.num_layers, cfg.kv_blocks, cfg.kv_block_size,
-                                                            c.num_kv_heads, c.head_dim},
-                                                           size_t{64} << 30));
+    const engine::KvCacheShape kv_shape{c.num_layers, cfg.kv_blocks, cfg.kv_block_size, c.num_kv_heads, c.head_dim};
+    engine::ForwardFn gpu_forward;
+    if (cfg.attention_on() == "cuda") {
+      // The KV cache lives on the GPU; the engine keeps its block bookkeeping.
+      TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create_unbacked(kv_shape));
+      TANDEM_ASSIGN_OR_RETURN(gpu_forward, start_gpu(cfg, kv_shape));
+    } else {
+      TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create(kv_shape, size_t{64} << 30));
+    }
     runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
     if (cfg.transport == "ucx") {
       TANDEM_ASSIGN_OR_RETURN(remote_, UcxExpertExecutor::create(cfg, c, rank));
@@ -88,7 +98,8 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         c, *runner_, *cache_, *remote_,
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
                                  .max_batch_tokens = cfg.max_batch_tokens,
-                                 .micro_batches = cfg.micro_batches});
+                                 .micro_batches = cfg.micro_batches,
+                                 .forward = std::move(gpu_forward)});
 
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
@@ -174,6 +185,30 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   }
 
  private:
+  // The GPU flavour: attention, router and KV cache on a GPU, the ping-pong
+  // pipeline over the same expert executors as on the CPU.
+  Result<engine::ForwardFn> start_gpu(const api::DeploymentConfig& cfg, const engine::KvCacheShape& kv_shape) {
+#if TANDEM_HAVE_CUDA
+    TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.attention_gpu_slot(rank_)));
+    TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create(ck_.config, *weights_, kv_shape));
+    TANDEM_LOG_INFO("attention[{}] on GPU {} ({} MiB of weights and KV cache)", rank_, ordinal,
+                    gpu_->device_bytes() >> 20);
+    const int m = cfg.micro_batches;
+    // The scheduler thread makes the CUDA calls: it selects the device on its first step.
+    return engine::ForwardFn([this, ordinal, m, selected = false](const engine::ForwardBatch& b,
+                                                                  std::vector<float>& logits) mutable -> Status {
+      if (!selected) {
+        TANDEM_RETURN_IF_ERROR(kernels::cuda::set_device(ordinal));
+        selected = true;
+      }
+      return engine::forward_pipelined(gpu_->stages(), b, m, *remote_, logits);
+    });
+#else
+    (void)kv_shape;
+    return unimplemented(cfg.source + ": attention.device: cuda, but this tandem was built without CUDA");
+#endif
+  }
+
   void loop() {
     while (!stopping_) {
       if (!sched_->step()) {
@@ -192,6 +227,9 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   std::unique_ptr<model::ModelWeights> weights_;
   std::unique_ptr<engine::KvCache> cache_;
   std::unique_ptr<engine::ModelRunner> runner_;
+#if TANDEM_HAVE_CUDA
+  std::unique_ptr<engine::CudaModelRunner> gpu_;
+#endif
   std::unique_ptr<engine::ExpertExecutor> remote_;
   std::unique_ptr<engine::Scheduler> sched_;
   std::unique_ptr<grpc::Server> server_;

@@ -1,12 +1,34 @@
 #include "device_check.h"
 
+#if TANDEM_HAVE_CUDA
+#include "tandem/kernels/cuda.h"
+#endif
+
 namespace tandem::cli {
 
-Status check_device(const api::DeploymentConfig& cfg) {
-  if (cfg.device == "cpu") return Status::ok();
-  return unimplemented(cfg.source + ": cluster.device: " + cfg.device +
-                       ": attention and expert nodes run on the CPU backend only so far (the CUDA kernels exist, "
-                       "the GPU nodes do not yet); set cluster.device: cpu");
+namespace {
+// The key that put a node on the GPU, as the user wrote it.
+std::string cuda_key(const api::DeploymentConfig& cfg, std::string_view role) {
+  const bool attention = role != "expert" && cfg.attention_on() == "cuda";
+  const std::string& own = attention ? cfg.attention_device : cfg.expert_device;
+  return own.empty() ? "cluster.device: cuda" : (attention ? "attention.device: cuda" : "expert.device: cuda");
+}
+}  // namespace
+
+Status check_device(const api::DeploymentConfig& cfg, std::string_view role) {
+  const bool wants_cuda = role == "attention" ? cfg.attention_on() == "cuda"
+                          : role == "expert"  ? cfg.experts_on() == "cuda"
+                                              : cfg.uses_cuda();
+  if (!wants_cuda) return Status::ok();
+  const std::string where = cfg.source + ": " + cuda_key(cfg, role);
+#if TANDEM_HAVE_CUDA
+  if (auto n = kernels::cuda::device_count(); !n.is_ok())
+    return unavailable(where + ", but " + n.status().message() + "; run on a machine with a GPU or set it to cpu");
+  return Status::ok();
+#else
+  return unimplemented(where + ", but this tandem was built without CUDA (nvcc was not found when it was "
+                       "configured); rebuild where nvcc is, or set it to cpu");
+#endif
 }
 
 }  // namespace tandem::cli

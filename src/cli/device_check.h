@@ -1,12 +1,17 @@
-// Which compute devices this build can put cluster nodes on.
+// Which compute devices this build and machine can put cluster nodes on.
 #pragma once
+
+#include <string_view>
 
 #include "tandem/api/deployment.h"
 
 namespace tandem::cli {
 
-// UNIMPLEMENTED for a deployment whose nodes want a device they cannot run on
-// yet (cluster.device: cuda), rather than quietly running them on the CPU.
-Status check_device(const api::DeploymentConfig& cfg);
+// For `role` ("serve": every node; "attention"; "expert"): OK when its nodes'
+// device can be used here. A GPU node without a usable GPU is UNAVAILABLE
+// (with the driver's reason) and in a build without CUDA UNIMPLEMENTED; both
+// name the YAML key, rather than running the node on the CPU behind the
+// user's back.
+Status check_device(const api::DeploymentConfig& cfg, std::string_view role);
 
 }  // namespace tandem::cli

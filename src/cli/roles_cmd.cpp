@@ -71,7 +71,7 @@ int run_role(const char* name, const std::string& config_path, Start start) {
   }
   spdlog::set_level(spdlog::level::from_str(cfg->log_level));
   const std::string role_name = name;
-  if (Status st = check_device(*cfg); !st.is_ok() && role_name != "router") {
+  if (Status st = check_device(*cfg, role_name); !st.is_ok() && role_name != "router") {
     std::fprintf(stderr, "tandem %s: %s\n", name, st.to_string().c_str());
     return 2;
   }

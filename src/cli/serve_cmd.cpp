@@ -92,7 +92,7 @@ int run_serve(const std::string& config_path) {
       return 2;
     }
   }
-  if (Status st = check_device(*cfg); !st.is_ok()) {
+  if (Status st = check_device(*cfg, "serve"); !st.is_ok()) {
     std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
     return 2;
   }

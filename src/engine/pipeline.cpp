@@ -59,70 +59,96 @@ std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& b, int m) {
   return out;
 }
 
-namespace {
-Status forward_pipelined_impl(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
-                              std::vector<float>& logits) {
-  const auto& c = runner.config();
-  const int64_t H = c.hidden_size, K = c.moe.top_k;
-  std::vector<ForwardBatch> mbs = split_micro_batches(batch, m);
-  struct State {
-    std::vector<float> hidden, moe_in, moe_out, topk_w;
-    std::vector<int32_t> topk_idx;
-    bool pending = false;  // experts of the previous layer still out
-  };
-  std::vector<State> st(mbs.size());
-  for (size_t i = 0; i < mbs.size(); ++i) {
-    const size_t n = static_cast<size_t>(mbs[i].num_tokens());
-    st[i].hidden.resize(n * H);
-    st[i].moe_in.resize(n * H);
-    st[i].moe_out.resize(n * H);
-    st[i].topk_idx.resize(n * K);
-    st[i].topk_w.resize(n * K);
-    runner.embed(mbs[i], st[i].hidden.data());
-  }
-  // Collects micro-batch i's expert output of `layer` into its residual stream.
-  auto land = [&](size_t i, int64_t layer) -> Status {
-    State& s = st[i];
-    if (s.pending) TANDEM_RETURN_IF_ERROR(experts.wait(layer, static_cast<int>(i)));
-    s.pending = false;
-    for (size_t j = 0; j < s.hidden.size(); ++j) s.hidden[j] += s.moe_out[j];
-    return Status::ok();
-  };
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const bool moe = runner.layer_is_moe(l);
-    for (size_t i = 0; i < mbs.size(); ++i) {
-      State& s = st[i];
-      const int64_t n = mbs[i].num_tokens();
-      if (l > 0) TANDEM_RETURN_IF_ERROR(land(i, l - 1));
-      runner.attention(l, mbs[i], s.hidden.data(), s.moe_in.data());
-      std::fill(s.moe_out.begin(), s.moe_out.end(), 0.0f);
-      // Work that stays here (dense MLP or shared expert) goes into moe_out first.
-      runner.local_ffn(l, s.moe_in.data(), n, s.moe_out.data());
-      if (moe) {
-        runner.route(l, s.moe_in.data(), n, s.topk_idx.data(), s.topk_w.data());
-        TANDEM_RETURN_IF_ERROR(experts.dispatch(l, static_cast<int>(i), s.moe_in.data(), n, s.topk_idx.data(),
-                                                s.topk_w.data(), s.moe_out.data()));
-        s.pending = true;
-      }
-    }
-  }
-  for (size_t i = 0; i < mbs.size(); ++i) TANDEM_RETURN_IF_ERROR(land(i, c.num_layers - 1));
-
-  logits.resize(batch.logits_rows.size() * static_cast<size_t>(c.vocab_size));
-  size_t row = 0;
-  for (size_t i = 0; i < mbs.size(); ++i) {
-    runner.lm_head(st[i].hidden.data(), mbs[i].logits_rows, logits.data() + row * c.vocab_size);
-    row += mbs[i].logits_rows.size();
+Status CpuForwardStages::begin(const std::vector<ForwardBatch>& micro_batches) {
+  const auto& c = runner_.config();
+  const size_t H = static_cast<size_t>(c.hidden_size), K = static_cast<size_t>(c.moe.top_k);
+  mbs_ = &micro_batches;
+  state_.resize(micro_batches.size());
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    const size_t n = static_cast<size_t>(micro_batches[i].num_tokens());
+    State& s = state_[i];
+    s.hidden.resize(n * H);
+    s.moe_in.resize(n * H);
+    s.moe_out.resize(n * H);
+    s.topk_idx.resize(n * K);
+    s.topk_w.resize(n * K);
+    runner_.embed(micro_batches[i], s.hidden.data());
   }
   return Status::ok();
 }
+
+Result<ExpertInputs> CpuForwardStages::attend(int64_t layer, size_t i) {
+  State& s = state_[i];
+  const int64_t n = (*mbs_)[i].num_tokens();
+  runner_.attention(layer, (*mbs_)[i], s.hidden.data(), s.moe_in.data());
+  std::fill(s.moe_out.begin(), s.moe_out.end(), 0.0f);
+  // Work that stays here (dense MLP or shared expert) goes into moe_out first;
+  // the routed experts add theirs on top.
+  runner_.local_ffn(layer, s.moe_in.data(), n, s.moe_out.data());
+  if (!runner_.layer_is_moe(layer)) return ExpertInputs{};
+  runner_.route(layer, s.moe_in.data(), n, s.topk_idx.data(), s.topk_w.data());
+  return ExpertInputs{s.moe_in.data(), s.topk_idx.data(), s.topk_w.data(), s.moe_out.data()};
+}
+
+Status CpuForwardStages::land(int64_t, size_t i) {
+  State& s = state_[i];
+  for (size_t j = 0; j < s.hidden.size(); ++j) s.hidden[j] += s.moe_out[j];
+  return Status::ok();
+}
+
+Status CpuForwardStages::logits(std::vector<float>& logits) {
+  const int64_t V = runner_.config().vocab_size;
+  size_t rows = 0;
+  for (const ForwardBatch& mb : *mbs_) rows += mb.logits_rows.size();
+  logits.resize(rows * static_cast<size_t>(V));
+  size_t row = 0;
+  for (size_t i = 0; i < mbs_->size(); ++i) {
+    runner_.lm_head(state_[i].hidden.data(), (*mbs_)[i].logits_rows, logits.data() + row * V);
+    row += (*mbs_)[i].logits_rows.size();
+  }
+  return Status::ok();
+}
+
+namespace {
+Status forward_pipelined_impl(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                              std::vector<float>& logits) {
+  const int64_t layers = stages.config().num_layers;
+  const std::vector<ForwardBatch> mbs = split_micro_batches(batch, m);
+  TANDEM_RETURN_IF_ERROR(stages.begin(mbs));
+  std::vector<char> pending(mbs.size(), 0);  // experts of the previous layer still out
+  // Collects micro-batch i's expert output of `layer` into its residual stream.
+  auto land = [&](size_t i, int64_t layer) -> Status {
+    if (pending[i]) TANDEM_RETURN_IF_ERROR(experts.wait(layer, static_cast<int>(i)));
+    pending[i] = 0;
+    return stages.land(layer, i);
+  };
+  for (int64_t l = 0; l < layers; ++l) {
+    for (size_t i = 0; i < mbs.size(); ++i) {
+      if (l > 0) TANDEM_RETURN_IF_ERROR(land(i, l - 1));
+      TANDEM_ASSIGN_OR_RETURN(const ExpertInputs in, stages.attend(l, i));
+      if (in.moe_in) {
+        TANDEM_RETURN_IF_ERROR(experts.dispatch(l, static_cast<int>(i), in.moe_in, mbs[i].num_tokens(), in.topk_idx,
+                                                in.topk_w, in.out));
+        pending[i] = 1;
+      }
+    }
+  }
+  for (size_t i = 0; i < mbs.size(); ++i) TANDEM_RETURN_IF_ERROR(land(i, layers - 1));
+  return stages.logits(logits);
+}
 }  // namespace
+
+Status forward_pipelined(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                         std::vector<float>& logits) {
+  Status st = forward_pipelined_impl(stages, batch, m, experts, logits);
+  if (!st.is_ok()) experts.abort();
+  return st;
+}
 
 Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
                          std::vector<float>& logits) {
-  Status st = forward_pipelined_impl(runner, batch, m, experts, logits);
-  if (!st.is_ok()) experts.abort();
-  return st;
+  CpuForwardStages stages(runner);
+  return forward_pipelined(stages, batch, m, experts, logits);
 }
 
 }  // namespace tandem::engine

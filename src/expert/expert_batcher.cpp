@@ -6,7 +6,17 @@
 namespace tandem::expert {
 
 ExpertBatcher::ExpertBatcher(const model::ModelConfig& config, const model::ModelWeights& weights)
-    : config_(config), runner_(config, weights, nullptr), thread_([this] { loop(); }) {}
+    : config_(config), cpu_runner_(std::make_unique<engine::ModelRunner>(config, weights, nullptr)) {
+  compute_ = [this](int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out) {
+    std::fill(out, out + n * config_.hidden_size, 0.0f);
+    cpu_runner_->experts(layer, x, n, ids, w, out);
+    return Status::ok();
+  };
+  thread_ = std::thread([this] { loop(); });
+}
+
+ExpertBatcher::ExpertBatcher(const model::ModelConfig& config, ExpertCompute compute)
+    : config_(config), compute_(std::move(compute)), thread_([this] { loop(); }) {}
 
 ExpertBatcher::~ExpertBatcher() {
   {
@@ -17,12 +27,13 @@ ExpertBatcher::~ExpertBatcher() {
   thread_.join();
 }
 
-void ExpertBatcher::run(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out) {
+Status ExpertBatcher::run(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out) {
   Request r{layer, x, n, ids, w, out};
   std::unique_lock<std::mutex> l(mu_);
   queue_.push_back(&r);
   work_cv_.notify_one();
   done_cv_.wait(l, [&] { return r.done; });
+  return r.status;
 }
 
 ExpertBatcher::Stats ExpertBatcher::stats() const {
@@ -45,27 +56,28 @@ void ExpertBatcher::loop() {
       return true;
     });
     l.unlock();
-    run_group(group);
+    const Status st = run_group(group);
     l.lock();
-    for (Request* r : group) r->done = true;
+    for (Request* r : group) {
+      r->status = st;
+      r->done = true;
+    }
     stats_.requests += group.size();
     stats_.launches += 1;
     done_cv_.notify_all();
   }
 }
 
-void ExpertBatcher::run_group(const std::vector<Request*>& group) {
+Status ExpertBatcher::run_group(const std::vector<Request*>& group) {
   const int64_t H = config_.hidden_size, K = config_.moe.top_k;
   if (group.size() == 1) {
     const Request& r = *group.front();
-    std::fill(r.out, r.out + r.n * H, 0.0f);
-    runner_.experts(r.layer, r.x, r.n, r.ids, r.w, r.out);
-    return;
+    return compute_(r.layer, r.x, r.n, r.ids, r.w, r.out);
   }
   int64_t total = 0;
   for (const Request* r : group) total += r->n;
   x_.resize(static_cast<size_t>(total * H));
-  out_.assign(static_cast<size_t>(total * H), 0.0f);
+  out_.resize(static_cast<size_t>(total * H));
   ids_.resize(static_cast<size_t>(total * K));
   w_.resize(static_cast<size_t>(total * K));
   int64_t at = 0;
@@ -75,12 +87,13 @@ void ExpertBatcher::run_group(const std::vector<Request*>& group) {
     std::memcpy(w_.data() + at * K, r->w, static_cast<size_t>(r->n * K) * sizeof(float));
     at += r->n;
   }
-  runner_.experts(group.front()->layer, x_.data(), total, ids_.data(), w_.data(), out_.data());
+  TANDEM_RETURN_IF_ERROR(compute_(group.front()->layer, x_.data(), total, ids_.data(), w_.data(), out_.data()));
   at = 0;
   for (const Request* r : group) {
     std::memcpy(r->out, out_.data() + at * H, static_cast<size_t>(r->n * H) * sizeof(float));
     at += r->n;
   }
+  return Status::ok();
 }
 
 }  // namespace tandem::expert

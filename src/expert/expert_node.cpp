@@ -15,6 +15,10 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/model_runner.h"
+#if TANDEM_HAVE_CUDA
+#include "tandem/engine/cuda_runner.h"
+#include "tandem/kernels/cuda.h"
+#endif
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/weights.h"
@@ -38,7 +42,11 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
                                                                 {.attention_side = false,
                                                                  .expert_begin = range_.first,
                                                                  .expert_end = range_.second}));
-    batcher_ = std::make_unique<ExpertBatcher>(ck_.config, *weights_);
+    if (cfg.experts_on() == "cuda") {
+      TANDEM_RETURN_IF_ERROR(start_gpu(cfg));
+    } else {
+      batcher_ = std::make_unique<ExpertBatcher>(ck_.config, *weights_);
+    }
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     const api::Endpoint ep = cfg.expert_endpoint(rank);
@@ -99,7 +107,9 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       x.resize(static_cast<size_t>(n * H));
       std::memcpy(x.data(), in.activations().data(), x.size() * sizeof(float));
       out.resize(static_cast<size_t>(n * H));
-      batcher_->run(in.layer(), x.data(), n, in.expert_ids().data(), in.weights().data(), out.data());
+      if (Status ran = batcher_->run(in.layer(), x.data(), n, in.expert_ids().data(), in.weights().data(), out.data());
+          !ran.is_ok())
+        return grpc::Status(grpc::StatusCode::INTERNAL, "expert node " + std::to_string(rank_) + ": " + ran.message());
       pb::ExpertResult r;
       r.set_layer(in.layer());
       r.set_micro_batch(in.micro_batch());
@@ -112,6 +122,28 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
 
  private:
+  // The GPU flavour: this node's experts on a GPU, fed by the batcher's
+  // thread (the merged work of every attention node) through pinned staging.
+  Status start_gpu(const api::DeploymentConfig& cfg) {
+#if TANDEM_HAVE_CUDA
+    TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.expert_gpu_slot(rank_)));
+    TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create_expert_side(ck_.config, *weights_));
+    TANDEM_LOG_INFO("expert[{}] on GPU {} ({} MiB of expert weights)", rank_, ordinal, gpu_->device_bytes() >> 20);
+    batcher_ = std::make_unique<ExpertBatcher>(
+        ck_.config, [this, ordinal, selected = false](int64_t layer, const float* x, int64_t n, const int32_t* ids,
+                                                      const float* w, float* out) mutable -> Status {
+          if (!selected) {  // the batcher's thread makes the CUDA calls
+            TANDEM_RETURN_IF_ERROR(kernels::cuda::set_device(ordinal));
+            selected = true;
+          }
+          return gpu_->experts(layer, x, n, ids, w, out);
+        });
+    return Status::ok();
+#else
+    return unimplemented(cfg.source + ": expert.device: cuda, but this tandem was built without CUDA");
+#endif
+  }
+
   // The UCX data plane: an ephemeral listener (its address is handed out by
   // DataPlane) and one thread per attention node, so a slow or restarting
   // sender never delays another.
@@ -166,9 +198,15 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       }
       const std::byte* in = msg->data().data();
       auto* y = reinterpret_cast<float*>(slot.buffer.data());
-      batcher_->run(h.layer, reinterpret_cast<const float*>(in), static_cast<int64_t>(lay.tokens),
-                    reinterpret_cast<const int32_t*>(in + lay.ids_offset()),
-                    reinterpret_cast<const float*>(in + lay.weights_offset()), y);
+      if (Status ran = batcher_->run(h.layer, reinterpret_cast<const float*>(in), static_cast<int64_t>(lay.tokens),
+                                     reinterpret_cast<const int32_t*>(in + lay.ids_offset()),
+                                     reinterpret_cast<const float*>(in + lay.weights_offset()), y);
+          !ran.is_ok()) {
+        // Unanswered, the dispatch times out on the attention node, which names us.
+        TANDEM_LOG_ERROR("expert[{}]: layer {} from {} failed: {}", rank_, h.layer, transport::to_string(peer),
+                         ran.message());
+        continue;
+      }
       transport::write_step(slot.buffer.span(), lay.step_offset(), transport::read_step(msg->data(), lay.step_offset()));
       transport::MessageHeader r;
       r.kind = transport::MessageKind::kCombine;
@@ -230,7 +268,10 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   model::Checkpoint ck_;
   std::pair<int64_t, int64_t> range_;
   std::unique_ptr<model::ModelWeights> weights_;
-  std::unique_ptr<ExpertBatcher> batcher_;  // after weights_: stops before they go
+#if TANDEM_HAVE_CUDA
+  std::unique_ptr<engine::CudaModelRunner> gpu_;
+#endif
+  std::unique_ptr<ExpertBatcher> batcher_;  // after weights_ and gpu_: stops before they go
   std::unique_ptr<grpc::Server> server_;
   std::atomic<bool> stopping_{false};
   std::unique_ptr<transport::Transport> transport_;  // ucx only

@@ -52,7 +52,7 @@ struct DeploymentConfig {
   int attention_nodes = 1;  // n_a
   int expert_nodes = 1;     // n_e
   int micro_batches = 1;    // m (ping-pong)
-  std::string device = "cpu";
+  std::string device = "cpu";  // cpu | cuda: the default of attention.device and expert.device
 
   // router
   Endpoint router{"127.0.0.1", 50051};
@@ -67,10 +67,12 @@ struct DeploymentConfig {
   int kv_block_size = 16;
   // CPUs every attention node runs on (and as many OpenMP threads); empty: all.
   std::vector<int> attention_cpus;
+  std::string attention_device;  // cpu | cuda; empty: cluster.device (see attention_on())
 
   // expert nodes
   int expert_base_port = 50200;
   std::vector<int> expert_cpus;  // as attention_cpus, for expert nodes
+  std::string expert_device;     // as attention_device
 
   // transport
   std::string transport = "tcp";  // tcp (gRPC streams) | ucx (UCX M2N transport, src/transport)
@@ -82,6 +84,14 @@ struct DeploymentConfig {
   std::string log_level = "warn";
 
   PlanInfo plan;  // optional `plan:` section
+
+  const std::string& attention_on() const { return attention_device.empty() ? device : attention_device; }
+  const std::string& experts_on() const { return expert_device.empty() ? device : expert_device; }
+  bool uses_cuda() const { return attention_on() == "cuda" || experts_on() == "cuda"; }
+  // GPU nodes take the visible devices round-robin: attention nodes first,
+  // then expert nodes, so a one-GPU machine puts every node on device 0.
+  int attention_gpu_slot(int rank) const { return rank; }
+  int expert_gpu_slot(int rank) const { return (attention_on() == "cuda" ? attention_nodes : 0) + rank; }
 
   Endpoint attention_endpoint(int rank) const { return {router.host, attention_base_port + rank}; }
   Endpoint expert_endpoint(int rank) const { return {router.host, expert_base_port + rank}; }

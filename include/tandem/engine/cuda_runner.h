@@ -2,24 +2,38 @@
 // kernels (tandem/kernels/cuda.h) in FP32, with the weights and the paged KV
 // cache in device memory. Only the batch description goes up per step and only
 // the logits come back. It is the GPU twin the CPU runner is checked against
-// (tests/unit/cuda/cuda_runner_test.cpp); engines and cluster nodes on the GPU
-// build on it.
+// (tests/unit/cuda/cuda_runner_test.cpp), and it backs the GPU flavours of the
+// cluster's nodes:
+//   - colocated (one process, every expert): forward();
+//   - attention node (weights loaded attention_side, no experts): stages(), the
+//     ping-pong pipeline's stages, which hand the routed tokens over in pinned
+//     host memory;
+//   - expert node (a slice of the experts, no attention): experts().
 //
 // Supported now: Mixtral- and Qwen3-MoE-style models (no attention biases, no
 // gated shared expert); the others are refused with UNIMPLEMENTED naming the
-// missing piece. Built only where nvcc is (TANDEM_HAVE_CUDA).
+// missing piece. Built only where nvcc is (TANDEM_HAVE_CUDA). A runner is used
+// by one thread at a time, on that thread's current device and stream.
 #pragma once
 
 #include <memory>
 #include <vector>
 
 #include "tandem/common/status.h"
+#include "tandem/engine/forward_stages.h"
 #include "tandem/engine/kv_cache.h"
 #include "tandem/engine/model_runner.h"
 #include "tandem/model/config.h"
 #include "tandem/model/weights.h"
 
 namespace tandem::engine {
+
+// Makes the calling thread use the GPU of node slot `slot`: the visible
+// devices are dealt round-robin, so nodes share a GPU when there are more
+// nodes than GPUs. Returns the ordinal; UNAVAILABLE when no GPU can be used.
+// CUDA's current device is per thread: every thread that drives a runner calls
+// this before its first CUDA call.
+Result<int> use_cuda_device(int slot);
 
 class CudaModelRunner {
  public:
@@ -30,10 +44,24 @@ class CudaModelRunner {
                                                          const model::ModelWeights& weights, const KvCacheShape& kv);
   ~CudaModelRunner();
 
+  // An expert node's runner: only the experts `weights` holds, no KV cache.
+  static Result<std::unique_ptr<CudaModelRunner>> create_expert_side(const model::ModelConfig& config,
+                                                                     const model::ModelWeights& weights);
+
   // logits [logits_rows, vocab] on the host, as ModelRunner::forward. The batch's
   // slots and block tables index this runner's device cache, whose blocks the
   // caller hands out (an engine's KvCache of the same shape, unbacked).
   Status forward(const ForwardBatch& batch, std::vector<float>& logits);
+
+  // The pipeline stages of an attention node (forward_pipelined); valid as
+  // long as the runner.
+  ForwardStages& stages();
+
+  // out [n, hidden] = Σ over the chosen experts this runner holds of
+  // w·expert(x), for x [n, hidden] routed by ids/w [n, top_k]; all host
+  // memory, as ModelRunner::experts but overwriting `out`. The caller has
+  // checked layer and ids.
+  Status experts(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out);
 
   size_t device_bytes() const;  // weights + KV cache
 

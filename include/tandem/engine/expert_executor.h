@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "tandem/common/status.h"
+#include "tandem/engine/forward_stages.h"
 #include "tandem/engine/model_runner.h"
 
 namespace tandem::engine {
@@ -51,7 +52,11 @@ std::vector<int32_t> rows_routed_to(const int32_t* topk_idx, int64_t n, int64_t 
 std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& batch, int m);
 
 // The ping-pong forward: for every layer, micro-batch i's experts run (through
-// `experts`) while micro-batch i+1's attention runs here. logits as forward().
+// `experts`) while micro-batch i+1's attention runs in `stages`. logits as
+// ModelRunner::forward.
+Status forward_pipelined(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                         std::vector<float>& logits);
+// Same over the CPU backend.
 Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
                          std::vector<float>& logits);
 

@@ -12,26 +12,37 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "tandem/common/status.h"
 #include "tandem/engine/model_runner.h"
 
 namespace tandem::expert {
 
+// out [n, hidden] = Σ over the node's chosen experts of w·expert(x) (out is
+// overwritten): the math of one pass, on whichever device holds the experts.
+using ExpertCompute = std::function<Status(int64_t layer, const float* x, int64_t n, const int32_t* ids,
+                                           const float* w, float* out)>;
+
 class ExpertBatcher {
  public:
+  // On the CPU, over the experts `weights` holds.
   ExpertBatcher(const model::ModelConfig& config, const model::ModelWeights& weights);
+  // Through `compute` (a GPU runner), called from the batcher's thread only.
+  ExpertBatcher(const model::ModelConfig& config, ExpertCompute compute);
   ~ExpertBatcher();
   ExpertBatcher(const ExpertBatcher&) = delete;
   ExpertBatcher& operator=(const ExpertBatcher&) = delete;
 
   // out [n, hidden] = Σ over this node's chosen experts of w·expert(x), for the
   // n tokens of x [n, hidden] routed by ids/w [n, top_k]. Blocks until done;
-  // callable from any thread. The caller has checked layer and ids.
-  void run(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out);
+  // callable from any thread. The caller has checked layer and ids. An error
+  // of the pass is every merged request's error.
+  Status run(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out);
 
   struct Stats {
     uint64_t requests = 0;  // run() calls served
@@ -48,14 +59,16 @@ class ExpertBatcher {
     const float* w;
     float* out;
     bool done = false;
+    Status status;
   };
 
   void loop();
-  // Runs `group` (requests of one layer) as one pass and marks them done.
-  void run_group(const std::vector<Request*>& group);
+  // Runs `group` (requests of one layer) as one pass.
+  Status run_group(const std::vector<Request*>& group);
 
   const model::ModelConfig& config_;
-  engine::ModelRunner runner_;
+  std::unique_ptr<engine::ModelRunner> cpu_runner_;  // the CPU flavour's experts
+  ExpertCompute compute_;
   std::vector<float> x_, out_, w_;
   std::vector<int32_t> ids_;
 

@@ -114,19 +114,37 @@ std::string format_bytes(size_t bytes);
 // Waits for the current stream (not the device).
 Status synchronize();
 
-// Device memory owned by one object (cudaMalloc / cudaFree); move-only. For
-// long-lived data (weights, KV cache, activations of a runner), not scratch.
-class DeviceBuffer {
+// Memory owned by one object, move-only: device memory (cudaMalloc /
+// cudaFree) for long-lived data (weights, KV cache, activations of a runner),
+// not scratch; or page-locked host memory (cudaMallocHost / cudaFreeHost) for
+// staging buffers whose copies overlap work on the device (an asynchronous
+// copy from or to pageable memory is not asynchronous).
+enum class MemoryKind { kDevice, kPinnedHost };
+
+template <MemoryKind Kind>
+class OwnedBuffer {
  public:
-  DeviceBuffer() = default;
-  // RESOURCE_EXHAUSTED naming `what`, the size asked and the memory free when
-  // the device cannot hold it.
-  static Result<DeviceBuffer> allocate(size_t bytes, std::string_view what);
-  DeviceBuffer(DeviceBuffer&& other) noexcept;
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer();
+  OwnedBuffer() = default;
+  // RESOURCE_EXHAUSTED naming `what`, the size asked and (device) the memory
+  // free when it cannot be had.
+  static Result<OwnedBuffer> allocate(size_t bytes, std::string_view what);
+  OwnedBuffer(OwnedBuffer&& other) noexcept : ptr_(other.ptr_), bytes_(other.bytes_) {
+    other.ptr_ = nullptr;
+    other.bytes_ = 0;
+  }
+  OwnedBuffer& operator=(OwnedBuffer&& other) noexcept {
+    if (this != &other) {
+      release();
+      ptr_ = other.ptr_;
+      bytes_ = other.bytes_;
+      other.ptr_ = nullptr;
+      other.bytes_ = 0;
+    }
+    return *this;
+  }
+  OwnedBuffer(const OwnedBuffer&) = delete;
+  OwnedBuffer& operator=(const OwnedBuffer&) = delete;
+  ~OwnedBuffer() { release(); }
 
   void* data() const { return ptr_; }
   template <typename T>
@@ -136,15 +154,35 @@ class DeviceBuffer {
   size_t size() const { return bytes_; }
 
  private:
+  void release();
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
+
+using DeviceBuffer = OwnedBuffer<MemoryKind::kDevice>;
+using PinnedBuffer = OwnedBuffer<MemoryKind::kPinnedHost>;
+// Defined in runtime.cpp.
+template <>
+Result<DeviceBuffer> DeviceBuffer::allocate(size_t bytes, std::string_view what);
+template <>
+void DeviceBuffer::release();
+template <>
+Result<PinnedBuffer> PinnedBuffer::allocate(size_t bytes, std::string_view what);
+template <>
+void PinnedBuffer::release();
+
+// Makes `ordinal` the calling thread's current device: FAILED_PRECONDITION
+// naming the device count when there is no such device.
+Status set_device(int ordinal);
 
 // Copies on the current stream. To the device from pageable host memory, the
 // call returns once the source may be reused; to the host it waits for the
 // stream, so the data is there on return.
 Status copy_to_device(void* dst, const void* src, size_t bytes);
 Status copy_to_host(void* dst, const void* src, size_t bytes);
+// Enqueued only: `dst` (pinned memory, for the copy to overlap) holds the data
+// once the stream has reached this point (synchronize()).
+Status copy_to_host_async(void* dst, const void* src, size_t bytes);
 // Zeroes device memory on the current stream.
 Status fill_zero(void* dst, size_t bytes);
 

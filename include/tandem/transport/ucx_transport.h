@@ -42,4 +42,14 @@ UcxOptions ucx_node_options(NodeId self, const std::string& host, bool shared_me
 // Starts listening; UNAVAILABLE if UCX cannot start or bind.
 Result<std::unique_ptr<Transport>> create_ucx_transport(const UcxOptions& options);
 
+// Whether this process's UCX can move CUDA device memory itself (a UCP context
+// created from the environment's UCX_* settings lists UCS_MEMORY_TYPE_CUDA
+// among its memory types, i.e. UCX was built with CUDA and its cuda_copy /
+// cuda_ipc transports loaded). When `reason` is given it receives a sentence
+// saying why, with the UCX version and the memory types found (Debian's UCX
+// 1.13 is built without CUDA, so there GPU buffers must be staged through
+// host memory or moved by the CUDA IPC channel, tandem/transport/cuda_ipc.h).
+// An error only when no UCP context can be created at all.
+Result<bool> ucx_supports_cuda_memory(std::string* reason = nullptr);
+
 }  // namespace tandem::transport

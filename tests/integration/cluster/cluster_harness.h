@@ -59,6 +59,7 @@ struct ClusterShape {
   int kv_blocks = 512;
   std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory)
   std::string attention_cpus{}, expert_cpus{};  // attention.cpus / expert.cpus when not empty
+  std::string attention_device = "cpu", expert_device = "cpu";  // attention.device / expert.device
 };
 
 class Cluster {
@@ -74,9 +75,11 @@ class Cluster {
                            << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences
-                           << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'") << "}\n"
+                           << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'")
+                           << ", device: " << s.attention_device << "}\n"
                            << "expert: {base_port: " << base_ + 5
-                           << (s.expert_cpus.empty() ? "" : ", cpus: '" + s.expert_cpus + "'") << "}\n"
+                           << (s.expert_cpus.empty() ? "" : ", cpus: '" + s.expert_cpus + "'")
+                           << ", device: " << s.expert_device << "}\n"
                            << "transport: {backend: " << (s.transport == "tcp" ? "tcp" : "ucx")
                            << ", shared_memory: " << (s.transport == "ucx-shm" ? "true" : "false") << "}\n";
     pid_ = fork();

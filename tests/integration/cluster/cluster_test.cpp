@@ -2,6 +2,7 @@
 // loopback, driven through the public gRPC API.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <future>
 
 #include "cluster_harness.h"
@@ -112,6 +113,51 @@ TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
     EXPECT_NE(r.finish, tandem::v1::FINISH_REASON_UNSPECIFIED);
   }
 }
+
+// GPU nodes (attention.device / expert.device: cuda) serve what the
+// single-process CPU engine serves: all on the GPU, and each role alone on it.
+// Runs where a GPU driver is present (scripts/gpu_check.sh), skips elsewhere.
+struct GpuCase {
+  const char* name;
+  const char* attention_device;
+  const char* expert_device;
+  int n_a, n_e, m;
+  const char* transport;
+};
+
+void PrintTo(const GpuCase& k, std::ostream* os) { *os << k.name; }
+
+class ClusterGpu : public ::testing::TestWithParam<GpuCase> {};
+
+TEST_P(ClusterGpu, GpuNodesMatchSingleProcess) {
+  if (!std::filesystem::exists("/dev/nvidiactl")) GTEST_SKIP() << "no GPU driver (/dev/nvidiactl): GPU nodes need a GPU";
+  const GpuCase& k = GetParam();
+  for (const char* preset : {"tiny-mixtral", "tiny-qwen3-moe"}) {
+    const std::string& dir = cluster_model(preset);
+    Cluster cluster(dir, {.attention_nodes = k.n_a, .expert_nodes = k.n_e, .micro_batches = k.m,
+                          .transport = k.transport, .attention_device = k.attention_device,
+                          .expert_device = k.expert_device});
+    ASSERT_TRUE(cluster.ready().is_ok()) << preset << ": " << cluster.ready().to_string();
+    const auto ps = prompts(16);
+    const auto want = reference(dir, ps, 12);
+    std::vector<std::future<testing::Reply>> futs;
+    for (const auto& p : ps)
+      futs.push_back(std::async(std::launch::async, [&, p] { return generate(cluster.stub(), greedy(p, 12)); }));
+    auto ck = model::Checkpoint::open(dir);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      auto r = futs[i].get();
+      ASSERT_TRUE(r.status.ok()) << preset << ": " << r.status.error_message();
+      expect_same_or_tied(dir, *ck->tokenizer->encode(ps[i], true), r.tokens, want[i],
+                          std::string(preset) + " stream " + std::to_string(i));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, ClusterGpu,
+                         ::testing::Values(GpuCase{"all_gpu_ucx", "cuda", "cuda", 1, 2, 2, "ucx"},
+                                           GpuCase{"gpu_attention_tcp", "cuda", "cpu", 2, 1, 3, "tcp"},
+                                           GpuCase{"gpu_experts_ucx", "cpu", "cuda", 1, 2, 1, "ucx"}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 // Every shape over both data planes: gRPC streams (tcp) and the UCX M2N transport.
 std::vector<std::tuple<std::string, int, int, int, std::string>> equivalence_cases() {
@@ -423,18 +469,30 @@ TEST(ClusterConfig, NodesRunOnTheirCpus) {
   expect_same_or_tied(dir, *ck->tokenizer->encode("pinned", true), r.tokens, want[0], "pinned");
 }
 
-// The schema accepts cuda (the planner writes it), but until GPU nodes exist
-// serve and the node roles refuse to run it on the CPU behind the user's back.
-TEST(ClusterConfig, CudaDeviceIsRefusedUntilGpuNodesExist) {
+// A node put on a GPU where none can be used is refused with the YAML key
+// that asked for it, never run on the CPU behind the user's back.
+TEST(ClusterConfig, CudaNodesWithoutAGpuAreRefusedNamingTheKey) {
+  if (std::filesystem::exists("/dev/nvidiactl")) GTEST_SKIP() << "a GPU driver is present: the nodes would start";
   const std::string path = ::testing::TempDir() + "/cuda_cluster.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\ncluster: {device: cuda}\n";
-  for (const std::string role : {"serve", "expert --rank 0", "attention --rank 0"}) {
-    FILE* p = popen((testing::tandem_bin() + " " + role + " --config " + path + " 2>&1").c_str(), "r");
-    std::string out;
+  auto run = [](const std::string& args, std::string& out) {
+    FILE* p = popen((testing::tandem_bin() + " " + args + " 2>&1").c_str(), "r");
+    out.clear();
     char buf[512];
     while (fgets(buf, sizeof buf, p)) out += buf;
-    EXPECT_NE(pclose(p), 0) << role;
+    return pclose(p);
+  };
+  std::string out;
+  for (const std::string role : {"serve", "expert --rank 0", "attention --rank 0"}) {
+    EXPECT_NE(run(role + " --config " + path, out), 0) << role;
     EXPECT_NE(out.find("cluster.device: cuda"), std::string::npos) << role << ": " << out;
+  }
+  // A per-role key is named as such, and only that role is refused.
+  const std::string mixed = ::testing::TempDir() + "/cuda_experts.yaml";
+  std::ofstream(mixed) << "model: {path: " << cluster_model("tiny-mixtral") << "}\nexpert: {device: cuda}\n";
+  for (const std::string role : {"serve", "expert --rank 0"}) {
+    EXPECT_NE(run(role + " --config " + mixed, out), 0) << role;
+    EXPECT_NE(out.find("expert.device: cuda"), std::string::npos) << role << ": " << out;
   }
 }
 

@@ -98,5 +98,32 @@ TEST(Deployment, CpuListsParseAndRoundTrip) {
   expect_refused("model: {path: m}\nexpert: {cpus: 2-x}\n", "expert.cpus", "'2-x'");
 }
 
+// cluster.device is the default of both roles; each role may override it
+// (GPU attention with CPU experts, say), and the GPU slots follow.
+TEST(Deployment, PerRoleDevicesDefaultToTheClusterDevice) {
+  auto c = DeploymentConfig::from_yaml("model: {path: m}\ncluster: {device: cuda, attention_nodes: 2}\n", "d.yaml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->attention_on(), "cuda");
+  EXPECT_EQ(c->experts_on(), "cuda");
+  EXPECT_EQ(c->expert_gpu_slot(1), 3);  // after the two attention nodes
+
+  auto mixed = DeploymentConfig::from_yaml("model: {path: m}\nexpert: {device: cuda}\n", "d.yaml");
+  ASSERT_TRUE(mixed.is_ok()) << mixed.status().to_string();
+  EXPECT_EQ(mixed->attention_on(), "cpu");
+  EXPECT_EQ(mixed->experts_on(), "cuda");
+  EXPECT_TRUE(mixed->uses_cuda());
+  EXPECT_EQ(mixed->expert_gpu_slot(0), 0);
+  auto again = DeploymentConfig::from_yaml(mixed->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_EQ(again->attention_on(), "cpu");
+  EXPECT_EQ(again->experts_on(), "cuda");
+
+  auto cpu = DeploymentConfig::from_yaml("model: {path: m}\n", "d.yaml");
+  ASSERT_TRUE(cpu.is_ok());
+  EXPECT_FALSE(cpu->uses_cuda());
+  expect_refused("model: {path: m}\nattention: {device: tpu}\n", "attention.device", "'tpu'");
+  expect_refused("model: {path: m}\ncluster: {device: gpu}\n", "cluster.device", "'gpu'");
+}
+
 }  // namespace
 }  // namespace tandem::api

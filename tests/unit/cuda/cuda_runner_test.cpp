@@ -3,10 +3,12 @@
 // rounding, on a Mixtral-style and a Qwen3-MoE-style model (dense first layer,
 // per-head q/k norms).
 #include "tandem/engine/cuda_runner.h"
+#include "tandem/engine/expert_executor.h"
 
 #include <unistd.h>
 
 #include <filesystem>
+#include <random>
 
 #include "cuda_test_util.h"
 #include "tandem/model/checkpoint.h"
@@ -42,20 +44,42 @@ ForwardBatch make_batch(const std::vector<std::vector<int32_t>>& tables, const s
   return b;
 }
 
+// A make-model checkpoint (FP32) in a temporary directory, removed at the end.
+struct GeneratedModel {
+  std::string dir;
+  model::Checkpoint ck;
+  bool ok = false;
+
+  GeneratedModel(const std::string& preset, uint64_t seed, const std::string& tag)
+      : dir(::testing::TempDir() + "/cuda_" + tag + "_" + preset + "_" + std::to_string(getpid())) {
+    const Status made = model::make_model({.preset = preset, .seed = seed, .out_dir = dir, .dtype = DType::kF32});
+    EXPECT_TRUE(made.is_ok()) << made.to_string();
+    auto opened = model::Checkpoint::open(dir);
+    EXPECT_TRUE(opened.is_ok()) << opened.status().to_string();
+    if (!made.is_ok() || !opened.is_ok()) return;
+    ck = std::move(opened).value();
+    ok = true;
+  }
+  ~GeneratedModel() { std::filesystem::remove_all(dir); }
+  std::unique_ptr<model::ModelWeights> weights(const model::LoadOptions& options = {}) {
+    auto w = model::ModelWeights::load(ck.config, *ck.weights, options);
+    EXPECT_TRUE(w.is_ok()) << w.status().to_string();
+    return w.is_ok() ? std::move(w).value() : nullptr;
+  }
+};
+
 TEST_P(CudaRunnerTest, LogitsMatchTheCpuRunner) {
-  const std::string dir = ::testing::TempDir() + "/cuda_runner_" + GetParam() + "_" + std::to_string(getpid());
-  ASSERT_TRUE(model::make_model({.preset = GetParam(), .seed = 5, .out_dir = dir, .dtype = DType::kF32}).is_ok());
-  auto ck = model::Checkpoint::open(dir);
-  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
-  const auto& c = ck->config;
-  auto w = model::ModelWeights::load(c, *ck->weights);
-  ASSERT_TRUE(w.is_ok()) << w.status().to_string();
+  GeneratedModel m(GetParam(), 5, "runner");
+  ASSERT_TRUE(m.ok);
+  const auto& c = m.ck.config;
+  auto w = m.weights();
+  ASSERT_TRUE(w);
 
   const KvCacheShape shape{c.num_layers, 64, 4, c.num_kv_heads, c.head_dim};
   auto cpu_cache = KvCache::create(shape, shape.bytes());
   ASSERT_TRUE(cpu_cache.is_ok());
-  ModelRunner cpu(c, **w, cpu_cache->get());
-  auto gpu = CudaModelRunner::create(c, **w, shape);
+  ModelRunner cpu(c, *w, cpu_cache->get());
+  auto gpu = CudaModelRunner::create(c, *w, shape);
   ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
 
   // Non-contiguous, interleaved blocks, the same ids in both caches.
@@ -78,7 +102,6 @@ TEST_P(CudaRunnerTest, LogitsMatchTheCpuRunner) {
     for (size_t s = 0; s < done.size(); ++s) done[s] += lens[s];
     lens = {1, 1, 1};  // decode
   }
-  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaRunnerTest, ::testing::Values("tiny-mixtral", "tiny-qwen3-moe"),
@@ -88,17 +111,96 @@ INSTANTIATE_TEST_SUITE_P(Presets, CudaRunnerTest, ::testing::Values("tiny-mixtra
                            return n;
                          });
 
+double max_rel_diff(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, ref = 1.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
+    ref = std::max(ref, std::abs(static_cast<double>(want[i])));
+  }
+  return got.size() == want.size() ? err / ref : 1e30;
+}
+
+// An attention node on the GPU: the runner holds only the attention side, the
+// experts run elsewhere (here: a CPU runner behind the executor interface),
+// and the ping-pong pipeline over the GPU stages gives the CPU's logits for
+// m = 1, 2, 3 through prefill and decode.
+TEST_P(CudaRunnerTest, AttentionSideStagesMatchTheCpuPipeline) {
+  GeneratedModel gm(GetParam(), 7, "stages");
+  ASSERT_TRUE(gm.ok);
+  const auto& c = gm.ck.config;
+  auto all = gm.weights();
+  auto attention_side = gm.weights({.attention_side = true, .expert_begin = 0, .expert_end = 0});
+  ASSERT_TRUE(all && attention_side);
+
+  const KvCacheShape shape{c.num_layers, 64, 4, c.num_kv_heads, c.head_dim};
+  const std::vector<std::vector<int32_t>> tables = {{9, 2, 40, 17, 5}, {33, 1, 60}, {12, 48, 3, 27}};
+  for (int m = 1; m <= 3; ++m) {
+    auto cpu_cache = KvCache::create(shape, shape.bytes());
+    ASSERT_TRUE(cpu_cache.is_ok());
+    ModelRunner cpu(c, *all, cpu_cache->get());
+    LocalExpertExecutor experts(cpu);
+    auto gpu = CudaModelRunner::create(c, *attention_side, shape);
+    ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
+    std::vector<int> done = {0, 0, 0};
+    std::vector<int> lens = {13, 1, 9};
+    for (int step = 0; step < 3; ++step) {
+      const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, 5, step);
+      std::vector<float> want, got;
+      cpu.forward(b, want);
+      TANDEM_ASSERT_OK(forward_pipelined((*gpu)->stages(), b, m, experts, got));
+      EXPECT_LE(max_rel_diff(got, want), 1e-4) << GetParam() << " m=" << m << " step " << step;
+      for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
+      lens = {1, 1, 1};
+    }
+  }
+}
+
+// An expert node on the GPU: a slice of the experts, host in and host out,
+// equal to the CPU runner's experts over the same slice (tokens routed
+// elsewhere contribute nothing; a token with no local expert gets zeros).
+TEST_P(CudaRunnerTest, ExpertSideMatchesTheCpuExperts) {
+  GeneratedModel gm(GetParam(), 3, "experts");
+  ASSERT_TRUE(gm.ok);
+  const auto& c = gm.ck.config;
+  const int64_t E = c.moe.num_experts, K = c.moe.top_k, H = c.hidden_size;
+  const int64_t first = 1, last = std::max<int64_t>(2, E / 2);
+  auto slice = gm.weights({.attention_side = false, .expert_begin = first, .expert_end = last});
+  ASSERT_TRUE(slice);
+  ModelRunner cpu(c, *slice, nullptr);
+  auto gpu = CudaModelRunner::create_expert_side(c, *slice);
+  ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
+  std::mt19937 g(11);
+  std::normal_distribution<float> nd;
+  int64_t layer = 0;
+  while (!c.layer_is_moe[static_cast<size_t>(layer)]) ++layer;
+  for (int64_t n : {1, 7, 64}) {
+    std::vector<float> x(static_cast<size_t>(n * H)), w(static_cast<size_t>(n * K));
+    std::vector<int32_t> ids(static_cast<size_t>(n * K));
+    for (auto& v : x) v = nd(g);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < K; ++j) {
+        ids[static_cast<size_t>(t * K + j)] = static_cast<int32_t>((t * 5 + j * 3) % E);  // distinct within a token
+        w[static_cast<size_t>(t * K + j)] = 0.1f + 0.2f * static_cast<float>(j);
+      }
+    std::vector<float> want(x.size(), 0.0f), got(x.size(), 99.0f);
+    cpu.experts(layer, x.data(), n, ids.data(), w.data(), want.data());
+    TANDEM_ASSERT_OK((*gpu)->experts(layer, x.data(), n, ids.data(), w.data(), got.data()));
+    EXPECT_LE(max_rel_diff(got, want), 1e-4) << GetParam() << " n=" << n;
+  }
+  // The attention side is not there: the colocated forward says so.
+  std::vector<float> logits;
+  const Status st = (*gpu)->forward(ForwardBatch{}, logits);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.to_string();
+}
+
 TEST_F(CudaTest, CudaRunnerRefusesAKvCacheOfAnotherShape) {
-  const std::string dir = ::testing::TempDir() + "/cuda_runner_shape_" + std::to_string(getpid());
-  ASSERT_TRUE(model::make_model({.preset = "tiny-mixtral", .seed = 1, .out_dir = dir, .dtype = DType::kF32}).is_ok());
-  auto ck = model::Checkpoint::open(dir);
-  ASSERT_TRUE(ck.is_ok());
-  auto w = model::ModelWeights::load(ck->config, *ck->weights);
-  ASSERT_TRUE(w.is_ok());
-  const KvCacheShape wrong{ck->config.num_layers + 1, 8, 4, ck->config.num_kv_heads, ck->config.head_dim};
-  auto gpu = CudaModelRunner::create(ck->config, **w, wrong);
+  GeneratedModel gm("tiny-mixtral", 1, "shape");
+  ASSERT_TRUE(gm.ok);
+  auto w = gm.weights();
+  ASSERT_TRUE(w);
+  const KvCacheShape wrong{gm.ck.config.num_layers + 1, 8, 4, gm.ck.config.num_kv_heads, gm.ck.config.head_dim};
+  auto gpu = CudaModelRunner::create(gm.ck.config, *w, wrong);
   EXPECT_EQ(gpu.status().code(), StatusCode::kInvalidArgument) << gpu.status().to_string();
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

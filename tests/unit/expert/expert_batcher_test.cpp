@@ -74,7 +74,7 @@ TEST_F(ExpertBatcherTest, ConcurrentRequestsAreMergedAndEachGetsItsOwnResult) {
     threads.emplace_back([&, t] {
       for (const Case& k : cases[static_cast<size_t>(t)]) {
         std::vector<float> out(static_cast<size_t>(k.n * H), 123.0f);  // must be overwritten, not added to
-        batcher.run(k.layer, k.x.data(), k.n, k.ids.data(), k.w.data(), out.data());
+        EXPECT_TRUE(batcher.run(k.layer, k.x.data(), k.n, k.ids.data(), k.w.data(), out.data()).is_ok());
         got[static_cast<size_t>(t)].push_back(std::move(out));
       }
     });
@@ -97,6 +97,29 @@ TEST_F(ExpertBatcherTest, ConcurrentRequestsAreMergedAndEachGetsItsOwnResult) {
   const auto stats = batcher.stats();
   EXPECT_EQ(stats.requests, static_cast<uint64_t>(kThreads * kPerThread));
   EXPECT_LT(stats.launches, stats.requests) << "no two concurrent requests of a layer were merged";
+}
+
+// A failing pass (a GPU error on a GPU expert node) fails each request it
+// carried, with the pass's message, and the batcher keeps serving.
+TEST(ExpertBatcher, AnErrorOfThePassReachesItsRequests) {
+  model::ModelConfig c;
+  c.hidden_size = 4;
+  c.moe.top_k = 1;
+  int calls = 0;
+  ExpertBatcher batcher(c, [&](int64_t layer, const float*, int64_t n, const int32_t*, const float*, float* out) {
+    ++calls;
+    if (layer == 1) return internal_error("CUDA experts of layer 1: cudaErrorIllegalAddress");
+    std::fill(out, out + n * 4, 1.0f);
+    return Status::ok();
+  });
+  std::vector<float> x(8, 0.5f), w(2, 1.0f), out(8, 0.0f);
+  std::vector<int32_t> ids(2, 0);
+  const Status bad = batcher.run(1, x.data(), 2, ids.data(), w.data(), out.data());
+  EXPECT_EQ(bad.code(), StatusCode::kInternal);
+  EXPECT_NE(bad.message().find("cudaErrorIllegalAddress"), std::string::npos) << bad.to_string();
+  EXPECT_TRUE(batcher.run(0, x.data(), 2, ids.data(), w.data(), out.data()).is_ok());
+  EXPECT_EQ(out, std::vector<float>(8, 1.0f));
+  EXPECT_EQ(calls, 2);
 }
 
 }  // namespace
