@@ -7,7 +7,7 @@
 // (the bytes it reads per second) with --device cuda.
 //
 //   build/benchmarks/generate_bench [--model DIR] [--prompt-tokens 128] [--decode-tokens 32]
-//                                   [--batches 1,4,16] [--device cpu|cuda]
+//                                   [--batches 1,4,16] [--device cpu|cuda] [--dtype f32|bf16]
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -56,7 +56,7 @@ double device_copy_gbps() {
 int main(int argc, char** argv) {
   std::string dir = "models/small-mixtral";
   int prompt_tokens = 128, decode_tokens = 32;
-  std::string device = "cpu";
+  std::string device = "cpu", dtype = "f32";
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -69,8 +69,11 @@ int main(int argc, char** argv) {
     else if (a == "--prompt-tokens") prompt_tokens = std::atoi(argv[i + 1]);
     else if (a == "--decode-tokens") decode_tokens = std::atoi(argv[i + 1]);
     else if (a == "--device") device = argv[i + 1];
+    else if (a == "--dtype") dtype = argv[i + 1];
   }
   if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
+  if (dtype != "f32" && (dtype != "bf16" || device != "cuda"))
+    return std::fprintf(stderr, "--dtype must be f32, or bf16 with --device cuda\n"), 2;
 #if !TANDEM_HAVE_CUDA
   if (device == "cuda") return std::fprintf(stderr, "--device cuda: this build has no CUDA\n"), 2;
 #endif
@@ -85,9 +88,9 @@ int main(int argc, char** argv) {
   if (!w.is_ok()) return std::fprintf(stderr, "%s\n", w.status().to_string().c_str()), 1;
   const auto& c = ck->config;
 
-  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s\n", dir.c_str(),
+  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s, dtype %s\n", dir.c_str(),
               (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
-              (long long)c.moe.top_k, device.c_str());
+              (long long)c.moe.top_k, device.c_str(), dtype.c_str());
   double bw = 0;
   if (device == "cpu") {
     bw = bench::read_gbps();
@@ -103,17 +106,18 @@ int main(int argc, char** argv) {
   std::printf("%6s %14s %14s %10s %16s %12s\n", "batch", "prefill tok/s", "decode tok/s", "step ms",
               "min bytes GB/s", "of read bw");
   const double H = c.hidden_size, I = c.moe.expert_intermediate;
-  const double attn_bytes = 4.0 * c.num_layers * (H * c.q_dim() * 2 + H * c.kv_dim() * 2 + 2 * H + H * c.moe.num_experts);
-  const double expert_bytes = 4.0 * 3 * H * I;
-  const double head_bytes = 4.0 * c.vocab_size * H;
+  const double elem = dtype == "bf16" ? 2.0 : 4.0;  // bytes per weight and KV element
+  const double attn_bytes = elem * c.num_layers * (H * c.q_dim() * 2 + H * c.kv_dim() * 2 + 2 * H + H * c.moe.num_experts);
+  const double expert_bytes = elem * 3 * H * I;
+  const double head_bytes = elem * c.vocab_size * H;
   for (int batch : batches) {
     engine::EngineOptions eo;
     eo.num_blocks = batch * ((prompt_tokens + decode_tokens) / 16 + 2);
 #if TANDEM_HAVE_CUDA
     std::unique_ptr<engine::CudaModelRunner> gpu;
     if (device == "cuda") {
-      auto r = engine::CudaModelRunner::create(
-          c, **w, {c.num_layers, eo.num_blocks, eo.block_size, c.num_kv_heads, c.head_dim});
+      const engine::KvCacheShape kv{c.num_layers, eo.num_blocks, eo.block_size, c.num_kv_heads, c.head_dim};
+      auto r = engine::CudaModelRunner::create(c, **w, kv, {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32});
       if (!r.is_ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
       gpu = std::move(r).value();
       eo.forward = [&gpu](const engine::ForwardBatch& b, std::vector<float>& logits) { return gpu->forward(b, logits); };
@@ -133,7 +137,7 @@ int main(int argc, char** argv) {
     const double step_s = s.decode_seconds / steps;
     // Distinct experts a batch touches per layer: at most all of them.
     const double touched = std::min<double>(c.moe.num_experts, batch * c.moe.top_k);
-    const double kv_bytes = 4.0 * 2 * c.num_layers * c.kv_dim() * (prompt_tokens + decode_tokens / 2.0) * batch;
+    const double kv_bytes = elem * 2 * c.num_layers * c.kv_dim() * (prompt_tokens + decode_tokens / 2.0) * batch;
     const double bytes = attn_bytes + c.num_layers * touched * expert_bytes + head_bytes + kv_bytes;
     const double gbps = bytes / step_s / 1e9;
     std::printf("%6d %14.1f %14.1f %10.2f %16.1f %11.0f%%\n", batch, s.prompt_tokens / s.prompt_seconds,

@@ -35,7 +35,9 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS" \
     >"$BUILD_DIR/gpu_pack.configure.log" 2>&1 || { tail -n 40 "$BUILD_DIR/gpu_pack.configure.log" >&2; die "configure failed"; }
 fi
-ninja -C "$BUILD_DIR" -t targets all | grep -q '^tandem_kernels_cuda:' ||
+# (not `| grep -q`: grep's early exit would make ninja die of SIGPIPE under pipefail)
+targets=$(ninja -C "$BUILD_DIR" -t targets all)
+grep -q '^tandem_kernels_cuda:' <<<"$targets" ||
   die "$BUILD_DIR was configured without nvcc; the GPU pack needs the CUDA kernels (is /usr/local/cuda/bin/nvcc there?)"
 log "building ${TARGETS[*]} in $BUILD_DIR (-j$JOBS)"
 ninja -C "$BUILD_DIR" -j "$JOBS" "${TARGETS[@]}"

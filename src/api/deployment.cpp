@@ -90,7 +90,8 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
           return r.mapping(n, p, {{"attention_nodes", num(c.attention_nodes, 1, 64)},
                                   {"expert_nodes", num(c.expert_nodes, 1, 256)},
                                   {"micro_batches", num(c.micro_batches, 1, 16)},
-                                  {"device", str(c.device)}});
+                                  {"device", str(c.device)},
+                                  {"dtype", str(c.dtype)}});
         }},
        {"router", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"listen", [&](const YAML::Node& v, const std::string& q) {
@@ -131,6 +132,9 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
     if (value->empty() && value != &c.device) continue;  // follows cluster.device
     if (*value != "cpu" && *value != "cuda") return r.error(key, "must be cpu or cuda, got '" + *value + "'");
   }
+  if (c.dtype != "f32" && c.dtype != "bf16") return r.error("cluster.dtype", "must be f32 or bf16, got '" + c.dtype + "'");
+  if (c.dtype == "bf16" && !c.uses_cuda())
+    return r.error("cluster.dtype", "bf16 applies to GPU nodes, and every node here is on the CPU (which computes in FP32)");
   if (c.transport_shared_memory && c.transport != "ucx")
     return r.error("transport.shared_memory", "needs transport.backend: ucx (the tcp backend is gRPC streams)");
   if (c.transport != "tcp" && c.transport != "ucx") return r.error("transport.backend", "must be tcp or ucx, got '" + c.transport + "'");
@@ -227,8 +231,9 @@ std::string DeploymentConfig::to_yaml() const {
     << YAML::Key << "served_name" << YAML::Value << served_name << YAML::EndMap;
   e << YAML::Key << "cluster" << YAML::Value << YAML::BeginMap << YAML::Key << "attention_nodes" << YAML::Value
     << attention_nodes << YAML::Key << "expert_nodes" << YAML::Value << expert_nodes << YAML::Key
-    << "micro_batches" << YAML::Value << micro_batches << YAML::Key << "device" << YAML::Value << device
-    << YAML::EndMap;
+    << "micro_batches" << YAML::Value << micro_batches << YAML::Key << "device" << YAML::Value << device;
+  if (dtype != "f32") e << YAML::Key << "dtype" << YAML::Value << dtype;
+  e << YAML::EndMap;
   e << YAML::Key << "router" << YAML::Value << YAML::BeginMap << YAML::Key << "listen" << YAML::Value
     << router.to_string() << YAML::Key << "max_queue" << YAML::Value << max_queue << YAML::Key
     << "request_timeout_s" << YAML::Value << request_timeout_s << YAML::EndMap;

@@ -26,6 +26,7 @@ struct GenerateArgs {
   int64_t block_size = 16;
   bool ignore_eos = false;
   std::string device = "cpu";
+  std::string dtype = "f32";
 };
 
 int fail(const Status& st) {
@@ -38,6 +39,8 @@ int run_generate(const GenerateArgs& a) {
   if (!ck.is_ok()) return fail(ck.status());
   auto weights = model::ModelWeights::load(ck->config, *ck->weights);
   if (!weights.is_ok()) return fail(weights.status());
+  if (a.dtype == "bf16" && a.device != "cuda")
+    return fail(invalid_argument("--dtype bf16 needs --device cuda: the CPU backend computes in FP32"));
   engine::EngineOptions eo;
   eo.num_blocks = a.kv_blocks;
   eo.block_size = a.block_size;
@@ -46,7 +49,8 @@ int run_generate(const GenerateArgs& a) {
   if (a.device == "cuda") {
     const auto& c = ck->config;
     auto made = engine::CudaModelRunner::create(
-        c, **weights, {c.num_layers, a.kv_blocks, a.block_size, c.num_kv_heads, c.head_dim});
+        c, **weights, {c.num_layers, a.kv_blocks, a.block_size, c.num_kv_heads, c.head_dim},
+        {.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF32});
     if (!made.is_ok()) return fail(made.status());
     gpu = std::move(made).value();
     eo.forward = [r = gpu.get()](const engine::ForwardBatch& b, std::vector<float>& logits) {
@@ -105,9 +109,12 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--seed", a.seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--kv-blocks", a.kv_blocks, "KV cache blocks")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--block-size", a.block_size, "Tokens per KV block")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--device", a.device, "Where the forward runs: cpu, or cuda (the GPU forward, FP32)")
+  cmd->add_option("--device", a.device, "Where the forward runs: cpu, or cuda (the GPU forward)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--dtype", a.dtype, "Compute dtype of the GPU forward: f32, or bf16 (weights, activations, KV cache)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at end-of-sequence tokens");
 }
 

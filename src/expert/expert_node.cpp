@@ -127,7 +127,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   Status start_gpu(const api::DeploymentConfig& cfg) {
 #if TANDEM_HAVE_CUDA
     TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.expert_gpu_slot(rank_)));
-    TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create_expert_side(ck_.config, *weights_));
+    const engine::CudaRunnerOptions options{.dtype = cfg.dtype == "bf16" ? DType::kBF16 : DType::kF32};
+    TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create_expert_side(ck_.config, *weights_, options));
     TANDEM_LOG_INFO("expert[{}] on GPU {} ({} MiB of expert weights)", rank_, ordinal, gpu_->device_bytes() >> 20);
     batcher_ = std::make_unique<ExpertBatcher>(
         ck_.config, [this, ordinal, selected = false](int64_t layer, const float* x, int64_t n, const int32_t* ids,

@@ -53,6 +53,7 @@ struct DeploymentConfig {
   int expert_nodes = 1;     // n_e
   int micro_batches = 1;    // m (ping-pong)
   std::string device = "cpu";  // cpu | cuda: the default of attention.device and expert.device
+  std::string dtype = "f32";   // f32 | bf16: compute dtype of GPU nodes (CPU nodes compute in FP32)
 
   // router
   Endpoint router{"127.0.0.1", 50051};

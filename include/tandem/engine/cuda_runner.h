@@ -1,6 +1,7 @@
 // The forward pass on a GPU: ModelRunner's math, op for op, over the CUDA
-// kernels (tandem/kernels/cuda.h) in FP32, with the weights and the paged KV
-// cache in device memory. Only the batch description goes up per step and only
+// kernels (tandem/kernels/cuda.h), in FP32 or in BF16 (weights, activations and
+// KV cache in BF16, accumulation in FP32, router and LM-head logits in FP32),
+// with the weights and the paged KV cache in device memory. Only the batch description goes up per step and only
 // the logits come back. It is the GPU twin the CPU runner is checked against
 // (tests/unit/cuda/cuda_runner_test.cpp), and it backs the GPU flavours of the
 // cluster's nodes:
@@ -19,6 +20,7 @@
 #include <memory>
 #include <vector>
 
+#include "tandem/common/dtype.h"
 #include "tandem/common/status.h"
 #include "tandem/engine/forward_stages.h"
 #include "tandem/engine/kv_cache.h"
@@ -35,18 +37,24 @@ namespace tandem::engine {
 // this before its first CUDA call.
 Result<int> use_cuda_device(int slot);
 
+struct CudaRunnerOptions {
+  DType dtype = DType::kF32;  // kF32 or kBF16
+};
+
 class CudaModelRunner {
  public:
   // Uploads `weights` and allocates a KV cache of `kv` on the current device:
   // RESOURCE_EXHAUSTED saying how much was asked and how much is free when it
   // does not fit.
   static Result<std::unique_ptr<CudaModelRunner>> create(const model::ModelConfig& config,
-                                                         const model::ModelWeights& weights, const KvCacheShape& kv);
+                                                         const model::ModelWeights& weights, const KvCacheShape& kv,
+                                                         const CudaRunnerOptions& options = {});
   ~CudaModelRunner();
 
   // An expert node's runner: only the experts `weights` holds, no KV cache.
   static Result<std::unique_ptr<CudaModelRunner>> create_expert_side(const model::ModelConfig& config,
-                                                                     const model::ModelWeights& weights);
+                                                                     const model::ModelWeights& weights,
+                                                                     const CudaRunnerOptions& options = {});
 
   // logits [logits_rows, vocab] on the host, as ModelRunner::forward. The batch's
   // slots and block tables index this runner's device cache, whose blocks the
@@ -65,8 +73,9 @@ class CudaModelRunner {
 
   size_t device_bytes() const;  // weights + KV cache
 
+  struct Impl;  // the FP32 or BF16 implementation (cuda_runner.cpp)
+
  private:
-  struct Impl;
   explicit CudaModelRunner(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

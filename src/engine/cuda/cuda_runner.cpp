@@ -4,8 +4,10 @@
 #include <cmath>
 #include <string>
 #include <cstring>
+#include <type_traits>
 #include <unordered_map>
 
+#include "tandem/common/dtype.h"
 #include "tandem/kernels/cuda.h"
 
 namespace tandem::engine {
@@ -14,13 +16,30 @@ namespace kc = tandem::kernels::cuda;
 
 namespace {
 
+// What the activation type T implies: its KV cache and expert weight structs.
+template <typename T>
+struct Types;
+template <>
+struct Types<float> {
+  using Kv = kernels::PagedKv;
+  using Experts = kernels::ExpertWeights;
+};
+template <>
+struct Types<kc::Bf16> {
+  using Kv = kc::PagedKvBf16;
+  using Experts = kc::ExpertWeightsBf16;
+};
+
+template <typename T>
 struct DeviceLayer {
-  const float *input_norm = nullptr, *post_norm = nullptr;
-  const float *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *q_norm = nullptr, *k_norm = nullptr;
+  const T *input_norm = nullptr, *post_norm = nullptr;
+  const T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *q_norm = nullptr, *k_norm = nullptr;
   bool is_moe = true;
-  const float* router = nullptr;
-  std::vector<kernels::ExpertWeights> experts;  // host array of device pointers, as grouped_swiglu wants
-  kernels::ExpertWeights dense;
+  const T* router = nullptr;
+  // Host array of device pointers, as grouped_swiglu wants; null for experts
+  // this runner does not hold (they never get rows).
+  std::vector<typename Types<T>::Experts> experts;
+  typename Types<T>::Experts dense;
 };
 
 // A device buffer that grows to the largest size asked of it.
@@ -34,115 +53,163 @@ Result<T*> grow(kc::DeviceBuffer& b, size_t count, const char* what) {
   return b.as<T>();
 }
 
-template <typename T>
-Result<T*> upload_vector(kc::DeviceBuffer& b, const std::vector<T>& host, const char* what) {
-  TANDEM_ASSIGN_OR_RETURN(T * d, grow<T>(b, host.size(), what));
-  TANDEM_RETURN_IF_ERROR(kc::copy_to_device(d, host.data(), host.size() * sizeof(T)));
-  return d;
+Status grow_pinned(kc::PinnedBuffer& b, size_t bytes, const char* what) {
+  if (b.size() >= std::max<size_t>(bytes, 1)) return Status::ok();
+  b = kc::PinnedBuffer();
+  TANDEM_ASSIGN_OR_RETURN(b, kc::PinnedBuffer::allocate(std::max<size_t>(bytes, 1), what));
+  return Status::ok();
 }
 
-// One forward batch's description in device memory.
+// One forward batch's description in device memory: packed on the host into
+// one pinned buffer and uploaded with one copy (stream-ordered; the pinned
+// buffer is rewritten only at the next upload, after the step's logits have
+// come back, which synchronises the stream).
 struct DeviceBatch {
-  kc::DeviceBuffer tokens, positions, seq_of_token, slots, ctx_len, block_tables, logits_rows;
+  kc::PinnedBuffer staged;
+  kc::DeviceBuffer packed;
   const ForwardBatch* host = nullptr;
+  const int32_t *tokens = nullptr, *positions = nullptr, *seq_of_token = nullptr, *ctx_len = nullptr,
+                *block_tables = nullptr, *logits_rows = nullptr;
+  const int64_t* slots = nullptr;
 
-  // Six small uploads; stream-ordered, so the buffers may be re-filled for the
-  // next step without waiting.
   Status upload(const ForwardBatch& b) {
     host = &b;
-    TANDEM_RETURN_IF_ERROR(upload_vector(tokens, b.tokens, "token ids").status());
-    TANDEM_RETURN_IF_ERROR(upload_vector(positions, b.positions, "positions").status());
-    TANDEM_RETURN_IF_ERROR(upload_vector(seq_of_token, b.seq_of_token, "sequence of token").status());
-    TANDEM_RETURN_IF_ERROR(upload_vector(slots, b.slots, "KV slots").status());
-    TANDEM_RETURN_IF_ERROR(upload_vector(ctx_len, b.ctx_len, "context lengths").status());
-    TANDEM_RETURN_IF_ERROR(upload_vector(block_tables, b.block_tables, "block tables").status());
-    return upload_vector(logits_rows, b.logits_rows, "logits rows").status();
+    // slots (8-byte) first, so every part stays aligned.
+    const std::vector<const std::vector<int32_t>*> parts = {&b.tokens, &b.positions, &b.seq_of_token,
+                                                            &b.ctx_len, &b.block_tables, &b.logits_rows};
+    size_t bytes = b.slots.size() * sizeof(int64_t);
+    for (const auto* v : parts) bytes += v->size() * sizeof(int32_t);
+    TANDEM_RETURN_IF_ERROR(grow_pinned(staged, bytes, "staged batch"));
+    TANDEM_ASSIGN_OR_RETURN(std::byte * dev, grow<std::byte>(packed, bytes, "batch description"));
+    auto* at = staged.as<std::byte>();
+    std::memcpy(at, b.slots.data(), b.slots.size() * sizeof(int64_t));
+    slots = reinterpret_cast<const int64_t*>(dev);
+    size_t off = b.slots.size() * sizeof(int64_t);
+    const int32_t** out[] = {&tokens, &positions, &seq_of_token, &ctx_len, &block_tables, &logits_rows};
+    for (size_t i = 0; i < parts.size(); ++i) {
+      std::memcpy(at + off, parts[i]->data(), parts[i]->size() * sizeof(int32_t));
+      *out[i] = reinterpret_cast<const int32_t*>(dev + off);
+      off += parts[i]->size() * sizeof(int32_t);
+    }
+    return kc::copy_to_device(dev, at, bytes);
   }
   int64_t num_tokens() const { return host->num_tokens(); }
 };
 
-// The residual stream of one batch (or micro-batch) between layers.
+// The residual stream of one batch (or micro-batch) between layers. `acc`
+// (FP32) is where routed experts' outputs are summed; `ffn()` is the layer's
+// feed-forward output in T that the next norm adds into `hidden` (for FP32 the
+// same memory as acc).
+template <typename T>
 struct DeviceStream {
-  kc::DeviceBuffer hidden, moe_in, moe_out;
+  kc::DeviceBuffer hidden, moe_in, acc, ffn_buf;
 
-  Status reserve(int64_t T, int64_t H) {
-    const size_t th = static_cast<size_t>(T * H);
-    TANDEM_RETURN_IF_ERROR(grow<float>(hidden, th, "hidden").status());
-    TANDEM_RETURN_IF_ERROR(grow<float>(moe_in, th, "moe input").status());
-    return grow<float>(moe_out, th, "moe output").status();
+  Status reserve(int64_t n, int64_t H) {
+    const size_t th = static_cast<size_t>(n * H);
+    TANDEM_RETURN_IF_ERROR(grow<T>(hidden, th, "hidden").status());
+    TANDEM_RETURN_IF_ERROR(grow<T>(moe_in, th, "moe input").status());
+    TANDEM_RETURN_IF_ERROR(grow<float>(acc, th, "expert sum").status());
+    if constexpr (!std::is_same_v<T, float>) TANDEM_RETURN_IF_ERROR(grow<T>(ffn_buf, th, "ffn output").status());
+    return Status::ok();
   }
-  float* h() const { return hidden.as<float>(); }
-  float* in() const { return moe_in.as<float>(); }
-  float* out() const { return moe_out.as<float>(); }
+  T* h() const { return hidden.as<T>(); }
+  T* in() const { return moe_in.as<T>(); }
+  float* sum() const { return acc.as<float>(); }
+  T* ffn() const {
+    if constexpr (std::is_same_v<T, float>) return acc.as<float>();
+    else return ffn_buf.as<T>();
+  }
+  // The experts' FP32 sum becomes the layer's FFN output.
+  Status sum_to_ffn(int64_t n, int64_t H) const {
+    if constexpr (std::is_same_v<T, float>) return Status::ok();
+    else return kc::convert(sum(), ffn(), n * H);
+  }
 };
 
-// Where a micro-batch's routed tokens meet the host for the expert executor.
+// Where a micro-batch's routed tokens meet the host for the expert executor
+// (FP32, the wire format).
 struct HostStage {
   kc::PinnedBuffer moe_in, topk_idx, topk_w, out;
 
-  Status reserve(int64_t T, int64_t H, int64_t K) {
-    TANDEM_RETURN_IF_ERROR(grow_pinned(moe_in, static_cast<size_t>(T * H) * sizeof(float), "staged moe input"));
-    TANDEM_RETURN_IF_ERROR(grow_pinned(topk_idx, static_cast<size_t>(T * K) * sizeof(int32_t), "staged top-k ids"));
-    TANDEM_RETURN_IF_ERROR(grow_pinned(topk_w, static_cast<size_t>(T * K) * sizeof(float), "staged top-k weights"));
-    return grow_pinned(out, static_cast<size_t>(T * H) * sizeof(float), "staged expert output");
-  }
-  static Status grow_pinned(kc::PinnedBuffer& b, size_t bytes, const char* what) {
-    if (b.size() >= std::max<size_t>(bytes, 1)) return Status::ok();
-    b = kc::PinnedBuffer();
-    TANDEM_ASSIGN_OR_RETURN(b, kc::PinnedBuffer::allocate(std::max<size_t>(bytes, 1), what));
-    return Status::ok();
+  Status reserve(int64_t n, int64_t H, int64_t K) {
+    TANDEM_RETURN_IF_ERROR(grow_pinned(moe_in, static_cast<size_t>(n * H) * sizeof(float), "staged moe input"));
+    TANDEM_RETURN_IF_ERROR(grow_pinned(topk_idx, static_cast<size_t>(n * K) * sizeof(int32_t), "staged top-k ids"));
+    TANDEM_RETURN_IF_ERROR(grow_pinned(topk_w, static_cast<size_t>(n * K) * sizeof(float), "staged top-k weights"));
+    return grow_pinned(out, static_cast<size_t>(n * H) * sizeof(float), "staged expert output");
   }
 };
 
 }  // namespace
 
-struct CudaModelRunner::Impl final : ForwardStages {
+// The runner's interface over its two activation types.
+struct CudaModelRunner::Impl : ForwardStages {
+  virtual Status load(const model::ModelWeights& w) = 0;
+  virtual Status forward(const ForwardBatch& b, std::vector<float>& host_logits) = 0;
+  virtual Status host_experts(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w,
+                              float* out) = 0;
+  size_t device_bytes = 0;
+};
+
+namespace {
+
+template <typename T>
+struct Runner final : CudaModelRunner::Impl {
+  using Kv = typename Types<T>::Kv;
   const model::ModelConfig& c;
   KvCacheShape kv_shape;  // num_blocks 0: no KV cache (an expert node)
   std::vector<kc::DeviceBuffer> owned;
-  std::unordered_map<const float*, const float*> uploaded;  // host tensor -> its device copy
-  size_t device_bytes = 0;
+  std::unordered_map<const float*, const T*> uploaded;  // host tensor -> its device copy
   bool has_attention = false;    // embeddings, attention and head are on the device
   bool has_all_experts = false;  // every expert of every MoE layer is on the device
 
-  const float *embed = nullptr, *final_norm = nullptr, *lm_head = nullptr, *inv_freq = nullptr;
-  std::vector<DeviceLayer> layers;
-  kc::DeviceBuffer k_cache, v_cache;
+  const T *embed = nullptr, *final_norm = nullptr, *lm_head = nullptr;
+  const float* inv_freq = nullptr;
+  std::vector<DeviceLayer<T>> layers;
+  kc::DeviceBuffer k_cache, v_cache, inv_freq_buf;
 
   // Scratch of one layer, shared by whatever runs (one thread, one stream).
-  kc::DeviceBuffer x, q, k, v, attn, o, gate_logits, topk_idx, topk_w;
-  kc::DeviceBuffer offsets, row_token, row_weight, x_perm, y_perm, scratch, normed, selected, logits_buf;
+  kc::DeviceBuffer x, q, k, v, attn, o, gate_logits, topk_idx, topk_w, offsets, row_token, row_weight;
+  kc::DeviceBuffer x_perm, y_perm, scratch, normed, selected, logits_buf, staging_f32;
 
   // The colocated forward's batch and residual stream.
   DeviceBatch batch;
-  DeviceStream stream;
+  DeviceStream<T> stream;
 
   // The pipeline stages' micro-batches.
   const std::vector<ForwardBatch>* mbs = nullptr;
   std::vector<DeviceBatch> mb_batches;
-  std::vector<DeviceStream> mb_streams;
+  std::vector<DeviceStream<T>> mb_streams;
   std::vector<HostStage> mb_stages;
 
   // An expert node's host staging: [x | row_token | row_weight] in one upload.
   kc::PinnedBuffer expert_upload;
-  kc::DeviceBuffer expert_in, expert_out;
+  kc::DeviceBuffer expert_in, expert_x, expert_out;
 
-  Impl(const model::ModelConfig& config, const KvCacheShape& kv) : c(config), kv_shape(kv) {}
+  Runner(const model::ModelConfig& config, const KvCacheShape& kv) : c(config), kv_shape(kv) {}
 
-  Result<const float*> upload(const float* host, int64_t count, const std::string& what) {
-    if (!host) return static_cast<const float*>(nullptr);
+  // A weight tensor in T on the device (BF16: rounded to nearest even, as
+  // torch's .to(bfloat16)).
+  Result<const T*> upload(const float* host, int64_t count, const std::string& what) {
+    if (!host) return static_cast<const T*>(nullptr);
     if (auto it = uploaded.find(host); it != uploaded.end()) return it->second;  // tied embeddings
-    TANDEM_ASSIGN_OR_RETURN(kc::DeviceBuffer b,
-                            kc::DeviceBuffer::allocate(static_cast<size_t>(count) * sizeof(float), what));
-    TANDEM_RETURN_IF_ERROR(kc::copy_to_device(b.data(), host, static_cast<size_t>(count) * sizeof(float)));
-    const float* d = b.as<float>();
+    const size_t bytes = static_cast<size_t>(count) * sizeof(T);
+    TANDEM_ASSIGN_OR_RETURN(kc::DeviceBuffer b, kc::DeviceBuffer::allocate(bytes, what));
+    if constexpr (std::is_same_v<T, float>) {
+      TANDEM_RETURN_IF_ERROR(kc::copy_to_device(b.data(), host, bytes));
+    } else {
+      std::vector<kc::Bf16> rounded(static_cast<size_t>(count));
+      for (size_t i = 0; i < rounded.size(); ++i) rounded[i].bits = float_to_bf16(host[i]);
+      TANDEM_RETURN_IF_ERROR(kc::copy_to_device(b.data(), rounded.data(), bytes));
+      TANDEM_RETURN_IF_ERROR(kc::synchronize());  // `rounded` goes out of scope
+    }
+    const T* d = b.template as<T>();
     device_bytes += b.size();
     owned.push_back(std::move(b));
     uploaded.emplace(host, d);
     return d;
   }
 
-  Status load(const model::ModelWeights& w) {
+  Status load(const model::ModelWeights& w) override {
     const int64_t H = c.hidden_size, D = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim();
     const int64_t E = c.moe.num_experts, I = c.moe.expert_intermediate, V = c.vocab_size;
     has_attention = w.embed_tokens != nullptr;
@@ -150,9 +217,12 @@ struct CudaModelRunner::Impl final : ForwardStages {
     TANDEM_ASSIGN_OR_RETURN(embed, upload(w.embed_tokens, V * H, "embed_tokens"));
     TANDEM_ASSIGN_OR_RETURN(final_norm, upload(w.final_norm, H, "final norm"));
     TANDEM_ASSIGN_OR_RETURN(lm_head, upload(w.lm_head, V * H, "lm_head"));
+    // RoPE frequencies stay FP32 whatever T is.
     const std::vector<float> freq = c.rope.inv_freq(D);
-    TANDEM_ASSIGN_OR_RETURN(inv_freq, upload(freq.data(), static_cast<int64_t>(freq.size()), "rope inv_freq"));
-    uploaded.erase(freq.data());  // a temporary: its address may come back for another tensor
+    TANDEM_ASSIGN_OR_RETURN(float* f, grow<float>(inv_freq_buf, freq.size(), "rope inv_freq"));
+    TANDEM_RETURN_IF_ERROR(kc::copy_to_device(f, freq.data(), freq.size() * sizeof(float)));
+    TANDEM_RETURN_IF_ERROR(kc::synchronize());
+    inv_freq = f;
     for (size_t l = 0; l < w.layers.size(); ++l) {
       const model::LayerWeights& L = w.layers[l];
       const std::string at = "layer " + std::to_string(l) + " ";
@@ -160,7 +230,7 @@ struct CudaModelRunner::Impl final : ForwardStages {
         return unimplemented(at + "has attention biases (Qwen2-MoE): the CUDA runner does not add biases yet");
       if (L.shared.loaded())
         return unimplemented(at + "has a shared expert (Qwen2-MoE): the CUDA runner does not run it yet");
-      DeviceLayer d;
+      DeviceLayer<T> d;
       d.is_moe = L.is_moe;
       TANDEM_ASSIGN_OR_RETURN(d.input_norm, upload(L.input_norm, H, at + "input norm"));
       TANDEM_ASSIGN_OR_RETURN(d.post_norm, upload(L.post_attention_norm, H, at + "post-attention norm"));
@@ -172,19 +242,18 @@ struct CudaModelRunner::Impl final : ForwardStages {
       TANDEM_ASSIGN_OR_RETURN(d.k_norm, upload(L.attn.k_norm, D, at + "k_norm"));
       if (L.is_moe) {
         TANDEM_ASSIGN_OR_RETURN(d.router, upload(L.router, E * H, at + "router"));
-        // Experts this process does not hold stay null: they never get rows.
         d.experts.resize(static_cast<size_t>(E));
         for (int64_t e = 0; e < E; ++e) {
-          const model::FfnWeights& f = L.experts[static_cast<size_t>(e)];
-          if (!f.loaded()) {
+          const model::FfnWeights& fw = L.experts[static_cast<size_t>(e)];
+          if (!fw.loaded()) {
             has_all_experts = false;
             continue;
           }
           auto& xw = d.experts[static_cast<size_t>(e)];
           const std::string name = at + "expert " + std::to_string(e);
-          TANDEM_ASSIGN_OR_RETURN(xw.gate, upload(f.gate, I * H, name + " gate"));
-          TANDEM_ASSIGN_OR_RETURN(xw.up, upload(f.up, I * H, name + " up"));
-          TANDEM_ASSIGN_OR_RETURN(xw.down, upload(f.down, H * I, name + " down"));
+          TANDEM_ASSIGN_OR_RETURN(xw.gate, upload(fw.gate, I * H, name + " gate"));
+          TANDEM_ASSIGN_OR_RETURN(xw.up, upload(fw.up, I * H, name + " up"));
+          TANDEM_ASSIGN_OR_RETURN(xw.down, upload(fw.down, H * I, name + " down"));
         }
       } else {
         const int64_t F = c.dense_intermediate;
@@ -196,7 +265,7 @@ struct CudaModelRunner::Impl final : ForwardStages {
     }
     if (kv_shape.num_blocks > 0) {
       const size_t per_layer = static_cast<size_t>(kv_shape.num_blocks * kv_shape.block_size * kv_shape.kv_heads *
-                                                   kv_shape.head_dim) * sizeof(float);
+                                                   kv_shape.head_dim) * sizeof(T);
       TANDEM_ASSIGN_OR_RETURN(k_cache, kc::DeviceBuffer::allocate(per_layer * kv_shape.num_layers, "KV cache (K)"));
       TANDEM_ASSIGN_OR_RETURN(v_cache, kc::DeviceBuffer::allocate(per_layer * kv_shape.num_layers, "KV cache (V)"));
       device_bytes += k_cache.size() + v_cache.size();
@@ -204,9 +273,9 @@ struct CudaModelRunner::Impl final : ForwardStages {
     return kc::synchronize();
   }
 
-  kernels::PagedKv cache_of(int64_t layer) const {
+  Kv cache_of(int64_t layer) const {
     const int64_t per_layer = kv_shape.num_blocks * kv_shape.block_size * kv_shape.kv_heads * kv_shape.head_dim;
-    return {k_cache.as<float>() + layer * per_layer, v_cache.as<float>() + layer * per_layer, kv_shape.num_blocks,
+    return {k_cache.as<T>() + layer * per_layer, v_cache.as<T>() + layer * per_layer, kv_shape.num_blocks,
             kv_shape.block_size, kv_shape.kv_heads, kv_shape.head_dim};
   }
 
@@ -221,48 +290,47 @@ struct CudaModelRunner::Impl final : ForwardStages {
   // hidden += attention output and moe_in = post_attention_norm(hidden). The
   // previous FFN output joins the residual stream here, fused with this
   // layer's input norm (the CPU runner adds, then normalises).
-  Status attention(int64_t l, const DeviceBatch& b, DeviceStream& s) {
-    const int64_t T = b.num_tokens(), H = c.hidden_size, D = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim();
-    const DeviceLayer& L = layers[static_cast<size_t>(l)];
-    TANDEM_ASSIGN_OR_RETURN(float* xn, grow<float>(x, static_cast<size_t>(T * H), "normed hidden"));
-    TANDEM_ASSIGN_OR_RETURN(float* qq, grow<float>(q, static_cast<size_t>(T * qd), "q"));
-    TANDEM_ASSIGN_OR_RETURN(float* kk, grow<float>(k, static_cast<size_t>(T * kvd), "k"));
-    TANDEM_ASSIGN_OR_RETURN(float* vv, grow<float>(v, static_cast<size_t>(T * kvd), "v"));
-    TANDEM_ASSIGN_OR_RETURN(float* aa, grow<float>(attn, static_cast<size_t>(T * qd), "attention output"));
-    TANDEM_ASSIGN_OR_RETURN(float* oo, grow<float>(o, static_cast<size_t>(T * H), "o_proj output"));
+  Status attention(int64_t l, const DeviceBatch& b, DeviceStream<T>& s) {
+    const int64_t n = b.num_tokens(), H = c.hidden_size, D = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim();
+    const DeviceLayer<T>& L = layers[static_cast<size_t>(l)];
+    TANDEM_ASSIGN_OR_RETURN(T * xn, grow<T>(x, static_cast<size_t>(n * H), "normed hidden"));
+    TANDEM_ASSIGN_OR_RETURN(T * qq, grow<T>(q, static_cast<size_t>(n * qd), "q"));
+    TANDEM_ASSIGN_OR_RETURN(T * kk, grow<T>(k, static_cast<size_t>(n * kvd), "k"));
+    TANDEM_ASSIGN_OR_RETURN(T * vv, grow<T>(v, static_cast<size_t>(n * kvd), "v"));
+    TANDEM_ASSIGN_OR_RETURN(T * aa, grow<T>(attn, static_cast<size_t>(n * qd), "attention output"));
+    TANDEM_ASSIGN_OR_RETURN(T * oo, grow<T>(o, static_cast<size_t>(n * H), "o_proj output"));
     const float eps = static_cast<float>(c.rms_norm_eps);
     const float rope_scaling = static_cast<float>(c.rope.attention_scaling);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    const auto* pos = b.positions.as<int32_t>();
     if (l == 0)
-      TANDEM_RETURN_IF_ERROR(kc::rmsnorm(s.h(), L.input_norm, xn, T, H, eps));
+      TANDEM_RETURN_IF_ERROR(kc::rmsnorm(s.h(), L.input_norm, xn, n, H, eps));
     else
-      TANDEM_RETURN_IF_ERROR(kc::add_rmsnorm(s.h(), s.out(), L.input_norm, xn, T, H, eps));
-    TANDEM_RETURN_IF_ERROR(kc::linear(xn, L.q, qq, T, H, qd));
-    TANDEM_RETURN_IF_ERROR(kc::linear(xn, L.k, kk, T, H, kvd));
-    TANDEM_RETURN_IF_ERROR(kc::linear(xn, L.v, vv, T, H, kvd));
+      TANDEM_RETURN_IF_ERROR(kc::add_rmsnorm(s.h(), s.ffn(), L.input_norm, xn, n, H, eps));
+    TANDEM_RETURN_IF_ERROR(kc::linear(xn, L.q, qq, n, H, qd));
+    TANDEM_RETURN_IF_ERROR(kc::linear(xn, L.k, kk, n, H, kvd));
+    TANDEM_RETURN_IF_ERROR(kc::linear(xn, L.v, vv, n, H, kvd));
     if (L.q_norm) {
-      TANDEM_RETURN_IF_ERROR(kc::rmsnorm(qq, L.q_norm, qq, T * c.num_heads, D, eps));
-      TANDEM_RETURN_IF_ERROR(kc::rmsnorm(kk, L.k_norm, kk, T * c.num_kv_heads, D, eps));
+      TANDEM_RETURN_IF_ERROR(kc::rmsnorm(qq, L.q_norm, qq, n * c.num_heads, D, eps));
+      TANDEM_RETURN_IF_ERROR(kc::rmsnorm(kk, L.k_norm, kk, n * c.num_kv_heads, D, eps));
     }
-    TANDEM_RETURN_IF_ERROR(kc::rope_neox(qq, pos, inv_freq, T, c.num_heads, D, D, rope_scaling));
-    TANDEM_RETURN_IF_ERROR(kc::rope_neox(kk, pos, inv_freq, T, c.num_kv_heads, D, D, rope_scaling));
-    const kernels::PagedKv kv = cache_of(l);
-    TANDEM_RETURN_IF_ERROR(kc::kv_cache_write(kk, vv, b.slots.as<int64_t>(), T, kv));
-    TANDEM_RETURN_IF_ERROR(kc::attention_paged(qq, aa, T, c.num_heads, kv, b.block_tables.as<int32_t>(),
-                                               b.host->max_blocks_per_seq, b.seq_of_token.as<int32_t>(),
-                                               b.ctx_len.as<int32_t>(), scale));
-    TANDEM_RETURN_IF_ERROR(kc::linear(aa, L.o, oo, T, qd, H));
-    return kc::add_rmsnorm(s.h(), oo, L.post_norm, s.in(), T, H, eps);
+    TANDEM_RETURN_IF_ERROR(kc::rope_neox(qq, b.positions, inv_freq, n, c.num_heads, D, D, rope_scaling));
+    TANDEM_RETURN_IF_ERROR(kc::rope_neox(kk, b.positions, inv_freq, n, c.num_kv_heads, D, D, rope_scaling));
+    const Kv kv = cache_of(l);
+    TANDEM_RETURN_IF_ERROR(kc::kv_cache_write(kk, vv, b.slots, n, kv));
+    TANDEM_RETURN_IF_ERROR(kc::attention_paged(qq, aa, n, c.num_heads, kv, b.block_tables, b.host->max_blocks_per_seq,
+                                               b.seq_of_token, b.ctx_len, scale));
+    TANDEM_RETURN_IF_ERROR(kc::linear(aa, L.o, oo, n, qd, H));
+    return kc::add_rmsnorm(s.h(), oo, L.post_norm, s.in(), n, H, eps);
   }
 
-  // Router: top-k ids/weights of moe_in into the shared topk buffers.
-  Status route(const DeviceLayer& L, const float* in, int64_t T) {
+  // Router: top-k ids/weights of moe_in into the shared topk buffers. The
+  // logits are FP32 whatever T is.
+  Status route(const DeviceLayer<T>& L, const T* in, int64_t n) {
     const int64_t H = c.hidden_size, E = c.moe.num_experts, K = c.moe.top_k;
-    TANDEM_ASSIGN_OR_RETURN(float* logits_d, grow<float>(gate_logits, static_cast<size_t>(T * E), "router logits"));
-    TANDEM_RETURN_IF_ERROR(kc::linear(in, L.router, logits_d, T, H, E));
-    TANDEM_ASSIGN_OR_RETURN(int32_t* idx, grow<int32_t>(topk_idx, static_cast<size_t>(T * K), "top-k ids"));
-    TANDEM_ASSIGN_OR_RETURN(float* wts, grow<float>(topk_w, static_cast<size_t>(T * K), "top-k weights"));
+    TANDEM_ASSIGN_OR_RETURN(float* logits_d, grow<float>(gate_logits, static_cast<size_t>(n * E), "router logits"));
+    TANDEM_RETURN_IF_ERROR(kc::linear(in, L.router, logits_d, n, H, E));
+    TANDEM_ASSIGN_OR_RETURN(int32_t * idx, grow<int32_t>(topk_idx, static_cast<size_t>(n * K), "top-k ids"));
+    TANDEM_ASSIGN_OR_RETURN(float* wts, grow<float>(topk_w, static_cast<size_t>(n * K), "top-k weights"));
     kernels::GateParams p;
     p.num_experts = E;
     p.top_k = K;
@@ -272,84 +340,85 @@ struct CudaModelRunner::Impl final : ForwardStages {
     p.routed_scaling = c.moe.routed_scaling;
     p.n_group = c.moe.n_group;
     p.topk_group = c.moe.topk_group;
-    return kc::moe_gate_topk(logits_d, idx, wts, T, p);
+    return kc::moe_gate_topk(logits_d, idx, wts, n, p);
   }
 
-  // out [T, H] += Σ w·expert(in) over `rows` permuted rows (row_token,
+  // sum [n, H] += Σ w·expert(in) over `rows` permuted rows (row_token,
   // row_weight on the device) grouped by the host offsets.
-  Status run_grouped(const DeviceLayer& L, const float* in, const int32_t* host_offsets, int64_t rows,
-                     const int32_t* rt, const float* rw, float* out) {
+  Status run_grouped(const DeviceLayer<T>& L, const T* in, const int32_t* host_offsets, int64_t rows,
+                     const int32_t* rt, const float* rw, float* sum) {
     const int64_t H = c.hidden_size, E = c.moe.num_experts, I = c.moe.expert_intermediate;
     int64_t max_rows = 1;
     for (int64_t e = 0; e < E; ++e) max_rows = std::max<int64_t>(max_rows, host_offsets[e + 1] - host_offsets[e]);
-    TANDEM_ASSIGN_OR_RETURN(float* xp, grow<float>(x_perm, static_cast<size_t>(rows * H), "permuted tokens"));
-    TANDEM_ASSIGN_OR_RETURN(float* yp, grow<float>(y_perm, static_cast<size_t>(rows * H), "expert outputs"));
-    TANDEM_ASSIGN_OR_RETURN(float* sc, grow<float>(scratch, static_cast<size_t>(3 * max_rows * I), "expert scratch"));
+    TANDEM_ASSIGN_OR_RETURN(T * xp, grow<T>(x_perm, static_cast<size_t>(rows * H), "permuted tokens"));
+    TANDEM_ASSIGN_OR_RETURN(T * yp, grow<T>(y_perm, static_cast<size_t>(rows * H), "expert outputs"));
+    TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(3 * max_rows * I), "expert scratch"));
     TANDEM_RETURN_IF_ERROR(kc::gather_rows(in, rt, xp, rows, H));
     TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_host_offsets(xp, yp, host_offsets, E, L.experts.data(), H, I, sc));
-    return kc::scatter_add_weighted(yp, rt, rw, out, rows, H);
+    return kc::scatter_add_weighted(yp, rt, rw, sum, rows, H);
   }
 
-  // out [T, H] += Σ_k w·expert_k(in) with the routing in the topk buffers,
-  // every expert on this device (colocated).
-  Status local_experts(const DeviceLayer& L, const float* in, int64_t T, float* out) {
-    const int64_t E = c.moe.num_experts, K = c.moe.top_k, rows = T * K;
-    TANDEM_ASSIGN_OR_RETURN(int32_t* offs, grow<int32_t>(offsets, static_cast<size_t>(E + 1), "expert offsets"));
-    TANDEM_ASSIGN_OR_RETURN(int32_t* rt, grow<int32_t>(row_token, static_cast<size_t>(rows), "row tokens"));
+  // The stream's FFN output = Σ_k w·expert_k(moe_in) with the routing in the
+  // topk buffers, every expert on this device (colocated).
+  Status local_experts(const DeviceLayer<T>& L, DeviceStream<T>& s, int64_t n) {
+    const int64_t E = c.moe.num_experts, K = c.moe.top_k, H = c.hidden_size, rows = n * K;
+    TANDEM_ASSIGN_OR_RETURN(int32_t * offs, grow<int32_t>(offsets, static_cast<size_t>(E + 1), "expert offsets"));
+    TANDEM_ASSIGN_OR_RETURN(int32_t * rt, grow<int32_t>(row_token, static_cast<size_t>(rows), "row tokens"));
     TANDEM_ASSIGN_OR_RETURN(float* rw, grow<float>(row_weight, static_cast<size_t>(rows), "row weights"));
-    TANDEM_RETURN_IF_ERROR(kc::moe_permute(topk_idx.as<int32_t>(), topk_w.as<float>(), T, K, E, offs, rt, rw));
+    TANDEM_RETURN_IF_ERROR(kc::moe_permute(topk_idx.as<int32_t>(), topk_w.as<float>(), n, K, E, offs, rt, rw));
     // cuBLAS takes each expert's row count from the host.
     std::vector<int32_t> host_offsets(static_cast<size_t>(E + 1));
     TANDEM_RETURN_IF_ERROR(kc::copy_to_host(host_offsets.data(), offs, host_offsets.size() * sizeof(int32_t)));
-    return run_grouped(L, in, host_offsets.data(), rows, rt, rw, out);
+    TANDEM_RETURN_IF_ERROR(kc::fill_zero(s.sum(), static_cast<size_t>(n * H) * sizeof(float)));
+    TANDEM_RETURN_IF_ERROR(run_grouped(L, s.in(), host_offsets.data(), rows, rt, rw, s.sum()));
+    return s.sum_to_ffn(n, H);
   }
 
-  // A dense MLP is a grouped SwiGLU with one expert holding every row.
-  Status dense_mlp(const DeviceLayer& L, const float* in, int64_t T, float* out) {
-    const int32_t dense_offsets[2] = {0, static_cast<int32_t>(T)};
+  // A dense MLP is a grouped SwiGLU with one expert holding every row; it
+  // writes the FFN output directly.
+  Status dense_mlp(const DeviceLayer<T>& L, DeviceStream<T>& s, int64_t n) {
+    const int32_t dense_offsets[2] = {0, static_cast<int32_t>(n)};
     const int64_t F = c.dense_intermediate;
-    TANDEM_ASSIGN_OR_RETURN(float* sc, grow<float>(scratch, static_cast<size_t>(3 * T * F), "mlp scratch"));
-    return kc::grouped_swiglu_host_offsets(in, out, dense_offsets, 1, &L.dense, c.hidden_size, F, sc);
+    TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(3 * n * F), "mlp scratch"));
+    return kc::grouped_swiglu_host_offsets(s.in(), s.ffn(), dense_offsets, 1, &L.dense, c.hidden_size, F, sc);
   }
 
   // logits [R, vocab] into host memory: final norm over hidden + the last
-  // layer's FFN output, for the batch's logits rows.
-  Status head(const DeviceBatch& b, DeviceStream& s, float* host_logits) {
-    const int64_t T = b.num_tokens(), H = c.hidden_size;
+  // layer's FFN output, for the batch's logits rows. Synchronises the stream.
+  Status head(const DeviceBatch& b, DeviceStream<T>& s, float* host_logits) {
+    const int64_t n = b.num_tokens(), H = c.hidden_size;
     const int64_t R = static_cast<int64_t>(b.host->logits_rows.size());
-    if (R == 0) return Status::ok();
-    TANDEM_ASSIGN_OR_RETURN(float* nr, grow<float>(normed, static_cast<size_t>(T * H), "final normed hidden"));
-    TANDEM_RETURN_IF_ERROR(kc::add_rmsnorm(s.h(), s.out(), final_norm, nr, T, H, static_cast<float>(c.rms_norm_eps)));
-    TANDEM_ASSIGN_OR_RETURN(float* sel, grow<float>(selected, static_cast<size_t>(R * H), "logits rows hidden"));
-    TANDEM_RETURN_IF_ERROR(kc::gather_rows(nr, b.logits_rows.as<int32_t>(), sel, R, H));
+    if (R == 0) return kc::synchronize();
+    TANDEM_ASSIGN_OR_RETURN(T * nr, grow<T>(normed, static_cast<size_t>(n * H), "final normed hidden"));
+    TANDEM_RETURN_IF_ERROR(kc::add_rmsnorm(s.h(), s.ffn(), final_norm, nr, n, H, static_cast<float>(c.rms_norm_eps)));
+    TANDEM_ASSIGN_OR_RETURN(T * sel, grow<T>(selected, static_cast<size_t>(R * H), "logits rows hidden"));
+    TANDEM_RETURN_IF_ERROR(kc::gather_rows(nr, b.logits_rows, sel, R, H));
     const size_t count = static_cast<size_t>(R * c.vocab_size);
     TANDEM_ASSIGN_OR_RETURN(float* lg, grow<float>(logits_buf, count, "logits"));
     TANDEM_RETURN_IF_ERROR(kc::linear(sel, lm_head, lg, R, H, c.vocab_size));
     return kc::copy_to_host(host_logits, lg, count * sizeof(float));
   }
 
-  Status forward(const ForwardBatch& b, std::vector<float>& host_logits) {
+  Status forward(const ForwardBatch& b, std::vector<float>& host_logits) override {
     TANDEM_RETURN_IF_ERROR(need_attention("the colocated forward"));
     if (!has_all_experts)
       return failed_precondition("the colocated forward needs every expert; this runner holds a slice of them");
-    const int64_t T = b.num_tokens(), H = c.hidden_size;
+    const int64_t n = b.num_tokens(), H = c.hidden_size;
     host_logits.assign(b.logits_rows.size() * static_cast<size_t>(c.vocab_size), 0.0f);
-    if (T == 0) return Status::ok();
+    if (n == 0) return Status::ok();
     TANDEM_RETURN_IF_ERROR(batch.upload(b));
-    TANDEM_RETURN_IF_ERROR(stream.reserve(T, H));
-    TANDEM_RETURN_IF_ERROR(kc::embedding(embed, batch.tokens.as<int32_t>(), stream.h(), T, H));
+    TANDEM_RETURN_IF_ERROR(stream.reserve(n, H));
+    TANDEM_RETURN_IF_ERROR(kc::embedding(embed, batch.tokens, stream.h(), n, H));
     for (int64_t l = 0; l < c.num_layers; ++l) {
-      const DeviceLayer& L = layers[static_cast<size_t>(l)];
+      const DeviceLayer<T>& L = layers[static_cast<size_t>(l)];
       TANDEM_RETURN_IF_ERROR(attention(l, batch, stream));
-      TANDEM_RETURN_IF_ERROR(kc::fill_zero(stream.out(), static_cast<size_t>(T * H) * sizeof(float)));
       if (L.is_moe) {
-        TANDEM_RETURN_IF_ERROR(route(L, stream.in(), T));
-        TANDEM_RETURN_IF_ERROR(local_experts(L, stream.in(), T, stream.out()));
+        TANDEM_RETURN_IF_ERROR(route(L, stream.in(), n));
+        TANDEM_RETURN_IF_ERROR(local_experts(L, stream, n));
       } else {
-        TANDEM_RETURN_IF_ERROR(dense_mlp(L, stream.in(), T, stream.out()));
+        TANDEM_RETURN_IF_ERROR(dense_mlp(L, stream, n));
       }
     }
-    if (b.logits_rows.empty()) return kc::synchronize();
     return head(batch, stream, host_logits.data());
   }
 
@@ -369,35 +438,42 @@ struct CudaModelRunner::Impl final : ForwardStages {
       mb_stages.resize(m);
     }
     for (size_t i = 0; i < m; ++i) {
-      const int64_t T = micro_batches[i].num_tokens();
+      const int64_t n = micro_batches[i].num_tokens();
       TANDEM_RETURN_IF_ERROR(mb_batches[i].upload(micro_batches[i]));
-      TANDEM_RETURN_IF_ERROR(mb_streams[i].reserve(T, H));
-      TANDEM_RETURN_IF_ERROR(mb_stages[i].reserve(T, H, K));
-      TANDEM_RETURN_IF_ERROR(kc::embedding(embed, mb_batches[i].tokens.as<int32_t>(), mb_streams[i].h(), T, H));
+      TANDEM_RETURN_IF_ERROR(mb_streams[i].reserve(n, H));
+      TANDEM_RETURN_IF_ERROR(mb_stages[i].reserve(n, H, K));
+      TANDEM_RETURN_IF_ERROR(kc::embedding(embed, mb_batches[i].tokens, mb_streams[i].h(), n, H));
     }
     return Status::ok();
   }
 
   Result<ExpertInputs> attend(int64_t l, size_t i) override {
-    const DeviceLayer& L = layers[static_cast<size_t>(l)];
-    DeviceStream& s = mb_streams[i];
+    const DeviceLayer<T>& L = layers[static_cast<size_t>(l)];
+    DeviceStream<T>& s = mb_streams[i];
     HostStage& st = mb_stages[i];
-    const int64_t T = mb_batches[i].num_tokens(), H = c.hidden_size, K = c.moe.top_k;
+    const int64_t n = mb_batches[i].num_tokens(), H = c.hidden_size, K = c.moe.top_k;
     TANDEM_RETURN_IF_ERROR(attention(l, mb_batches[i], s));
     if (!L.is_moe) {
-      TANDEM_RETURN_IF_ERROR(kc::fill_zero(s.out(), static_cast<size_t>(T * H) * sizeof(float)));
-      TANDEM_RETURN_IF_ERROR(dense_mlp(L, s.in(), T, s.out()));
+      TANDEM_RETURN_IF_ERROR(dense_mlp(L, s, n));
       return ExpertInputs{};
     }
-    TANDEM_RETURN_IF_ERROR(route(L, s.in(), T));
-    TANDEM_RETURN_IF_ERROR(kc::copy_to_host_async(st.moe_in.data(), s.in(), static_cast<size_t>(T * H) * sizeof(float)));
+    TANDEM_RETURN_IF_ERROR(route(L, s.in(), n));
+    const float* in_f32 = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      in_f32 = s.in();
+    } else {
+      TANDEM_ASSIGN_OR_RETURN(float* f, grow<float>(staging_f32, static_cast<size_t>(n * H), "moe input (FP32)"));
+      TANDEM_RETURN_IF_ERROR(kc::convert(s.in(), f, n * H));
+      in_f32 = f;
+    }
+    TANDEM_RETURN_IF_ERROR(kc::copy_to_host_async(st.moe_in.data(), in_f32, static_cast<size_t>(n * H) * sizeof(float)));
     TANDEM_RETURN_IF_ERROR(
-        kc::copy_to_host_async(st.topk_idx.data(), topk_idx.data(), static_cast<size_t>(T * K) * sizeof(int32_t)));
+        kc::copy_to_host_async(st.topk_idx.data(), topk_idx.data(), static_cast<size_t>(n * K) * sizeof(int32_t)));
     TANDEM_RETURN_IF_ERROR(
-        kc::copy_to_host_async(st.topk_w.data(), topk_w.data(), static_cast<size_t>(T * K) * sizeof(float)));
+        kc::copy_to_host_async(st.topk_w.data(), topk_w.data(), static_cast<size_t>(n * K) * sizeof(float)));
     // Also orders the previous layer's upload of st.out before it is zeroed.
     TANDEM_RETURN_IF_ERROR(kc::synchronize());
-    std::fill_n(st.out.as<float>(), T * H, 0.0f);
+    std::fill_n(st.out.as<float>(), n * H, 0.0f);
     return ExpertInputs{st.moe_in.as<float>(), st.topk_idx.as<int32_t>(), st.topk_w.as<float>(), st.out.as<float>()};
   }
 
@@ -405,9 +481,10 @@ struct CudaModelRunner::Impl final : ForwardStages {
     if (!layers[static_cast<size_t>(l)].is_moe) return Status::ok();  // the dense MLP's output is in place
     // The experts' sum becomes this micro-batch's FFN output, which the next
     // layer's input norm (or the final norm) adds into the residual stream.
-    const int64_t T = mb_batches[i].num_tokens();
-    return kc::copy_to_device(mb_streams[i].out(), mb_stages[i].out.data(),
-                              static_cast<size_t>(T * c.hidden_size) * sizeof(float));
+    const int64_t n = mb_batches[i].num_tokens(), H = c.hidden_size;
+    TANDEM_RETURN_IF_ERROR(kc::copy_to_device(mb_streams[i].sum(), mb_stages[i].out.data(),
+                                              static_cast<size_t>(n * H) * sizeof(float)));
+    return mb_streams[i].sum_to_ffn(n, H);
   }
 
   Status logits(std::vector<float>& host_logits) override {
@@ -424,9 +501,10 @@ struct CudaModelRunner::Impl final : ForwardStages {
 
   // ---- An expert node's experts ----
 
-  Status host_experts(int64_t layer, const float* xin, int64_t n, const int32_t* ids, const float* w, float* out) {
+  Status host_experts(int64_t layer, const float* xin, int64_t n, const int32_t* ids, const float* w,
+                      float* out) override {
     const int64_t H = c.hidden_size, E = c.moe.num_experts, K = c.moe.top_k;
-    const DeviceLayer& L = layers[static_cast<size_t>(layer)];
+    const DeviceLayer<T>& L = layers[static_cast<size_t>(layer)];
     if (n == 0) return Status::ok();
     // The permutation is cheap and its sizes are needed on the host anyway
     // (cuBLAS): build it here, over the experts this runner holds.
@@ -438,7 +516,7 @@ struct CudaModelRunner::Impl final : ForwardStages {
     const size_t x_bytes = static_cast<size_t>(n * H) * sizeof(float);
     const size_t index_bytes = static_cast<size_t>(rows) * sizeof(int32_t);
     const size_t total = x_bytes + 2 * index_bytes;
-    TANDEM_RETURN_IF_ERROR(HostStage::grow_pinned(expert_upload, total, "staged expert input"));
+    TANDEM_RETURN_IF_ERROR(grow_pinned(expert_upload, total, "staged expert input"));
     auto* bytes = expert_upload.as<std::byte>();
     std::memcpy(bytes, xin, x_bytes);
     auto* rt = reinterpret_cast<int32_t*>(bytes + x_bytes);
@@ -453,15 +531,38 @@ struct CudaModelRunner::Impl final : ForwardStages {
     }
     TANDEM_ASSIGN_OR_RETURN(std::byte * dev, grow<std::byte>(expert_in, total, "expert input"));
     TANDEM_RETURN_IF_ERROR(kc::copy_to_device(dev, bytes, total));
+    const T* x_dev = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      x_dev = reinterpret_cast<const float*>(dev);
+    } else {
+      TANDEM_ASSIGN_OR_RETURN(T * xc, grow<T>(expert_x, static_cast<size_t>(n * H), "expert input (BF16)"));
+      TANDEM_RETURN_IF_ERROR(kc::convert(reinterpret_cast<const float*>(dev), xc, n * H));
+      x_dev = xc;
+    }
     TANDEM_ASSIGN_OR_RETURN(float* y, grow<float>(expert_out, static_cast<size_t>(n * H), "expert output"));
     TANDEM_RETURN_IF_ERROR(kc::fill_zero(y, x_bytes));
     if (rows > 0)
-      TANDEM_RETURN_IF_ERROR(run_grouped(L, reinterpret_cast<const float*>(dev), host_offsets.data(), rows,
+      TANDEM_RETURN_IF_ERROR(run_grouped(L, x_dev, host_offsets.data(), rows,
                                          reinterpret_cast<const int32_t*>(dev + x_bytes),
                                          reinterpret_cast<const float*>(dev + x_bytes + index_bytes), y));
+    // Also the point after which expert_upload may be rewritten.
     return kc::copy_to_host(out, y, x_bytes);
   }
 };
+
+Result<std::unique_ptr<CudaModelRunner::Impl>> make_impl(const model::ModelConfig& config, const KvCacheShape& kv,
+                                                        DType dtype) {
+  std::unique_ptr<CudaModelRunner::Impl> impl;
+  if (dtype == DType::kF32)
+    impl = std::make_unique<Runner<float>>(config, kv);
+  else if (dtype == DType::kBF16)
+    impl = std::make_unique<Runner<kc::Bf16>>(config, kv);
+  else
+    return invalid_argument("CUDA runner: dtype " + std::string(dtype_name(dtype)) + " (F32 or BF16 only)");
+  return impl;
+}
+
+}  // namespace
 
 Result<int> use_cuda_device(int slot) {
   TANDEM_ASSIGN_OR_RETURN(const int count, kc::device_count());
@@ -475,7 +576,8 @@ CudaModelRunner::~CudaModelRunner() = default;
 
 Result<std::unique_ptr<CudaModelRunner>> CudaModelRunner::create(const model::ModelConfig& config,
                                                                  const model::ModelWeights& weights,
-                                                                 const KvCacheShape& kv) {
+                                                                 const KvCacheShape& kv,
+                                                                 const CudaRunnerOptions& options) {
   if (kv.num_layers != config.num_layers || kv.kv_heads != config.num_kv_heads || kv.head_dim != config.head_dim)
     return invalid_argument("CUDA runner: KV cache shape (" + std::to_string(kv.num_layers) + " layers, " +
                             std::to_string(kv.kv_heads) + " KV heads of " + std::to_string(kv.head_dim) +
@@ -483,15 +585,18 @@ Result<std::unique_ptr<CudaModelRunner>> CudaModelRunner::create(const model::Mo
   if (kv.num_blocks <= 0 || kv.block_size <= 0) return invalid_argument("CUDA runner: empty KV cache");
   if (!weights.embed_tokens) return invalid_argument("CUDA runner: the weights hold no attention side");
   TANDEM_RETURN_IF_ERROR(kc::device_count().status().with_context("CUDA runner"));
-  auto impl = std::make_unique<Impl>(config, kv);
+  TANDEM_ASSIGN_OR_RETURN(auto impl, make_impl(config, kv, options.dtype));
   TANDEM_RETURN_IF_ERROR(impl->load(weights).with_context("CUDA runner"));
   return std::unique_ptr<CudaModelRunner>(new CudaModelRunner(std::move(impl)));
 }
 
 Result<std::unique_ptr<CudaModelRunner>> CudaModelRunner::create_expert_side(const model::ModelConfig& config,
-                                                                             const model::ModelWeights& weights) {
+                                                                             const model::ModelWeights& weights,
+                                                                             const CudaRunnerOptions& options) {
   TANDEM_RETURN_IF_ERROR(kc::device_count().status().with_context("CUDA expert runner"));
-  auto impl = std::make_unique<Impl>(config, KvCacheShape{config.num_layers, 0, 0, config.num_kv_heads, config.head_dim});
+  TANDEM_ASSIGN_OR_RETURN(
+      auto impl, make_impl(config, KvCacheShape{config.num_layers, 0, 0, config.num_kv_heads, config.head_dim},
+                           options.dtype));
   TANDEM_RETURN_IF_ERROR(impl->load(weights).with_context("CUDA expert runner"));
   return std::unique_ptr<CudaModelRunner>(new CudaModelRunner(std::move(impl)));
 }

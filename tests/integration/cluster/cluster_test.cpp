@@ -494,6 +494,12 @@ TEST(ClusterConfig, CudaNodesWithoutAGpuAreRefusedNamingTheKey) {
     EXPECT_NE(run(role + " --config " + mixed, out), 0) << role;
     EXPECT_NE(out.find("expert.device: cuda"), std::string::npos) << role << ": " << out;
   }
+  // The single-process forward says the same, and BF16 is a GPU-only dtype.
+  const std::string gen = "generate --model " + cluster_model("tiny-mixtral") + " --prompt hi --max-tokens 2";
+  EXPECT_NE(run(gen + " --device cuda", out), 0);
+  EXPECT_NE(out.find("CUDA"), std::string::npos) << out;
+  EXPECT_NE(run(gen + " --dtype bf16", out), 0);
+  EXPECT_NE(out.find("--dtype bf16 needs --device cuda"), std::string::npos) << out;
 }
 
 std::string shell(const std::string& cmd, int* rc) {

@@ -33,7 +33,9 @@ void expect_refused(const std::string& yaml, const std::string& key_path, const 
   const std::string& m = c.status().message();
   EXPECT_NE(m.find("bad.yaml"), std::string::npos) << m;
   EXPECT_NE(m.find(key_path), std::string::npos) << m;
-  if (!what.empty()) EXPECT_NE(m.find(what), std::string::npos) << m;
+  if (!what.empty()) {
+    EXPECT_NE(m.find(what), std::string::npos) << m;
+  }
 }
 
 TEST(Deployment, RefusesBadYamlWithKeyPath) {
@@ -123,6 +125,15 @@ TEST(Deployment, PerRoleDevicesDefaultToTheClusterDevice) {
   EXPECT_FALSE(cpu->uses_cuda());
   expect_refused("model: {path: m}\nattention: {device: tpu}\n", "attention.device", "'tpu'");
   expect_refused("model: {path: m}\ncluster: {device: gpu}\n", "cluster.device", "'gpu'");
+  // The compute dtype of GPU nodes: refused where no node is on a GPU.
+  auto bf16 = DeploymentConfig::from_yaml("model: {path: m}\ncluster: {device: cuda, dtype: bf16}\n", "d.yaml");
+  ASSERT_TRUE(bf16.is_ok()) << bf16.status().to_string();
+  EXPECT_EQ(bf16->dtype, "bf16");
+  auto bf16_again = DeploymentConfig::from_yaml(bf16->to_yaml(), "again.yaml");
+  ASSERT_TRUE(bf16_again.is_ok()) << bf16_again.status().to_string();
+  EXPECT_EQ(bf16_again->dtype, "bf16");
+  expect_refused("model: {path: m}\ncluster: {dtype: bf16}\n", "cluster.dtype", "on the CPU");
+  expect_refused("model: {path: m}\ncluster: {device: cuda, dtype: fp8}\n", "cluster.dtype", "'fp8'");
 }
 
 }  // namespace

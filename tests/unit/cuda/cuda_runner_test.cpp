@@ -44,15 +44,15 @@ ForwardBatch make_batch(const std::vector<std::vector<int32_t>>& tables, const s
   return b;
 }
 
-// A make-model checkpoint (FP32) in a temporary directory, removed at the end.
+// A make-model checkpoint (FP32 unless asked) in a temporary directory, removed at the end.
 struct GeneratedModel {
   std::string dir;
   model::Checkpoint ck;
   bool ok = false;
 
-  GeneratedModel(const std::string& preset, uint64_t seed, const std::string& tag)
+  GeneratedModel(const std::string& preset, uint64_t seed, const std::string& tag, DType dtype = DType::kF32)
       : dir(::testing::TempDir() + "/cuda_" + tag + "_" + preset + "_" + std::to_string(getpid())) {
-    const Status made = model::make_model({.preset = preset, .seed = seed, .out_dir = dir, .dtype = DType::kF32});
+    const Status made = model::make_model({.preset = preset, .seed = seed, .out_dir = dir, .dtype = dtype});
     EXPECT_TRUE(made.is_ok()) << made.to_string();
     auto opened = model::Checkpoint::open(dir);
     EXPECT_TRUE(opened.is_ok()) << opened.status().to_string();
@@ -191,6 +191,74 @@ TEST_P(CudaRunnerTest, ExpertSideMatchesTheCpuExperts) {
   std::vector<float> logits;
   const Status st = (*gpu)->forward(ForwardBatch{}, logits);
   EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.to_string();
+}
+
+// The BF16 runner on a BF16 checkpoint (so both sides hold the very same
+// weights) tracks the FP32 CPU runner within BF16 activation rounding: the
+// colocated forward, the attention-side stages (m = 2) and the expert side.
+TEST_P(CudaRunnerTest, Bf16TracksTheCpuRunner) {
+  GeneratedModel gm(GetParam(), 9, "bf16", DType::kBF16);
+  ASSERT_TRUE(gm.ok);
+  const auto& c = gm.ck.config;
+  auto all = gm.weights();
+  auto attention_side = gm.weights({.attention_side = true, .expert_begin = 0, .expert_end = 0});
+  ASSERT_TRUE(all && attention_side);
+  const CudaRunnerOptions bf16{.dtype = DType::kBF16};
+  const KvCacheShape shape{c.num_layers, 64, 4, c.num_kv_heads, c.head_dim};
+  const std::vector<std::vector<int32_t>> tables = {{9, 2, 40, 17, 5}, {33, 1, 60}, {12, 48, 3, 27}};
+  const double bound = 5e-2;  // of the largest |logit|: BF16 keeps 8 bits of mantissa
+
+  auto cpu_cache = KvCache::create(shape, shape.bytes());
+  ASSERT_TRUE(cpu_cache.is_ok());
+  ModelRunner cpu(c, *all, cpu_cache->get());
+  LocalExpertExecutor experts(cpu);
+  auto colocated = CudaModelRunner::create(c, *all, shape, bf16);
+  ASSERT_TRUE(colocated.is_ok()) << colocated.status().to_string();
+  auto attention = CudaModelRunner::create(c, *attention_side, shape, bf16);
+  ASSERT_TRUE(attention.is_ok()) << attention.status().to_string();
+  std::vector<int> done = {0, 0, 0};
+  std::vector<int> lens = {13, 1, 9};
+  for (int step = 0; step < 3; ++step) {
+    const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, 5, step);
+    std::vector<float> want, got, staged;
+    cpu.forward(b, want);
+    TANDEM_ASSERT_OK((*colocated)->forward(b, got));
+    EXPECT_LE(max_rel_diff(got, want), bound) << GetParam() << " colocated step " << step;
+    TANDEM_ASSERT_OK(forward_pipelined((*attention)->stages(), b, 2, experts, staged));
+    EXPECT_LE(max_rel_diff(staged, want), bound) << GetParam() << " stages step " << step;
+    for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
+    lens = {1, 1, 1};
+  }
+
+  const int64_t H = c.hidden_size, K = c.moe.top_k, E = c.moe.num_experts;
+  auto slice = gm.weights({.attention_side = false, .expert_begin = 0, .expert_end = E});
+  ASSERT_TRUE(slice);
+  auto expert_side = CudaModelRunner::create_expert_side(c, *slice, bf16);
+  ASSERT_TRUE(expert_side.is_ok()) << expert_side.status().to_string();
+  int64_t layer = 0;
+  while (!c.layer_is_moe[static_cast<size_t>(layer)]) ++layer;
+  const int64_t n = 16;
+  std::vector<float> x(static_cast<size_t>(n * H)), w(static_cast<size_t>(n * K), 0.5f);
+  std::vector<int32_t> ids(static_cast<size_t>(n * K));
+  std::mt19937 g(5);
+  std::normal_distribution<float> nd;
+  for (auto& v : x) v = nd(g);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < K; ++j) ids[static_cast<size_t>(t * K + j)] = static_cast<int32_t>((t + j) % E);
+  std::vector<float> want(x.size(), 0.0f), got(x.size());
+  cpu.experts(layer, x.data(), n, ids.data(), w.data(), want.data());
+  TANDEM_ASSERT_OK((*expert_side)->experts(layer, x.data(), n, ids.data(), w.data(), got.data()));
+  EXPECT_LE(max_rel_diff(got, want), bound) << GetParam() << " expert side";
+}
+
+TEST_F(CudaTest, CudaRunnerRefusesADtypeItDoesNotRun) {
+  GeneratedModel gm("tiny-mixtral", 1, "dtype");
+  ASSERT_TRUE(gm.ok);
+  auto w = gm.weights();
+  ASSERT_TRUE(w);
+  const auto& c = gm.ck.config;
+  auto gpu = CudaModelRunner::create(c, *w, {c.num_layers, 8, 4, c.num_kv_heads, c.head_dim}, {.dtype = DType::kF16});
+  EXPECT_EQ(gpu.status().code(), StatusCode::kInvalidArgument) << gpu.status().to_string();
 }
 
 TEST_F(CudaTest, CudaRunnerRefusesAKvCacheOfAnotherShape) {
