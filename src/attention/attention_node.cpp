@@ -80,15 +80,22 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
                                                                 {.attention_side = true, .expert_begin = 0, .expert_end = 0}));
     const auto& c = ck_.config;
     const engine::KvCacheShape kv_shape{c.num_layers, cfg.kv_blocks, cfg.kv_block_size, c.num_kv_heads, c.head_dim};
-    engine::ForwardFn gpu_forward;
+    const int m = cfg.micro_batches;
+    engine::ForwardFn forward;
     if (cfg.attention_on() == "cuda") {
       // The KV cache lives on the GPU; the engine keeps its block bookkeeping.
       TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create_unbacked(kv_shape));
-      TANDEM_ASSIGN_OR_RETURN(gpu_forward, start_gpu(cfg, kv_shape));
+      TANDEM_ASSIGN_OR_RETURN(forward, start_gpu(cfg, kv_shape));
+      runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
     } else {
       TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create(kv_shape, size_t{64} << 30));
+      runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
+      cpu_stages_ = std::make_unique<engine::CpuForwardStages>(*runner_);
+      forward = [this, m](const engine::ForwardBatch& b, std::vector<float>& logits) {
+        return timed_forward(*cpu_stages_, b, m, logits);
+      };
+      device_ = "cpu";
     }
-    runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
     if (cfg.transport == "ucx") {
       TANDEM_ASSIGN_OR_RETURN(remote_, UcxExpertExecutor::create(cfg, c, rank));
     } else {
@@ -99,7 +106,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
                                  .max_batch_tokens = cfg.max_batch_tokens,
                                  .micro_batches = cfg.micro_batches,
-                                 .forward = std::move(gpu_forward)});
+                                 .forward = std::move(forward)});
 
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
@@ -181,6 +188,20 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     r->set_waiting(s.waiting);
     r->set_free_blocks(s.free_blocks);
     r->set_total_blocks(cache_->shape().num_blocks);
+    r->set_device(device_);
+    engine::PipelineTimes t;
+    {
+      std::lock_guard<std::mutex> l(times_mu_);
+      t = times_;
+    }
+    auto* p = r->mutable_pipeline();
+    p->set_steps(t.steps);
+    p->set_attend_s(t.attend_s);
+    p->set_dispatch_s(t.dispatch_s);
+    p->set_wait_s(t.wait_s);
+    p->set_land_s(t.land_s);
+    p->set_head_s(t.head_s);
+    p->set_total_s(t.total_s);
     return grpc::Status::OK;
   }
 
@@ -194,6 +215,8 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create(ck_.config, *weights_, kv_shape, options));
     TANDEM_LOG_INFO("attention[{}] on GPU {} ({} MiB of weights and KV cache)", rank_, ordinal,
                     gpu_->device_bytes() >> 20);
+    TANDEM_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::device_info());
+    device_ = "cuda:" + std::to_string(ordinal) + " " + info.name;
     const int m = cfg.micro_batches;
     // The scheduler thread makes the CUDA calls: it selects the device on its first step.
     return engine::ForwardFn([this, ordinal, m, selected = false](const engine::ForwardBatch& b,
@@ -202,12 +225,21 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         TANDEM_RETURN_IF_ERROR(kernels::cuda::set_device(ordinal));
         selected = true;
       }
-      return engine::forward_pipelined(gpu_->stages(), b, m, *remote_, logits);
+      return timed_forward(gpu_->stages(), b, m, logits);
     });
 #else
     (void)kv_shape;
     return unimplemented(cfg.source + ": attention.device: cuda, but this tandem was built without CUDA");
 #endif
+  }
+
+  // One step of the ping-pong pipeline, its time breakdown added to times_.
+  Status timed_forward(engine::ForwardStages& stages, const engine::ForwardBatch& b, int m, std::vector<float>& logits) {
+    engine::PipelineTimes step;
+    Status st = engine::forward_pipelined(stages, b, m, *remote_, logits, &step);
+    std::lock_guard<std::mutex> l(times_mu_);
+    times_ += step;
+    return st;
   }
 
   void loop() {
@@ -228,6 +260,10 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   std::unique_ptr<model::ModelWeights> weights_;
   std::unique_ptr<engine::KvCache> cache_;
   std::unique_ptr<engine::ModelRunner> runner_;
+  std::unique_ptr<engine::CpuForwardStages> cpu_stages_;  // the CPU flavour
+  std::string device_;
+  std::mutex times_mu_;
+  engine::PipelineTimes times_;  // guarded by times_mu_
 #if TANDEM_HAVE_CUDA
   std::unique_ptr<engine::CudaModelRunner> gpu_;
 #endif

@@ -25,6 +25,7 @@ void register_commands(CLI::App& app) {
   register_bench(app);
   register_plan(app);
   register_profile(app);
+  register_status(app);
 }
 
 int run_selected(CLI::App& app) {

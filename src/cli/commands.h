@@ -25,5 +25,6 @@ void register_client(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_plan(CLI::App& app);
 void register_profile(CLI::App& app);
+void register_status(CLI::App& app);
 
 }  // namespace tandem::cli

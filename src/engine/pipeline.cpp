@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <chrono>
 
 #include "tandem/engine/expert_executor.h"
 
@@ -109,39 +110,68 @@ Status CpuForwardStages::logits(std::vector<float>& logits) {
   return Status::ok();
 }
 
+PipelineTimes& PipelineTimes::operator+=(const PipelineTimes& o) {
+  steps += o.steps;
+  attend_s += o.attend_s;
+  dispatch_s += o.dispatch_s;
+  wait_s += o.wait_s;
+  land_s += o.land_s;
+  head_s += o.head_s;
+  total_s += o.total_s;
+  return *this;
+}
+
 namespace {
+using Clock = std::chrono::steady_clock;
+
+// Runs `f` and adds its wall time to `into`.
+template <typename F>
+auto timed(double& into, F&& f) {
+  const auto t0 = Clock::now();
+  auto r = f();
+  into += std::chrono::duration<double>(Clock::now() - t0).count();
+  return r;
+}
+
 Status forward_pipelined_impl(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
-                              std::vector<float>& logits) {
+                              std::vector<float>& logits, PipelineTimes& t) {
   const int64_t layers = stages.config().num_layers;
   const std::vector<ForwardBatch> mbs = split_micro_batches(batch, m);
-  TANDEM_RETURN_IF_ERROR(stages.begin(mbs));
+  TANDEM_RETURN_IF_ERROR(timed(t.head_s, [&] { return stages.begin(mbs); }));
   std::vector<char> pending(mbs.size(), 0);  // experts of the previous layer still out
   // Collects micro-batch i's expert output of `layer` into its residual stream.
   auto land = [&](size_t i, int64_t layer) -> Status {
-    if (pending[i]) TANDEM_RETURN_IF_ERROR(experts.wait(layer, static_cast<int>(i)));
+    if (pending[i]) TANDEM_RETURN_IF_ERROR(timed(t.wait_s, [&] { return experts.wait(layer, static_cast<int>(i)); }));
     pending[i] = 0;
-    return stages.land(layer, i);
+    return timed(t.land_s, [&] { return stages.land(layer, i); });
   };
   for (int64_t l = 0; l < layers; ++l) {
     for (size_t i = 0; i < mbs.size(); ++i) {
       if (l > 0) TANDEM_RETURN_IF_ERROR(land(i, l - 1));
-      TANDEM_ASSIGN_OR_RETURN(const ExpertInputs in, stages.attend(l, i));
+      TANDEM_ASSIGN_OR_RETURN(const ExpertInputs in, timed(t.attend_s, [&] { return stages.attend(l, i); }));
       if (in.moe_in) {
-        TANDEM_RETURN_IF_ERROR(experts.dispatch(l, static_cast<int>(i), in.moe_in, mbs[i].num_tokens(), in.topk_idx,
-                                                in.topk_w, in.out));
+        TANDEM_RETURN_IF_ERROR(timed(t.dispatch_s, [&] {
+          return experts.dispatch(l, static_cast<int>(i), in.moe_in, mbs[i].num_tokens(), in.topk_idx, in.topk_w,
+                                  in.out);
+        }));
         pending[i] = 1;
       }
     }
   }
   for (size_t i = 0; i < mbs.size(); ++i) TANDEM_RETURN_IF_ERROR(land(i, layers - 1));
-  return stages.logits(logits);
+  return timed(t.head_s, [&] { return stages.logits(logits); });
 }
 }  // namespace
 
 Status forward_pipelined(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
-                         std::vector<float>& logits) {
-  Status st = forward_pipelined_impl(stages, batch, m, experts, logits);
+                         std::vector<float>& logits, PipelineTimes* times) {
+  PipelineTimes t;
+  const auto t0 = Clock::now();
+  Status st = forward_pipelined_impl(stages, batch, m, experts, logits, t);
   if (!st.is_ok()) experts.abort();
+  t.total_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  t.steps = 1;
+  if (times) *times += t;
   return st;
 }
 

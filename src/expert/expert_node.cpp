@@ -83,6 +83,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   grpc::Status DataPlane(grpc::ServerContext*, const pb::DataPlaneRequest*, pb::DataPlaneReply* reply) override {
     reply->set_first_expert(range_.first);
     reply->set_last_expert(range_.second);
+    reply->set_device(device_);
     if (!transport_) {
       reply->set_backend("tcp");
       return grpc::Status::OK;
@@ -130,6 +131,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     const engine::CudaRunnerOptions options{.dtype = cfg.dtype == "bf16" ? DType::kBF16 : DType::kF32};
     TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create_expert_side(ck_.config, *weights_, options));
     TANDEM_LOG_INFO("expert[{}] on GPU {} ({} MiB of expert weights)", rank_, ordinal, gpu_->device_bytes() >> 20);
+    TANDEM_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::device_info());
+    device_ = "cuda:" + std::to_string(ordinal) + " " + info.name;
     batcher_ = std::make_unique<ExpertBatcher>(
         ck_.config, [this, ordinal, selected = false](int64_t layer, const float* x, int64_t n, const int32_t* ids,
                                                       const float* w, float* out) mutable -> Status {
@@ -266,6 +269,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
 
   int rank_ = 0;
+  std::string device_ = "cpu";
   model::Checkpoint ck_;
   std::pair<int64_t, int64_t> range_;
   std::unique_ptr<model::ModelWeights> weights_;

@@ -51,11 +51,25 @@ std::vector<int32_t> rows_routed_to(const int32_t* topk_idx, int64_t n, int64_t 
 // token counts; logits rows keep their order across the split.
 std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& batch, int m);
 
+// Where an attention node's forward time goes, as its host sees it (GPU work
+// is counted where the host waits for it: the staging copies of attend and
+// the logits). Seconds, summed over steps.
+struct PipelineTimes {
+  int64_t steps = 0;
+  double attend_s = 0;    // attention, router, local FFN (and GPU staging) of every micro-batch
+  double dispatch_s = 0;  // handing routed tokens to the expert executor
+  double wait_s = 0;      // idle: waiting for expert output that has not arrived
+  double land_s = 0;      // folding expert output into the residual stream
+  double head_s = 0;      // embedding set-up, final norm, LM head, logits back
+  double total_s = 0;     // whole steps
+  PipelineTimes& operator+=(const PipelineTimes& o);
+};
+
 // The ping-pong forward: for every layer, micro-batch i's experts run (through
 // `experts`) while micro-batch i+1's attention runs in `stages`. logits as
-// ModelRunner::forward.
+// ModelRunner::forward. `times`, when given, accumulates this step's breakdown.
 Status forward_pipelined(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
-                         std::vector<float>& logits);
+                         std::vector<float>& logits, PipelineTimes* times = nullptr);
 // Same over the CPU backend.
 Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
                          std::vector<float>& logits);

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <future>
+#include <sstream>
 
 #include "cluster_harness.h"
 #include "tandem/api/deployment.h"
@@ -467,6 +468,49 @@ TEST(ClusterConfig, NodesRunOnTheirCpus) {
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   auto ck = model::Checkpoint::open(dir);
   expect_same_or_tied(dir, *ck->tokenizer->encode("pinned", true), r.tokens, want[0], "pinned");
+}
+
+// `tandem status` reaches every node of a running cluster and shows where the
+// attention nodes' step time went; a node that is down is named, not hidden.
+TEST(ClusterStatus, ShowsEveryNodeAndTheStepBreakdown) {
+  const std::string& dir = cluster_model("tiny-mixtral");
+  Cluster cluster(dir, {.attention_nodes = 2, .expert_nodes = 2, .micro_batches = 2, .transport = "ucx"});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(generate(cluster.stub(), greedy("status " + std::to_string(i), 6)).status.ok());
+  auto status = [&](std::string& out) {
+    FILE* p = popen((testing::tandem_bin() + " status --config " + cluster.config() + " 2>&1").c_str(), "r");
+    out.clear();
+    char buf[512];
+    while (fgets(buf, sizeof buf, p)) out += buf;
+    return pclose(p);
+  };
+  std::string out;
+  EXPECT_EQ(status(out), 0) << out;
+  for (const char* want : {"attention0", "attention1", "expert0", "expert1", "experts [0, 4)", "experts [4, 8)",
+                           "data plane ucx", "cpu"})
+    EXPECT_NE(out.find(want), std::string::npos) << want << " in:\n" << out;
+  // Steps were taken, and their time split: the wait column has a percentage.
+  EXPECT_EQ(out.find("unreachable"), std::string::npos) << out;
+  EXPECT_NE(out.find("%"), std::string::npos) << out;
+  bool stepped = false;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("attention", 0) != 0) continue;
+    std::istringstream f(line);
+    std::string name, addr, device;
+    long long running, waiting, steps;
+    std::string blocks;
+    f >> name >> addr >> device >> running >> waiting >> blocks >> steps;
+    stepped = stepped || steps > 0;
+  }
+  EXPECT_TRUE(stepped) << out;
+  // A killed expert node is reported unreachable, with a failing exit status.
+  const pid_t expert = cluster.role_pid("expert", 1);
+  ASSERT_GT(expert, 0);
+  kill(expert, SIGSTOP);
+  EXPECT_NE(status(out), 0) << out;
+  EXPECT_NE(out.find("unreachable"), std::string::npos) << out;
+  kill(expert, SIGCONT);
 }
 
 // A node put on a GPU where none can be used is refused with the YAML key

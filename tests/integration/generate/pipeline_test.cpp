@@ -2,9 +2,12 @@
 // experts completing asynchronously, gives the same tokens as m = 1.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <map>
+#include <thread>
 
 #include "tandem/engine/engine.h"
+#include "tandem/engine/expert_executor.h"
 #include "test_model.h"
 
 namespace tandem {
@@ -99,6 +102,53 @@ TEST(Pipeline, AsynchronousExpertsGiveTheSameTokens) {
   for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ((*want)[i].tokens, (*got)[i].tokens) << "request " << i;
   EXPECT_TRUE(deferred.drained());
   EXPECT_GT(deferred.dispatches, 0);
+}
+
+// The time breakdown accounts for one step: the experts run inside wait()
+// here (a late executor), so a slow expert shows up as wait time, and the
+// parts never add up to more than the step.
+TEST(Pipeline, TimesShowWhereTheStepWent) {
+  const auto& model = testing::tiny_model("tiny-mixtral");
+  const auto& c = model.ck.config;
+  auto cache = engine::KvCache::create({c.num_layers, 16, 4, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
+  ASSERT_TRUE(cache.is_ok());
+  engine::ModelRunner runner(c, *model.weights, cache->get());
+  struct SlowExperts : DeferredExecutor {
+    using DeferredExecutor::DeferredExecutor;
+    Status wait(int64_t layer, int mb) override {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return DeferredExecutor::wait(layer, mb);
+    }
+  } slow(runner);
+  engine::ForwardBatch b;
+  b.max_blocks_per_seq = 1;
+  for (int s = 0; s < 2; ++s) {
+    b.block_tables.push_back(s);
+    for (int t = 0; t < 3; ++t) {
+      b.tokens.push_back(5 + t + s);
+      b.positions.push_back(t);
+      b.seq_of_token.push_back(s);
+      b.slots.push_back(s * 4 + t);
+      b.ctx_len.push_back(t + 1);
+    }
+    b.logits_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
+  }
+  engine::PipelineTimes t;
+  std::vector<float> logits;
+  engine::CpuForwardStages stages(runner);
+  ASSERT_TRUE(engine::forward_pipelined(stages, b, 2, slow, logits, &t).is_ok());
+  EXPECT_EQ(t.steps, 1);
+  EXPECT_EQ(logits.size(), 2 * static_cast<size_t>(c.vocab_size));
+  // Two micro-batches, every layer MoE: 2 * layers waits of >= 5 ms.
+  EXPECT_GE(t.wait_s, 2 * c.num_layers * 0.005);
+  EXPECT_GT(t.attend_s, 0);
+  EXPECT_GT(t.head_s, 0);
+  EXPECT_LE(t.attend_s + t.dispatch_s + t.wait_s + t.land_s + t.head_s, t.total_s * 1.0001);
+  engine::PipelineTimes sum;
+  sum += t;
+  sum += t;
+  EXPECT_EQ(sum.steps, 2);
+  EXPECT_DOUBLE_EQ(sum.wait_s, 2 * t.wait_s);
 }
 
 TEST(Pipeline, SplitKeepsSequencesWholeAndBalanced) {

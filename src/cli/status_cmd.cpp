@@ -1,0 +1,91 @@
+// `tandem status --config FILE`: asks every node of a running cluster how it
+// is doing (its control plane, not the router) and prints one line per node:
+// where it runs, its load and, for attention nodes, where their forward time
+// goes (attention, dispatch, idle waiting for experts, ...). The breakdown is
+// what tells whether ping-pong hides the expert time: `wait` should be small.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "commands.h"
+#include "tandem/api/deployment.h"
+#include "tandem/internal/v1/node.grpc.pb.h"
+
+namespace tandem::cli {
+
+namespace {
+namespace pb = tandem::internal::v1;
+
+struct StatusArgs {
+  std::string config;
+  int timeout_ms = 2000;
+};
+
+// Calls `rpc` on the node at `addr` with the deadline; an unreachable node is
+// printed as such and counted.
+template <typename Service, typename Request, typename Reply, typename Rpc>
+bool ask(const std::string& name, const std::string& addr, int timeout_ms, Rpc rpc, Reply& reply, int& unreachable) {
+  auto stub = Service::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  const grpc::Status st = ((*stub).*rpc)(&ctx, Request{}, &reply);
+  if (st.ok()) return true;
+  std::printf("%-10s %-21s unreachable: %s\n", name.c_str(), addr.c_str(), st.error_message().c_str());
+  ++unreachable;
+  return false;
+}
+
+double percent(double part, double whole) { return whole > 0 ? 100.0 * part / whole : 0.0; }
+
+int run_status(const StatusArgs& a) {
+  auto cfg = api::DeploymentConfig::from_file(a.config);
+  if (!cfg.is_ok()) {
+    std::fprintf(stderr, "tandem status: %s\n", cfg.status().to_string().c_str());
+    return 2;
+  }
+  int unreachable = 0;
+  std::printf("%-10s %-21s %-28s %7s %7s %13s %7s %8s %7s %9s %6s %6s %6s\n", "node", "address", "device",
+              "running", "waiting", "free blocks", "steps", "step ms", "attend", "dispatch", "wait", "land", "head");
+  for (int i = 0; i < cfg->attention_nodes; ++i) {
+    const std::string addr = cfg->attention_endpoint(i).to_string();
+    const std::string name = "attention" + std::to_string(i);
+    pb::LoadReply r;
+    if (!ask<pb::AttentionNode, pb::LoadRequest>(name, addr, a.timeout_ms, &pb::AttentionNode::Stub::Load, r,
+                                                 unreachable))
+      continue;
+    const auto& p = r.pipeline();
+    const std::string blocks = std::to_string(r.free_blocks()) + "/" + std::to_string(r.total_blocks());
+    std::printf("%-10s %-21s %-28s %7lld %7lld %13s %7lld %8.2f %6.1f%% %8.1f%% %5.1f%% %5.1f%% %5.1f%%\n",
+                name.c_str(), addr.c_str(), r.device().c_str(), static_cast<long long>(r.running()),
+                static_cast<long long>(r.waiting()), blocks.c_str(), static_cast<long long>(p.steps()),
+                p.steps() > 0 ? 1e3 * p.total_s() / static_cast<double>(p.steps()) : 0.0,
+                percent(p.attend_s(), p.total_s()), percent(p.dispatch_s(), p.total_s()),
+                percent(p.wait_s(), p.total_s()), percent(p.land_s(), p.total_s()), percent(p.head_s(), p.total_s()));
+  }
+  for (int j = 0; j < cfg->expert_nodes; ++j) {
+    const std::string addr = cfg->expert_endpoint(j).to_string();
+    const std::string name = "expert" + std::to_string(j);
+    pb::DataPlaneReply r;
+    if (!ask<pb::ExpertNode, pb::DataPlaneRequest>(name, addr, a.timeout_ms, &pb::ExpertNode::Stub::DataPlane, r,
+                                                   unreachable))
+      continue;
+    std::printf("%-10s %-21s %-28s experts [%lld, %lld), data plane %s\n", name.c_str(), addr.c_str(),
+                r.device().c_str(), static_cast<long long>(r.first_expert()), static_cast<long long>(r.last_expert()),
+                r.backend().c_str());
+  }
+  std::printf("attend/dispatch/wait/land/head: shares of the attention nodes' step time (wait: idle for experts)\n");
+  return unreachable == 0 ? 0 : 1;
+}
+}  // namespace
+
+void register_status(CLI::App& app) {
+  static StatusArgs a;
+  auto* s = add_command(app, "status", "Show every node of a running cluster: device, load, step-time breakdown",
+                        [] { return run_status(a); });
+  s->add_option("--config", a.config, "Deployment YAML of the running cluster")->required();
+  s->add_option("--timeout-ms", a.timeout_ms, "Per-node deadline")->capture_default_str()->check(CLI::PositiveNumber);
+}
+
+}  // namespace tandem::cli
