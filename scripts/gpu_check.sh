@@ -314,8 +314,9 @@ fi
 if want e2e; then
 # ---- end to end on one GPU: colocated vs disaggregated, m = 1, 2, 3 --------------------
 # Colocated: one process (generate_bench --device cuda). Disaggregated: tandem
-# serve with one attention and one expert node sharing the GPU, over UCX, and
-# tandem bench at the same concurrency. E2E_MODEL (a make-model preset,
+# serve with one attention and one expert node sharing the GPU, over CUDA IPC
+# and over UCX with host staging (E2E_TRANSPORTS), and tandem bench at the same
+# concurrency; tandem status's breakdown shows where the step time goes. E2E_MODEL (a make-model preset,
 # default small-mixtral; qwen3-30b-a3b-4l is the issue's shape, ~1 min to make).
 banner "end to end on one GPU: colocated vs disaggregated (m = 1, 2, 3)"
 LOG="$OUT/benchmarks.log"
@@ -327,11 +328,14 @@ if runs_on_gpu "e2e one GPU"; then
   run_timed 90 "$LOG" '.' "$PACK/bin/generate_bench" --model "$dir" --device cuda --batches 16 \
     --prompt-tokens 32 --decode-tokens 64
   colocated=$(awk '$1 == 16 {print $3}' "$LOG" | tail -n 1)
-  run_timed 240 "$LOG" '^==|throughput' env TANDEM="$PACK/bin/tandem" DEVICE=cuda TRANSPORTS=ucx READY_TRIES=300 \
+  run_timed 300 "$LOG" '^==|throughput|^attention' env TANDEM="$PACK/bin/tandem" DEVICE=cuda \
+    TRANSPORTS="${E2E_TRANSPORTS:-cuda_ipc ucx}" READY_TRIES=300 \
     CONCURRENCY=16 REQUESTS=32 PROMPT=32 OUTPUT=64 bash scripts/pingpong_bench.sh "$dir" 1 1
   st=$(status_of "$RC")
-  disagg=$(grep -oE 'output throughput [0-9.]+ tok/s' "$LOG" | tail -n 3 | awk '{print $3}' | paste -sd/ -)
-  record "e2e one GPU" "$st" "$(($(date +%s) - e2e_start))" "colocated batch 16: ${colocated:-?} decode tok/s; disaggregated m=1/2/3: ${disagg:-see $LOG} output tok/s"
+  # "cuda_ipc: a/b/c ucx: d/e/f" output tok/s for m = 1/2/3
+  disagg=$(awk '/^== transport=/ {split($2, t, "="); if (t[2] != cur) {cur = t[2]; printf "%s%s: ", (n++ ? "; " : ""), cur; sep = ""}}
+                /output throughput/ {printf "%s%s", sep, $(NF-1); sep = "/"}' "$LOG")
+  record "e2e one GPU" "$st" "$(($(date +%s) - e2e_start))" "colocated batch 16: ${colocated:-?} decode tok/s; disaggregated (output tok/s, m=1/2/3) ${disagg:-see $LOG}"
 fi
 fi
 

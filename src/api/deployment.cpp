@@ -135,9 +135,14 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   if (c.dtype != "f32" && c.dtype != "bf16") return r.error("cluster.dtype", "must be f32 or bf16, got '" + c.dtype + "'");
   if (c.dtype == "bf16" && !c.uses_cuda())
     return r.error("cluster.dtype", "bf16 applies to GPU nodes, and every node here is on the CPU (which computes in FP32)");
-  if (c.transport_shared_memory && c.transport != "ucx")
+  if (c.transport_shared_memory && c.transport == "tcp")
     return r.error("transport.shared_memory", "needs transport.backend: ucx (the tcp backend is gRPC streams)");
-  if (c.transport != "tcp" && c.transport != "ucx") return r.error("transport.backend", "must be tcp or ucx, got '" + c.transport + "'");
+  if (c.transport != "tcp" && c.transport != "ucx" && c.transport != "cuda_ipc")
+    return r.error("transport.backend", "must be tcp, ucx or cuda_ipc, got '" + c.transport + "'");
+  if (c.transport == "cuda_ipc" && (c.attention_on() != "cuda" || c.experts_on() != "cuda"))
+    return r.error("transport.backend",
+                   "cuda_ipc moves activations between GPUs of one host: it needs attention and expert nodes on "
+                   "cuda (cluster.device: cuda)");
   if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warn" && c.log_level != "error")
     return r.error("logging.level", "must be debug, info, warn or error");
   if (c.max_batch_tokens < c.micro_batches)

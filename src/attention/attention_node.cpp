@@ -1,5 +1,6 @@
 #include "tandem/attention/attention_node.h"
 
+#include "ipc_experts.h"
 #include "remote_experts.h"
 #include "ucx_experts.h"
 
@@ -96,7 +97,14 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
       };
       device_ = "cpu";
     }
-    if (cfg.transport == "ucx") {
+    if (cfg.transport == "cuda_ipc") {
+#if TANDEM_HAVE_CUDA
+      if (!gpu_) return failed_precondition(cfg.source + ": transport.backend: cuda_ipc needs attention.device: cuda");
+      TANDEM_ASSIGN_OR_RETURN(remote_, CudaIpcExpertExecutor::create(cfg, c, rank));
+#else
+      return unimplemented(cfg.source + ": transport.backend: cuda_ipc, but this tandem was built without CUDA");
+#endif
+    } else if (cfg.transport == "ucx") {
       TANDEM_ASSIGN_OR_RETURN(remote_, UcxExpertExecutor::create(cfg, c, rank));
     } else {
       remote_ = std::make_unique<RemoteExpertExecutor>(cfg, c, rank);

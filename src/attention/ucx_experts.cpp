@@ -9,7 +9,6 @@
 #include "tandem/common/logging.h"
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/transport/moe_payload.h"
-#include "tandem/transport/ucx_transport.h"
 
 namespace tandem::attention {
 
@@ -17,13 +16,7 @@ namespace pb = tandem::internal::v1;
 using transport::MoePayloadLayout;
 using namespace std::chrono_literals;
 
-struct UcxExpertExecutor::Link {
-  int rank = 0;
-  transport::NodeId id;
-  std::string control_address;  // the node's gRPC endpoint
-  int64_t first = 0, last = 0;  // experts [first, last)
-  std::unique_ptr<pb::ExpertNode::Stub> stub;
-};
+struct UcxExpertExecutor::Link : ExpertLink {};
 
 UcxExpertExecutor::UcxExpertExecutor(const api::DeploymentConfig& cfg, const model::ModelConfig& model, int rank)
     : cfg_(cfg), model_(model), rank_(rank) {}
@@ -33,52 +26,15 @@ UcxExpertExecutor::~UcxExpertExecutor() = default;
 Result<std::unique_ptr<UcxExpertExecutor>> UcxExpertExecutor::create(const api::DeploymentConfig& cfg,
                                                                      const model::ModelConfig& model, int rank) {
   std::unique_ptr<UcxExpertExecutor> x(new UcxExpertExecutor(cfg, model, rank));
-  const auto self = transport::attention_node(static_cast<uint32_t>(rank));
-  TANDEM_ASSIGN_OR_RETURN(x->transport_,
-                          transport::create_ucx_transport(
-                              transport::ucx_node_options(self, cfg.attention_endpoint(rank).host,
-                                                           cfg.transport_shared_memory)));
-  std::vector<transport::NodeId> peers;
-  for (int j = 0; j < cfg.expert_nodes; ++j) {
-    auto link = std::make_unique<Link>();
-    link->rank = j;
-    link->id = transport::expert_node(static_cast<uint32_t>(j));
-    link->control_address = cfg.expert_endpoint(j).to_string();
-    std::tie(link->first, link->last) = cfg.expert_range(model.moe.num_experts, j);
-    link->stub = pb::ExpertNode::NewStub(
-        grpc::CreateChannel(link->control_address, grpc::InsecureChannelCredentials()));
-    peers.push_back(link->id);
-    x->links_.push_back(std::move(link));
-  }
-  TANDEM_RETURN_IF_ERROR(x->transport_->expect(peers));
+  x->links_ = make_expert_links<Link>(cfg, model.moe.num_experts);
+  TANDEM_ASSIGN_OR_RETURN(x->transport_, open_data_plane(cfg, rank, x->links_));
   return x;
 }
 
 Status UcxExpertExecutor::connected(Link& link) {
   if (transport_->peer_status(link.id).is_ok()) return Status::ok();
-  const std::string who = "expert node " + std::to_string(link.rank) + " at " + link.control_address;
-  // Short waits: while a node is down every step fails, and the scheduler
-  // thread must stay responsive to cancellations meanwhile.
   const auto budget = std::chrono::milliseconds(std::min(cfg_.transport_timeout_ms, 500));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + budget);
-  pb::DataPlaneRequest req;
-  pb::DataPlaneReply reply;
-  if (grpc::Status st = link.stub->DataPlane(&ctx, req, &reply); !st.ok())
-    return unavailable(who + " is unreachable: " + st.error_message());
-  if (reply.backend() != "ucx")
-    return failed_precondition(who + " serves transport '" + reply.backend() +
-                               "', this attention node 'ucx': the nodes run with different deployment files");
-  if (reply.first_expert() != link.first || reply.last_expert() != link.last)
-    return failed_precondition(who + " holds experts [" + std::to_string(reply.first_expert()) + ", " +
-                               std::to_string(reply.last_expert()) + "), this attention node expects [" +
-                               std::to_string(link.first) + ", " + std::to_string(link.last) +
-                               "): the nodes run with different deployment files");
-  const transport::PeerAddress addr{link.id, reply.host(), static_cast<uint16_t>(reply.port())};
-  if (Status st = transport_->reconnect(addr, budget); !st.is_ok())
-    return unavailable(who + ": data plane " + transport::to_string(addr) + " not reachable: " + st.message());
-  TANDEM_LOG_INFO("attention[{}]: data plane to {} up", rank_, transport::to_string(addr));
-  return Status::ok();
+  return dial(*transport_, link, pb::DataPlaneRequest{}, "ucx", budget).status();
 }
 
 Result<UcxExpertExecutor::SendSlot*> UcxExpertExecutor::send_slot(size_t link, int mb, size_t bytes) {
@@ -148,25 +104,17 @@ Status UcxExpertExecutor::wait(int64_t layer, int mb) {
   const auto timeout = std::chrono::milliseconds(cfg_.transport_timeout_ms);
   for (const Outgoing& o : sent) {
     Link& link = *links_[o.link];
-    auto who = [&] { return "expert node " + std::to_string(link.rank); };  // errors only, off the hot path
     const MoePayloadLayout lay{o.rows.size(), static_cast<size_t>(H), 0};
     while (true) {
-      auto msg = transport_->recv(
-          transport::TagFilter::exact(static_cast<uint32_t>(layer), static_cast<uint32_t>(mb), link.id), timeout);
-      if (!msg.is_ok()) {
-        const Status& st = msg.status();
-        if (st.code() == StatusCode::kDeadlineExceeded || st.code() == StatusCode::kDataLoss)
-          return Status(st.code(), who() + ": " + st.message());
-        return unavailable(who() + ": " + st.message());
-      }
-      const auto& hdr = msg->header();
-      const auto data = msg->data();
-      if (data.size() < sizeof(uint64_t)) return data_loss(who() + ": combine of " + std::to_string(data.size()) + " bytes");
+      TANDEM_ASSIGN_OR_RETURN(auto msg, recv_combine(*transport_, link, layer, mb, timeout));
+      const auto& hdr = msg.header();
+      const auto data = msg.data();
+      if (data.size() < sizeof(uint64_t)) return data_loss(link.who() + ": combine of " + std::to_string(data.size()) + " bytes");
       const uint64_t echoed = transport::read_step(data, data.size() - sizeof(uint64_t));
       if (echoed < o.step) continue;  // the late answer to a dispatch of an aborted step
       if (echoed != o.step || hdr.num_tokens != o.rows.size() || hdr.hidden_size != H ||
           hdr.dtype != DType::kF32 || data.size() != lay.combine_bytes())
-        return data_loss(who() + ": combine (layer " + std::to_string(hdr.layer) + ", micro-batch " +
+        return data_loss(link.who() + ": combine (layer " + std::to_string(hdr.layer) + ", micro-batch " +
                          std::to_string(hdr.micro_batch) + ", step " + std::to_string(echoed) + ", " +
                          std::to_string(hdr.num_tokens) + " tokens, " + std::to_string(data.size()) +
                          " bytes) does not answer the dispatch (step " + std::to_string(o.step) + ", " +

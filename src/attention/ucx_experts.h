@@ -13,10 +13,8 @@
 #include <memory>
 #include <vector>
 
-#include "tandem/api/deployment.h"
+#include "expert_links.h"
 #include "tandem/engine/expert_executor.h"
-#include "tandem/model/config.h"
-#include "tandem/transport/transport.h"
 
 namespace tandem::attention {
 

@@ -60,7 +60,10 @@ std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& b, int m) {
   return out;
 }
 
-Status CpuForwardStages::begin(const std::vector<ForwardBatch>& micro_batches) {
+Status CpuForwardStages::begin(const std::vector<ForwardBatch>& micro_batches, bool device_exchange) {
+  if (device_exchange)
+    return failed_precondition("the CPU forward cannot hand device memory to a GPU data plane (transport.backend "
+                               "cuda_ipc needs attention.device: cuda)");
   const auto& c = runner_.config();
   const size_t H = static_cast<size_t>(c.hidden_size), K = static_cast<size_t>(c.moe.top_k);
   mbs_ = &micro_batches;
@@ -137,7 +140,7 @@ Status forward_pipelined_impl(ForwardStages& stages, const ForwardBatch& batch, 
                               std::vector<float>& logits, PipelineTimes& t) {
   const int64_t layers = stages.config().num_layers;
   const std::vector<ForwardBatch> mbs = split_micro_batches(batch, m);
-  TANDEM_RETURN_IF_ERROR(timed(t.head_s, [&] { return stages.begin(mbs); }));
+  TANDEM_RETURN_IF_ERROR(timed(t.head_s, [&] { return stages.begin(mbs, experts.device_resident()); }));
   std::vector<char> pending(mbs.size(), 0);  // experts of the previous layer still out
   // Collects micro-batch i's expert output of `layer` into its residual stream.
   auto land = [&](size_t i, int64_t layer) -> Status {

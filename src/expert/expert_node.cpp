@@ -13,9 +13,11 @@
 #include <thread>
 #include <vector>
 
+#include "tandem/common/grpc_status.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/model_runner.h"
 #if TANDEM_HAVE_CUDA
+#include "ipc_data_plane.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/kernels/cuda.h"
 #endif
@@ -57,7 +59,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     b.RegisterService(this);
     server_ = b.BuildAndStart();
     if (!server_ || bound == 0) return unavailable("cannot listen on " + ep.to_string());
-    if (cfg.transport == "ucx") TANDEM_RETURN_IF_ERROR(start_data_plane(cfg, ep.host));
+    if (cfg.transport != "tcp") TANDEM_RETURN_IF_ERROR(start_data_plane(cfg, ep.host));
     server_->GetHealthCheckService()->SetServingStatus(true);
     TANDEM_LOG_INFO("expert[{}] serving experts [{}, {}) on {}", rank, range_.first, range_.second, ep.to_string());
     return Status::ok();
@@ -80,7 +82,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       if (t.joinable()) t.join();
   }
 
-  grpc::Status DataPlane(grpc::ServerContext*, const pb::DataPlaneRequest*, pb::DataPlaneReply* reply) override {
+  grpc::Status DataPlane(grpc::ServerContext*, const pb::DataPlaneRequest* req, pb::DataPlaneReply* reply) override {
     reply->set_first_expert(range_.first);
     reply->set_last_expert(range_.second);
     reply->set_device(device_);
@@ -89,7 +91,19 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       return grpc::Status::OK;
     }
     const transport::PeerAddress a = transport_->address();
-    reply->set_backend("ucx");
+    reply->set_backend(backend_);
+#if TANDEM_HAVE_CUDA
+    if (ipc_ && !req->ipc_handle().empty()) {
+      if (req->attention_rank() < 0 || req->attention_rank() >= attention_nodes_)
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "attention_rank " + std::to_string(req->attention_rank()) + " is not a node of this cluster");
+      auto handle = ipc_->attach(req->attention_rank(), req->ipc_handle());
+      if (!handle.is_ok()) return to_grpc(handle.status());
+      reply->set_ipc_handle(*handle);
+    }
+#else
+    (void)req;
+#endif
     reply->set_host(a.host);
     reply->set_port(a.port);
     return grpc::Status::OK;
@@ -123,11 +137,18 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
 
  private:
+  // A registered buffer for replies and the send that last used it.
+  struct ReplySlot {
+    transport::Buffer buffer;
+    transport::SendHandle last;
+  };
+
   // The GPU flavour: this node's experts on a GPU, fed by the batcher's
   // thread (the merged work of every attention node) through pinned staging.
   Status start_gpu(const api::DeploymentConfig& cfg) {
 #if TANDEM_HAVE_CUDA
     TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.expert_gpu_slot(rank_)));
+    gpu_ordinal_ = ordinal;
     const engine::CudaRunnerOptions options{.dtype = cfg.dtype == "bf16" ? DType::kBF16 : DType::kF32};
     TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create_expert_side(ck_.config, *weights_, options));
     TANDEM_LOG_INFO("expert[{}] on GPU {} ({} MiB of expert weights)", rank_, ordinal, gpu_->device_bytes() >> 20);
@@ -152,6 +173,14 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   // DataPlane) and one thread per attention node, so a slow or restarting
   // sender never delays another.
   Status start_data_plane(const api::DeploymentConfig& cfg, const std::string& host) {
+    backend_ = cfg.transport;
+    attention_nodes_ = cfg.attention_nodes;
+#if TANDEM_HAVE_CUDA
+    if (cfg.transport == "cuda_ipc") {
+      if (!gpu_) return failed_precondition(cfg.source + ": transport.backend: cuda_ipc needs expert.device: cuda");
+      ipc_ = std::make_unique<IpcDataPlane>(cfg, ck_.config, gpu_ordinal_, *gpu_);
+    }
+#endif
     const auto self = transport::expert_node(static_cast<uint32_t>(rank_));
     TANDEM_ASSIGN_OR_RETURN(transport_, transport::create_ucx_transport(
                                               transport::ucx_node_options(self, host, cfg.transport_shared_memory)));
@@ -167,10 +196,6 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     using namespace std::chrono_literals;
     const auto& c = ck_.config;
     // Two reply buffers: one is computed into while the other may still be sending.
-    struct ReplySlot {
-      transport::Buffer buffer;
-      transport::SendHandle last;
-    };
     std::array<ReplySlot, 2> replies;
     size_t turn = 0;
     while (!stopping_) {
@@ -182,6 +207,12 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
         continue;
       }
       const transport::MessageHeader& h = msg->header();
+#if TANDEM_HAVE_CUDA
+      if (ipc_) {
+        serve_ipc(peer, h, msg->data(), replies[turn++ % replies.size()]);
+        continue;
+      }
+#endif
       const transport::MoePayloadLayout lay{h.num_tokens, static_cast<size_t>(c.hidden_size),
                                             static_cast<size_t>(c.moe.top_k)};
       if (Status st = validate(h, lay, msg->data()); !st.is_ok()) {
@@ -223,6 +254,44 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       if (sent.is_ok()) slot.last = *sent;  // a failed send: the sender is gone, and will redo the step
     }
   }
+
+#if TANDEM_HAVE_CUDA
+  // A cuda_ipc dispatch: the control message names the slot and sequence
+  // number of activations already sent device to device; the answer goes the
+  // same way, announced by a small combine message.
+  void serve_ipc(transport::NodeId peer, const transport::MessageHeader& h, std::span<const std::byte> control,
+                 ReplySlot& slot) {
+    const auto& c = ck_.config;
+    const int attention_rank = static_cast<int>(peer.rank);
+    Status st = h.kind != transport::MessageKind::kDispatch ? invalid_argument("not a dispatch message")
+                : h.layer >= static_cast<uint32_t>(c.num_layers) || !c.layer_is_moe[h.layer]
+                    ? invalid_argument("layer " + std::to_string(h.layer) + " is not a MoE layer")
+                    : Status::ok();
+    if (st.is_ok() && !slot.last.wait(std::chrono::milliseconds(5000)).is_ok()) slot = {};
+    if (st.is_ok() && slot.buffer.size() < transport::IpcControlLayout::kCombineBytes) {
+      auto b = transport_->allocate(transport::IpcControlLayout::kCombineBytes);
+      if (b.is_ok()) slot.buffer = std::move(b).value(); else st = b.status();
+    }
+    if (st.is_ok())
+      st = ipc_->serve(attention_rank, h, control,
+                       slot.buffer.span().first(transport::IpcControlLayout::kCombineBytes));
+    if (!st.is_ok()) {
+      // Unanswered, the dispatch times out on the attention node, which names us.
+      TANDEM_LOG_ERROR("expert[{}]: dropping an IPC dispatch from {}: {}", rank_, transport::to_string(peer),
+                       st.message());
+      return;
+    }
+    transport::MessageHeader r;
+    r.kind = transport::MessageKind::kCombine;
+    r.layer = h.layer;
+    r.micro_batch = h.micro_batch;
+    r.num_tokens = 0;
+    r.hidden_size = h.hidden_size;
+    r.dtype = DType::kF32;
+    auto sent = transport_->send(peer, r, slot.buffer, transport::IpcControlLayout::kCombineBytes);
+    if (sent.is_ok()) slot.last = *sent;
+  }
+#endif
 
   // A dispatch is read in place, so every field that sizes or indexes
   // something is checked first.
@@ -270,6 +339,9 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
 
   int rank_ = 0;
   std::string device_ = "cpu";
+  std::string backend_ = "tcp";
+  int attention_nodes_ = 0;
+  int gpu_ordinal_ = 0;
   model::Checkpoint ck_;
   std::pair<int64_t, int64_t> range_;
   std::unique_ptr<model::ModelWeights> weights_;
@@ -279,7 +351,10 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   std::unique_ptr<ExpertBatcher> batcher_;  // after weights_ and gpu_: stops before they go
   std::unique_ptr<grpc::Server> server_;
   std::atomic<bool> stopping_{false};
-  std::unique_ptr<transport::Transport> transport_;  // ucx only
+  std::unique_ptr<transport::Transport> transport_;  // ucx and cuda_ipc
+#if TANDEM_HAVE_CUDA
+  std::unique_ptr<IpcDataPlane> ipc_;  // cuda_ipc only
+#endif
   std::vector<std::thread> senders_;
 };
 

@@ -70,6 +70,10 @@ class CudaModelRunner {
   // memory, as ModelRunner::experts but overwriting `out`. The caller has
   // checked layer and ids.
   Status experts(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out);
+  // The same with x [n, hidden] FP32 already on the device (ids and w on the
+  // host): the sum stays on the device, FP32, in a buffer of the runner that
+  // is valid until its next call; enqueued on the current stream.
+  Result<const float*> experts_device(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w);
 
   size_t device_bytes() const;  // weights + KV cache
 

@@ -26,6 +26,10 @@ class ExpertExecutor {
   // Forgets every dispatch not yet waited for (after a failed step), so that
   // nothing of it can land in a later step.
   virtual void abort() {}
+  // True for a GPU data plane: moe_in and out of dispatch() are then FP32
+  // device memory of the calling thread's device, and the output is added on
+  // the calling thread's stream (routing stays in host memory).
+  virtual bool device_resident() const { return false; }
 };
 
 // Runs the experts synchronously with a ModelRunner that holds them.

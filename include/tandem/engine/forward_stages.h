@@ -18,8 +18,9 @@
 
 namespace tandem::engine {
 
-// Micro-batch state an ExpertExecutor reads and writes, in host memory; all
-// null for a layer without routed experts.
+// Micro-batch state an ExpertExecutor reads and writes; all null for a layer
+// without routed experts. The routing is in host memory; the activations too,
+// unless the stages were begun for a device-resident executor.
 struct ExpertInputs {
   const float* moe_in = nullptr;     // [n, hidden]
   const int32_t* topk_idx = nullptr;  // [n, top_k]
@@ -34,8 +35,10 @@ class ForwardStages {
   virtual bool layer_is_moe(int64_t layer) const = 0;
 
   // Takes the micro-batches of one step (valid until logits() returns) and
-  // embeds their tokens.
-  virtual Status begin(const std::vector<ForwardBatch>& micro_batches) = 0;
+  // embeds their tokens. `device_exchange`: moe_in and out of attend() are to
+  // be device memory (ExpertExecutor::device_resident); FAILED_PRECONDITION
+  // where the stages cannot give that.
+  virtual Status begin(const std::vector<ForwardBatch>& micro_batches, bool device_exchange) = 0;
   // Micro-batch i through `layer`'s attention, the feed-forward that stays on
   // this side (dense MLP, shared expert) and, on a MoE layer, the router.
   virtual Result<ExpertInputs> attend(int64_t layer, size_t i) = 0;
@@ -52,7 +55,7 @@ class CpuForwardStages final : public ForwardStages {
   explicit CpuForwardStages(ModelRunner& runner) : runner_(runner) {}
   const model::ModelConfig& config() const override { return runner_.config(); }
   bool layer_is_moe(int64_t layer) const override { return runner_.layer_is_moe(layer); }
-  Status begin(const std::vector<ForwardBatch>& micro_batches) override;
+  Status begin(const std::vector<ForwardBatch>& micro_batches, bool device_exchange) override;
   Result<ExpertInputs> attend(int64_t layer, size_t i) override;
   Status land(int64_t layer, size_t i) override;
   Status logits(std::vector<float>& logits) override;

@@ -32,6 +32,22 @@ struct MoePayloadLayout {
   size_t combine_bytes() const { return activation_bytes() + sizeof(uint64_t); }
 };
 
+// The cuda_ipc data plane sends the activations by CUDA IPC (device to device)
+// and only this control part over UCX; header num_tokens = 0:
+//   dispatch: u64 step | u64 seq | u64 n | [n, K] i32 expert ids | [n, K] f32 gate weights
+//   combine:  u64 step | u64 seq | u64 n
+// `seq` is the IPC slot flag value that says the activations (dispatch) or the
+// expert sum (combine) have landed in the receiver's slot for the micro-batch.
+struct IpcControlLayout {
+  size_t tokens = 0, top_k = 0;
+
+  static constexpr size_t kStepOffset = 0, kSeqOffset = 8, kTokensOffset = 16;
+  static constexpr size_t kCombineBytes = 24;
+  size_t ids_offset() const { return kCombineBytes; }
+  size_t weights_offset() const { return ids_offset() + tokens * top_k * sizeof(int32_t); }
+  size_t dispatch_bytes() const { return weights_offset() + tokens * top_k * sizeof(float); }
+};
+
 inline uint64_t read_step(std::span<const std::byte> payload, size_t offset) {
   uint64_t v = 0;
   std::memcpy(&v, payload.data() + offset, sizeof v);

@@ -102,7 +102,7 @@ struct DeviceBatch {
 // same memory as acc).
 template <typename T>
 struct DeviceStream {
-  kc::DeviceBuffer hidden, moe_in, acc, ffn_buf;
+  kc::DeviceBuffer hidden, moe_in, acc, ffn_buf, moe_in_f32;
 
   Status reserve(int64_t n, int64_t H) {
     const size_t th = static_cast<size_t>(n * H);
@@ -112,6 +112,12 @@ struct DeviceStream {
     if constexpr (!std::is_same_v<T, float>) TANDEM_RETURN_IF_ERROR(grow<T>(ffn_buf, th, "ffn output").status());
     return Status::ok();
   }
+  // BF16 only: moe_in in FP32 for the expert exchange, per micro-batch so a
+  // device-resident executor may still be reading it when the next one's is made.
+  Status reserve_f32_in(int64_t n, int64_t H) {
+    return grow<float>(moe_in_f32, static_cast<size_t>(n * H), "moe input (FP32)").status();
+  }
+  float* in_f32() const { return moe_in_f32.as<float>(); }
   T* h() const { return hidden.as<T>(); }
   T* in() const { return moe_in.as<T>(); }
   float* sum() const { return acc.as<float>(); }
@@ -147,6 +153,8 @@ struct CudaModelRunner::Impl : ForwardStages {
   virtual Status forward(const ForwardBatch& b, std::vector<float>& host_logits) = 0;
   virtual Status host_experts(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w,
                               float* out) = 0;
+  virtual Result<const float*> device_experts(int64_t layer, const float* x, int64_t n, const int32_t* ids,
+                                              const float* w) = 0;
   size_t device_bytes = 0;
 };
 
@@ -169,7 +177,7 @@ struct Runner final : CudaModelRunner::Impl {
 
   // Scratch of one layer, shared by whatever runs (one thread, one stream).
   kc::DeviceBuffer x, q, k, v, attn, o, gate_logits, topk_idx, topk_w, offsets, row_token, row_weight;
-  kc::DeviceBuffer x_perm, y_perm, scratch, normed, selected, logits_buf, staging_f32;
+  kc::DeviceBuffer x_perm, y_perm, scratch, normed, selected, logits_buf;
 
   // The colocated forward's batch and residual stream.
   DeviceBatch batch;
@@ -180,6 +188,7 @@ struct Runner final : CudaModelRunner::Impl {
   std::vector<DeviceBatch> mb_batches;
   std::vector<DeviceStream<T>> mb_streams;
   std::vector<HostStage> mb_stages;
+  bool device_exchange_ = false;  // this step's expert executor is device-resident
 
   // An expert node's host staging: [x | row_token | row_weight] in one upload.
   kc::PinnedBuffer expert_upload;
@@ -427,8 +436,9 @@ struct Runner final : CudaModelRunner::Impl {
   const model::ModelConfig& config() const override { return c; }
   bool layer_is_moe(int64_t layer) const override { return layers[static_cast<size_t>(layer)].is_moe; }
 
-  Status begin(const std::vector<ForwardBatch>& micro_batches) override {
+  Status begin(const std::vector<ForwardBatch>& micro_batches, bool device_exchange) override {
     TANDEM_RETURN_IF_ERROR(need_attention("an attention node's forward"));
+    device_exchange_ = device_exchange;
     const int64_t H = c.hidden_size, K = c.moe.top_k;
     mbs = &micro_batches;
     const size_t m = micro_batches.size();
@@ -458,13 +468,25 @@ struct Runner final : CudaModelRunner::Impl {
       return ExpertInputs{};
     }
     TANDEM_RETURN_IF_ERROR(route(L, s.in(), n));
+    // The expert exchange is in FP32 (the wire format).
     const float* in_f32 = nullptr;
     if constexpr (std::is_same_v<T, float>) {
       in_f32 = s.in();
     } else {
-      TANDEM_ASSIGN_OR_RETURN(float* f, grow<float>(staging_f32, static_cast<size_t>(n * H), "moe input (FP32)"));
-      TANDEM_RETURN_IF_ERROR(kc::convert(s.in(), f, n * H));
-      in_f32 = f;
+      TANDEM_RETURN_IF_ERROR(s.reserve_f32_in(n, H));
+      TANDEM_RETURN_IF_ERROR(kc::convert(s.in(), s.in_f32(), n * H));
+      in_f32 = s.in_f32();
+    }
+    if (device_exchange_) {
+      // A GPU data plane reads moe_in and adds into the sum on this stream;
+      // only the routing comes to the host.
+      TANDEM_RETURN_IF_ERROR(kc::fill_zero(s.sum(), static_cast<size_t>(n * H) * sizeof(float)));
+      TANDEM_RETURN_IF_ERROR(
+          kc::copy_to_host_async(st.topk_idx.data(), topk_idx.data(), static_cast<size_t>(n * K) * sizeof(int32_t)));
+      TANDEM_RETURN_IF_ERROR(
+          kc::copy_to_host_async(st.topk_w.data(), topk_w.data(), static_cast<size_t>(n * K) * sizeof(float)));
+      TANDEM_RETURN_IF_ERROR(kc::synchronize());
+      return ExpertInputs{in_f32, st.topk_idx.as<int32_t>(), st.topk_w.as<float>(), s.sum()};
     }
     TANDEM_RETURN_IF_ERROR(kc::copy_to_host_async(st.moe_in.data(), in_f32, static_cast<size_t>(n * H) * sizeof(float)));
     TANDEM_RETURN_IF_ERROR(
@@ -482,8 +504,9 @@ struct Runner final : CudaModelRunner::Impl {
     // The experts' sum becomes this micro-batch's FFN output, which the next
     // layer's input norm (or the final norm) adds into the residual stream.
     const int64_t n = mb_batches[i].num_tokens(), H = c.hidden_size;
-    TANDEM_RETURN_IF_ERROR(kc::copy_to_device(mb_streams[i].sum(), mb_stages[i].out.data(),
-                                              static_cast<size_t>(n * H) * sizeof(float)));
+    if (!device_exchange_)  // a GPU data plane has added into the sum on the device
+      TANDEM_RETURN_IF_ERROR(kc::copy_to_device(mb_streams[i].sum(), mb_stages[i].out.data(),
+                                                static_cast<size_t>(n * H) * sizeof(float)));
     return mb_streams[i].sum_to_ffn(n, H);
   }
 
@@ -501,26 +524,30 @@ struct Runner final : CudaModelRunner::Impl {
 
   // ---- An expert node's experts ----
 
-  Status host_experts(int64_t layer, const float* xin, int64_t n, const int32_t* ids, const float* w,
-                      float* out) override {
+  // The expert side's core: the permutation over the experts this runner
+  // holds is built on the host (cheap, and cuBLAS needs its sizes there
+  // anyway) and uploaded in one copy, with x too when it comes from the host;
+  // the sum [n, H] lands in expert_out (FP32).
+  Result<float*> run_held_experts(int64_t layer, const float* x_host, const float* x_device, int64_t n,
+                                  const int32_t* ids, const float* w) {
     const int64_t H = c.hidden_size, E = c.moe.num_experts, K = c.moe.top_k;
     const DeviceLayer<T>& L = layers[static_cast<size_t>(layer)];
-    if (n == 0) return Status::ok();
-    // The permutation is cheap and its sizes are needed on the host anyway
-    // (cuBLAS): build it here, over the experts this runner holds.
     std::vector<int32_t> host_offsets(static_cast<size_t>(E + 1), 0);
     for (int64_t r = 0; r < n * K; ++r)
       if (L.experts[static_cast<size_t>(ids[r])].gate) ++host_offsets[static_cast<size_t>(ids[r]) + 1];
     for (int64_t e = 0; e < E; ++e) host_offsets[e + 1] += host_offsets[e];
     const int64_t rows = host_offsets[static_cast<size_t>(E)];
     const size_t x_bytes = static_cast<size_t>(n * H) * sizeof(float);
+    const size_t x_upload = x_host ? x_bytes : 0;
     const size_t index_bytes = static_cast<size_t>(rows) * sizeof(int32_t);
-    const size_t total = x_bytes + 2 * index_bytes;
+    const size_t total = x_upload + 2 * index_bytes;
+    // The previous call's upload from this buffer is complete: every call
+    // ends with a synchronisation (host result) or its caller's.
     TANDEM_RETURN_IF_ERROR(grow_pinned(expert_upload, total, "staged expert input"));
     auto* bytes = expert_upload.as<std::byte>();
-    std::memcpy(bytes, xin, x_bytes);
-    auto* rt = reinterpret_cast<int32_t*>(bytes + x_bytes);
-    auto* rw = reinterpret_cast<float*>(bytes + x_bytes + index_bytes);
+    if (x_host) std::memcpy(bytes, x_host, x_bytes);
+    auto* rt = reinterpret_cast<int32_t*>(bytes + x_upload);
+    auto* rw = reinterpret_cast<float*>(bytes + x_upload + index_bytes);
     std::vector<int32_t> fill(host_offsets.begin(), host_offsets.end() - 1);
     for (int64_t r = 0; r < n * K; ++r) {
       const auto e = static_cast<size_t>(ids[r]);
@@ -531,22 +558,35 @@ struct Runner final : CudaModelRunner::Impl {
     }
     TANDEM_ASSIGN_OR_RETURN(std::byte * dev, grow<std::byte>(expert_in, total, "expert input"));
     TANDEM_RETURN_IF_ERROR(kc::copy_to_device(dev, bytes, total));
+    const float* x_f32 = x_host ? reinterpret_cast<const float*>(dev) : x_device;
     const T* x_dev = nullptr;
     if constexpr (std::is_same_v<T, float>) {
-      x_dev = reinterpret_cast<const float*>(dev);
+      x_dev = x_f32;
     } else {
       TANDEM_ASSIGN_OR_RETURN(T * xc, grow<T>(expert_x, static_cast<size_t>(n * H), "expert input (BF16)"));
-      TANDEM_RETURN_IF_ERROR(kc::convert(reinterpret_cast<const float*>(dev), xc, n * H));
+      TANDEM_RETURN_IF_ERROR(kc::convert(x_f32, xc, n * H));
       x_dev = xc;
     }
     TANDEM_ASSIGN_OR_RETURN(float* y, grow<float>(expert_out, static_cast<size_t>(n * H), "expert output"));
     TANDEM_RETURN_IF_ERROR(kc::fill_zero(y, x_bytes));
     if (rows > 0)
       TANDEM_RETURN_IF_ERROR(run_grouped(L, x_dev, host_offsets.data(), rows,
-                                         reinterpret_cast<const int32_t*>(dev + x_bytes),
-                                         reinterpret_cast<const float*>(dev + x_bytes + index_bytes), y));
-    // Also the point after which expert_upload may be rewritten.
-    return kc::copy_to_host(out, y, x_bytes);
+                                         reinterpret_cast<const int32_t*>(dev + x_upload),
+                                         reinterpret_cast<const float*>(dev + x_upload + index_bytes), y));
+    return y;
+  }
+
+  Status host_experts(int64_t layer, const float* xin, int64_t n, const int32_t* ids, const float* w,
+                      float* out) override {
+    if (n == 0) return Status::ok();
+    TANDEM_ASSIGN_OR_RETURN(float* y, run_held_experts(layer, xin, nullptr, n, ids, w));
+    return kc::copy_to_host(out, y, static_cast<size_t>(n * c.hidden_size) * sizeof(float));
+  }
+
+  Result<const float*> device_experts(int64_t layer, const float* x, int64_t n, const int32_t* ids,
+                                      const float* w) override {
+    TANDEM_ASSIGN_OR_RETURN(float* y, run_held_experts(layer, nullptr, x, n, ids, w));
+    return static_cast<const float*>(y);
   }
 };
 
@@ -610,6 +650,13 @@ ForwardStages& CudaModelRunner::stages() { return *impl_; }
 Status CudaModelRunner::experts(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w,
                                 float* out) {
   return impl_->host_experts(layer, x, n, ids, w, out).with_context("CUDA experts of layer " + std::to_string(layer));
+}
+
+Result<const float*> CudaModelRunner::experts_device(int64_t layer, const float* x, int64_t n, const int32_t* ids,
+                                                     const float* w) {
+  auto y = impl_->device_experts(layer, x, n, ids, w);
+  if (!y.is_ok()) return y.status().with_context("CUDA experts of layer " + std::to_string(layer));
+  return y;
 }
 
 size_t CudaModelRunner::device_bytes() const { return impl_->device_bytes; }

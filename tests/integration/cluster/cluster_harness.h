@@ -57,7 +57,7 @@ struct ClusterShape {
   int max_running_sequences = 64;
   int max_queue = 256;
   int kv_blocks = 512;
-  std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory)
+  std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory) | cuda_ipc
   std::string attention_cpus{}, expert_cpus{};  // attention.cpus / expert.cpus when not empty
   std::string attention_device = "cpu", expert_device = "cpu";  // attention.device / expert.device
 };
@@ -80,7 +80,7 @@ class Cluster {
                            << "expert: {base_port: " << base_ + 5
                            << (s.expert_cpus.empty() ? "" : ", cpus: '" + s.expert_cpus + "'")
                            << ", device: " << s.expert_device << "}\n"
-                           << "transport: {backend: " << (s.transport == "tcp" ? "tcp" : "ucx")
+                           << "transport: {backend: " << (s.transport == "ucx-shm" ? "ucx" : s.transport)
                            << ", shared_memory: " << (s.transport == "ucx-shm" ? "true" : "false") << "}\n";
     pid_ = fork();
     if (pid_ == 0) {

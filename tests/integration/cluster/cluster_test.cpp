@@ -156,6 +156,7 @@ TEST_P(ClusterGpu, GpuNodesMatchSingleProcess) {
 
 INSTANTIATE_TEST_SUITE_P(Devices, ClusterGpu,
                          ::testing::Values(GpuCase{"all_gpu_ucx", "cuda", "cuda", 1, 2, 2, "ucx"},
+                                           GpuCase{"all_gpu_cuda_ipc", "cuda", "cuda", 2, 2, 2, "cuda_ipc"},
                                            GpuCase{"gpu_attention_tcp", "cuda", "cpu", 2, 1, 3, "tcp"},
                                            GpuCase{"gpu_experts_ucx", "cpu", "cuda", 1, 2, 1, "ucx"}),
                          [](const auto& info) { return std::string(info.param.name); });

@@ -104,27 +104,14 @@ TEST(Pipeline, AsynchronousExpertsGiveTheSameTokens) {
   EXPECT_GT(deferred.dispatches, 0);
 }
 
-// The time breakdown accounts for one step: the experts run inside wait()
-// here (a late executor), so a slow expert shows up as wait time, and the
-// parts never add up to more than the step.
-TEST(Pipeline, TimesShowWhereTheStepWent) {
-  const auto& model = testing::tiny_model("tiny-mixtral");
-  const auto& c = model.ck.config;
-  auto cache = engine::KvCache::create({c.num_layers, 16, 4, c.num_kv_heads, c.head_dim}, size_t{1} << 30);
-  ASSERT_TRUE(cache.is_ok());
-  engine::ModelRunner runner(c, *model.weights, cache->get());
-  struct SlowExperts : DeferredExecutor {
-    using DeferredExecutor::DeferredExecutor;
-    Status wait(int64_t layer, int mb) override {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      return DeferredExecutor::wait(layer, mb);
-    }
-  } slow(runner);
+// A prefill batch of `seqs` sequences of `len` tokens, sequence s in KV block s
+// (blocks of 4 tokens), with logits for each sequence's last token.
+engine::ForwardBatch prefill_batch(int seqs, int len) {
   engine::ForwardBatch b;
   b.max_blocks_per_seq = 1;
-  for (int s = 0; s < 2; ++s) {
+  for (int s = 0; s < seqs; ++s) {
     b.block_tables.push_back(s);
-    for (int t = 0; t < 3; ++t) {
+    for (int t = 0; t < len; ++t) {
       b.tokens.push_back(5 + t + s);
       b.positions.push_back(t);
       b.seq_of_token.push_back(s);
@@ -133,6 +120,34 @@ TEST(Pipeline, TimesShowWhereTheStepWent) {
     }
     b.logits_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
   }
+  return b;
+}
+
+// tiny-mixtral's CPU runner over a cache of 16 blocks of 4 tokens.
+struct TinyRunner {
+  const testing::LoadedModel& model = testing::tiny_model("tiny-mixtral");
+  std::unique_ptr<engine::KvCache> cache =
+      engine::KvCache::create({config().num_layers, 16, 4, config().num_kv_heads, config().head_dim}, size_t{1} << 30)
+          .value();
+  engine::ModelRunner runner{config(), *model.weights, cache.get()};
+  const model::ModelConfig& config() const { return model.ck.config; }
+};
+
+// The time breakdown accounts for one step: the experts run inside wait()
+// here (a late executor), so a slow expert shows up as wait time, and the
+// parts never add up to more than the step.
+TEST(Pipeline, TimesShowWhereTheStepWent) {
+  TinyRunner tiny;
+  const auto& c = tiny.config();
+  engine::ModelRunner& runner = tiny.runner;
+  struct SlowExperts : DeferredExecutor {
+    using DeferredExecutor::DeferredExecutor;
+    Status wait(int64_t layer, int mb) override {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return DeferredExecutor::wait(layer, mb);
+    }
+  } slow(runner);
+  const engine::ForwardBatch b = prefill_batch(2, 3);
   engine::PipelineTimes t;
   std::vector<float> logits;
   engine::CpuForwardStages stages(runner);
@@ -149,6 +164,23 @@ TEST(Pipeline, TimesShowWhereTheStepWent) {
   sum += t;
   EXPECT_EQ(sum.steps, 2);
   EXPECT_DOUBLE_EQ(sum.wait_s, 2 * t.wait_s);
+}
+
+// A GPU data plane wants device memory; the CPU stages cannot give it and say
+// so before any work is done.
+TEST(Pipeline, CpuStagesRefuseADeviceResidentExecutor) {
+  TinyRunner tiny;
+  struct OnDevice : DeferredExecutor {
+    using DeferredExecutor::DeferredExecutor;
+    bool device_resident() const override { return true; }
+  } gpu_plane(tiny.runner);
+  engine::CpuForwardStages stages(tiny.runner);
+  const engine::ForwardBatch b = prefill_batch(1, 1);
+  std::vector<float> logits;
+  const Status st = engine::forward_pipelined(stages, b, 1, gpu_plane, logits);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.to_string();
+  EXPECT_NE(st.message().find("cuda_ipc"), std::string::npos) << st.to_string();
+  EXPECT_EQ(gpu_plane.dispatches, 0);
 }
 
 TEST(Pipeline, SplitKeepsSequencesWholeAndBalanced) {

@@ -134,6 +134,13 @@ TEST(Deployment, PerRoleDevicesDefaultToTheClusterDevice) {
   EXPECT_EQ(bf16_again->dtype, "bf16");
   expect_refused("model: {path: m}\ncluster: {dtype: bf16}\n", "cluster.dtype", "on the CPU");
   expect_refused("model: {path: m}\ncluster: {device: cuda, dtype: fp8}\n", "cluster.dtype", "'fp8'");
+  // The GPU-direct data plane needs both roles on GPUs.
+  auto ipc = DeploymentConfig::from_yaml("model: {path: m}\ncluster: {device: cuda}\ntransport: {backend: cuda_ipc}\n",
+                                         "d.yaml");
+  ASSERT_TRUE(ipc.is_ok()) << ipc.status().to_string();
+  EXPECT_EQ(ipc->transport, "cuda_ipc");
+  expect_refused("model: {path: m}\nattention: {device: cuda}\ntransport: {backend: cuda_ipc}\n",
+                 "transport.backend", "needs attention and expert nodes on cuda");
 }
 
 }  // namespace
