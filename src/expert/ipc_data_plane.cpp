@@ -36,13 +36,14 @@ Result<std::string> IpcDataPlane::attach(int attention_rank, const std::string& 
   std::lock_guard<std::mutex> l(mu_);
   TANDEM_RETURN_IF_ERROR(on_device());
   Peer& p = peers_[attention_rank];
-  if (!p.rx) {
+  if (!p.tx || p.tx_blob != their_handle) {
+    // A new attention node (or a restarted one): its old memory goes away with
+    // it, and its sequence numbers start again at 1, so our slots' flags must
+    // too: a fresh receiver. Sends into the old mapping were waited for (serve
+    // synchronises), so it can be unmapped.
+    p.rx.reset();
     TANDEM_ASSIGN_OR_RETURN(p.rx, transport::CudaIpcReceiver::create(static_cast<size_t>(cfg_.micro_batches),
                                                                      slot_bytes_));
-  }
-  if (!p.tx || p.tx_blob != their_handle) {
-    // A restarted attention node: its old memory goes away with it. Sends
-    // into it were waited for (serve synchronises), so it can be unmapped.
     p.tx.reset();
     TANDEM_ASSIGN_OR_RETURN(p.tx, transport::CudaIpcSender::open(their_handle));
     p.tx_blob = their_handle;
