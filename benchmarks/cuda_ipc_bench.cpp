@@ -41,8 +41,10 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "cuda_bench_util.h"
 #include "tandem/kernels/cuda.h"
 #include "tandem/transport/cuda_ipc.h"
 
@@ -50,6 +52,7 @@ namespace {
 
 using namespace tandem;
 using namespace tandem::transport;
+using namespace tandem::bench;
 namespace cu = tandem::kernels::cuda;
 using namespace std::chrono_literals;
 
@@ -58,19 +61,6 @@ constexpr size_t kMaxBytes = size_t{8} << 20;
 constexpr double kTarget = 0.80;
 constexpr size_t kTargetFrom = size_t{1} << 20;
 constexpr auto kWaitTimeout = 10s;
-
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-[[noreturn]] void fail(const std::string& what) { throw Failure(what); }
-
-// CUDA calls of the benchmark itself: a failure throws, naming the call.
-#define CK(expr)                                                                                    \
-  do {                                                                                              \
-    if (const cudaError_t ck_err_ = (expr); ck_err_ != cudaSuccess)                                 \
-      fail(std::string(#expr) + " (line " + std::to_string(__LINE__) + "): " + cudaGetErrorName(ck_err_) + \
-           ", " + cudaGetErrorString(ck_err_));                                                     \
-  } while (0)
 
 void ok(const Status& st) {
   if (!st.is_ok()) fail(st.to_string());
@@ -139,19 +129,6 @@ struct Command {
 
 // ---- device helpers --------------------------------------------------------------
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(s); }
-};
-
-struct Dev {
-  void* p = nullptr;
-  explicit Dev(size_t bytes) { CK(cudaMalloc(&p, bytes)); }
-  ~Dev() { cudaFree(p); }
-  char* at(size_t off) const { return static_cast<char*>(p) + off; }
-};
-
 void fill_random(void* dev, size_t bytes, uint32_t seed) {
   std::vector<uint32_t> host(bytes / 4);
   std::mt19937 gen(seed);
@@ -159,48 +136,11 @@ void fill_random(void* dev, size_t bytes, uint32_t seed) {
   CK(cudaMemcpy(dev, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// ms of the work `enqueue` puts on `s`, timed by events around it.
-template <typename F>
-double timed_ms(cudaStream_t s, F&& enqueue) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  CK(cudaEventRecord(a, s));
-  enqueue();
-  CK(cudaEventRecord(b, s));
-  CK(cudaEventSynchronize(b));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, a, b));
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms;
-}
-
 // Median over the gaps between events recorded after each of `n` steps, halved
 // (each step is a round trip).
 template <typename F>
 double median_half_step_us(cudaStream_t s, int n, F&& step) {
-  std::vector<cudaEvent_t> ev(static_cast<size_t>(n) + 1);
-  for (cudaEvent_t& e : ev) CK(cudaEventCreate(&e));
-  CK(cudaEventRecord(ev[0], s));
-  for (int k = 0; k < n; ++k) {
-    step(k);
-    CK(cudaEventRecord(ev[k + 1], s));
-  }
-  CK(cudaEventSynchronize(ev[n]));
-  std::vector<double> gaps;
-  for (int k = 0; k < n; ++k) {
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, ev[k], ev[k + 1]));
-    gaps.push_back(ms * 1e3 / 2);
-  }
-  for (cudaEvent_t e : ev) cudaEventDestroy(e);
-  return median(gaps);
+  return median_step_us(s, n, std::forward<F>(step), 2);
 }
 
 // Sends per burst: enough to last well beyond launch jitter, capped for 4 KiB.
@@ -263,10 +203,6 @@ struct Row {
   bool has_target() const { return bytes >= kTargetFrom; }
   bool met() const { return ratio() >= kTarget; }
 };
-
-std::string size_text(size_t bytes) {
-  return bytes >= (size_t{1} << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes >> 10) + " KiB";
-}
 
 class Measurer {
  public:

@@ -25,7 +25,7 @@
 # Knobs: OUT, GPU_CHECK_BUDGET, BENCH_ARGS (e.g. "--quick"), BENCH_REPEAT (0 or
 # 1: a second, --quick bench run to show run-to-run spread), PACK_ARCHIVE,
 # E2E_MODEL.#
-# STEPS (default "tests cluster generate kernels ipc e2e parity", in this order
+# STEPS (default "tests cluster generate kernels ipc e2e profile parity", in this order
 # of value) picks the steps, e.g. STEPS="cluster e2e" for a rerun.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -179,7 +179,7 @@ PACK_OK=0
 [ "$setup_status" = ok ] && PACK_OK=1
 
 no_gpu="skipped: no GPU"
-STEPS=${STEPS:-tests cluster generate kernels ipc e2e parity}
+STEPS=${STEPS:-tests cluster generate kernels ipc e2e profile parity}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 # runs_on_gpu STEP [WHY]: false (with STEP recorded as skipped) when the pack
 # did not unpack or there is no GPU.
@@ -336,6 +336,23 @@ if runs_on_gpu "e2e one GPU"; then
   disagg=$(awk '/^== transport=/ {split($2, t, "="); if (t[2] != cur) {cur = t[2]; printf "%s%s: ", (n++ ? "; " : ""), cur; sep = ""}}
                 /output throughput/ {printf "%s%s", sep, $(NF-1); sep = "/"}' "$LOG")
   record "e2e one GPU" "$st" "$(($(date +%s) - e2e_start))" "colocated batch 16: ${colocated:-?} decode tok/s; disaggregated (output tok/s, m=1/2/3) ${disagg:-see $LOG}"
+fi
+fi
+
+if want profile; then
+# ---- the planner's measured profile of this GPU -------------------------------------------
+banner "tandem profile on the GPU (small-mixtral, the planner's measured points)"
+LOG="$OUT/benchmarks.log"
+if runs_on_gpu "profile"; then
+  prof_start=$(date +%s)
+  dir="$WORK/small-mixtral"
+  [ -f "$dir/config.json" ] || run_timed 60 "$LOG" '^$' "$PACK/bin/tandem" make-model --preset small-mixtral --seed 0 --out "$dir"
+  printf 'model: {path: %s}\ncluster: {device: cuda}\n' "$dir" >"$WORK/profile.yaml"
+  run_timed 120 "$LOG" '^(measured|fitted|the fitted|wrote)' "$PACK/bin/tandem" profile --config "$WORK/profile.yaml" \
+    --name "$(echo "$GPU_NAME" | tr ' ' '-')-measured" --out "$WORK/gpu-profile.yaml"
+  st=$(status_of "$RC")
+  [ -f "$WORK/gpu-profile.yaml" ] && { echo "--- gpu-profile.yaml"; cat "$WORK/gpu-profile.yaml"; } >>"$LOG"
+  record "profile" "$st" "$(($(date +%s) - prof_start))" "$(grep -E '^fitted' "$LOG" | tail -n 1)"
 fi
 fi
 

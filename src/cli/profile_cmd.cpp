@@ -1,5 +1,6 @@
 // `tandem profile --config DEPLOYMENT`: measures this machine through the
-// project's own kernels (ModelRunner on the deployment's model) and transport
+// project's own kernels (the CPU ModelRunner, or the GPU runner when the
+// deployment puts nodes on cuda, on the deployment's model) and transport
 // (the in-process M2N transport), and writes a measured hardware profile that
 // `tandem plan --attention-hw FILE` accepts in place of a spec-derived one.
 // The measurement is short (a few reps per point) so it can share a machine.
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <random>
 #include <string>
@@ -25,6 +27,10 @@
 #include "tandem/model/weights.h"
 #include "tandem/planner/profile_fit.h"
 #include "tandem/transport/inproc_transport.h"
+#if TANDEM_HAVE_CUDA
+#include "tandem/engine/cuda_runner.h"
+#include "tandem/kernels/cuda.h"
+#endif
 
 namespace tandem::cli {
 
@@ -55,89 +61,193 @@ double time_us(int reps, F&& f) {
   return best;
 }
 
-Status measure_attention(const model::ModelConfig& c, const model::ModelWeights& w, int reps,
+// What the profile times, on whichever device the nodes would run: the
+// attention side (every layer's attention and router for a decode batch; the
+// embedding and LM head) and the expert side (every MoE layer's experts for n
+// routed tokens). Each call returns when its work is done.
+struct ProfiledBackend {
+  std::string name;             // "CPU backend", "CUDA backend (NVIDIA H200, f32)"
+  engine::KvCache* cache;       // the attention side's block bookkeeping
+  double memory_gb = 0;         // device memory of a GPU backend (0: the host's)
+  std::function<Status(const engine::ForwardBatch&)> attention_layers;
+  std::function<Status(const engine::ForwardBatch&)> head;
+  std::function<Status(int64_t n, const float* x, const int32_t* ids, const float* w)> experts;
+};
+
+constexpr int64_t kProfileBlock = 16;
+const std::vector<int64_t> kProfileBatches{1, 4, 16, 48, 64};
+const std::vector<int64_t> kProfileContexts{32, 128, 512};
+
+engine::KvCacheShape profile_cache_shape(const model::ModelConfig& c) {
+  const int64_t max_blocks = (kProfileContexts.back() + kProfileBlock - 1) / kProfileBlock;
+  return {c.num_layers, kProfileBatches.back() * max_blocks, kProfileBlock, c.num_kv_heads, c.head_dim};
+}
+
+// The MoE layers, in order: FAILED_PRECONDITION for a model without one.
+Result<std::vector<int64_t>> moe_layers(const model::ModelConfig& c) {
+  std::vector<int64_t> layers;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    if (c.layer_is_moe[static_cast<size_t>(l)]) layers.push_back(l);
+  if (layers.empty()) return failed_precondition("profile: the model has no MoE layer");
+  return layers;
+}
+
+// The CPU backend: ModelRunner, as the CPU nodes run it.
+struct CpuProfile {
+  std::unique_ptr<engine::KvCache> cache;
+  std::unique_ptr<engine::ModelRunner> runner;
+  std::vector<float> hidden, moe_in, topk_w, logits, out;
+  std::vector<int32_t> topk_idx;
+
+  Result<ProfiledBackend> make(const model::ModelConfig& c, const model::ModelWeights& w) {
+    const engine::KvCacheShape shape = profile_cache_shape(c);
+    TANDEM_ASSIGN_OR_RETURN(cache, engine::KvCache::create(shape, shape.bytes()));
+    runner = std::make_unique<engine::ModelRunner>(c, w, cache.get());
+    TANDEM_ASSIGN_OR_RETURN(const std::vector<int64_t> moe, moe_layers(c));
+    const int64_t H = c.hidden_size, K = c.moe.top_k;
+    ProfiledBackend b;
+    b.name = "CPU backend";
+    b.cache = cache.get();
+    b.attention_layers = [this, &c, H, K](const engine::ForwardBatch& fb) {
+      const int64_t n = fb.num_tokens();
+      hidden.assign(static_cast<size_t>(n * H), 0.01f);
+      moe_in.resize(hidden.size());
+      topk_idx.resize(static_cast<size_t>(n * K));
+      topk_w.resize(topk_idx.size());
+      // Every layer in turn, so the weights stream from memory as in a real
+      // step rather than sitting in the last-level cache.
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        runner->attention(l, fb, hidden.data(), moe_in.data());
+        if (runner->layer_is_moe(l)) runner->route(l, moe_in.data(), n, topk_idx.data(), topk_w.data());
+      }
+      return Status::ok();
+    };
+    b.head = [this, &c, H](const engine::ForwardBatch& fb) {
+      hidden.resize(static_cast<size_t>(fb.num_tokens() * H));
+      logits.resize(fb.logits_rows.size() * static_cast<size_t>(c.vocab_size));
+      runner->embed(fb, hidden.data());
+      runner->lm_head(hidden.data(), fb.logits_rows, logits.data());
+      return Status::ok();
+    };
+    b.experts = [this, moe, H](int64_t n, const float* x, const int32_t* ids, const float* wts) {
+      out.resize(static_cast<size_t>(n * H));
+      for (int64_t l : moe) runner->experts(l, x, n, ids, wts, out.data());
+      return Status::ok();
+    };
+    return b;
+  }
+};
+
+#if TANDEM_HAVE_CUDA
+// The CUDA backend: the GPU runner as the GPU nodes run it (the attention
+// side's stages with a device-resident expert exchange; the experts on
+// device-resident input).
+struct CudaProfile {
+  std::unique_ptr<engine::KvCache> cache;
+  std::unique_ptr<engine::CudaModelRunner> gpu;
+  std::vector<engine::ForwardBatch> one;
+  std::vector<float> logits;
+  kernels::cuda::DeviceBuffer x_dev;
+
+  Result<ProfiledBackend> make(const model::ModelConfig& c, const model::ModelWeights& w, DType dtype) {
+    const engine::KvCacheShape shape = profile_cache_shape(c);
+    TANDEM_ASSIGN_OR_RETURN(cache, engine::KvCache::create_unbacked(shape));
+    TANDEM_ASSIGN_OR_RETURN(gpu, engine::CudaModelRunner::create(c, w, shape, {.dtype = dtype}));
+    TANDEM_ASSIGN_OR_RETURN(const std::vector<int64_t> moe, moe_layers(c));
+    TANDEM_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::device_info());
+    ProfiledBackend b;
+    b.name = "CUDA backend (" + info.name + ", " + (dtype == DType::kBF16 ? "bf16" : "f32") + ")";
+    b.memory_gb = static_cast<double>(info.memory.total_bytes) / 1e9;
+    b.cache = cache.get();
+    b.attention_layers = [this, &c](const engine::ForwardBatch& fb) -> Status {
+      one.assign(1, fb);
+      engine::ForwardStages& st = gpu->stages();
+      TANDEM_RETURN_IF_ERROR(st.begin(one, /*device_exchange=*/true));
+      for (int64_t l = 0; l < c.num_layers; ++l) TANDEM_RETURN_IF_ERROR(st.attend(l, 0).status());
+      return kernels::cuda::synchronize();
+    };
+    b.head = [this](const engine::ForwardBatch& fb) -> Status {
+      one.assign(1, fb);
+      engine::ForwardStages& st = gpu->stages();
+      TANDEM_RETURN_IF_ERROR(st.begin(one, /*device_exchange=*/true));
+      return st.logits(logits);
+    };
+    b.experts = [this, moe, &c](int64_t n, const float* x, const int32_t* ids, const float* wts) -> Status {
+      const size_t bytes = static_cast<size_t>(n * c.hidden_size) * sizeof(float);
+      if (x_dev.size() < bytes) {
+        x_dev = kernels::cuda::DeviceBuffer();
+        TANDEM_ASSIGN_OR_RETURN(x_dev, kernels::cuda::DeviceBuffer::allocate(bytes, "profile expert input"));
+      }
+      TANDEM_RETURN_IF_ERROR(kernels::cuda::copy_to_device(x_dev.data(), x, bytes));
+      TANDEM_RETURN_IF_ERROR(kernels::cuda::synchronize());
+      for (int64_t l : moe)
+        TANDEM_RETURN_IF_ERROR(gpu->experts_device(l, x_dev.as<float>(), n, ids, wts).status());
+      return kernels::cuda::synchronize();
+    };
+    return b;
+  }
+};
+#endif
+
+Status measure_attention(const model::ModelConfig& c, const ProfiledBackend& be, int reps,
                          planner::ProfilePoints& pts) {
-  const std::vector<int64_t> batches{1, 4, 16, 48, 64};
-  const std::vector<int64_t> contexts{32, 128, 512};
-  constexpr int64_t kBlock = 16;
-  const int64_t max_seqs = batches.back(), max_blocks = (contexts.back() + kBlock - 1) / kBlock;
-  engine::KvCacheShape shape{c.num_layers, max_seqs * max_blocks, kBlock, c.num_kv_heads, c.head_dim};
-  TANDEM_ASSIGN_OR_RETURN(auto cache, engine::KvCache::create(shape, shape.bytes()));
-  engine::ModelRunner runner(c, w, cache.get());
-  const int64_t H = c.hidden_size, K = c.moe.top_k;
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-0.1f, 0.1f);
-  for (int64_t b : batches) {
-    for (int64_t s : contexts) {
-      const int64_t blocks = (s + kBlock - 1) / kBlock;
+  Status failed;
+  auto timed = [&](const std::function<Status()>& f) {
+    return time_us(reps, [&] {
+      if (Status st = f(); !st.is_ok() && failed.is_ok()) failed = st;
+    });
+  };
+  for (int64_t b : kProfileBatches) {
+    for (int64_t s : kProfileContexts) {
+      const int64_t blocks = (s + kProfileBlock - 1) / kProfileBlock;
       engine::ForwardBatch fb;
       fb.max_blocks_per_seq = blocks;
       std::vector<std::vector<int32_t>> owned;
       for (int64_t i = 0; i < b; ++i) {
-        TANDEM_ASSIGN_OR_RETURN(std::vector<int32_t> bl, cache->allocator().allocate(blocks));
+        TANDEM_ASSIGN_OR_RETURN(std::vector<int32_t> bl, be.cache->allocator().allocate(blocks));
         fb.block_tables.insert(fb.block_tables.end(), bl.begin(), bl.end());
         fb.tokens.push_back(1);
         fb.positions.push_back(static_cast<int32_t>(s - 1));
         fb.seq_of_token.push_back(static_cast<int32_t>(i));
-        fb.slots.push_back(static_cast<int64_t>(bl[static_cast<size_t>((s - 1) / kBlock)]) * kBlock + (s - 1) % kBlock);
+        fb.slots.push_back(static_cast<int64_t>(bl[static_cast<size_t>((s - 1) / kProfileBlock)]) * kProfileBlock +
+                           (s - 1) % kProfileBlock);
         fb.ctx_len.push_back(static_cast<int32_t>(s));
+        fb.logits_rows.push_back(static_cast<int32_t>(i));
         owned.push_back(std::move(bl));
       }
-      std::vector<float> hidden(static_cast<size_t>(b * H)), moe_in(hidden.size()), topk_w(static_cast<size_t>(b * K));
-      std::vector<int32_t> topk_idx(topk_w.size());
-      for (auto& x : hidden) x = u(rng);
-      const std::vector<float> start = hidden;
-      // The planner's T_a is attention plus the router gate of one layer. Every
-      // layer in turn, so the weights stream from memory as in a real step
-      // rather than sitting in the last-level cache.
-      const double us = time_us(reps, [&] {
-        hidden = start;
-        for (int64_t l = 0; l < c.num_layers; ++l) {
-          runner.attention(l, fb, hidden.data(), moe_in.data());
-          if (runner.layer_is_moe(l)) runner.route(l, moe_in.data(), b, topk_idx.data(), topk_w.data());
-        }
-      });
+      // The planner's T_a is attention plus the router gate of one layer.
+      const double us = timed([&] { return be.attention_layers(fb); });
       pts.attention.push_back({b, static_cast<double>(s), us / static_cast<double>(c.num_layers)});
-      if (s == contexts.front()) {
-        // What a step costs besides its layers: embedding in, final norm and
-        // LM head out (the planner's per-micro-batch head time).
-        std::vector<int32_t> rows(static_cast<size_t>(b));
-        for (int64_t i = 0; i < b; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-        std::vector<float> logits(static_cast<size_t>(b * c.vocab_size));
-        const double head_us = time_us(reps, [&] {
-          runner.embed(fb, hidden.data());
-          runner.lm_head(hidden.data(), rows, logits.data());
-        });
-        pts.head.push_back({b, head_us});
-      }
-      for (const auto& bl : owned) cache->allocator().free(bl);
+      // What a step costs besides its layers: embedding in, final norm and
+      // LM head out (the planner's per-micro-batch head time).
+      if (s == kProfileContexts.front()) pts.head.push_back({b, timed([&] { return be.head(fb); })});
+      for (const auto& bl : owned) be.cache->allocator().free(bl);
+      TANDEM_RETURN_IF_ERROR(failed);
     }
   }
   return Status::ok();
 }
 
-Status measure_experts(const model::ModelConfig& c, const model::ModelWeights& w, int reps,
+Status measure_experts(const model::ModelConfig& c, const ProfiledBackend& be, int reps,
                        planner::ProfilePoints& pts) {
-  engine::ModelRunner runner(c, w, nullptr);
-  std::vector<int64_t> moe_layers;
-  for (int64_t l = 0; l < c.num_layers; ++l)
-    if (runner.layer_is_moe(l)) moe_layers.push_back(l);
-  if (moe_layers.empty()) return failed_precondition("profile: the model has no MoE layer");
+  TANDEM_ASSIGN_OR_RETURN(const std::vector<int64_t> moe, moe_layers(c));
   const int64_t H = c.hidden_size, E = c.moe.num_experts, K = c.moe.top_k;
   std::mt19937 rng(2);
   std::uniform_real_distribution<float> u(-0.1f, 0.1f);
   for (int64_t t : {1, 2, 4, 8, 12, 16, 32, 64}) {
     // Token i picks experts (iK + j) mod E: every expert gets t tokens, each token K distinct experts.
     const int64_t n = (t * E + K - 1) / K;
-    std::vector<float> x(static_cast<size_t>(n * H)), out(x.size()), wts(static_cast<size_t>(n * K), 1.0f / K);
+    std::vector<float> x(static_cast<size_t>(n * H)), wts(static_cast<size_t>(n * K), 1.0f / K);
     std::vector<int32_t> idx(wts.size());
     for (auto& v : x) v = u(rng);
     for (int64_t i = 0; i < n * K; ++i) idx[static_cast<size_t>(i)] = static_cast<int32_t>(i % E);
+    Status failed;
     // Every MoE layer in turn, for the same reason as attention.
     const double us = time_us(reps, [&] {
-      for (int64_t l : moe_layers) runner.experts(l, x.data(), n, idx.data(), wts.data(), out.data());
+      if (Status st = be.experts(n, x.data(), idx.data(), wts.data()); !st.is_ok() && failed.is_ok()) failed = st;
     });
-    pts.experts.push_back({static_cast<double>(n * K) / E, us / static_cast<double>(moe_layers.size())});
+    TANDEM_RETURN_IF_ERROR(failed);
+    pts.experts.push_back({static_cast<double>(n * K) / E, us / static_cast<double>(moe.size())});
   }
   return Status::ok();
 }
@@ -218,19 +328,36 @@ int run_profile(const ProfileArgs& a) {
   if (!ck.is_ok()) return fail(ck.status());
   auto weights = model::ModelWeights::load(ck->config, *ck->weights);
   if (!weights.is_ok()) return fail(weights.status());
-  if (cfg->device != "cpu")
-    std::fprintf(stderr, "tandem profile: cluster.device is %s; only the CPU backend is profiled so far\n",
-                 cfg->device.c_str());
+  // The attention side's device is what a plan's attention GPUs are; a mixed
+  // deployment (GPU attention, CPU experts) is profiled on the GPU.
+  const bool on_gpu = cfg->uses_cuda();
+  if (on_gpu && cfg->attention_on() != cfg->experts_on())
+    std::fprintf(stderr, "tandem profile: attention on %s, experts on %s: both are profiled on cuda\n",
+                 cfg->attention_on().c_str(), cfg->experts_on().c_str());
+  CpuProfile cpu;
+  Result<ProfiledBackend> backend = internal_error("no backend");
+  if (!on_gpu) {
+    backend = cpu.make(ck->config, **weights);
+  } else {
+#if TANDEM_HAVE_CUDA
+    static CudaProfile gpu;  // outlives the measurement (its closures point into it)
+    backend = gpu.make(ck->config, **weights, cfg->dtype == "bf16" ? DType::kBF16 : DType::kF32);
+#else
+    backend = unimplemented(cfg->source + ": cluster.device: cuda, but this tandem was built without CUDA");
+#endif
+  }
+  if (!backend.is_ok()) return fail(backend.status());
 
   planner::ProfilePoints pts;
   const auto t0 = Clock::now();
-  Status st = measure_attention(ck->config, **weights, a.reps, pts);
-  if (st.is_ok()) st = measure_experts(ck->config, **weights, a.reps, pts);
+  Status st = measure_attention(ck->config, *backend, a.reps, pts);
+  if (st.is_ok()) st = measure_experts(ck->config, *backend, a.reps, pts);
   if (st.is_ok()) st = measure_m2n(a.reps, pts);
   if (!st.is_ok()) return fail(st);
-  std::printf("measured %zu points in %.1f s on the CPU backend with %s\n",
+  std::printf("measured %zu points in %.1f s on the %s with %s\n",
               pts.attention.size() + pts.experts.size() + pts.m2n.size(),
-              std::chrono::duration<double>(Clock::now() - t0).count(), cfg->model_path.c_str());
+              std::chrono::duration<double>(Clock::now() - t0).count(), backend->name.c_str(),
+              cfg->model_path.c_str());
   for (const auto& p : pts.attention)
     std::printf("  attention  batch %3lld  context %4.0f  %9.1f us\n", static_cast<long long>(p.batch), p.context, p.us);
   for (const auto& p : pts.experts) std::printf("  experts    %5.1f tokens/expert  %9.1f us\n", p.tokens_per_expert, p.us);
@@ -239,14 +366,20 @@ int run_profile(const ProfileArgs& a) {
 
   planner::HardwareProfile base;
   base.name = a.name;
-  base.device = "cpu";
+  base.device = on_gpu ? "cuda" : "cpu";
   char host[256] = "unknown";
   gethostname(host, sizeof host - 1);
-  base.source = std::string("tandem profile on ") + host + ": CPU backend, model " + cfg->model_path +
+  base.source = std::string("tandem profile on ") + host + ": " + backend->name + ", model " + cfg->model_path +
                 ", in-process M2N transport; rates fitted so the planner's formulas reproduce the measured times";
-  base.memory_gb = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE)) / 1e9;
-  base.memory_usable_fraction = 0.5;  // the machine is shared with the OS and the other roles
-  base.interconnect = "none (one socket)";
+  if (backend->memory_gb > 0) {
+    base.memory_gb = backend->memory_gb;
+    base.memory_usable_fraction = 0.9;  // CUDA context and scratch take the rest
+    base.interconnect = "PCIe/NVLink, not measured (in-process M2N)";
+  } else {
+    base.memory_gb = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE)) / 1e9;
+    base.memory_usable_fraction = 0.5;  // the machine is shared with the OS and the other roles
+    base.interconnect = "none (one socket)";
+  }
   base.gpus_per_node = 1;
   base.price_per_hour = a.price;
   base.price_source = "assumed: --price " + std::to_string(a.price);

@@ -539,6 +539,9 @@ TEST(ClusterConfig, CudaNodesWithoutAGpuAreRefusedNamingTheKey) {
     EXPECT_NE(run(role + " --config " + mixed, out), 0) << role;
     EXPECT_NE(out.find("expert.device: cuda"), std::string::npos) << role << ": " << out;
   }
+  // So does the profiler, which measures the device the nodes would run on.
+  EXPECT_NE(run("profile --reps 1 --out " + ::testing::TempDir() + "/p.yaml --config " + path, out), 0);
+  EXPECT_NE(out.find("CUDA"), std::string::npos) << out;
   // The single-process forward says the same, and BF16 is a GPU-only dtype.
   const std::string gen = "generate --model " + cluster_model("tiny-mixtral") + " --prompt hi --max-tokens 2";
   EXPECT_NE(run(gen + " --device cuda", out), 0);
