@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <numeric>
 
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/transport/moe_payload.h"
@@ -25,6 +24,8 @@ struct CudaIpcExpertExecutor::Link : ExpertLink {
   std::vector<uint64_t> seq;                       // last sequence number sent, per micro-batch
   std::vector<transport::Buffer> control;          // registered UCX buffers, per micro-batch
   std::vector<transport::SendHandle> control_sent;
+  std::vector<kc::DeviceBuffer> rows;              // device row list sent, per micro-batch (for the scatter back)
+  kc::DeviceBuffer packed;                         // the rows gathered for the IPC send
 };
 
 CudaIpcExpertExecutor::CudaIpcExpertExecutor(const api::DeploymentConfig& cfg, const model::ModelConfig& model,
@@ -46,14 +47,15 @@ Result<std::unique_ptr<CudaIpcExpertExecutor>> CudaIpcExpertExecutor::create(con
     link->seq.assign(m, 0);
     link->control.resize(m);
     link->control_sent.resize(m);
+    link->rows.resize(m);
+    for (auto& r : link->rows) {
+      TANDEM_ASSIGN_OR_RETURN(r, kc::DeviceBuffer::allocate(max_rows * sizeof(int32_t), "routed rows"));
+    }
+    TANDEM_ASSIGN_OR_RETURN(link->packed, kc::DeviceBuffer::allocate(x->slot_bytes_, "routed activations"));
   }
   TANDEM_ASSIGN_OR_RETURN(x->transport_, open_data_plane(cfg, rank, x->links_));
-  std::vector<int32_t> rows(max_rows);
-  std::iota(rows.begin(), rows.end(), 0);
   const std::vector<float> ones(max_rows, 1.0f);
-  TANDEM_ASSIGN_OR_RETURN(x->identity_rows_, kc::DeviceBuffer::allocate(max_rows * sizeof(int32_t), "identity rows"));
   TANDEM_ASSIGN_OR_RETURN(x->unit_weights_, kc::DeviceBuffer::allocate(max_rows * sizeof(float), "unit weights"));
-  TANDEM_RETURN_IF_ERROR(kc::copy_to_device(x->identity_rows_.data(), rows.data(), max_rows * sizeof(int32_t)));
   TANDEM_RETURN_IF_ERROR(kc::copy_to_device(x->unit_weights_.data(), ones.data(), max_rows * sizeof(float)));
   TANDEM_RETURN_IF_ERROR(kc::synchronize());
   return x;
@@ -83,22 +85,28 @@ Status CudaIpcExpertExecutor::connected(Link& link) {
 Status CudaIpcExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_in, int64_t n,
                                        const int32_t* topk_idx, const float* topk_w, float* out) {
   const int64_t K = model_.moe.top_k, H = model_.hidden_size;
-  const size_t bytes = static_cast<size_t>(n * H) * sizeof(float);
-  if (bytes > slot_bytes_)
+  if (static_cast<size_t>(n * H) * sizeof(float) > slot_bytes_)
     return invalid_argument("micro-batch of " + std::to_string(n) + " tokens exceeds attention.max_batch_tokens");
   for (auto& link : links_) TANDEM_RETURN_IF_ERROR(connected(*link));
   Pending& p = pending_[{layer, mb}];
-  p = Pending{out, n, next_step_++, {}};
-  const IpcControlLayout lay{static_cast<size_t>(n), static_cast<size_t>(K)};
+  p = Pending{out, next_step_++, {}};
   const auto slot = static_cast<size_t>(mb);
   for (size_t li = 0; li < links_.size(); ++li) {
     Link& link = *links_[li];
-    // The activations: device to device on this thread's stream, after the
-    // attention that produced them.
+    const std::vector<int32_t> rows = engine::rows_routed_to(topk_idx, n, K, link.first, link.last);
+    if (rows.empty()) continue;  // no token of this micro-batch goes there
+    const int64_t r = static_cast<int64_t>(rows.size());
+    // The activations of those rows, device to device on this thread's
+    // stream, after the attention that produced them.
+    TANDEM_RETURN_IF_ERROR(kc::copy_to_device(link.rows[slot].data(), rows.data(), rows.size() * sizeof(int32_t)));
+    TANDEM_RETURN_IF_ERROR(kc::gather_rows(moe_in, link.rows[slot].as<int32_t>(), link.packed.as<float>(), r, H));
     const uint64_t seq = ++link.seq[slot];
-    TANDEM_RETURN_IF_ERROR(link.tx->send(slot, moe_in, bytes, seq, kc::current_stream()).with_context(link.who()));
-    // The routing, over UCX. The buffer's previous message is long delivered
-    // (its combine came back) unless a step was aborted.
+    TANDEM_RETURN_IF_ERROR(link.tx->send(slot, link.packed.data(), static_cast<size_t>(r * H) * sizeof(float), seq,
+                                         kc::current_stream())
+                               .with_context(link.who()));
+    // Their routing, over UCX. The buffer's previous message is long
+    // delivered (its combine came back) unless a step was aborted.
+    const IpcControlLayout lay{rows.size(), static_cast<size_t>(K)};
     if (!link.control_sent[slot].wait(std::chrono::milliseconds(cfg_.transport_timeout_ms)).is_ok())
       link.control[slot] = transport::Buffer();
     if (link.control[slot].size() < lay.dispatch_bytes()) {
@@ -106,12 +114,16 @@ Status CudaIpcExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_i
                               transport_->allocate(std::max(lay.dispatch_bytes(), 2 * link.control[slot].size())));
     }
     std::byte* c = link.control[slot].data();
-    const uint64_t tokens = static_cast<uint64_t>(n);
+    const uint64_t tokens = rows.size();
     std::memcpy(c + IpcControlLayout::kStepOffset, &p.step, sizeof(uint64_t));
     std::memcpy(c + IpcControlLayout::kSeqOffset, &seq, sizeof(uint64_t));
     std::memcpy(c + IpcControlLayout::kTokensOffset, &tokens, sizeof(uint64_t));
-    std::memcpy(c + lay.ids_offset(), topk_idx, static_cast<size_t>(n * K) * sizeof(int32_t));
-    std::memcpy(c + lay.weights_offset(), topk_w, static_cast<size_t>(n * K) * sizeof(float));
+    auto* ids = reinterpret_cast<int32_t*>(c + lay.ids_offset());
+    auto* weights = reinterpret_cast<float*>(c + lay.weights_offset());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::memcpy(ids + i * K, topk_idx + rows[i] * K, static_cast<size_t>(K) * sizeof(int32_t));
+      std::memcpy(weights + i * K, topk_w + rows[i] * K, static_cast<size_t>(K) * sizeof(float));
+    }
     transport::MessageHeader h;
     h.kind = transport::MessageKind::kDispatch;
     h.layer = static_cast<uint32_t>(layer);
@@ -122,7 +134,7 @@ Status CudaIpcExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_i
     auto sent = transport_->send(link.id, h, link.control[slot], lay.dispatch_bytes());
     if (!sent.is_ok()) return sent.status().with_context("dispatch to " + link.who());
     link.control_sent[slot] = *sent;
-    p.sent.emplace_back(li, seq);
+    p.sent.push_back({li, seq, r});
   }
   return Status::ok();
 }
@@ -135,8 +147,9 @@ Status CudaIpcExpertExecutor::wait(int64_t layer, int mb) {
   const int64_t H = model_.hidden_size;
   const auto timeout = std::chrono::milliseconds(cfg_.transport_timeout_ms);
   const auto slot = static_cast<size_t>(mb);
-  for (const auto& [li, seq] : p.sent) {
-    Link& link = *links_[li];
+  for (const Sent& o : p.sent) {
+    Link& link = *links_[o.link];
+    const uint64_t seq = o.seq;
     while (true) {
       TANDEM_ASSIGN_OR_RETURN(auto msg, recv_combine(*transport_, link, layer, mb, timeout));
       const auto data = msg.data();
@@ -147,25 +160,24 @@ Status CudaIpcExpertExecutor::wait(int64_t layer, int mb) {
       std::memcpy(&echoed, data.data() + IpcControlLayout::kSeqOffset, sizeof echoed);
       std::memcpy(&tokens, data.data() + IpcControlLayout::kTokensOffset, sizeof tokens);
       if (step < p.step) continue;  // the late answer to a dispatch of an aborted step
-      if (step != p.step || echoed != seq || tokens != static_cast<uint64_t>(p.n))
+      if (step != p.step || echoed != seq || tokens != static_cast<uint64_t>(o.rows))
         return data_loss(link.who() + ": IPC combine (step " + std::to_string(step) + ", seq " +
                          std::to_string(echoed) + ", " + std::to_string(tokens) +
                          " tokens) does not answer the dispatch (step " + std::to_string(p.step) + ", seq " +
-                         std::to_string(seq) + ", " + std::to_string(p.n) + " tokens)");
+                         std::to_string(seq) + ", " + std::to_string(o.rows) + " tokens)");
       break;
     }
     // The sum is in our slot once its flag reaches seq; the wait and the
     // accumulation run on this thread's stream, in order.
     TANDEM_RETURN_IF_ERROR(link.rx->wait(slot, seq, kc::current_stream(), std::chrono::microseconds(timeout)));
     TANDEM_RETURN_IF_ERROR(kc::scatter_add_weighted(static_cast<const float*>(link.rx->slot(slot)),
-                                                    identity_rows_.as<int32_t>(), unit_weights_.as<float>(), p.out,
-                                                    p.n, H));
+                                                    link.rows[slot].as<int32_t>(), unit_weights_.as<float>(), p.out,
+                                                    o.rows, H));
   }
   // One host wait per micro-batch: a device-side wait that timed out is
   // reported here (the expert node died between its message and its data).
   TANDEM_RETURN_IF_ERROR(kc::synchronize());
-  for (const auto& [li, seq] : p.sent)
-    TANDEM_RETURN_IF_ERROR(links_[li]->rx->check().with_context(links_[li]->who()));
+  for (const Sent& o : p.sent) TANDEM_RETURN_IF_ERROR(links_[o.link]->rx->check().with_context(links_[o.link]->who()));
   return Status::ok();
 }
 

@@ -13,9 +13,10 @@
 // returns the expert node's UCX address and receiver handle; repeated after a
 // lost link, so restarted nodes on either side are picked up again.
 //
-// Every expert node gets the whole micro-batch (its sum is zero for tokens it
-// holds no chosen expert of): on one host the extra device-to-device bytes
-// are cheap next to a host round trip per expert node to select rows.
+// Each expert node gets only the tokens routed to it: the routing is on the
+// host anyway (for the control message), so the row list goes up with one
+// small copy, a gather kernel packs those rows for the IPC send, and the
+// answer is scattered back onto them.
 #pragma once
 
 #if TANDEM_HAVE_CUDA
@@ -47,11 +48,15 @@ class CudaIpcExpertExecutor : public engine::ExpertExecutor {
 
  private:
   struct Link;
+  struct Sent {
+    size_t link;
+    uint64_t seq;   // of the dispatch, echoed by the answer
+    int64_t rows;   // tokens sent (the link's row list for this micro-batch is on the device)
+  };
   struct Pending {
     float* out = nullptr;  // device [n, hidden]
-    int64_t n = 0;
     uint64_t step = 0;
-    std::vector<std::pair<size_t, uint64_t>> sent;  // (link, seq of the dispatch)
+    std::vector<Sent> sent;
   };
 
   CudaIpcExpertExecutor(const api::DeploymentConfig& cfg, const model::ModelConfig& model, int rank);
@@ -65,9 +70,8 @@ class CudaIpcExpertExecutor : public engine::ExpertExecutor {
   std::vector<std::unique_ptr<Link>> links_;
   std::map<std::pair<int64_t, int>, Pending> pending_;
   uint64_t next_step_ = 1;
-  // Row i -> token i with weight 1: adds an expert node's [n, hidden] sum
-  // through the scatter kernel.
-  kernels::cuda::DeviceBuffer identity_rows_, unit_weights_;
+  // Weight 1 for every row: an expert node's sum is added through the scatter kernel.
+  kernels::cuda::DeviceBuffer unit_weights_;
 };
 
 }  // namespace tandem::attention
