@@ -294,6 +294,63 @@ Status set_device(int ordinal) {
   return Status::ok();
 }
 
+Result<Graph> Graph::capture(const std::function<Status()>& work) {
+  const char* op = "Graph::capture";
+  cudaStream_t stream = detail::t_stream;
+  TANDEM_CUDA_CHECK(op, cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const Status worked = work();
+  cudaGraph_t graph = nullptr;
+  // Always end the capture, so the stream leaves capture mode whatever happened.
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  if (!worked.is_ok() || ended != cudaSuccess) {
+    (void)cudaGetLastError();  // capture errors are not sticky; clear the last one
+    if (graph) (void)cudaGraphDestroy(graph);
+    if (!worked.is_ok()) return worked.with_context(op);
+    return internal_error(std::string(op) + ": cudaStreamEndCapture failed: " + cudaGetErrorString(ended));
+  }
+  Graph g;
+  g.graph_ = graph;
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  if (made != cudaSuccess) {
+    (void)cudaGetLastError();
+    return internal_error(std::string(op) + ": cudaGraphInstantiate failed: " + cudaGetErrorString(made));
+  }
+  g.exec_ = exec;
+  return g;
+}
+
+Graph::Graph(Graph&& other) noexcept : graph_(other.graph_), exec_(other.exec_) {
+  other.graph_ = nullptr;
+  other.exec_ = nullptr;
+}
+
+Graph& Graph::operator=(Graph&& other) noexcept {
+  if (this != &other) {
+    release();
+    graph_ = other.graph_;
+    exec_ = other.exec_;
+    other.graph_ = nullptr;
+    other.exec_ = nullptr;
+  }
+  return *this;
+}
+
+Graph::~Graph() { release(); }
+
+void Graph::release() {
+  if (exec_) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) (void)cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  exec_ = nullptr;
+  graph_ = nullptr;
+}
+
+Status Graph::launch() const {
+  if (!exec_) return failed_precondition("Graph::launch: empty graph");
+  TANDEM_CUDA_CHECK("Graph::launch", cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), detail::t_stream));
+  return Status::ok();
+}
+
 Status copy_to_host_async(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return Status::ok();
   TANDEM_CUDA_CHECK("copy_to_host_async",

@@ -27,6 +27,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   std::string device = "cpu";
   std::string dtype = "f32";
+  bool cuda_graphs = false;
 };
 
 int fail(const Status& st) {
@@ -50,7 +51,7 @@ int run_generate(const GenerateArgs& a) {
     const auto& c = ck->config;
     auto made = engine::CudaModelRunner::create(
         c, **weights, {c.num_layers, a.kv_blocks, a.block_size, c.num_kv_heads, c.head_dim},
-        {.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF32});
+        {.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = a.cuda_graphs});
     if (!made.is_ok()) return fail(made.status());
     gpu = std::move(made).value();
     eo.forward = [r = gpu.get()](const engine::ForwardBatch& b, std::vector<float>& logits) {
@@ -115,6 +116,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--dtype", a.dtype, "Compute dtype of the GPU forward: f32, or bf16 (weights, activations, KV cache)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_flag("--cuda-graphs", a.cuda_graphs, "With --device cuda: replay each layer's decode attention as a CUDA graph");
   cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at end-of-sequence tokens");
 }
 

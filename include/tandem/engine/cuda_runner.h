@@ -39,6 +39,9 @@ Result<int> use_cuda_device(int slot);
 
 struct CudaRunnerOptions {
   DType dtype = DType::kF32;  // kF32 or kBF16
+  // Replay each layer's attention of decode steps as a CUDA graph (captured on
+  // the second step of a shape); off by default until measured to pay.
+  bool cuda_graphs = false;
 };
 
 class CudaModelRunner {

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -185,6 +186,36 @@ Status copy_to_host(void* dst, const void* src, size_t bytes);
 Status copy_to_host_async(void* dst, const void* src, size_t bytes);
 // Zeroes device memory on the current stream.
 Status fill_zero(void* dst, size_t bytes);
+
+// ---- CUDA graphs -----------------------------------------------------------------
+
+// Work captured from the current stream once and replayed with one launch,
+// which saves the per-kernel launch cost of short, repeated sequences (a decode
+// step's layer). Move-only; the graph keeps the device pointers and sizes it
+// was captured with, so the caller replays it only while those still hold.
+class Graph {
+ public:
+  Graph() = default;
+  // Runs `work` under stream capture (thread-local mode: other threads are
+  // not affected) and instantiates what it enqueued; nothing runs yet. An
+  // error of `work`, or work that cannot be captured (an allocation or a
+  // synchronisation inside it), is returned, and the stream is usable again.
+  static Result<Graph> capture(const std::function<Status()>& work);
+  Graph(Graph&& other) noexcept;
+  Graph& operator=(Graph&& other) noexcept;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  ~Graph();
+
+  // Enqueues the captured work on the current stream.
+  Status launch() const;
+  bool empty() const { return exec_ == nullptr; }
+
+ private:
+  void release();
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
+};
 
 // ---- Dense ops ----------------------------------------------------------------
 

@@ -1,13 +1,17 @@
 #include "tandem/engine/cuda_runner.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <string>
 #include <cstring>
+#include <map>
+#include <tuple>
 #include <type_traits>
 #include <unordered_map>
 
 #include "tandem/common/dtype.h"
+#include "tandem/common/logging.h"
 #include "tandem/kernels/cuda.h"
 
 namespace tandem::engine {
@@ -42,11 +46,16 @@ struct DeviceLayer {
   typename Types<T>::Experts dense;
 };
 
+// Bumped whenever a runner buffer moves: captured CUDA graphs hold device
+// pointers, so a graph is replayed only in the generation it was captured in.
+std::atomic<uint64_t> g_buffer_generation{0};
+
 // A device buffer that grows to the largest size asked of it.
 template <typename T>
 Result<T*> grow(kc::DeviceBuffer& b, size_t count, const char* what) {
   const size_t bytes = std::max<size_t>(count, 1) * sizeof(T);
   if (b.size() < bytes) {
+    g_buffer_generation.fetch_add(1, std::memory_order_relaxed);
     b = kc::DeviceBuffer();  // free first: the old contents are not needed
     TANDEM_ASSIGN_OR_RETURN(b, kc::DeviceBuffer::allocate(bytes, what));
   }
@@ -179,6 +188,16 @@ struct Runner final : CudaModelRunner::Impl {
   kc::DeviceBuffer x, q, k, v, attn, o, gate_logits, topk_idx, topk_w, offsets, row_token, row_weight;
   kc::DeviceBuffer x_perm, y_perm, scratch, normed, selected, logits_buf;
 
+  // Captured per-layer attention, keyed by layer, batch and stream slots and shape.
+  using GraphKey = std::tuple<int64_t, const DeviceBatch*, const DeviceStream<T>*, int64_t, int64_t>;
+  struct GraphEntry {
+    uint64_t generation = ~uint64_t{0};
+    bool warmed = false;  // ran eagerly once in this generation
+    kc::Graph graph;
+  };
+  bool use_graphs = false;
+  std::map<GraphKey, GraphEntry> graphs;
+
   // The colocated forward's batch and residual stream.
   DeviceBatch batch;
   DeviceStream<T> stream;
@@ -300,6 +319,46 @@ struct Runner final : CudaModelRunner::Impl {
   // previous FFN output joins the residual stream here, fused with this
   // layer's input norm (the CPU runner adds, then normalises).
   Status attention(int64_t l, const DeviceBatch& b, DeviceStream<T>& s) {
+    if (!use_graphs || !is_decode(b)) return attention_eager(l, b, s);
+    return attention_graph(l, b, s);
+  }
+
+  // Decode: every sequence brings one token, so the shapes (tokens, block-table
+  // width) repeat step after step and a layer's attention can be replayed.
+  static bool is_decode(const DeviceBatch& b) {
+    const ForwardBatch& h = *b.host;
+    return h.max_blocks_per_seq > 0 &&
+           h.num_tokens() == static_cast<int64_t>(h.block_tables.size()) / h.max_blocks_per_seq;
+  }
+
+  // A layer's attention as a CUDA graph: seen once in this buffer generation,
+  // it runs eagerly (which also sizes every buffer it uses); seen again, it is
+  // captured and from then on replayed. Any failure to capture turns graphs
+  // off for this runner, with one log line, and the work runs eagerly.
+  Status attention_graph(int64_t l, const DeviceBatch& b, DeviceStream<T>& s) {
+    const GraphKey key{l, &b, &s, b.num_tokens(), b.host->max_blocks_per_seq};
+    const uint64_t gen = g_buffer_generation.load(std::memory_order_relaxed);
+    GraphEntry& e = graphs[key];
+    if (e.generation == gen && !e.graph.empty()) return e.graph.launch();
+    if (e.generation != gen || !e.warmed) {
+      e = GraphEntry{};
+      e.generation = gen;
+      e.warmed = true;
+      return attention_eager(l, b, s);
+    }
+    auto g = kc::Graph::capture([&] { return attention_eager(l, b, s); });
+    if (!g.is_ok() || g_buffer_generation.load(std::memory_order_relaxed) != gen) {
+      TANDEM_LOG_WARN("CUDA graphs off for this runner: capturing layer {} failed: {}", l,
+                      g.is_ok() ? "a buffer moved during capture" : g.status().message());
+      use_graphs = false;
+      graphs.clear();
+      return attention_eager(l, b, s);
+    }
+    e.graph = std::move(g).value();
+    return e.graph.launch();
+  }
+
+  Status attention_eager(int64_t l, const DeviceBatch& b, DeviceStream<T>& s) {
     const int64_t n = b.num_tokens(), H = c.hidden_size, D = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim();
     const DeviceLayer<T>& L = layers[static_cast<size_t>(l)];
     TANDEM_ASSIGN_OR_RETURN(T * xn, grow<T>(x, static_cast<size_t>(n * H), "normed hidden"));
@@ -443,6 +502,7 @@ struct Runner final : CudaModelRunner::Impl {
     mbs = &micro_batches;
     const size_t m = micro_batches.size();
     if (mb_batches.size() < m) {
+      graphs.clear();  // keyed by the addresses of the slots that move now
       mb_batches.resize(m);
       mb_streams.resize(m);
       mb_stages.resize(m);
@@ -590,16 +650,19 @@ struct Runner final : CudaModelRunner::Impl {
   }
 };
 
+template <typename T>
+std::unique_ptr<CudaModelRunner::Impl> make_runner(const model::ModelConfig& config, const KvCacheShape& kv,
+                                                   const CudaRunnerOptions& options) {
+  auto r = std::make_unique<Runner<T>>(config, kv);
+  r->use_graphs = options.cuda_graphs;
+  return r;
+}
+
 Result<std::unique_ptr<CudaModelRunner::Impl>> make_impl(const model::ModelConfig& config, const KvCacheShape& kv,
-                                                        DType dtype) {
-  std::unique_ptr<CudaModelRunner::Impl> impl;
-  if (dtype == DType::kF32)
-    impl = std::make_unique<Runner<float>>(config, kv);
-  else if (dtype == DType::kBF16)
-    impl = std::make_unique<Runner<kc::Bf16>>(config, kv);
-  else
-    return invalid_argument("CUDA runner: dtype " + std::string(dtype_name(dtype)) + " (F32 or BF16 only)");
-  return impl;
+                                                        const CudaRunnerOptions& options) {
+  if (options.dtype == DType::kF32) return make_runner<float>(config, kv, options);
+  if (options.dtype == DType::kBF16) return make_runner<kc::Bf16>(config, kv, options);
+  return invalid_argument("CUDA runner: dtype " + std::string(dtype_name(options.dtype)) + " (F32 or BF16 only)");
 }
 
 }  // namespace
@@ -625,7 +688,7 @@ Result<std::unique_ptr<CudaModelRunner>> CudaModelRunner::create(const model::Mo
   if (kv.num_blocks <= 0 || kv.block_size <= 0) return invalid_argument("CUDA runner: empty KV cache");
   if (!weights.embed_tokens) return invalid_argument("CUDA runner: the weights hold no attention side");
   TANDEM_RETURN_IF_ERROR(kc::device_count().status().with_context("CUDA runner"));
-  TANDEM_ASSIGN_OR_RETURN(auto impl, make_impl(config, kv, options.dtype));
+  TANDEM_ASSIGN_OR_RETURN(auto impl, make_impl(config, kv, options));
   TANDEM_RETURN_IF_ERROR(impl->load(weights).with_context("CUDA runner"));
   return std::unique_ptr<CudaModelRunner>(new CudaModelRunner(std::move(impl)));
 }
@@ -636,7 +699,7 @@ Result<std::unique_ptr<CudaModelRunner>> CudaModelRunner::create_expert_side(con
   TANDEM_RETURN_IF_ERROR(kc::device_count().status().with_context("CUDA expert runner"));
   TANDEM_ASSIGN_OR_RETURN(
       auto impl, make_impl(config, KvCacheShape{config.num_layers, 0, 0, config.num_kv_heads, config.head_dim},
-                           options.dtype));
+                           options));
   TANDEM_RETURN_IF_ERROR(impl->load(weights).with_context("CUDA expert runner"));
   return std::unique_ptr<CudaModelRunner>(new CudaModelRunner(std::move(impl)));
 }
