@@ -278,6 +278,27 @@ TEST_P(CudaRunnerTest, CudaGraphsReplayTheEagerDecode) {
   }
 }
 
+// A KV cache larger than the GPU is refused at start, saying what was asked
+// and what is free, and nothing is left allocated.
+TEST_F(CudaTest, CudaRunnerRefusesAKvCacheTheGpuCannotHold) {
+  GeneratedModel gm("tiny-mixtral", 1, "oom");
+  ASSERT_TRUE(gm.ok);
+  auto w = gm.weights();
+  ASSERT_TRUE(w);
+  const auto& c = gm.ck.config;
+  auto info = kernels::cuda::device_info();
+  ASSERT_TRUE(info.is_ok());
+  const size_t per_block = static_cast<size_t>(c.num_layers * 4 * c.num_kv_heads * c.head_dim) * sizeof(float);
+  const int64_t blocks = static_cast<int64_t>(info->memory.total_bytes / per_block) + 1;
+  auto gpu = CudaModelRunner::create(c, *w, {c.num_layers, blocks, 4, c.num_kv_heads, c.head_dim});
+  ASSERT_EQ(gpu.status().code(), StatusCode::kResourceExhausted) << gpu.status().to_string();
+  EXPECT_NE(gpu.status().message().find("KV cache"), std::string::npos) << gpu.status().to_string();
+  EXPECT_NE(gpu.status().message().find(" free of "), std::string::npos) << gpu.status().to_string();
+  auto after = kernels::cuda::memory_info();
+  ASSERT_TRUE(after.is_ok());
+  EXPECT_GE(after->free_bytes + (size_t{64} << 20), info->memory.free_bytes) << "the failed runner leaked memory";
+}
+
 TEST_F(CudaTest, CudaRunnerRefusesADtypeItDoesNotRun) {
   GeneratedModel gm("tiny-mixtral", 1, "dtype");
   ASSERT_TRUE(gm.ok);
