@@ -30,7 +30,7 @@ YAML
   "$TANDEM" bench --server 127.0.0.1:52051 --concurrency ${CONCURRENCY:-16} --requests ${REQUESTS:-32} \
     --prompt-tokens ${PROMPT:-32} --output-tokens ${OUTPUT:-64} | grep -E "throughput|TPOT|TTFT"
   # Where the attention nodes' step time went (tandem status).
-  "$TANDEM" status --config "$cfg" | grep -E "^(node|attention)" || true
+  "$TANDEM" status --config "$cfg" | grep -E "^(node|attention|expert)" || true
   kill -INT $pid; wait $pid || true
   rm -f "$cfg"
 done

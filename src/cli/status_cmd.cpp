@@ -71,9 +71,16 @@ int run_status(const StatusArgs& a) {
     if (!ask<pb::ExpertNode, pb::DataPlaneRequest>(name, addr, a.timeout_ms, &pb::ExpertNode::Stub::DataPlane, r,
                                                    unreachable))
       continue;
-    std::printf("%-10s %-21s %-28s experts [%lld, %lld), data plane %s\n", name.c_str(), addr.c_str(),
+    std::printf("%-10s %-21s %-28s experts [%lld, %lld), data plane %s", name.c_str(), addr.c_str(),
                 r.device().c_str(), static_cast<long long>(r.first_expert()), static_cast<long long>(r.last_expert()),
                 r.backend().c_str());
+    // How well the node merges the attention nodes' work (more requests per
+    // pass: each expert's weights read once for more tokens).
+    if (r.passes() > 0)
+      std::printf(", %llu requests in %llu passes (%.2f per pass), busy %.2f s", static_cast<unsigned long long>(r.requests()),
+                  static_cast<unsigned long long>(r.passes()),
+                  static_cast<double>(r.requests()) / static_cast<double>(r.passes()), r.busy_s());
+    std::printf("\n");
   }
   std::printf("attend/dispatch/wait/land/head: shares of the attention nodes' step time (wait: idle for experts)\n");
   return unreachable == 0 ? 0 : 1;

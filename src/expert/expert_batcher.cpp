@@ -1,6 +1,7 @@
 #include "tandem/expert/expert_batcher.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 namespace tandem::expert {
@@ -28,7 +29,7 @@ ExpertBatcher::~ExpertBatcher() {
 }
 
 Status ExpertBatcher::run(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out) {
-  Request r{layer, x, n, ids, w, out};
+  Request r{layer, x, n, ids, w, out, false, Status::ok()};
   std::unique_lock<std::mutex> l(mu_);
   queue_.push_back(&r);
   work_cv_.notify_one();
@@ -56,8 +57,11 @@ void ExpertBatcher::loop() {
       return true;
     });
     l.unlock();
+    const auto t0 = std::chrono::steady_clock::now();
     const Status st = run_group(group);
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     l.lock();
+    stats_.busy_s += took;
     for (Request* r : group) {
       r->status = st;
       r->done = true;

@@ -86,6 +86,12 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     reply->set_first_expert(range_.first);
     reply->set_last_expert(range_.second);
     reply->set_device(device_);
+    if (batcher_) {
+      const ExpertBatcher::Stats st = batcher_->stats();
+      reply->set_requests(st.requests);
+      reply->set_passes(st.launches);
+      reply->set_busy_s(st.busy_s);
+    }
     if (!transport_) {
       reply->set_backend("tcp");
       return grpc::Status::OK;

@@ -47,6 +47,7 @@ class ExpertBatcher {
   struct Stats {
     uint64_t requests = 0;  // run() calls served
     uint64_t launches = 0;  // grouped-GEMM passes they took
+    double busy_s = 0;      // wall time of those passes
   };
   Stats stats() const;
 

@@ -97,6 +97,7 @@ TEST_F(ExpertBatcherTest, ConcurrentRequestsAreMergedAndEachGetsItsOwnResult) {
   const auto stats = batcher.stats();
   EXPECT_EQ(stats.requests, static_cast<uint64_t>(kThreads * kPerThread));
   EXPECT_LT(stats.launches, stats.requests) << "no two concurrent requests of a layer were merged";
+  EXPECT_GT(stats.busy_s, 0.0);
 }
 
 // A failing pass (a GPU error on a GPU expert node) fails each request it
