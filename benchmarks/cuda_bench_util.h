@@ -1,5 +1,5 @@
 // Shared plumbing of the CUDA benchmarks that time transfers with CUDA events
-// (cuda_ipc_bench, nccl_m2n_bench): a checked-call macro that throws naming the
+// (cuda_ipc_bench, nccl_m2n_bench, generate_bench): a checked-call macro that throws naming the
 // call, RAII stream and device buffer, medians of event-timed steps, size labels.
 // Needs only the CUDA runtime (no kernels of ours).
 #pragma once

@@ -22,8 +22,7 @@
 #include "tandem/model/make_model.h"
 #include "tandem/model/weights.h"
 #if TANDEM_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
+#include "cuda_bench_util.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/kernels/cuda.h"
 #endif
@@ -31,26 +30,20 @@
 using namespace tandem;
 
 #if TANDEM_HAVE_CUDA
-// Bytes read per second by cudaMemcpy device-to-device of 256 MiB (each byte
-// is read once and written once; reads are what a decode step is bound by).
-double device_copy_gbps() {
-  const size_t bytes = size_t{256} << 20;
-  void *a = nullptr, *b = nullptr;
-  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0;
-  cudaEvent_t t0, t1;
-  cudaEventCreate(&t0);
-  cudaEventCreate(&t1);
-  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);  // warm-up
-  cudaEventRecord(t0);
-  const int reps = 10;
-  for (int i = 0; i < reps; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-  cudaEventRecord(t1);
-  cudaEventSynchronize(t1);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, t0, t1);
-  cudaFree(a);
-  cudaFree(b);
-  return ms > 0 ? static_cast<double>(bytes) * reps / (ms * 1e-3) / 1e9 : 0;
+// Bytes read per second by a 256 MiB device-to-device copy (median of 10):
+// a decode step is bound by what it reads. 0, with a message, if it fails.
+double device_read_gbps() {
+  try {
+    const size_t bytes = size_t{256} << 20;
+    bench::Dev a(bytes), b(bytes);
+    bench::Stream s;
+    const double us = bench::median_step_us(
+        s.s, 10, [&](int) { CK(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice, s.s)); });
+    return static_cast<double>(bytes) / (us * 1e-6) / 1e9;
+  } catch (const bench::Failure& f) {
+    std::fprintf(stderr, "device copy baseline: %s\n", f.what());
+    return 0;
+  }
 }
 #endif
 
@@ -102,7 +95,7 @@ int main(int argc, char** argv) {
 #if TANDEM_HAVE_CUDA
     if (auto n = kernels::cuda::device_count(); !n.is_ok())
       return std::printf("skipped: %s\n", n.status().message().c_str()), 0;
-    bw = device_copy_gbps();
+    bw = device_read_gbps();
     std::printf("baseline: device-to-device copy %.1f GB/s read\n", bw);
 #endif
   }

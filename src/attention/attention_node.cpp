@@ -83,14 +83,14 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     const engine::KvCacheShape kv_shape{c.num_layers, cfg.kv_blocks, cfg.kv_block_size, c.num_kv_heads, c.head_dim};
     const int m = cfg.micro_batches;
     engine::ForwardFn forward;
-    if (cfg.attention_on() == "cuda") {
-      // The KV cache lives on the GPU; the engine keeps its block bookkeeping.
-      TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create_unbacked(kv_shape));
+    const bool on_gpu = cfg.attention_on() == "cuda";
+    // On the GPU the KV cache lives there; the engine keeps its block bookkeeping.
+    TANDEM_ASSIGN_OR_RETURN(cache_, on_gpu ? engine::KvCache::create_unbacked(kv_shape)
+                                           : engine::KvCache::create(kv_shape, size_t{64} << 30));
+    runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
+    if (on_gpu) {
       TANDEM_ASSIGN_OR_RETURN(forward, start_gpu(cfg, kv_shape));
-      runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
     } else {
-      TANDEM_ASSIGN_OR_RETURN(cache_, engine::KvCache::create(kv_shape, size_t{64} << 30));
-      runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
       cpu_stages_ = std::make_unique<engine::CpuForwardStages>(*runner_);
       forward = [this, m](const engine::ForwardBatch& b, std::vector<float>& logits) {
         return timed_forward(*cpu_stages_, b, m, logits);
@@ -219,7 +219,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   Result<engine::ForwardFn> start_gpu(const api::DeploymentConfig& cfg, const engine::KvCacheShape& kv_shape) {
 #if TANDEM_HAVE_CUDA
     TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.attention_gpu_slot(rank_)));
-    const engine::CudaRunnerOptions options{.dtype = cfg.dtype == "bf16" ? DType::kBF16 : DType::kF32};
+    const engine::CudaRunnerOptions options{.dtype = cfg.gpu_dtype()};
     TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create(ck_.config, *weights_, kv_shape, options));
     TANDEM_LOG_INFO("attention[{}] on GPU {} ({} MiB of weights and KV cache)", rank_, ordinal,
                     gpu_->device_bytes() >> 20);

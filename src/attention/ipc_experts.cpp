@@ -22,8 +22,7 @@ struct CudaIpcExpertExecutor::Link : ExpertLink {
   std::unique_ptr<transport::CudaIpcSender> tx;    // into the expert node's slots for this node
   std::string tx_blob;                             // what tx was opened from
   std::vector<uint64_t> seq;                       // last sequence number sent, per micro-batch
-  std::vector<transport::Buffer> control;          // registered UCX buffers, per micro-batch
-  std::vector<transport::SendHandle> control_sent;
+  std::vector<transport::SendSlot> control;        // registered UCX buffers, per micro-batch
   std::vector<kc::DeviceBuffer> rows;              // device row list sent, per micro-batch (for the scatter back)
   kc::DeviceBuffer packed;                         // the rows gathered for the IPC send
 };
@@ -46,7 +45,6 @@ Result<std::unique_ptr<CudaIpcExpertExecutor>> CudaIpcExpertExecutor::create(con
     TANDEM_ASSIGN_OR_RETURN(link->rx, transport::CudaIpcReceiver::create(m, x->slot_bytes_));
     link->seq.assign(m, 0);
     link->control.resize(m);
-    link->control_sent.resize(m);
     link->rows.resize(m);
     for (auto& r : link->rows) {
       TANDEM_ASSIGN_OR_RETURN(r, kc::DeviceBuffer::allocate(max_rows * sizeof(int32_t), "routed rows"));
@@ -107,13 +105,10 @@ Status CudaIpcExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_i
     // Their routing, over UCX. The buffer's previous message is long
     // delivered (its combine came back) unless a step was aborted.
     const IpcControlLayout lay{rows.size(), static_cast<size_t>(K)};
-    if (!link.control_sent[slot].wait(std::chrono::milliseconds(cfg_.transport_timeout_ms)).is_ok())
-      link.control[slot] = transport::Buffer();
-    if (link.control[slot].size() < lay.dispatch_bytes()) {
-      TANDEM_ASSIGN_OR_RETURN(link.control[slot],
-                              transport_->allocate(std::max(lay.dispatch_bytes(), 2 * link.control[slot].size())));
-    }
-    std::byte* c = link.control[slot].data();
+    transport::SendSlot& control = link.control[slot];
+    TANDEM_RETURN_IF_ERROR(
+        control.ready(*transport_, lay.dispatch_bytes(), std::chrono::milliseconds(cfg_.transport_timeout_ms)));
+    std::byte* c = control.buffer.data();
     const uint64_t tokens = rows.size();
     std::memcpy(c + IpcControlLayout::kStepOffset, &p.step, sizeof(uint64_t));
     std::memcpy(c + IpcControlLayout::kSeqOffset, &seq, sizeof(uint64_t));
@@ -131,9 +126,9 @@ Status CudaIpcExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_i
     h.num_tokens = 0;  // the activations travel by IPC
     h.hidden_size = static_cast<uint32_t>(H);
     h.dtype = DType::kF32;
-    auto sent = transport_->send(link.id, h, link.control[slot], lay.dispatch_bytes());
+    auto sent = transport_->send(link.id, h, control.buffer, lay.dispatch_bytes());
     if (!sent.is_ok()) return sent.status().with_context("dispatch to " + link.who());
-    link.control_sent[slot] = *sent;
+    control.last = *sent;
     p.sent.push_back({li, seq, r});
   }
   return Status::ok();

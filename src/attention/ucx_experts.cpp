@@ -37,20 +37,6 @@ Status UcxExpertExecutor::connected(Link& link) {
   return dial(*transport_, link, pb::DataPlaneRequest{}, "ucx", budget).status();
 }
 
-Result<UcxExpertExecutor::SendSlot*> UcxExpertExecutor::send_slot(size_t link, int mb, size_t bytes) {
-  SendSlot& slot = slots_[{link, mb}];
-  // The slot's previous message is normally long delivered (its combine came
-  // back); after an aborted step it may still be in flight.
-  if (Status st = slot.last_send.wait(std::chrono::milliseconds(cfg_.transport_timeout_ms)); !st.is_ok()) {
-    slot = SendSlot{};  // abandon the buffer to the send that still holds it
-  }
-  if (slot.buffer.size() < bytes) {
-    // Grow geometrically: registration is slow, batch sizes vary.
-    TANDEM_ASSIGN_OR_RETURN(slot.buffer, transport_->allocate(std::max(bytes, 2 * slot.buffer.size())));
-  }
-  return &slot;
-}
-
 Status UcxExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_in, int64_t n, const int32_t* topk_idx,
                                    const float* topk_w, float* out) {
   const int64_t K = model_.moe.top_k, H = model_.hidden_size;
@@ -67,7 +53,11 @@ Status UcxExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_in, i
     Outgoing o{li, step, engine::rows_routed_to(topk_idx, n, K, link.first, link.last)};
     if (o.rows.empty()) continue;  // no token of this micro-batch goes there
     const MoePayloadLayout lay{o.rows.size(), static_cast<size_t>(H), static_cast<size_t>(K)};
-    TANDEM_ASSIGN_OR_RETURN(SendSlot * slot, send_slot(li, mb, lay.dispatch_bytes()));
+    // The slot's previous message is normally long delivered (its combine
+    // came back); after an aborted step it may still be in flight.
+    transport::SendSlot* slot = &slots_[{li, mb}];
+    TANDEM_RETURN_IF_ERROR(
+        slot->ready(*transport_, lay.dispatch_bytes(), std::chrono::milliseconds(cfg_.transport_timeout_ms)));
     std::byte* p = slot->buffer.data();
     auto* ids = reinterpret_cast<int32_t*>(p + lay.ids_offset());
     auto* weights = reinterpret_cast<float*>(p + lay.weights_offset());
@@ -88,7 +78,7 @@ Status UcxExpertExecutor::dispatch(int64_t layer, int mb, const float* moe_in, i
     auto sent = transport_->send(link.id, h, slot->buffer, lay.dispatch_bytes());
     if (!sent.is_ok())
       return sent.status().with_context("dispatch to expert node " + std::to_string(link.rank));
-    slot->last_send = *sent;
+    slot->last = *sent;
     entry.second.push_back(std::move(o));
   }
   return Status::ok();

@@ -31,10 +31,6 @@ class UcxExpertExecutor : public engine::ExpertExecutor {
 
  private:
   struct Link;
-  struct SendSlot {
-    transport::Buffer buffer;
-    transport::SendHandle last_send;
-  };
   struct Outgoing {
     size_t link;
     uint64_t step;
@@ -44,15 +40,13 @@ class UcxExpertExecutor : public engine::ExpertExecutor {
   UcxExpertExecutor(const api::DeploymentConfig& cfg, const model::ModelConfig& model, int rank);
   // Makes sure the link is up, (re)dialing the node's current data-plane address.
   Status connected(Link& link);
-  // A registered buffer of at least `bytes` for (link, mb), free to overwrite.
-  Result<SendSlot*> send_slot(size_t link, int mb, size_t bytes);
 
   const api::DeploymentConfig cfg_;
   const model::ModelConfig& model_;
   int rank_;
   std::unique_ptr<transport::Transport> transport_;
   std::vector<std::unique_ptr<Link>> links_;
-  std::map<std::pair<size_t, int>, SendSlot> slots_;
+  std::map<std::pair<size_t, int>, transport::SendSlot> slots_;  // per (link, micro-batch)
   std::map<std::pair<int64_t, int>, std::pair<float*, std::vector<Outgoing>>> pending_;
   uint64_t next_step_ = 1;
 };

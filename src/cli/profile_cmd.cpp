@@ -334,14 +334,17 @@ int run_profile(const ProfileArgs& a) {
   if (on_gpu && cfg->attention_on() != cfg->experts_on())
     std::fprintf(stderr, "tandem profile: attention on %s, experts on %s: both are profiled on cuda\n",
                  cfg->attention_on().c_str(), cfg->experts_on().c_str());
+  // Both outlive the measurement: the backend's closures point into them.
   CpuProfile cpu;
+#if TANDEM_HAVE_CUDA
+  CudaProfile gpu;
+#endif
   Result<ProfiledBackend> backend = internal_error("no backend");
   if (!on_gpu) {
     backend = cpu.make(ck->config, **weights);
   } else {
 #if TANDEM_HAVE_CUDA
-    static CudaProfile gpu;  // outlives the measurement (its closures point into it)
-    backend = gpu.make(ck->config, **weights, cfg->dtype == "bf16" ? DType::kBF16 : DType::kF32);
+    backend = gpu.make(ck->config, **weights, cfg->gpu_dtype());
 #else
     backend = unimplemented(cfg->source + ": cluster.device: cuda, but this tandem was built without CUDA");
 #endif

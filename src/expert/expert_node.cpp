@@ -143,11 +143,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
 
  private:
-  // A registered buffer for replies and the send that last used it.
-  struct ReplySlot {
-    transport::Buffer buffer;
-    transport::SendHandle last;
-  };
+  // Replies wait at most this long for the previous send of their buffer.
+  static constexpr std::chrono::milliseconds kReplyReuse{5000};
 
   // The GPU flavour: this node's experts on a GPU, fed by the batcher's
   // thread (the merged work of every attention node) through pinned staging.
@@ -155,7 +152,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
 #if TANDEM_HAVE_CUDA
     TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.expert_gpu_slot(rank_)));
     gpu_ordinal_ = ordinal;
-    const engine::CudaRunnerOptions options{.dtype = cfg.dtype == "bf16" ? DType::kBF16 : DType::kF32};
+    const engine::CudaRunnerOptions options{.dtype = cfg.gpu_dtype()};
     TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create_expert_side(ck_.config, *weights_, options));
     TANDEM_LOG_INFO("expert[{}] on GPU {} ({} MiB of expert weights)", rank_, ordinal, gpu_->device_bytes() >> 20);
     TANDEM_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::device_info());
@@ -202,7 +199,7 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     using namespace std::chrono_literals;
     const auto& c = ck_.config;
     // Two reply buffers: one is computed into while the other may still be sending.
-    std::array<ReplySlot, 2> replies;
+    std::array<transport::SendSlot, 2> replies;
     size_t turn = 0;
     while (!stopping_) {
       auto msg = transport_->recv(transport::TagFilter{std::nullopt, std::nullopt, peer}, 200ms);
@@ -228,14 +225,9 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
         continue;
       }
       auto& slot = replies[turn++ % replies.size()];
-      if (!slot.last.wait(std::chrono::milliseconds(5000)).is_ok()) slot = {};
-      if (slot.buffer.size() < lay.combine_bytes()) {
-        auto b = transport_->allocate(std::max(lay.combine_bytes(), 2 * slot.buffer.size()));
-        if (!b.is_ok()) {
-          TANDEM_LOG_ERROR("expert[{}]: {}", rank_, b.status().message());
-          continue;
-        }
-        slot.buffer = std::move(b).value();
+      if (Status st = slot.ready(*transport_, lay.combine_bytes(), kReplyReuse); !st.is_ok()) {
+        TANDEM_LOG_ERROR("expert[{}]: {}", rank_, st.message());
+        continue;
       }
       const std::byte* in = msg->data().data();
       auto* y = reinterpret_cast<float*>(slot.buffer.data());
@@ -266,18 +258,14 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   // number of activations already sent device to device; the answer goes the
   // same way, announced by a small combine message.
   void serve_ipc(transport::NodeId peer, const transport::MessageHeader& h, std::span<const std::byte> control,
-                 ReplySlot& slot) {
+                 transport::SendSlot& slot) {
     const auto& c = ck_.config;
     const int attention_rank = static_cast<int>(peer.rank);
     Status st = h.kind != transport::MessageKind::kDispatch ? invalid_argument("not a dispatch message")
                 : h.layer >= static_cast<uint32_t>(c.num_layers) || !c.layer_is_moe[h.layer]
                     ? invalid_argument("layer " + std::to_string(h.layer) + " is not a MoE layer")
                     : Status::ok();
-    if (st.is_ok() && !slot.last.wait(std::chrono::milliseconds(5000)).is_ok()) slot = {};
-    if (st.is_ok() && slot.buffer.size() < transport::IpcControlLayout::kCombineBytes) {
-      auto b = transport_->allocate(transport::IpcControlLayout::kCombineBytes);
-      if (b.is_ok()) slot.buffer = std::move(b).value(); else st = b.status();
-    }
+    if (st.is_ok()) st = slot.ready(*transport_, transport::IpcControlLayout::kCombineBytes, kReplyReuse);
     if (st.is_ok())
       st = ipc_->serve(attention_rank, h, control,
                        slot.buffer.span().first(transport::IpcControlLayout::kCombineBytes));

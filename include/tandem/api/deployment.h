@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "tandem/common/dtype.h"
 #include "tandem/common/status.h"
 
 namespace tandem::api {
@@ -89,6 +90,7 @@ struct DeploymentConfig {
   const std::string& attention_on() const { return attention_device.empty() ? device : attention_device; }
   const std::string& experts_on() const { return expert_device.empty() ? device : expert_device; }
   bool uses_cuda() const { return attention_on() == "cuda" || experts_on() == "cuda"; }
+  DType gpu_dtype() const { return dtype == "bf16" ? DType::kBF16 : DType::kF32; }
   // GPU nodes take the visible devices round-robin: attention nodes first,
   // then expert nodes, so a one-GPU machine puts every node on device 0.
   int attention_gpu_slot(int rank) const { return rank; }

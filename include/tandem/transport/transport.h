@@ -111,4 +111,17 @@ class Transport {
   virtual Result<Message> recv(const TagFilter& filter, std::chrono::milliseconds timeout) = 0;
 };
 
+// A registered buffer reused for one stream of messages, with the send that
+// last used it. ready() makes it safe to overwrite with `bytes`: it waits for
+// that send (normally long done); if the send is still in flight after
+// `timeout` (an aborted step, a peer gone), the old buffer is left to it and a
+// new one is taken. The buffer grows geometrically: registration is slow and
+// message sizes vary.
+struct SendSlot {
+  Buffer buffer;
+  SendHandle last;
+
+  Status ready(Transport& transport, size_t bytes, std::chrono::milliseconds timeout);
+};
+
 }  // namespace tandem::transport

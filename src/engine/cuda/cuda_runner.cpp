@@ -1,6 +1,7 @@
 #include "tandem/engine/cuda_runner.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <string>
@@ -84,8 +85,8 @@ struct DeviceBatch {
   Status upload(const ForwardBatch& b) {
     host = &b;
     // slots (8-byte) first, so every part stays aligned.
-    const std::vector<const std::vector<int32_t>*> parts = {&b.tokens, &b.positions, &b.seq_of_token,
-                                                            &b.ctx_len, &b.block_tables, &b.logits_rows};
+    const std::array<const std::vector<int32_t>*, 6> parts = {&b.tokens, &b.positions, &b.seq_of_token,
+                                                              &b.ctx_len, &b.block_tables, &b.logits_rows};
     size_t bytes = b.slots.size() * sizeof(int64_t);
     for (const auto* v : parts) bytes += v->size() * sizeof(int32_t);
     TANDEM_RETURN_IF_ERROR(grow_pinned(staged, bytes, "staged batch"));
@@ -227,8 +228,8 @@ struct Runner final : CudaModelRunner::Impl {
     } else {
       std::vector<kc::Bf16> rounded(static_cast<size_t>(count));
       for (size_t i = 0; i < rounded.size(); ++i) rounded[i].bits = float_to_bf16(host[i]);
+      // Returns once `rounded` may go (a copy from pageable memory).
       TANDEM_RETURN_IF_ERROR(kc::copy_to_device(b.data(), rounded.data(), bytes));
-      TANDEM_RETURN_IF_ERROR(kc::synchronize());  // `rounded` goes out of scope
     }
     const T* d = b.template as<T>();
     device_bytes += b.size();
