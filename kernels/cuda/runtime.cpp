@@ -3,11 +3,14 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -349,6 +352,88 @@ Status Graph::launch() const {
   if (!exec_) return failed_precondition("Graph::launch: empty graph");
   TANDEM_CUDA_CHECK("Graph::launch", cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), detail::t_stream));
   return Status::ok();
+}
+
+Result<Stream> Stream::create(std::string_view what) {
+  cudaStream_t s = nullptr;
+  const std::string op = "stream for " + std::string(what);
+  TANDEM_CUDA_CHECK(op.c_str(), cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  Stream out;
+  out.s_ = s;
+  return out;
+}
+
+Stream& Stream::operator=(Stream&& other) noexcept {
+  if (this != &other) {
+    if (s_) (void)cudaStreamDestroy(static_cast<cudaStream_t>(s_));
+    s_ = other.s_;
+    other.s_ = nullptr;
+  }
+  return *this;
+}
+
+Stream::~Stream() {
+  if (s_) (void)cudaStreamDestroy(static_cast<cudaStream_t>(s_));
+}
+
+Result<Event> Event::create(std::string_view what) {
+  cudaEvent_t e = nullptr;
+  const std::string op = "event for " + std::string(what);
+  TANDEM_CUDA_CHECK(op.c_str(), cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  Event out;
+  out.e_ = e;
+  return out;
+}
+
+Event& Event::operator=(Event&& other) noexcept {
+  if (this != &other) {
+    if (e_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(e_));
+    e_ = other.e_;
+    other.e_ = nullptr;
+  }
+  return *this;
+}
+
+Event::~Event() {
+  if (e_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(e_));
+}
+
+Status Event::record(void* stream) {
+  if (!e_) return failed_precondition("Event::record: no event");
+  TANDEM_CUDA_CHECK("Event::record", cudaEventRecord(static_cast<cudaEvent_t>(e_),
+                                                     stream ? static_cast<cudaStream_t>(stream) : detail::t_stream));
+  return Status::ok();
+}
+
+Status Event::enqueue_wait(void* stream) const {
+  if (!e_) return failed_precondition("Event::enqueue_wait: no event");
+  TANDEM_CUDA_CHECK("Event::enqueue_wait",
+                    cudaStreamWaitEvent(stream ? static_cast<cudaStream_t>(stream) : detail::t_stream,
+                                        static_cast<cudaEvent_t>(e_), 0));
+  return Status::ok();
+}
+
+Result<bool> Event::done() const {
+  if (!e_) return failed_precondition("Event::done: no event");
+  const cudaError_t r = cudaEventQuery(static_cast<cudaEvent_t>(e_));
+  if (r == cudaSuccess) return true;
+  if (r == cudaErrorNotReady) return false;
+  TANDEM_CUDA_CHECK("Event::done", r);
+  return false;
+}
+
+Status Event::wait_for(std::chrono::microseconds timeout, std::string_view what) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto pause = std::chrono::microseconds(5);
+  while (true) {
+    TANDEM_ASSIGN_OR_RETURN(const bool finished, done());
+    if (finished) return Status::ok();
+    if (std::chrono::steady_clock::now() > deadline)
+      return {StatusCode::kDeadlineExceeded, std::string(what) + ": not done after " +
+                                                 std::to_string(timeout.count() / 1000) + " ms"};
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(500));
+  }
 }
 
 Status copy_to_host_async(void* dst, const void* src, size_t bytes) {

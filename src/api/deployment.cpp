@@ -137,12 +137,16 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
     return r.error("cluster.dtype", "bf16 applies to GPU nodes, and every node here is on the CPU (which computes in FP32)");
   if (c.transport_shared_memory && c.transport == "tcp")
     return r.error("transport.shared_memory", "needs transport.backend: ucx (the tcp backend is gRPC streams)");
-  if (c.transport != "tcp" && c.transport != "ucx" && c.transport != "cuda_ipc")
-    return r.error("transport.backend", "must be tcp, ucx or cuda_ipc, got '" + c.transport + "'");
+  if (c.transport != "tcp" && c.transport != "ucx" && c.transport != "cuda_ipc" && c.transport != "nccl")
+    return r.error("transport.backend", "must be tcp, ucx, cuda_ipc or nccl, got '" + c.transport + "'");
   if (c.transport == "cuda_ipc" && (c.attention_on() != "cuda" || c.experts_on() != "cuda"))
     return r.error("transport.backend",
                    "cuda_ipc moves activations between GPUs of one host: it needs attention and expert nodes on "
                    "cuda (cluster.device: cuda)");
+  if (c.transport == "nccl" && (c.attention_on() != "cuda" || c.experts_on() != "cuda"))
+    return r.error("transport.backend",
+                   "nccl moves activations between GPUs with NCCL send/recv: it needs attention and expert nodes "
+                   "on cuda (cluster.device: cuda)");
   if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warn" && c.log_level != "error")
     return r.error("logging.level", "must be debug, info, warn or error");
   if (c.max_batch_tokens < c.micro_batches)
@@ -213,6 +217,22 @@ Result<DeploymentConfig> DeploymentConfig::from_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return from_yaml(ss.str(), path);
+}
+
+Status DeploymentConfig::check_nccl_placement(int visible_gpus) const {
+  if (transport != "nccl" || visible_gpus <= 0) return Status::ok();
+  for (int a = 0; a < attention_nodes; ++a)
+    for (int e = 0; e < expert_nodes; ++e) {
+      const int ga = attention_gpu_slot(a) % visible_gpus, ge = expert_gpu_slot(e) % visible_gpus;
+      if (ga == ge)
+        return failed_precondition(
+            source + ": transport.backend: nccl, but attention node " + std::to_string(a) + " and expert node " +
+            std::to_string(e) + " would share GPU " + std::to_string(ga) + " (" + std::to_string(visible_gpus) +
+            " visible; nodes take them round-robin, attention first): NCCL cannot put both ends of a link on one "
+            "GPU. Give every node its own GPU (" + std::to_string(attention_nodes + expert_nodes) +
+            " here), or use transport.backend: cuda_ipc on one machine");
+    }
+  return Status::ok();
 }
 
 Status DeploymentConfig::validate_against_model(int64_t num_experts, int64_t kv_bytes_per_token,

@@ -1,6 +1,7 @@
 #include "tandem/attention/attention_node.h"
 
 #include "ipc_experts.h"
+#include "nccl_experts.h"
 #include "remote_experts.h"
 #include "ucx_experts.h"
 
@@ -97,12 +98,19 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
       };
       device_ = "cpu";
     }
-    if (cfg.transport == "cuda_ipc") {
+    if (cfg.transport == "cuda_ipc" || cfg.transport == "nccl") {
 #if TANDEM_HAVE_CUDA
-      if (!gpu_) return failed_precondition(cfg.source + ": transport.backend: cuda_ipc needs attention.device: cuda");
-      TANDEM_ASSIGN_OR_RETURN(remote_, CudaIpcExpertExecutor::create(cfg, c, rank));
+      if (!gpu_)
+        return failed_precondition(cfg.source + ": transport.backend: " + cfg.transport +
+                                   " needs attention.device: cuda");
+      if (cfg.transport == "cuda_ipc") {
+        TANDEM_ASSIGN_OR_RETURN(remote_, CudaIpcExpertExecutor::create(cfg, c, rank));
+      } else {
+        TANDEM_ASSIGN_OR_RETURN(remote_, NcclExpertExecutor::create(cfg, c, rank));
+      }
 #else
-      return unimplemented(cfg.source + ": transport.backend: cuda_ipc, but this tandem was built without CUDA");
+      return unimplemented(cfg.source + ": transport.backend: " + cfg.transport +
+                           ", but this tandem was built without CUDA");
 #endif
     } else if (cfg.transport == "ucx") {
       TANDEM_ASSIGN_OR_RETURN(remote_, UcxExpertExecutor::create(cfg, c, rank));

@@ -1,7 +1,9 @@
-// What the attention side's UCX-based data planes (ucx, cuda_ipc) share: one
-// link per expert node (its control-plane stub and expert range), the
-// DataPlane handshake that (re)dials a node's UCX address, and receiving a
-// combine with errors that name the node.
+// What the attention side's UCX-based data planes (ucx, cuda_ipc, nccl) share:
+// one link per expert node (its control-plane stub and expert range), the
+// DataPlane handshake that (re)dials a node's UCX address, receiving a combine
+// with errors that name the node, and the control messages of the
+// device-resident planes (cuda_ipc, nccl: activations move GPU to GPU, the
+// routing and sequence numbers over UCX; transport::IpcControlLayout).
 #pragma once
 
 #include <chrono>
@@ -57,6 +59,20 @@ Result<internal::v1::DataPlaneReply> dial(transport::Transport& t, const ExpertL
 // transport errors turned into statuses that name the node.
 Result<transport::Message> recv_combine(transport::Transport& t, const ExpertLink& link, int64_t layer, int mb,
                                         std::chrono::milliseconds timeout);
+
+// Device-resident planes: sends the routing of `rows` (indices into this
+// micro-batch's [n, top_k] topk_idx / topk_w) with the step and the sequence
+// number of the activations moved on the device, from `control` (a registered
+// buffer reused once its previous send is done).
+Status send_device_dispatch(transport::Transport& t, const ExpertLink& link, transport::SendSlot& control,
+                            int64_t layer, int mb, uint64_t step, uint64_t seq, const std::vector<int32_t>& rows,
+                            const int32_t* topk_idx, const float* topk_w, int64_t top_k, int64_t hidden,
+                            std::chrono::milliseconds timeout);
+// Device-resident planes: receives the combine announcing the answer to the
+// dispatch (step, seq, tokens), skipping late answers to aborted steps;
+// DATA_LOSS for one that answers something else.
+Status await_device_combine(transport::Transport& t, const ExpertLink& link, int64_t layer, int mb, uint64_t step,
+                            uint64_t seq, int64_t tokens, std::chrono::milliseconds timeout);
 
 // Implementation detail of open_data_plane.
 Result<std::unique_ptr<transport::Transport>> open_data_plane(const api::DeploymentConfig& cfg, int rank,

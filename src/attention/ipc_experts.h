@@ -21,18 +21,14 @@
 
 #if TANDEM_HAVE_CUDA
 
-#include <map>
 #include <memory>
-#include <vector>
 
-#include "expert_links.h"
-#include "tandem/engine/expert_executor.h"
-#include "tandem/kernels/cuda.h"
+#include "device_experts.h"
 #include "tandem/transport/cuda_ipc.h"
 
 namespace tandem::attention {
 
-class CudaIpcExpertExecutor : public engine::ExpertExecutor {
+class CudaIpcExpertExecutor : public DeviceExpertExecutor {
  public:
   // On the calling thread's current device (the node's GPU): allocates this
   // node's receive slots, one per micro-batch and expert node.
@@ -40,38 +36,15 @@ class CudaIpcExpertExecutor : public engine::ExpertExecutor {
                                                                const model::ModelConfig& model, int rank);
   ~CudaIpcExpertExecutor() override;
 
-  bool device_resident() const override { return true; }
-  Status dispatch(int64_t layer, int mb, const float* moe_in, int64_t n, const int32_t* topk_idx,
-                  const float* topk_w, float* out) override;
-  Status wait(int64_t layer, int mb) override;
-  void abort() override { pending_.clear(); }
-
  private:
-  struct Link;
-  struct Sent {
-    size_t link;
-    uint64_t seq;   // of the dispatch, echoed by the answer
-    int64_t rows;   // tokens sent (the link's row list for this micro-batch is on the device)
-  };
-  struct Pending {
-    float* out = nullptr;  // device [n, hidden]
-    uint64_t step = 0;
-    std::vector<Sent> sent;
-  };
+  struct IpcLink;
+  using DeviceExpertExecutor::DeviceExpertExecutor;
 
-  CudaIpcExpertExecutor(const api::DeploymentConfig& cfg, const model::ModelConfig& model, int rank);
-  Status connected(Link& link);
-
-  const api::DeploymentConfig cfg_;
-  const model::ModelConfig& model_;
-  int rank_;
-  size_t slot_bytes_ = 0;  // one micro-batch of FP32 activations at most
-  std::unique_ptr<transport::Transport> transport_;
-  std::vector<std::unique_ptr<Link>> links_;
-  std::map<std::pair<int64_t, int>, Pending> pending_;
-  uint64_t next_step_ = 1;
-  // Weight 1 for every row: an expert node's sum is added through the scatter kernel.
-  kernels::cuda::DeviceBuffer unit_weights_;
+  Status connected(size_t link) override;
+  Status send_rows(size_t link, size_t slot, const float* moe_in, const std::vector<int32_t>& rows,
+                   uint64_t seq) override;
+  Status add_answer(size_t link, size_t slot, const Sent& sent, float* out) override;
+  Status finish_wait(const Pending& p) override;
 };
 
 }  // namespace tandem::attention

@@ -2,6 +2,7 @@
 
 #if TANDEM_HAVE_CUDA
 #include "tandem/kernels/cuda.h"
+#include "tandem/transport/nccl_p2p.h"
 #endif
 
 namespace tandem::cli {
@@ -22,8 +23,13 @@ Status check_device(const api::DeploymentConfig& cfg, std::string_view role) {
   if (!wants_cuda) return Status::ok();
   const std::string where = cfg.source + ": " + cuda_key(cfg, role);
 #if TANDEM_HAVE_CUDA
-  if (auto n = kernels::cuda::device_count(); !n.is_ok())
+  auto n = kernels::cuda::device_count();
+  if (!n.is_ok())
     return unavailable(where + ", but " + n.status().message() + "; run on a machine with a GPU or set it to cpu");
+  if (cfg.transport == "nccl") {
+    TANDEM_RETURN_IF_ERROR(transport::nccl_available().with_context(cfg.source + ": transport.backend: nccl"));
+    TANDEM_RETURN_IF_ERROR(cfg.check_nccl_placement(*n));
+  }
   return Status::ok();
 #else
   return unimplemented(where + ", but this tandem was built without CUDA (nvcc was not found when it was "

@@ -18,6 +18,7 @@
 #include "tandem/engine/model_runner.h"
 #if TANDEM_HAVE_CUDA
 #include "ipc_data_plane.h"
+#include "nccl_data_plane.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/kernels/cuda.h"
 #endif
@@ -59,7 +60,10 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     b.RegisterService(this);
     server_ = b.BuildAndStart();
     if (!server_ || bound == 0) return unavailable("cannot listen on " + ep.to_string());
+    // gRPC's health service says SERVING from the start: not before the data plane is up.
+    server_->GetHealthCheckService()->SetServingStatus(false);
     if (cfg.transport != "tcp") TANDEM_RETURN_IF_ERROR(start_data_plane(cfg, ep.host));
+    data_plane_ready_.store(true, std::memory_order_release);
     server_->GetHealthCheckService()->SetServingStatus(true);
     TANDEM_LOG_INFO("expert[{}] serving experts [{}, {}) on {}", rank, range_.first, range_.second, ep.to_string());
     return Status::ok();
@@ -83,6 +87,9 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
 
   grpc::Status DataPlane(grpc::ServerContext*, const pb::DataPlaneRequest* req, pb::DataPlaneReply* reply) override {
+    if (!data_plane_ready_.load(std::memory_order_acquire))
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "expert node " + std::to_string(rank_) + " is still setting up its data plane");
     reply->set_first_expert(range_.first);
     reply->set_last_expert(range_.second);
     reply->set_device(device_);
@@ -99,13 +106,13 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     const transport::PeerAddress a = transport_->address();
     reply->set_backend(backend_);
 #if TANDEM_HAVE_CUDA
-    if (ipc_ && !req->ipc_handle().empty()) {
+    // An attention node asking for its device channel; a bare request (tandem
+    // status) only wants the fields above.
+    if (device_plane_ && (!req->ipc_handle().empty() || req->nccl())) {
       if (req->attention_rank() < 0 || req->attention_rank() >= attention_nodes_)
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             "attention_rank " + std::to_string(req->attention_rank()) + " is not a node of this cluster");
-      auto handle = ipc_->attach(req->attention_rank(), req->ipc_handle());
-      if (!handle.is_ok()) return to_grpc(handle.status());
-      reply->set_ipc_handle(*handle);
+      if (Status st = device_plane_->attach(*req, *reply); !st.is_ok()) return to_grpc(st);
     }
 #else
     (void)req;
@@ -179,9 +186,14 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
     backend_ = cfg.transport;
     attention_nodes_ = cfg.attention_nodes;
 #if TANDEM_HAVE_CUDA
-    if (cfg.transport == "cuda_ipc") {
-      if (!gpu_) return failed_precondition(cfg.source + ": transport.backend: cuda_ipc needs expert.device: cuda");
-      ipc_ = std::make_unique<IpcDataPlane>(cfg, ck_.config, gpu_ordinal_, *gpu_);
+    if (cfg.transport == "cuda_ipc" || cfg.transport == "nccl") {
+      if (!gpu_)
+        return failed_precondition(cfg.source + ": transport.backend: " + cfg.transport + " needs expert.device: cuda");
+      if (cfg.transport == "cuda_ipc") {
+        device_plane_ = std::make_unique<IpcDataPlane>(cfg, ck_.config, gpu_ordinal_, *gpu_);
+      } else {
+        TANDEM_ASSIGN_OR_RETURN(device_plane_, NcclDataPlane::create(cfg, ck_.config, gpu_ordinal_, *gpu_));
+      }
     }
 #endif
     const auto self = transport::expert_node(static_cast<uint32_t>(rank_));
@@ -211,8 +223,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       }
       const transport::MessageHeader& h = msg->header();
 #if TANDEM_HAVE_CUDA
-      if (ipc_) {
-        serve_ipc(peer, h, msg->data(), replies[turn++ % replies.size()]);
+      if (device_plane_) {
+        serve_device(peer, h, msg->data(), replies[turn++ % replies.size()]);
         continue;
       }
 #endif
@@ -254,10 +266,10 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   }
 
 #if TANDEM_HAVE_CUDA
-  // A cuda_ipc dispatch: the control message names the slot and sequence
-  // number of activations already sent device to device; the answer goes the
-  // same way, announced by a small combine message.
-  void serve_ipc(transport::NodeId peer, const transport::MessageHeader& h, std::span<const std::byte> control,
+  // A cuda_ipc or nccl dispatch: the control message carries the routing and
+  // the sequence number of activations sent device to device; the answer goes
+  // the same way, announced by a small combine message.
+  void serve_device(transport::NodeId peer, const transport::MessageHeader& h, std::span<const std::byte> control,
                  transport::SendSlot& slot) {
     const auto& c = ck_.config;
     const int attention_rank = static_cast<int>(peer.rank);
@@ -267,11 +279,11 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
                     : Status::ok();
     if (st.is_ok()) st = slot.ready(*transport_, transport::IpcControlLayout::kCombineBytes, kReplyReuse);
     if (st.is_ok())
-      st = ipc_->serve(attention_rank, h, control,
-                       slot.buffer.span().first(transport::IpcControlLayout::kCombineBytes));
+      st = device_plane_->serve(attention_rank, h, control,
+                                slot.buffer.span().first(transport::IpcControlLayout::kCombineBytes));
     if (!st.is_ok()) {
       // Unanswered, the dispatch times out on the attention node, which names us.
-      TANDEM_LOG_ERROR("expert[{}]: dropping an IPC dispatch from {}: {}", rank_, transport::to_string(peer),
+      TANDEM_LOG_ERROR("expert[{}]: dropping a device dispatch from {}: {}", rank_, transport::to_string(peer),
                        st.message());
       return;
     }
@@ -345,9 +357,10 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
   std::unique_ptr<ExpertBatcher> batcher_;  // after weights_ and gpu_: stops before they go
   std::unique_ptr<grpc::Server> server_;
   std::atomic<bool> stopping_{false};
-  std::unique_ptr<transport::Transport> transport_;  // ucx and cuda_ipc
+  std::atomic<bool> data_plane_ready_{false};  // DataPlane answers once init has set up what it reads
+  std::unique_ptr<transport::Transport> transport_;  // ucx, cuda_ipc and nccl
 #if TANDEM_HAVE_CUDA
-  std::unique_ptr<IpcDataPlane> ipc_;  // cuda_ipc only
+  std::unique_ptr<DeviceDataPlane> device_plane_;  // cuda_ipc and nccl
 #endif
   std::vector<std::thread> senders_;
 };

@@ -14,34 +14,31 @@
 #include <span>
 #include <string>
 
+#include "device_data_plane.h"
 #include "tandem/api/deployment.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/transport/cuda_ipc.h"
-#include "tandem/transport/moe_payload.h"
-#include "tandem/transport/types.h"
 
 namespace tandem::expert {
 
-class IpcDataPlane {
+class IpcDataPlane : public DeviceDataPlane {
  public:
   // `gpu` holds this node's experts on device `ordinal`; it and `model`
   // outlive this.
   IpcDataPlane(const api::DeploymentConfig& cfg, const model::ModelConfig& model, int ordinal,
                engine::CudaModelRunner& gpu);
-  ~IpcDataPlane();
+  ~IpcDataPlane() override;
 
-  // The DataPlane handshake of attention node `attention_rank`: maps its
-  // receiver (`their_handle`; a new one replaces the old after a restart) and
-  // returns the handle of the receiver this node keeps for it. Thread-safe.
-  Result<std::string> attach(int attention_rank, const std::string& their_handle);
+  // Maps the attention node's receiver (request.ipc_handle; a new one
+  // replaces the old after a restart) and replies with the handle of the
+  // receiver this node keeps for it.
+  Status attach(const internal::v1::DataPlaneRequest& request, internal::v1::DataPlaneReply& reply) override;
 
-  // One dispatch control message from attention node `attention_rank`
-  // (already checked: MoE layer, sizes, expert ids): waits on the GPU for its
-  // activations, runs this node's experts, sends the sum into the attention
-  // node's slot and fills `combine` (IpcControlLayout::kCombineBytes) with the
-  // control message that announces it. Thread-safe; GPU work is serialised.
+  // Waits on the GPU for the activations in the slot, runs this node's
+  // experts and sends the sum into the attention node's slot. GPU work is
+  // serialised.
   Status serve(int attention_rank, const transport::MessageHeader& header, std::span<const std::byte> control,
-               std::span<std::byte> combine);
+               std::span<std::byte> combine) override;
 
   size_t slot_bytes() const { return slot_bytes_; }
 

@@ -77,7 +77,7 @@ struct DeploymentConfig {
   std::string expert_device;     // as attention_device
 
   // transport
-  std::string transport = "tcp";  // tcp (gRPC streams) | ucx (UCX M2N transport, src/transport)
+  std::string transport = "tcp";  // tcp (gRPC streams) | ucx (UCX M2N transport, src/transport) | cuda_ipc | nccl
   int transport_timeout_ms = 5000;
   // ucx on one host: small (eager) messages over UCX shared memory instead of tcp.
   bool transport_shared_memory = false;
@@ -108,6 +108,11 @@ struct DeploymentConfig {
   static Result<DeploymentConfig> from_file(const std::string& path);
   // Checks that need the model (more expert nodes than experts, KV cache vs memory).
   Status validate_against_model(int64_t num_experts, int64_t kv_bytes_per_token, size_t memory_bytes) const;
+  // transport.backend: nccl on `visible_gpus` devices: FAILED_PRECONDITION
+  // naming transport.backend when the round-robin placement puts an attention
+  // node and an expert node on one GPU (NCCL cannot put both ends of a
+  // communicator there). OK for other backends.
+  Status check_nccl_placement(int visible_gpus) const;
   std::string to_yaml() const;
 };
 

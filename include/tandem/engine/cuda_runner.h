@@ -79,6 +79,9 @@ class CudaModelRunner {
   Result<const float*> experts_device(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w);
 
   size_t device_bytes() const;  // weights + KV cache
+  // Layer attentions replayed from CUDA graphs so far (0 with cuda_graphs off,
+  // or after a failed capture turned them off).
+  uint64_t graph_launches() const;
 
   struct Impl;  // the FP32 or BF16 implementation (cuda_runner.cpp)
 

@@ -21,6 +21,7 @@
 // kernels; it is C++17-clean because the .cu files are compiled as C++17.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -186,6 +187,53 @@ Status copy_to_host(void* dst, const void* src, size_t bytes);
 Status copy_to_host_async(void* dst, const void* src, size_t bytes);
 // Zeroes device memory on the current stream.
 Status fill_zero(void* dst, size_t bytes);
+
+// ---- Streams and events ------------------------------------------------------------
+
+// A non-blocking stream of its own (cudaStreamCreateWithFlags), for work that
+// must not queue behind the thread's current stream: a data plane's sends and
+// receives beside the compute they feed. Move-only.
+class Stream {
+ public:
+  Stream() = default;
+  static Result<Stream> create(std::string_view what);
+  Stream(Stream&& other) noexcept : s_(other.s_) { other.s_ = nullptr; }
+  Stream& operator=(Stream&& other) noexcept;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream();
+  void* get() const { return s_; }  // cudaStream_t
+
+ private:
+  void* s_ = nullptr;
+};
+
+// A timing-free event: orders work across streams (record on one, wait on
+// another) and lets the host poll completion with its own deadline instead of
+// blocking in cudaStreamSynchronize. Move-only.
+class Event {
+ public:
+  Event() = default;
+  static Result<Event> create(std::string_view what);
+  Event(Event&& other) noexcept : e_(other.e_) { other.e_ = nullptr; }
+  Event& operator=(Event&& other) noexcept;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event();
+
+  // nullptr = the calling thread's current stream.
+  Status record(void* stream = nullptr);
+  // Work enqueued on `stream` after this waits for the recorded point.
+  Status enqueue_wait(void* stream = nullptr) const;
+  // True once the recorded work is done (also before any record).
+  Result<bool> done() const;
+  // Polls done() until it is true or `timeout` passes (DEADLINE_EXCEEDED
+  // naming `what`), sleeping briefly between polls.
+  Status wait_for(std::chrono::microseconds timeout, std::string_view what) const;
+
+ private:
+  void* e_ = nullptr;
+};
 
 // ---- CUDA graphs -----------------------------------------------------------------
 

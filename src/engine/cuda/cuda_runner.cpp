@@ -166,6 +166,7 @@ struct CudaModelRunner::Impl : ForwardStages {
   virtual Result<const float*> device_experts(int64_t layer, const float* x, int64_t n, const int32_t* ids,
                                               const float* w) = 0;
   size_t device_bytes = 0;
+  uint64_t graph_launches = 0;
 };
 
 namespace {
@@ -340,7 +341,10 @@ struct Runner final : CudaModelRunner::Impl {
     const GraphKey key{l, &b, &s, b.num_tokens(), b.host->max_blocks_per_seq};
     const uint64_t gen = g_buffer_generation.load(std::memory_order_relaxed);
     GraphEntry& e = graphs[key];
-    if (e.generation == gen && !e.graph.empty()) return e.graph.launch();
+    if (e.generation == gen && !e.graph.empty()) {
+      ++graph_launches;
+      return e.graph.launch();
+    }
     if (e.generation != gen || !e.warmed) {
       e = GraphEntry{};
       e.generation = gen;
@@ -356,6 +360,7 @@ struct Runner final : CudaModelRunner::Impl {
       return attention_eager(l, b, s);
     }
     e.graph = std::move(g).value();
+    ++graph_launches;
     return e.graph.launch();
   }
 
@@ -724,5 +729,6 @@ Result<const float*> CudaModelRunner::experts_device(int64_t layer, const float*
 }
 
 size_t CudaModelRunner::device_bytes() const { return impl_->device_bytes; }
+uint64_t CudaModelRunner::graph_launches() const { return impl_->graph_launches; }
 
 }  // namespace tandem::engine

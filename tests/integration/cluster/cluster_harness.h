@@ -57,7 +57,7 @@ struct ClusterShape {
   int max_running_sequences = 64;
   int max_queue = 256;
   int kv_blocks = 512;
-  std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory) | cuda_ipc
+  std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory) | cuda_ipc | nccl
   std::string attention_cpus{}, expert_cpus{};  // attention.cpus / expert.cpus when not empty
   std::string attention_device = "cpu", expert_device = "cpu";  // attention.device / expert.device
 };

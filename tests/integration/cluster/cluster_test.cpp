@@ -598,6 +598,44 @@ TEST(ClusterConfig, PlannedDeploymentServesAsWritten) {
   std::filesystem::remove_all(dir);
 }
 
+// transport.backend: nccl (NCCL send/recv between GPUs, the comparison
+// backend): with two GPUs or more the nodes serve what the single-process
+// engine serves; with one GPU `serve` refuses at start, since NCCL cannot put
+// both ends of a link on one GPU; without a GPU it names the device key. So
+// this test checks something on every machine instead of skipping.
+TEST(ClusterNccl, ServesAcrossGpusOrSaysWhyNot) {
+  const std::string& dir = cluster_model("tiny-mixtral");
+  int rc = 0;
+  const std::string listed = std::filesystem::exists("/dev/nvidiactl") ? shell("nvidia-smi -L", &rc) : "";
+  int gpus = 0;
+  for (size_t at = listed.find("GPU "); at != std::string::npos; at = listed.find("\nGPU ", at + 1)) ++gpus;
+  if (gpus >= 2) {
+    Cluster cluster(dir, {.attention_nodes = 1, .expert_nodes = 1, .micro_batches = 2, .transport = "nccl",
+                          .attention_device = "cuda", .expert_device = "cuda"});
+    ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+    const auto ps = prompts(8);
+    const auto want = reference(dir, ps, 12);
+    auto ck = model::Checkpoint::open(dir);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      auto r = generate(cluster.stub(), greedy(ps[i], 12));
+      ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+      expect_same_or_tied(dir, *ck->tokenizer->encode(ps[i], true), r.tokens, want[i], "stream " + std::to_string(i));
+    }
+    return;
+  }
+  const std::string path = ::testing::TempDir() + "/nccl_cluster.yaml";
+  std::ofstream(path) << "model: {path: " << dir << "}\ncluster: {device: cuda}\ntransport: {backend: nccl}\n";
+  const std::string out = shell(testing::tandem_bin() + " serve --config " + path, &rc);
+  EXPECT_NE(rc, 0) << out;
+  if (gpus == 1) {
+    EXPECT_NE(out.find("transport.backend: nccl, but attention node 0 and expert node 0 would share GPU 0"),
+              std::string::npos)
+        << out;
+  } else {
+    EXPECT_NE(out.find("cluster.device: cuda"), std::string::npos) << out;
+  }
+}
+
 TEST(ClusterConfig, UnavailableCpuIsRefusedAtStart) {
   const std::string path = ::testing::TempDir() + "/bad_cpus.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\nexpert: {cpus: '4000'}\n";

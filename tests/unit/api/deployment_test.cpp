@@ -143,5 +143,42 @@ TEST(Deployment, PerRoleDevicesDefaultToTheClusterDevice) {
                  "transport.backend", "needs attention and expert nodes on cuda");
 }
 
+// NCCL send/recv, the comparison backend for several GPUs: both roles on
+// GPUs, and no link with both ends on one GPU.
+TEST(Deployment, NcclNeedsGpuNodesOnDifferentGpus) {
+  expect_refused("model: {path: m}\nexpert: {device: cuda}\ntransport: {backend: nccl}\n", "transport.backend",
+                 "needs attention and expert nodes on cuda");
+  expect_refused("model: {path: m}\ntransport: {backend: mpi}\n", "transport.backend",
+                 "must be tcp, ucx, cuda_ipc or nccl, got 'mpi'");
+  auto one_each = DeploymentConfig::from_yaml(
+      "model: {path: m}\ncluster: {device: cuda, attention_nodes: 1, expert_nodes: 1}\ntransport: {backend: nccl}\n",
+      "d.yaml");
+  ASSERT_TRUE(one_each.is_ok()) << one_each.status().to_string();
+  EXPECT_EQ(one_each->transport, "nccl");
+  // One GPU: both nodes on device 0.
+  Status shared = one_each->check_nccl_placement(1);
+  EXPECT_EQ(shared.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(shared.message().find("d.yaml: transport.backend: nccl"), std::string::npos) << shared.message();
+  EXPECT_NE(shared.message().find("attention node 0 and expert node 0 would share GPU 0"), std::string::npos)
+      << shared.message();
+  EXPECT_NE(shared.message().find("cuda_ipc"), std::string::npos) << shared.message();
+  EXPECT_TRUE(one_each->check_nccl_placement(2).is_ok());
+  // Round-robin wraps: 2 attention + 1 expert node on 2 GPUs put the expert
+  // node back on GPU 0, with attention node 0.
+  auto three = DeploymentConfig::from_yaml(
+      "model: {path: m}\ncluster: {device: cuda, attention_nodes: 2, expert_nodes: 1}\ntransport: {backend: nccl}\n",
+      "d.yaml");
+  ASSERT_TRUE(three.is_ok()) << three.status().to_string();
+  Status wrapped = three->check_nccl_placement(2);
+  EXPECT_NE(wrapped.message().find("attention node 0 and expert node 0 would share GPU 0"), std::string::npos)
+      << wrapped.message();
+  EXPECT_TRUE(three->check_nccl_placement(3).is_ok());
+  // Other backends do not care.
+  auto ipc = DeploymentConfig::from_yaml("model: {path: m}\ncluster: {device: cuda}\ntransport: {backend: cuda_ipc}\n",
+                                         "d.yaml");
+  ASSERT_TRUE(ipc.is_ok());
+  EXPECT_TRUE(ipc->check_nccl_placement(1).is_ok());
+}
+
 }  // namespace
 }  // namespace tandem::api

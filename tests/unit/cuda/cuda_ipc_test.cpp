@@ -472,6 +472,9 @@ TEST(DISABLED_CudaIpcPeer, Sender) {
       sources.push_back(src);
       char* from = static_cast<char*>(src) + m.src_offset;
       ASSERT_EQ(cudaMemcpy(from, bytes.data(), m.bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      // A pageable upload may return before its last chunk lands, and `s` is
+      // non-blocking (it does not wait for the legacy stream).
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       // Every other message through the copy engine path.
       CudaIpcSender::Options options;
       options.copy_engine = i % 2 == 1;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include "cuda_test_util.h"
@@ -251,31 +252,74 @@ TEST_P(CudaRunnerTest, Bf16TracksTheCpuRunner) {
   EXPECT_LE(max_rel_diff(got, want), bound) << GetParam() << " expert side";
 }
 
-// Decode steps replayed from CUDA graphs give the logits of the eager runner
-// (same kernels; only the scatter's atomic order may differ), including a
-// change of batch shape in between, which captures anew.
-TEST_P(CudaRunnerTest, CudaGraphsReplayTheEagerDecode) {
-  GeneratedModel gm(GetParam(), 13, "graphs");
-  ASSERT_TRUE(gm.ok);
+// Runs the same steps (make_batch of `tables`, `first_lens` new tokens, then
+// one per step; `max_blocks(step)` wide) on an eager runner and on one with
+// CUDA graphs, expecting the same logits (same kernels; only the scatter's
+// atomic order may differ). Returns the graphed runner's graph launches
+// before each step and after the last, and the model's layer count.
+struct GraphRun {
+  std::vector<uint64_t> launches;
+  uint64_t layers = 0;
+};
+GraphRun eager_vs_graphed(const std::string& preset, uint64_t seed, const KvCacheShape& kv,
+                                       const std::vector<std::vector<int32_t>>& tables, std::vector<int> lens,
+                                       const std::function<int64_t(int)>& max_blocks, int steps) {
+  GraphRun run;
+  std::vector<uint64_t>& launches = run.launches;
+  GeneratedModel gm(preset, seed, "graphs" + std::to_string(seed));
+  if (!gm.ok) return run;
   const auto& c = gm.ck.config;
+  run.layers = static_cast<uint64_t>(c.num_layers);
   auto w = gm.weights();
-  ASSERT_TRUE(w);
-  const KvCacheShape shape{c.num_layers, 64, 4, c.num_kv_heads, c.head_dim};
+  EXPECT_TRUE(w);
+  if (!w) return run;
+  const KvCacheShape shape{c.num_layers, kv.num_blocks, kv.block_size, c.num_kv_heads, c.head_dim};
   auto eager = CudaModelRunner::create(c, *w, shape);
   auto graphed = CudaModelRunner::create(c, *w, shape, {.cuda_graphs = true});
-  ASSERT_TRUE(eager.is_ok() && graphed.is_ok());
-  const std::vector<std::vector<int32_t>> tables = {{9, 2, 40, 17, 5}, {33, 1, 60, 7}, {12, 48, 3, 27}};
-  std::vector<int> done = {0, 0, 0};
-  std::vector<int> lens = {5, 3, 4};
-  for (int step = 0; step < 8; ++step) {
-    const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, step < 5 ? 4 : 5, step);
+  EXPECT_TRUE(eager.is_ok() && graphed.is_ok());
+  if (!eager.is_ok() || !graphed.is_ok()) return run;
+  std::vector<int> done(tables.size(), 0);
+  for (int step = 0; step < steps; ++step) {
+    launches.push_back((*graphed)->graph_launches());
+    const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, max_blocks(step), step);
     std::vector<float> want, got;
-    TANDEM_ASSERT_OK((*eager)->forward(b, want));
-    TANDEM_ASSERT_OK((*graphed)->forward(b, got));
-    EXPECT_LE(max_rel_diff(got, want), 1e-5) << GetParam() << " step " << step;
-    for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
-    lens = {1, 1, 1};  // decode from step 1; the block-table width changes at step 5
+    const Status e = (*eager)->forward(b, want);
+    const Status g = (*graphed)->forward(b, got);
+    EXPECT_TRUE(e.is_ok() && g.is_ok()) << e.to_string() << " / " << g.to_string();
+    EXPECT_LE(max_rel_diff(got, want), 1e-5) << preset << " step " << step;
+    for (size_t s = 0; s < done.size(); ++s) done[s] += lens[s];
+    lens.assign(lens.size(), 1);  // decode from step 1
   }
+  launches.push_back((*graphed)->graph_launches());
+  EXPECT_EQ((*eager)->graph_launches(), 0u);
+  return run;
+}
+
+// Decode steps replayed from CUDA graphs, including a change of the
+// block-table width at step 5, which captures anew.
+TEST_P(CudaRunnerTest, CudaGraphsReplayTheEagerDecode) {
+  const std::vector<std::vector<int32_t>> tables = {{9, 2, 40, 17, 5}, {33, 1, 60, 7}, {12, 48, 3, 27}};
+  const GraphRun run = eager_vs_graphed(GetParam(), 13, {0, 64, 4, 0, 0}, tables, {5, 3, 4},
+                                        [](int step) { return step < 5 ? 4 : 5; }, 8);
+  const auto& launches = run.launches;
+  ASSERT_EQ(launches.size(), 9u);
+  const uint64_t layers = run.layers;
+  // Graphs really ran (a failed capture would fall back to eager and still
+  // match): step 1 warms a shape, step 2 captures, 3-4 replay; after the
+  // reshape, 5 warms, 6 captures, 7 replays.
+  EXPECT_EQ(launches[5] - launches[2], 3 * layers) << GetParam();
+  EXPECT_EQ(launches[8] - launches[6], 2 * layers) << GetParam();
+}
+
+// Long contexts (decode attention split over the context, with scratch
+// allocated inside the captured graph) on 48 scattered blocks per sequence.
+TEST_P(CudaRunnerTest, CudaGraphsReplayLongContextDecode) {
+  std::vector<std::vector<int32_t>> tables(2);
+  for (int32_t j = 0; j < 96; ++j) tables[static_cast<size_t>(j % 2)].push_back((j * 37 + 11) % 128);
+  const GraphRun run = eager_vs_graphed(GetParam(), 17, {0, 128, 16, 0, 0}, tables, {700, 650},
+                                        [](int) { return 48; }, 5);
+  ASSERT_EQ(run.launches.size(), 6u);
+  EXPECT_GE(run.launches[5] - run.launches[2], 2 * run.layers) << GetParam();
 }
 
 // A KV cache larger than the GPU is refused at start, saying what was asked

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 #include <string>
@@ -28,12 +29,16 @@ namespace tandem::kernels::cuda::testing {
   } while (0)
 
 // Every GPU test derives from this: without a usable device the test is
-// skipped with the runtime's reason ("no CUDA device: <cudaGetErrorString>").
+// skipped with the runtime's reason ("no CUDA device: <cudaGetErrorString>"),
+// unless TANDEM_REQUIRE_GPU is set (scripts/gpu_check.sh sets it): on a GPU
+// machine a driver too old for this build's runtime must fail, not skip.
 class CudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
     Result<int> n = device_count();
-    if (!n.is_ok()) GTEST_SKIP() << n.status().message();
+    if (n.is_ok()) return;
+    if (std::getenv("TANDEM_REQUIRE_GPU") != nullptr) FAIL() << "TANDEM_REQUIRE_GPU is set: " << n.status().message();
+    GTEST_SKIP() << n.status().message();
   }
   void TearDown() override {
     if (IsSkipped()) return;
@@ -56,9 +61,13 @@ class DeviceBuffer {
       return;
     }
     check(cudaMemset(ptr_, 0, n_ * sizeof(T)), "cudaMemset");
+    // cudaMemset (legacy default stream) may still be queued on return, and a
+    // test that runs ops on a non-blocking stream of its own would not wait for it.
+    check(cudaDeviceSynchronize(), "cudaMemset");
   }
   explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
     if (ptr_) check(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), "upload");
+    if (ptr_) check(cudaDeviceSynchronize(), "upload");
   }
   ~DeviceBuffer() {
     if (ptr_) cudaFree(ptr_);
