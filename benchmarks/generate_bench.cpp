@@ -9,6 +9,7 @@
 //   build/benchmarks/generate_bench [--model DIR] [--prompt-tokens 128] [--decode-tokens 32]
 //                                   [--batches 1,4,16] [--device cpu|cuda] [--dtype f32|bf16]
 //                                   [--graphs on|off]  (cuda: per-layer decode attention as CUDA graphs)
+//                                   [--experts loop|batched]  (cuda: GEMMs per expert, or grouped-batched)
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
   std::string dir = "models/small-mixtral";
   int prompt_tokens = 128, decode_tokens = 32;
   std::string device = "cpu", dtype = "f32";
-  bool graphs = false;
+  bool graphs = false, batched_experts = false;
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
     else if (a == "--device") device = argv[i + 1];
     else if (a == "--dtype") dtype = argv[i + 1];
     else if (a == "--graphs") graphs = std::string(argv[i + 1]) == "on";
+    else if (a == "--experts") batched_experts = std::string(argv[i + 1]) == "batched";
   }
   if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
   if (dtype != "f32" && (dtype != "bf16" || device != "cuda"))
@@ -84,9 +86,10 @@ int main(int argc, char** argv) {
   if (!w.is_ok()) return std::fprintf(stderr, "%s\n", w.status().to_string().c_str()), 1;
   const auto& c = ck->config;
 
-  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s, dtype %s%s\n", dir.c_str(),
+  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s, dtype %s%s%s\n", dir.c_str(),
               (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
-              (long long)c.moe.top_k, device.c_str(), dtype.c_str(), graphs ? ", CUDA graphs" : "");
+              (long long)c.moe.top_k, device.c_str(), dtype.c_str(), graphs ? ", CUDA graphs" : "",
+              batched_experts ? ", batched experts" : "");
   double bw = 0;
   if (device == "cpu") {
     bw = bench::read_gbps();
@@ -114,7 +117,9 @@ int main(int argc, char** argv) {
     if (device == "cuda") {
       const engine::KvCacheShape kv{c.num_layers, eo.num_blocks, eo.block_size, c.num_kv_heads, c.head_dim};
       auto r = engine::CudaModelRunner::create(
-          c, **w, kv, {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = graphs});
+          c, **w, kv,
+          {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = graphs,
+           .batched_experts = batched_experts});
       if (!r.is_ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
       gpu = std::move(r).value();
       eo.forward = [&gpu](const engine::ForwardBatch& b, std::vector<float>& logits) { return gpu->forward(b, logits); };

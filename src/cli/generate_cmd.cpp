@@ -28,6 +28,7 @@ struct GenerateArgs {
   std::string device = "cpu";
   std::string dtype = "f32";
   bool cuda_graphs = false;
+  bool batched_experts = false;
 };
 
 int fail(const Status& st) {
@@ -51,7 +52,9 @@ int run_generate(const GenerateArgs& a) {
     const auto& c = ck->config;
     auto made = engine::CudaModelRunner::create(
         c, **weights, {c.num_layers, a.kv_blocks, a.block_size, c.num_kv_heads, c.head_dim},
-        {.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = a.cuda_graphs});
+        {.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF32,
+         .cuda_graphs = a.cuda_graphs,
+         .batched_experts = a.batched_experts});
     if (!made.is_ok()) return fail(made.status());
     gpu = std::move(made).value();
     eo.forward = [r = gpu.get()](const engine::ForwardBatch& b, std::vector<float>& logits) {
@@ -117,6 +120,8 @@ void register_generate(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--cuda-graphs", a.cuda_graphs, "With --device cuda: replay each layer's decode attention as a CUDA graph");
+  cmd->add_flag("--batched-experts", a.batched_experts,
+                "With --device cuda: run each MoE layer's experts as grouped-batched cuBLAS GEMMs");
   cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at end-of-sequence tokens");
 }
 

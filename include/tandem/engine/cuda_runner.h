@@ -42,6 +42,10 @@ struct CudaRunnerOptions {
   // Replay each layer's attention of decode steps as a CUDA graph (captured on
   // the second step of a shape); off by default until measured to pay.
   bool cuda_graphs = false;
+  // Run a MoE layer's experts as two grouped-batched cuBLAS GEMMs
+  // (kernels::cuda::grouped_swiglu_batched) instead of three GEMMs per expert;
+  // off by default until measured to pay (cuda_kernels_bench, generate_bench).
+  bool batched_experts = false;
 };
 
 class CudaModelRunner {

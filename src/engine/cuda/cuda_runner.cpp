@@ -198,6 +198,7 @@ struct Runner final : CudaModelRunner::Impl {
     kc::Graph graph;
   };
   bool use_graphs = false;
+  bool batched_experts = false;  // CudaRunnerOptions::batched_experts
   std::map<GraphKey, GraphEntry> graphs;
 
   // The colocated forward's batch and residual stream.
@@ -426,9 +427,13 @@ struct Runner final : CudaModelRunner::Impl {
     for (int64_t e = 0; e < E; ++e) max_rows = std::max<int64_t>(max_rows, host_offsets[e + 1] - host_offsets[e]);
     TANDEM_ASSIGN_OR_RETURN(T * xp, grow<T>(x_perm, static_cast<size_t>(rows * H), "permuted tokens"));
     TANDEM_ASSIGN_OR_RETURN(T * yp, grow<T>(y_perm, static_cast<size_t>(rows * H), "expert outputs"));
-    TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(3 * max_rows * I), "expert scratch"));
     TANDEM_RETURN_IF_ERROR(kc::gather_rows(in, rt, xp, rows, H));
-    TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_host_offsets(xp, yp, host_offsets, E, L.experts.data(), H, I, sc));
+    if (batched_experts) {
+      TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_batched(xp, yp, host_offsets, E, L.experts.data(), H, I));
+    } else {
+      TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(3 * max_rows * I), "expert scratch"));
+      TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_host_offsets(xp, yp, host_offsets, E, L.experts.data(), H, I, sc));
+    }
     return kc::scatter_add_weighted(yp, rt, rw, sum, rows, H);
   }
 
@@ -661,6 +666,7 @@ std::unique_ptr<CudaModelRunner::Impl> make_runner(const model::ModelConfig& con
                                                    const CudaRunnerOptions& options) {
   auto r = std::make_unique<Runner<T>>(config, kv);
   r->use_graphs = options.cuda_graphs;
+  r->batched_experts = options.batched_experts;
   return r;
 }
 

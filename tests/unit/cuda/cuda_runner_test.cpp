@@ -322,6 +322,37 @@ TEST_P(CudaRunnerTest, CudaGraphsReplayLongContextDecode) {
   EXPECT_GE(run.launches[5] - run.launches[2], 2 * run.layers) << GetParam();
 }
 
+// Experts as grouped-batched cuBLAS GEMMs give the logits of the per-expert
+// GEMMs, FP32 and BF16, over a ragged prefill and decode steps (where most
+// experts get no row).
+TEST_P(CudaRunnerTest, BatchedExpertsMatchPerExpertGemms) {
+  GeneratedModel gm(GetParam(), 19, "batched");
+  ASSERT_TRUE(gm.ok);
+  const auto& c = gm.ck.config;
+  auto w = gm.weights();
+  ASSERT_TRUE(w);
+  const KvCacheShape shape{c.num_layers, 64, 4, c.num_kv_heads, c.head_dim};
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    auto loop = CudaModelRunner::create(c, *w, shape, {.dtype = dtype});
+    auto batched = CudaModelRunner::create(c, *w, shape, {.dtype = dtype, .batched_experts = true});
+    ASSERT_TRUE(loop.is_ok() && batched.is_ok());
+    const std::vector<std::vector<int32_t>> tables = {{9, 2, 40, 17, 5}, {33, 1, 60, 7}, {12, 48, 3, 27}};
+    std::vector<int> done = {0, 0, 0};
+    std::vector<int> lens = {7, 1, 12};
+    for (int step = 0; step < 4; ++step) {
+      const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, 5, step);
+      std::vector<float> want, got;
+      TANDEM_ASSERT_OK((*loop)->forward(b, want));
+      TANDEM_ASSERT_OK((*batched)->forward(b, got));
+      // The same GEMMs, differently scheduled: FP32 to accumulation order,
+      // BF16 additionally to where its roundings fall.
+      EXPECT_LE(max_rel_diff(got, want), dtype == DType::kF32 ? 1e-5 : 2e-2) << GetParam() << " step " << step;
+      for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
+      lens = {1, 1, 1};
+    }
+  }
+}
+
 // A KV cache larger than the GPU is refused at start, saying what was asked
 // and what is free, and nothing is left allocated.
 TEST_F(CudaTest, CudaRunnerRefusesAKvCacheTheGpuCannotHold) {

@@ -244,5 +244,50 @@ TEST_F(MoeCuda, GroupedSwigluNullWeightsOnlyForEmptyExperts) {
   EXPECT_NE(st.message().find("grouped_swiglu: expert 1"), std::string::npos) << st.message();
 }
 
+// All experts batched into grouped GEMMs: the per-expert result, for ragged
+// row counts (empty experts, one row, many rows), FP32 and BF16; null weights
+// only where an expert has no rows.
+TEST_F(MoeCuda, GroupedSwigluBatchedMatchesCpu) {
+  const int64_t E = 7, hidden = 96, inter = 64;
+  Experts ex(E, hidden, inter, 151);
+  const std::vector<int32_t> off = {0, 0, 1, 1, 30, 31, 31, 57};  // experts 0, 2, 5 empty; 1 and 4 one row
+  const int64_t rows = off[E];
+  auto x = round_bf16(random_floats(rows * hidden, 152));
+  std::vector<float> ref(rows * hidden), scratch(3 * 29 * inter);
+  auto host_w = ex.host();
+  cpu::grouped_swiglu(x.data(), ref.data(), off.data(), E, host_w.data(), hidden, inter, scratch.data());
+
+  auto dev_w = ex.device();
+  dev_w[2] = ExpertWeights{};  // no rows: allowed
+  DeviceBuffer<float> dx(x), dy(rows * hidden);
+  TANDEM_ASSERT_OK(grouped_swiglu_batched(dx.get(), dy.get(), off.data(), E, dev_w.data(), hidden, inter));
+  EXPECT_TRUE(all_close(dy.to_host(), ref, 1e-4f, 1e-5f * rms(ref)));
+
+  auto dev_wb = ex.device_bf16();
+  DeviceBuffer<Bf16> dxb(to_bf16(x)), dyb(rows * hidden);
+  TANDEM_ASSERT_OK(grouped_swiglu_batched(dxb.get(), dyb.get(), off.data(), E, dev_wb.data(), hidden, inter));
+  EXPECT_TRUE(all_close(from_bf16(dyb.to_host()), ref, 3e-2f, 3e-2f * rms(ref)));
+
+  // Offsets that start past 0 (a slice of a larger permuted buffer) write only that slice.
+  const std::vector<int32_t> tail = {30, 31, 31, 31, 31, 40, 40, 57};
+  std::vector<float> ref_tail(rows * hidden, 0.0f);
+  cpu::grouped_swiglu(x.data(), ref_tail.data(), tail.data(), E, host_w.data(), hidden, inter, scratch.data());
+  DeviceBuffer<float> dy_tail(rows * hidden);
+  TANDEM_ASSERT_OK(grouped_swiglu_batched(dx.get(), dy_tail.get(), tail.data(), E, dev_w.data(), hidden, inter));
+  const auto got_tail = dy_tail.to_host();
+  EXPECT_TRUE(all_close(std::vector<float>(got_tail.begin() + 30 * hidden, got_tail.end()),
+                        std::vector<float>(ref_tail.begin() + 30 * hidden, ref_tail.end()), 1e-4f,
+                        1e-5f * rms(ref)));
+
+  // Rows but null weights: named.
+  const std::vector<int32_t> bad = {0, 0, 1, 2, 30, 31, 31, 57};
+  Status st = grouped_swiglu_batched(dx.get(), dy.get(), bad.data(), E, dev_w.data(), hidden, inter);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("grouped_swiglu_batched: expert 2"), std::string::npos) << st.message();
+  // Nothing routed: nothing to do.
+  const std::vector<int32_t> none(E + 1, 0);
+  TANDEM_ASSERT_OK(grouped_swiglu_batched(dx.get(), dy.get(), none.data(), E, dev_w.data(), hidden, inter));
+}
+
 }  // namespace
 }  // namespace tandem::kernels::cuda::testing
