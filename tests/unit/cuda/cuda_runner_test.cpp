@@ -156,6 +156,75 @@ TEST_P(CudaRunnerTest, AttentionSideStagesMatchTheCpuPipeline) {
   }
 }
 
+// A device-resident data plane stand-in: the experts of another GPU runner,
+// fed straight from the attention side's device buffers (as cuda_ipc and nccl
+// hand them over) and added into `out` on the same stream.
+class DeviceLocalExperts : public ExpertExecutor {
+ public:
+  DeviceLocalExperts(CudaModelRunner& experts, int64_t hidden, int64_t max_rows)
+      : experts_(experts),
+        hidden_(hidden),
+        rows_(identity(max_rows)),
+        ones_(std::vector<float>(static_cast<size_t>(max_rows), 1.0f)) {}
+  bool device_resident() const override { return true; }
+  Status dispatch(int64_t layer, int, const float* moe_in, int64_t n, const int32_t* topk_idx, const float* topk_w,
+                  float* out) override {
+    ++dispatches;
+    TANDEM_ASSIGN_OR_RETURN(const float* sum, experts_.experts_device(layer, moe_in, n, topk_idx, topk_w));
+    return kernels::cuda::scatter_add_weighted(sum, rows_.get(), ones_.get(), out, n, hidden_);
+  }
+  Status wait(int64_t, int) override { return Status::ok(); }
+  int dispatches = 0;
+
+ private:
+  static std::vector<int32_t> identity(int64_t n) {
+    std::vector<int32_t> rows(static_cast<size_t>(n));
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int32_t>(i);
+    return rows;
+  }
+  CudaModelRunner& experts_;
+  int64_t hidden_;
+  kernels::cuda::testing::DeviceBuffer<int32_t> rows_;
+  kernels::cuda::testing::DeviceBuffer<float> ones_;
+};
+
+// The attention-side stages with the device-resident hand-off (no pinned
+// staging: moe_in and the experts' sum stay on the GPU) give the CPU's
+// logits for m = 1, 2, 3, as the cluster's cuda_ipc and nccl paths rely on.
+TEST_P(CudaRunnerTest, DeviceExchangeStagesMatchTheCpuPipeline) {
+  GeneratedModel gm(GetParam(), 8, "device_stages");
+  ASSERT_TRUE(gm.ok);
+  const auto& c = gm.ck.config;
+  auto all = gm.weights();
+  auto attention_side = gm.weights({.attention_side = true, .expert_begin = 0, .expert_end = 0});
+  auto expert_side = gm.weights({.attention_side = false, .expert_begin = 0, .expert_end = c.moe.num_experts});
+  ASSERT_TRUE(all && attention_side && expert_side);
+  const KvCacheShape shape{c.num_layers, 64, 4, c.num_kv_heads, c.head_dim};
+  const std::vector<std::vector<int32_t>> tables = {{9, 2, 40, 17, 5}, {33, 1, 60}, {12, 48, 3, 27}};
+  auto gpu_experts = CudaModelRunner::create_expert_side(c, *expert_side);
+  ASSERT_TRUE(gpu_experts.is_ok()) << gpu_experts.status().to_string();
+  for (int m = 1; m <= 3; ++m) {
+    auto cpu_cache = KvCache::create(shape, shape.bytes());
+    ASSERT_TRUE(cpu_cache.is_ok());
+    ModelRunner cpu(c, *all, cpu_cache->get());
+    auto gpu = CudaModelRunner::create(c, *attention_side, shape);
+    ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
+    DeviceLocalExperts experts(**gpu_experts, c.hidden_size, 64);
+    std::vector<int> done = {0, 0, 0};
+    std::vector<int> lens = {13, 1, 9};
+    for (int step = 0; step < 3; ++step) {
+      const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, 5, step);
+      std::vector<float> want, got;
+      cpu.forward(b, want);
+      TANDEM_ASSERT_OK(forward_pipelined((*gpu)->stages(), b, m, experts, got));
+      EXPECT_LE(max_rel_diff(got, want), 1e-4) << GetParam() << " m=" << m << " step " << step;
+      for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
+      lens = {1, 1, 1};
+    }
+    EXPECT_GT(experts.dispatches, 0) << "m=" << m;
+  }
+}
+
 // An expert node on the GPU: a slice of the experts, host in and host out,
 // equal to the CPU runner's experts over the same slice (tokens routed
 // elsewhere contribute nothing; a token with no local expert gets zeros).
