@@ -121,6 +121,7 @@ add_cuda_dir() {
   case ":$TANDEM_CUDA_LIBS:" in *":$1:"*) ;; *) TANDEM_CUDA_LIBS=${TANDEM_CUDA_LIBS:+$TANDEM_CUDA_LIBS:}$1 ;; esac
 }
 export TANDEM_CUDA_LIBS=""
+NCCL_DIR=""
 if [ "$setup_status" = ok ]; then
   left=()
   for lib in $(unresolved); do
@@ -140,6 +141,14 @@ if [ "$setup_status" = ok ]; then
     while read -r f; do add_cuda_dir "$(dirname "$f")"; done < <(timeout 60 find /usr /opt /root \( "${expr[@]}" \) 2>/dev/null)
   fi
   if unresolved | grep -q '^libcudart\.so' && [ -d "$PACK/lib/cuda-fallback" ]; then add_cuda_dir "$PACK/lib/cuda-fallback"; fi
+  # NCCL (transport.backend: nccl) is dlopen-ed, so ldd does not ask for it:
+  # look for it the same way and put its directory on the path if found.
+  for d in $(ldconfig -p 2>/dev/null | awk '$1 == "libnccl.so.2" {print $NF}' | xargs -r -n 1 dirname) \
+    /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/lib \
+    /opt/*/.venv/lib/python3*/site-packages/nvidia/nccl/lib /usr/local/lib/python3*/dist-packages/nvidia/nccl/lib \
+    /usr/lib/python3/dist-packages/nvidia/nccl/lib; do
+    if [ -e "$d/libnccl.so.2" ]; then NCCL_DIR=$d; add_cuda_dir "$d"; break; fi
+  done
   still=$(unresolved | tr '\n' ' ')
   if [ -n "$still" ]; then
     setup_status="FAILED" setup_detail="libraries not found: $still"
@@ -153,6 +162,7 @@ fi
   echo "host: $(uname -srm); $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"); glibc $(ldd --version 2>&1 | head -n 1 | grep -oE '[0-9.]+$')"
   echo "GPU: $GPU_NAME ${NO_GPU_WHY:+($NO_GPU_WHY)}"
   echo "TANDEM_CUDA_LIBS=$TANDEM_CUDA_LIBS"
+  echo "NCCL: ${NCCL_DIR:-libnccl.so.2 not found (the nccl tests are left out)}"
   echo "nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -n 2 | head -n 1 || echo 'not on PATH')"
   echo
   echo "== pack manifest"
@@ -208,6 +218,7 @@ else
   # runtime) fails the tests instead of skipping them; NCCL pairs need two GPUs.
   nccl_filter="" require=""
   ((GPU_COUNT < 2)) && nccl_filter="--gtest_filter=-NcclTwoGpus*"
+  [ -z "$NCCL_DIR" ] && nccl_filter="--gtest_filter=-Nccl*"
   ((HAVE_GPU)) && require="TANDEM_REQUIRE_GPU=1"
   run_timed 150 "$LOG" '^\[  (PASSED|FAILED) *\]|^\[  SKIPPED \] [0-9]+ test|^\[==========\] [0-9]+ tests' \
     env $require "$PACK/bin/tandem_unit_cuda_tests" \

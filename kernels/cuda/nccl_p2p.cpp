@@ -7,7 +7,9 @@
 
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <type_traits>
 
 #if __has_include(<nccl.h>)
 #include <nccl.h>
@@ -90,7 +92,13 @@ Status nccl_error(const char* op, ncclResult_t r, ncclComm_t comm) {
   return unavailable(m);
 }
 
-cudaStream_t to_stream(void* s) { return s ? static_cast<cudaStream_t>(s) : cudaStreamPerThread; }
+// NCCL launches a non-blocking communicator's kernels from a thread of its
+// own: the per-thread default stream would be that thread's, not ours.
+Status explicit_stream(void* s, const char* op) {
+  if (s == nullptr || static_cast<cudaStream_t>(s) == cudaStreamPerThread || static_cast<cudaStream_t>(s) == cudaStreamLegacy)
+    return invalid_argument(std::string("NCCL ") + op + ": needs an explicit stream, not a default stream");
+  return Status::ok();
+}
 
 }  // namespace
 
@@ -112,8 +120,12 @@ Result<std::string> nccl_unique_id() {
 struct NcclPair::Impl {
   ncclComm_t comm = nullptr;
   int rank = 0;
-  bool ready = false;
+  bool ready = false;      // both ranks joined
+  bool connecting = false; // the token is posted
+  bool connected = false;  // the token's operation is on its stream: the ranks are connected
   bool aborted = false;
+  void* token = nullptr;   // 4 bytes of device memory for the connection token
+  cudaStream_t token_stream = nullptr;  // where it was allocated and is used (outlives the pair)
   std::mutex mu;  // NCCL calls on one communicator from several threads must not interleave
 
   // A non-blocking communicator may answer an enqueue or its set-up with
@@ -156,9 +168,14 @@ Result<std::unique_ptr<NcclPair>> NcclPair::join(const std::string& unique_id, i
   return p;
 }
 
-NcclPair::~NcclPair() { abort(); }
+NcclPair::~NcclPair() {
+  abort();
+  // Stream-ordered after the (aborted) token operation, without the
+  // device-wide wait of cudaFree, which a hung peer could block.
+  if (impl_ && impl_->token) (void)cudaFreeAsync(impl_->token, impl_->token_stream);
+}
 
-bool NcclPair::is_ready() const { return impl_->ready && !impl_->aborted; }
+bool NcclPair::is_ready() const { return impl_->ready && impl_->connected && !impl_->aborted; }
 
 Status NcclPair::ready(std::chrono::milliseconds timeout) {
   std::lock_guard<std::mutex> l(impl_->mu);
@@ -170,18 +187,59 @@ Status NcclPair::ready(std::chrono::milliseconds timeout) {
   return Status::ok();
 }
 
-Status NcclPair::send(const void* device_src, size_t bytes, void* stream) {
+Status NcclPair::start_connect(void* stream) {
+  TANDEM_RETURN_IF_ERROR(explicit_stream(stream, "connect"));
   std::lock_guard<std::mutex> l(impl_->mu);
   if (!impl_->ready || impl_->aborted) return failed_precondition("NCCL pair is not ready");
+  if (impl_->connecting || impl_->connected) return Status::ok();
+  auto s = static_cast<cudaStream_t>(stream);
+  if (!impl_->token) {
+    if (cudaError_t e = cudaMallocAsync(&impl_->token, 4, s); e != cudaSuccess)
+      return unavailable(std::string("NCCL connect: cudaMallocAsync: ") + cudaGetErrorString(e));
+    impl_->token_stream = s;
+    (void)cudaMemsetAsync(impl_->token, 0, 4, s);
+  }
+  // Rank 0 sends, rank 1 receives. The result may be "in progress" (the
+  // connection waits for the other rank): finish_connect() settles it.
+  const ncclResult_t r = impl_->rank == 0 ? api().send(impl_->token, 4, ncclUint8, 1, impl_->comm, s)
+                                          : api().recv(impl_->token, 4, ncclUint8, 0, impl_->comm, s);
+  if (r != ncclSuccess && r != ncclInProgress) return nccl_error(impl_->rank == 0 ? "ncclSend" : "ncclRecv", r, impl_->comm);
+  impl_->connecting = true;
+  return Status::ok();
+}
+
+Status NcclPair::finish_connect(std::chrono::milliseconds timeout) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  if (impl_->aborted) return failed_precondition("NCCL pair was aborted");
+  if (impl_->connected) return Status::ok();
+  if (!impl_->connecting) return failed_precondition("NCCL pair: finish_connect before start_connect");
+  TANDEM_RETURN_IF_ERROR(impl_->settle("connect", ncclInProgress, std::chrono::steady_clock::now() + timeout));
+  impl_->connected = true;
+  return Status::ok();
+}
+
+Status NcclPair::connect(void* stream, std::chrono::milliseconds timeout) {
+  TANDEM_RETURN_IF_ERROR(ready(timeout));
+  TANDEM_RETURN_IF_ERROR(start_connect(stream));
+  return finish_connect(timeout);
+}
+
+Status NcclPair::send(const void* device_src, size_t bytes, void* stream) {
+  TANDEM_RETURN_IF_ERROR(explicit_stream(stream, "ncclSend"));
+  std::lock_guard<std::mutex> l(impl_->mu);
+  if (!impl_->connected || impl_->aborted) return failed_precondition("NCCL pair is not connected");
   const ncclResult_t r =
-      api().send(device_src, bytes, ncclUint8, 1 - impl_->rank, impl_->comm, to_stream(stream));
+      api().send(device_src, bytes, ncclUint8, 1 - impl_->rank, impl_->comm, static_cast<cudaStream_t>(stream));
+  // Connected, so this only waits for NCCL's launch (on a thread of its own).
   return impl_->settle("ncclSend", r, std::chrono::steady_clock::now() + std::chrono::seconds(10));
 }
 
 Status NcclPair::recv(void* device_dst, size_t bytes, void* stream) {
+  TANDEM_RETURN_IF_ERROR(explicit_stream(stream, "ncclRecv"));
   std::lock_guard<std::mutex> l(impl_->mu);
-  if (!impl_->ready || impl_->aborted) return failed_precondition("NCCL pair is not ready");
-  const ncclResult_t r = api().recv(device_dst, bytes, ncclUint8, 1 - impl_->rank, impl_->comm, to_stream(stream));
+  if (!impl_->connected || impl_->aborted) return failed_precondition("NCCL pair is not connected");
+  const ncclResult_t r =
+      api().recv(device_dst, bytes, ncclUint8, 1 - impl_->rank, impl_->comm, static_cast<cudaStream_t>(stream));
   return impl_->settle("ncclRecv", r, std::chrono::steady_clock::now() + std::chrono::seconds(10));
 }
 
@@ -222,6 +280,9 @@ Result<std::unique_ptr<NcclPair>> NcclPair::join(const std::string&, int) { retu
 NcclPair::~NcclPair() = default;
 bool NcclPair::is_ready() const { return false; }
 Status NcclPair::ready(std::chrono::milliseconds) { return not_built(); }
+Status NcclPair::start_connect(void*) { return not_built(); }
+Status NcclPair::finish_connect(std::chrono::milliseconds) { return not_built(); }
+Status NcclPair::connect(void*, std::chrono::milliseconds) { return not_built(); }
 Status NcclPair::send(const void*, size_t, void*) { return not_built(); }
 Status NcclPair::recv(void*, size_t, void*) { return not_built(); }
 Status NcclPair::check() { return not_built(); }

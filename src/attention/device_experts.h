@@ -60,6 +60,8 @@ class DeviceExpertExecutor : public engine::ExpertExecutor {
     return static_cast<LinkT&>(*links_[i]);
   }
   size_t links() const { return links_.size(); }
+  // The step the next dispatch will carry.
+  uint64_t next_step() const { return next_step_; }
 
   // Before each dispatch, for every link: OK when it can carry the step
   // (set up or re-dialled as needed).

@@ -18,6 +18,7 @@
 namespace tandem::attention {
 
 struct ExpertLink {
+  virtual ~ExpertLink() = default;  // links derived per backend are owned through base pointers
   int rank = 0;
   transport::NodeId id;
   std::string control_address;  // the node's gRPC endpoint

@@ -15,9 +15,10 @@ namespace pb = tandem::internal::v1;
 namespace kc = tandem::kernels::cuda;
 
 struct NcclExpertExecutor::NcclLink : DeviceExpertExecutor::Link {
+  kc::Stream send_stream, recv_stream;        // declared first: the pairs' operations run on them
   std::unique_ptr<transport::NcclPair> out;   // activations to the node (this node is rank 0)
   std::unique_ptr<transport::NcclPair> back;  // its sums back
-  kc::Stream send_stream, recv_stream;
+  uint64_t generation = 0;                    // of out/back: a re-dial makes new ones
   struct Slot {
     kc::DeviceBuffer rows;    // the routed rows of this micro-batch (device), for the gather and the scatter
     kc::DeviceBuffer packed;  // those rows' activations, being sent
@@ -26,10 +27,12 @@ struct NcclExpertExecutor::NcclLink : DeviceExpertExecutor::Link {
     kc::Event sent;           // packed may be refilled (send stream)
     kc::Event received;       // sums is filled (receive stream)
     kc::Event consumed;       // sums may be received into again (this thread's stream)
+    uint64_t generation = 0;  // of the pairs the last dispatch from this slot went over
   };
   std::vector<Slot> slots;    // per micro-batch
 
   void drop() {
+    if (out || back) ++generation;
     out.reset();  // aborts: operations still queued end without data
     back.reset();
   }
@@ -78,6 +81,7 @@ Status NcclExpertExecutor::connected(size_t i) {
   pb::DataPlaneRequest req;
   req.set_attention_rank(rank_);
   req.set_nccl(true);
+  req.set_next_step(next_step());
   TANDEM_ASSIGN_OR_RETURN(const pb::DataPlaneReply reply, dial(*transport_, link, req, "nccl", timeout));
   const std::string& ids = reply.nccl_ids();
   if (ids.size() % 2 != 0 || ids.empty())
@@ -85,9 +89,16 @@ Status NcclExpertExecutor::connected(size_t i) {
   const size_t half = ids.size() / 2;
   TANDEM_ASSIGN_OR_RETURN(link.out, transport::NcclPair::join(ids.substr(0, half), 0));
   TANDEM_ASSIGN_OR_RETURN(link.back, transport::NcclPair::join(ids.substr(half), 0));
-  // Both sides joined without waiting; this waits for the pairs to meet.
+  // Both sides joined without waiting; this waits for the pairs to meet and
+  // connect (NCCL connects on the first operation, which waits for the other
+  // rank's): both tokens posted before either is waited for, in the order the
+  // expert node connects them (activations, then sums).
   Status st = link.out->ready(timeout);
   if (st.is_ok()) st = link.back->ready(timeout);
+  if (st.is_ok()) st = link.out->start_connect(link.send_stream.get());
+  if (st.is_ok()) st = link.back->start_connect(link.recv_stream.get());
+  if (st.is_ok()) st = link.out->finish_connect(timeout);
+  if (st.is_ok()) st = link.back->finish_connect(timeout);
   if (!st.is_ok()) {
     link.drop();
     return unavailable(link.who() + ": NCCL set-up: " + st.message() +
@@ -116,13 +127,16 @@ Status NcclExpertExecutor::send_rows(size_t i, size_t slot, const float* moe_in,
   // can send it, once the previous answer in this slot has been added up.
   TANDEM_RETURN_IF_ERROR(s.consumed.enqueue_wait(link.recv_stream.get()));
   TANDEM_RETURN_IF_ERROR(link.back->recv(s.sums.data(), bytes, link.recv_stream.get()));
+  s.generation = link.generation;
   return s.received.record(link.recv_stream.get());
 }
 
 Status NcclExpertExecutor::add_answer(size_t i, size_t slot, const Sent& o, float* out) {
   NcclLink& link = link_as<NcclLink>(i);
-  if (!link.back) return unavailable("NCCL link lost during the step");
   NcclLink::Slot& s = link.slots[slot];
+  // Set up anew since this dispatch (a re-dial for a later micro-batch): its
+  // receive was aborted, whatever the node announced.
+  if (!link.back || s.generation != link.generation) return unavailable("NCCL link re-established during the step");
   // The node announces its sum once its send is done, so this is short; but
   // it is bounded, since a receive from a dead node never ends.
   const auto timeout = std::chrono::milliseconds(cfg_.transport_timeout_ms);

@@ -27,8 +27,9 @@ Status check_device(const api::DeploymentConfig& cfg, std::string_view role) {
   if (!n.is_ok())
     return unavailable(where + ", but " + n.status().message() + "; run on a machine with a GPU or set it to cpu");
   if (cfg.transport == "nccl") {
-    TANDEM_RETURN_IF_ERROR(transport::nccl_available().with_context(cfg.source + ": transport.backend: nccl"));
+    // Placement first: it is wrong whether or not NCCL is installed.
     TANDEM_RETURN_IF_ERROR(cfg.check_nccl_placement(*n));
+    TANDEM_RETURN_IF_ERROR(transport::nccl_available().with_context(cfg.source + ": transport.backend: nccl"));
   }
   return Status::ok();
 #else

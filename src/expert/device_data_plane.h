@@ -30,6 +30,10 @@ class DeviceDataPlane {
   // control message that announces it. Thread-safe.
   virtual Status serve(int attention_rank, const transport::MessageHeader& header,
                        std::span<const std::byte> control, std::span<std::byte> combine) = 0;
+  // The node dropped a dispatch of this attention node before serve() saw it
+  // (a bad header, no reply buffer): a channel that matches transfers in
+  // order must be set up anew.
+  virtual void dropped(int attention_rank) { (void)attention_rank; }
 };
 
 // A dispatch control message, read in place and checked.

@@ -278,11 +278,13 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
                     ? invalid_argument("layer " + std::to_string(h.layer) + " is not a MoE layer")
                     : Status::ok();
     if (st.is_ok()) st = slot.ready(*transport_, transport::IpcControlLayout::kCombineBytes, kReplyReuse);
+    const bool serve_failed_before_plane = !st.is_ok();
     if (st.is_ok())
       st = device_plane_->serve(attention_rank, h, control,
                                 slot.buffer.span().first(transport::IpcControlLayout::kCombineBytes));
     if (!st.is_ok()) {
       // Unanswered, the dispatch times out on the attention node, which names us.
+      if (serve_failed_before_plane) device_plane_->dropped(attention_rank);
       TANDEM_LOG_ERROR("expert[{}]: dropping a device dispatch from {}: {}", rank_, transport::to_string(peer),
                        st.message());
       return;

@@ -10,9 +10,11 @@
 
 #if TANDEM_HAVE_CUDA
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "device_data_plane.h"
 #include "tandem/api/deployment.h"
@@ -25,30 +27,33 @@ namespace tandem::expert {
 class NcclDataPlane : public DeviceDataPlane {
  public:
   // `gpu` holds this node's experts on device `ordinal`; it and `model`
-  // outlive this. FAILED_PRECONDITION/UNAVAILABLE when NCCL cannot be loaded.
+  // outlive this. UNAVAILABLE when NCCL cannot be loaded.
   static Result<std::unique_ptr<NcclDataPlane>> create(const api::DeploymentConfig& cfg,
                                                        const model::ModelConfig& model, int ordinal,
                                                        engine::CudaModelRunner& gpu);
   ~NcclDataPlane() override;
 
   // request.nccl: makes two fresh unique ids, joins both communicators as
-  // rank 1 (without waiting for the attention node) and replies with the ids.
-  // Replaces what the node had with a restarted attention node.
+  // rank 1 and connects them on a thread of their own (NCCL connects on the
+  // first operation, which waits for the attention node's), and replies with
+  // the ids at once. Replaces what the node had with this attention node;
+  // dispatches of steps before request.next_step are dropped from then on.
   Status attach(const internal::v1::DataPlaneRequest& request, internal::v1::DataPlaneReply& reply) override;
 
   // Receives the activations, runs the experts, sends the sum back, and
   // waits (bounded) for that send: its combine message must not announce a
-  // sum that is not on its way. A timeout aborts the attention node's
-  // communicators (it sets up new ones when it dials again).
+  // sum that is not on its way. Any failure drops the attention node's
+  // communicators (it sets up new ones when it dials again), so no transfer
+  // is ever matched with the wrong dispatch.
   Status serve(int attention_rank, const transport::MessageHeader& header, std::span<const std::byte> control,
                std::span<std::byte> combine) override;
+  void dropped(int attention_rank) override;
 
  private:
-  struct Peer {
-    std::unique_ptr<transport::NcclPair> in, out;  // activations in, sums out
-  };
+  struct Peer;
   NcclDataPlane(const api::DeploymentConfig& cfg, const model::ModelConfig& model, int ordinal,
                 engine::CudaModelRunner& gpu);
+  Status serve_locked(Peer& p, const transport::MessageHeader& h, const DeviceDispatch& d);
 
   const api::DeploymentConfig cfg_;
   const model::ModelConfig& model_;
@@ -56,7 +61,8 @@ class NcclDataPlane : public DeviceDataPlane {
   engine::CudaModelRunner& gpu_;
   const size_t max_tokens_;
   std::mutex mu_;  // peers_ and every GPU call (one runner, one activation buffer)
-  std::map<int, Peer> peers_;
+  std::map<int, std::unique_ptr<Peer>> peers_;
+  kernels::cuda::Stream stream_;  // receives, experts, sends: NCCL needs an explicit stream
   kernels::cuda::DeviceBuffer activations_;  // [max_tokens, hidden] FP32
   kernels::cuda::Event sent_;
 };

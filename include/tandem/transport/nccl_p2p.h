@@ -8,13 +8,22 @@
 //
 // One NcclPair is a communicator of exactly two ranks. Its initialisation is
 // non-blocking (NCCL's config.blocking = 0), so neither side hangs when the
-// other never joins: ready() polls with a deadline. A send or receive is
-// enqueued on a CUDA stream and returns at once; it completes on the device
-// when the other rank has posted the matching receive or send (NCCL matches
-// them in order per direction). A peer that dies leaves its partner's queued
-// operations waiting for ever, so callers bound every wait (an event polled
-// with a deadline) and abort() the pair on expiry: NCCL then stops the kernels
-// and the pair is unusable (make a new one).
+// other never joins: ready() polls with a deadline. NCCL then connects the two
+// ranks lazily, on their first operation, and that set-up waits for the other
+// rank's first operation: so both ranks connect() first (rank 0 sends a token,
+// rank 1 receives it), each from its own thread or process, or with
+// start_connect() on both before finish_connect() on either.
+//
+// After that a send or receive is enqueued on an explicit CUDA stream (NCCL
+// launches the kernels of a non-blocking communicator from a thread of its
+// own, where cudaStreamPerThread would name another stream, so the per-thread
+// and legacy default streams are refused) and returns once it is on that
+// stream; it completes on the device when the other rank has posted the
+// matching receive or send (NCCL matches them in order per direction). A
+// peer that dies leaves its partner's queued operations waiting for ever, so
+// callers bound every wait (an event polled with a deadline) and abort() the
+// pair on expiry: NCCL then stops the kernels and the pair is unusable (make
+// a new one).
 //
 // NCCL cannot put both ranks of a communicator on one GPU: the two processes
 // must use different devices.
@@ -59,11 +68,20 @@ class NcclPair {
   // (UNAVAILABLE with NCCL's message), or `timeout` passed (DEADLINE_EXCEEDED).
   // Cheap once ready.
   Status ready(std::chrono::milliseconds timeout);
-  bool is_ready() const;
+  // Posts this rank's connection token on `stream` (after ready()), without
+  // waiting for the other rank. `stream` must outlive the pair.
+  Status start_connect(void* stream);
+  // Waits (bounded) until the connection is up: the other rank has posted its
+  // token too. Then is_ready() is true.
+  Status finish_connect(std::chrono::milliseconds timeout);
+  // ready(), start_connect(), finish_connect() in one.
+  Status connect(void* stream, std::chrono::milliseconds timeout);
+  bool is_ready() const;  // joined and connected, not aborted
 
-  // Enqueued on `stream` (nullptr = cudaStreamPerThread): `bytes` from this
-  // rank's device memory to the other rank, or into `device_dst` from it.
-  // FAILED_PRECONDITION before ready() succeeded or after abort().
+  // Enqueued on `stream` (an explicit cudaStream_t of this rank's device):
+  // `bytes` from this rank's device memory to the other rank, or into
+  // `device_dst` from it. FAILED_PRECONDITION before connect() or after
+  // abort(); INVALID_ARGUMENT for a null, per-thread or legacy stream.
   Status send(const void* device_src, size_t bytes, void* stream);
   Status recv(void* device_dst, size_t bytes, void* stream);
 

@@ -45,11 +45,20 @@ class NcclTwoGpus : public ::testing::Test {
     if (Status st = nccl_available(); !st.is_ok()) GTEST_SKIP() << st.message();
     auto n = kc::device_count();
     if (!n.is_ok() || *n < 2) GTEST_SKIP() << "needs two GPUs (NCCL cannot put both ranks on one)";
+    ASSERT_TRUE(kc::set_device(0).is_ok());
+    auto a = kc::Stream::create("rank 0");
+    ASSERT_TRUE(a.is_ok());
+    s0 = std::move(a).value();
+    ASSERT_TRUE(kc::set_device(1).is_ok());
+    auto b = kc::Stream::create("rank 1");
+    ASSERT_TRUE(b.is_ok());
+    s1 = std::move(b).value();
   }
 
-  // Both ranks from this thread: joining does not wait, so rank 0 on GPU 0
-  // and rank 1 on GPU 1 are joined one after the other, then awaited.
-  static void make_pair(std::unique_ptr<NcclPair>& r0, std::unique_ptr<NcclPair>& r1) {
+  // Both ranks from this thread: joining and posting the connection tokens
+  // do not wait, so rank 0 on GPU 0 and rank 1 on GPU 1 are each joined and
+  // posted before either is waited for (as the nodes do from two processes).
+  void make_pair(std::unique_ptr<NcclPair>& r0, std::unique_ptr<NcclPair>& r1) {
     auto id = nccl_unique_id();
     ASSERT_TRUE(id.is_ok());
     ASSERT_TRUE(kc::set_device(0).is_ok());
@@ -60,13 +69,26 @@ class NcclTwoGpus : public ::testing::Test {
     ASSERT_TRUE(b.is_ok()) << b.status().to_string();
     r0 = std::move(a).value();
     r1 = std::move(b).value();
+    const auto t = std::chrono::seconds(30);
     ASSERT_TRUE(kc::set_device(0).is_ok());
-    Status s0 = r0->ready(std::chrono::seconds(30));
+    TANDEM_ASSERT_OK(r0->ready(t));
     ASSERT_TRUE(kc::set_device(1).is_ok());
-    Status s1 = r1->ready(std::chrono::seconds(30));
-    ASSERT_TRUE(s0.is_ok()) << s0.to_string();
-    ASSERT_TRUE(s1.is_ok()) << s1.to_string();
+    TANDEM_ASSERT_OK(r1->ready(t));
+    // Before connecting, transfers are refused; so are default streams.
+    EXPECT_EQ(r1->recv(nullptr, 0, s1.get()).code(), StatusCode::kFailedPrecondition);
+    ASSERT_TRUE(kc::set_device(0).is_ok());
+    TANDEM_ASSERT_OK(r0->start_connect(s0.get()));
+    ASSERT_TRUE(kc::set_device(1).is_ok());
+    TANDEM_ASSERT_OK(r1->start_connect(s1.get()));
+    ASSERT_TRUE(kc::set_device(0).is_ok());
+    TANDEM_ASSERT_OK(r0->finish_connect(t));
+    ASSERT_TRUE(kc::set_device(1).is_ok());
+    TANDEM_ASSERT_OK(r1->finish_connect(t));
+    EXPECT_TRUE(r0->is_ready() && r1->is_ready());
+    EXPECT_EQ(r0->send(nullptr, 0, nullptr).code(), StatusCode::kInvalidArgument);
   }
+
+  kc::Stream s0, s1;  // explicit streams on GPU 0 and GPU 1
 };
 
 TEST_F(NcclTwoGpus, PairMovesBytesBothWays) {
@@ -79,32 +101,43 @@ TEST_F(NcclTwoGpus, PairMovesBytesBothWays) {
     ASSERT_TRUE(kc::set_device(0).is_ok());
     auto d0 = kc::DeviceBuffer::allocate(bytes, "rank 0");
     ASSERT_TRUE(d0.is_ok());
-    ASSERT_TRUE(kc::copy_to_device(d0->data(), src.data(), bytes).is_ok());
-    ASSERT_TRUE(kc::synchronize().is_ok());
+    {
+      kc::StreamGuard g(s0.get());
+      TANDEM_ASSERT_OK(kc::copy_to_device(d0->data(), src.data(), bytes));
+      TANDEM_ASSERT_OK(kc::synchronize());
+    }
     ASSERT_TRUE(kc::set_device(1).is_ok());
     auto d1 = kc::DeviceBuffer::allocate(bytes, "rank 1");
     ASSERT_TRUE(d1.is_ok());
     auto done = kc::Event::create("receive");
     ASSERT_TRUE(done.is_ok());
     // Receive posted first, on GPU 1; then the send on GPU 0.
-    ASSERT_TRUE(r1->recv(d1->data(), bytes, nullptr).is_ok());
-    ASSERT_TRUE(done->record().is_ok());
+    TANDEM_ASSERT_OK(r1->recv(d1->data(), bytes, s1.get()));
+    TANDEM_ASSERT_OK(done->record(s1.get()));
     ASSERT_TRUE(kc::set_device(0).is_ok());
-    ASSERT_TRUE(r0->send(d0->data(), bytes, nullptr).is_ok());
-    ASSERT_TRUE(done->wait_for(std::chrono::seconds(30), "NCCL receive").is_ok());
-    ASSERT_TRUE(kc::synchronize().is_ok());
+    TANDEM_ASSERT_OK(r0->send(d0->data(), bytes, s0.get()));
+    TANDEM_ASSERT_OK(done->wait_for(std::chrono::seconds(30), "NCCL receive"));
     ASSERT_TRUE(kc::set_device(1).is_ok());
-    ASSERT_TRUE(kc::copy_to_host(got.data(), d1->data(), bytes).is_ok());
+    {
+      kc::StreamGuard g(s1.get());
+      TANDEM_ASSERT_OK(kc::copy_to_host(got.data(), d1->data(), bytes));
+    }
     EXPECT_EQ(got, src) << bytes << " bytes";
     // And back: rank 1 sends what it got to rank 0.
-    ASSERT_TRUE(r1->send(d1->data(), bytes, nullptr).is_ok());
+    TANDEM_ASSERT_OK(r1->send(d1->data(), bytes, s1.get()));
     ASSERT_TRUE(kc::set_device(0).is_ok());
-    ASSERT_TRUE(kc::fill_zero(d0->data(), bytes).is_ok());
-    ASSERT_TRUE(r0->recv(d0->data(), bytes, nullptr).is_ok());
-    ASSERT_TRUE(kc::copy_to_host(got.data(), d0->data(), bytes).is_ok());
+    {
+      kc::StreamGuard g(s0.get());
+      TANDEM_ASSERT_OK(kc::fill_zero(d0->data(), bytes));
+      TANDEM_ASSERT_OK(r0->recv(d0->data(), bytes, s0.get()));
+      TANDEM_ASSERT_OK(kc::copy_to_host(got.data(), d0->data(), bytes));
+    }
     EXPECT_EQ(got, src) << bytes << " bytes back";
     ASSERT_TRUE(kc::set_device(1).is_ok());
-    ASSERT_TRUE(kc::synchronize().is_ok());
+    {
+      kc::StreamGuard g(s1.get());
+      TANDEM_ASSERT_OK(kc::synchronize());
+    }
   }
   EXPECT_TRUE(r0->check().is_ok());
   EXPECT_TRUE(r1->check().is_ok());
@@ -121,14 +154,14 @@ TEST_F(NcclTwoGpus, AbortEndsAReceiveThatIsNeverMatched) {
   ASSERT_TRUE(buf.is_ok());
   auto done = kc::Event::create("receive");
   ASSERT_TRUE(done.is_ok());
-  ASSERT_TRUE(r0->recv(buf->data(), 1 << 20, nullptr).is_ok());
-  ASSERT_TRUE(done->record().is_ok());
+  TANDEM_ASSERT_OK(r0->recv(buf->data(), 1 << 20, s0.get()));
+  TANDEM_ASSERT_OK(done->record(s0.get()));
   Status waited = done->wait_for(std::chrono::milliseconds(300), "unmatched receive");
   EXPECT_EQ(waited.code(), StatusCode::kDeadlineExceeded) << waited.to_string();
   r0->abort();
   r1->abort();
   EXPECT_TRUE(done->wait_for(std::chrono::seconds(20), "aborted receive").is_ok());
-  EXPECT_EQ(r0->send(buf->data(), 4, nullptr).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r0->send(buf->data(), 4, s0.get()).code(), StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
