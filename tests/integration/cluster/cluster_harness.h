@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -65,9 +66,15 @@ struct ClusterShape {
 class Cluster {
  public:
   Cluster(const std::string& model_dir, const ClusterShape& s) {
-    // Ports from a range that depends on the pid so parallel test processes do not collide.
+    // Ports from a range that depends on the pid so parallel test processes do
+    // not collide, below the kernel's ephemeral range: the cluster's own
+    // outgoing connections and UCX listeners take ephemeral ports, and one of
+    // those could otherwise hold the router's port before the router binds it.
     std::mt19937 g(static_cast<unsigned>(getpid()) * 7919u + static_cast<unsigned>(time(nullptr)));
-    base_ = 20000 + static_cast<int>(g() % 2000) * 10;
+    int ephemeral_low = 32768;
+    std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
+    const int top = std::max(12000, std::min(ephemeral_low, 40000)) - 20;
+    base_ = 10000 + static_cast<int>(g() % static_cast<unsigned>((top - 10000) / 10)) * 10;
     config_ = (std::filesystem::path(::testing::TempDir()) / ("cluster_" + std::to_string(base_) + ".yaml")).string();
     std::ofstream(config_) << "model: {path: " << model_dir << "}\n"
                            << "cluster: {attention_nodes: " << s.attention_nodes << ", expert_nodes: " << s.expert_nodes
