@@ -1,7 +1,5 @@
 #include "device_data_plane.h"
 
-#if TANDEM_HAVE_CUDA
-
 #include <cstring>
 #include <string>
 
@@ -42,5 +40,3 @@ void write_device_combine(std::span<std::byte> combine, const DeviceDispatch& d)
 }
 
 }  // namespace tandem::expert
-
-#endif  // TANDEM_HAVE_CUDA

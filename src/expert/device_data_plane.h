@@ -5,8 +5,6 @@
 // hands the handshake to attach().
 #pragma once
 
-#if TANDEM_HAVE_CUDA
-
 #include <cstdint>
 #include <span>
 
@@ -50,5 +48,3 @@ Result<DeviceDispatch> parse_device_dispatch(std::span<const std::byte> control,
 void write_device_combine(std::span<std::byte> combine, const DeviceDispatch& d);
 
 }  // namespace tandem::expert
-
-#endif  // TANDEM_HAVE_CUDA
