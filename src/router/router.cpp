@@ -34,7 +34,10 @@ grpc::Status invalid(const std::string& field, const std::string& what) {
 struct NodeHandle {
   std::string address;
   std::unique_ptr<ipb::AttentionNode::Stub> stub;
-  std::atomic<bool> healthy{false};
+  std::atomic<bool> healthy{false};  // the monitor's last poll answered
+  // A request's stream to the node failed since that poll: new requests go
+  // elsewhere while there is elsewhere, and the monitor polls again at once.
+  std::atomic<bool> suspect{false};
   std::atomic<int64_t> in_flight{0};
 };
 
@@ -260,8 +263,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (!st.ok()) {
       if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::CANCELLED ||
           st.error_code() == grpc::StatusCode::UNKNOWN || st.error_code() == grpc::StatusCode::INTERNAL) {
-        if (st.error_code() != grpc::StatusCode::UNAVAILABLE || st.error_message().find("expert node") == std::string::npos)
-          node->healthy = false;  // the attention node itself failed
+        if (st.error_code() != grpc::StatusCode::UNAVAILABLE || st.error_message().find("expert node") == std::string::npos) {
+          node->suspect = true;  // the attention node itself failed, or one request on it did
+          repoll_ = true;        // let the monitor find out which, now
+          cv_.notify_all();
+        }
         return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                             "attention node " + node->address + ": " + st.error_message());
       }
@@ -271,10 +277,17 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
+  // The least loaded node the monitor saw answering, avoiding nodes a request
+  // just failed on; one of those only when no other is left (a single failed
+  // request does not turn every concurrent request away: if the node is
+  // really gone, the request fails on it, naming it).
   NodeHandle* pick_node() {
     NodeHandle* best = nullptr;
-    for (auto& n : nodes_)
-      if (n->healthy && (!best || n->in_flight < best->in_flight)) best = n.get();
+    for (bool allow_suspect : {false, true}) {
+      for (auto& n : nodes_)
+        if (n->healthy && (allow_suspect || !n->suspect) && (!best || n->in_flight < best->in_flight)) best = n.get();
+      if (best) break;
+    }
     return best;
   }
 
@@ -293,6 +306,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           else TANDEM_LOG_WARN("attention node {} is down", n->address);
         }
         n->healthy = ok;
+        if (ok) n->suspect = false;
         all = all && ok;
       }
       // Every expert node holds experts no other node has: all must be up.
@@ -309,7 +323,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       experts_up_ = std::all_of(expert_up_.begin(), expert_up_.end(), [](bool b) { return b; });
       if (!stopping_) server_->GetHealthCheckService()->SetServingStatus(all);
       std::unique_lock<std::mutex> l(mu_);
-      cv_.wait_for(l, std::chrono::milliseconds(200), [this] { return stopping_.load(); });
+      cv_.wait_for(l, std::chrono::milliseconds(200), [this] { return stopping_.load() || repoll_.exchange(false); });
     }
   }
 
@@ -326,6 +340,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::unique_ptr<grpc::Server> server_;
   std::thread monitor_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> repoll_{false};  // a request failed on a node: poll before the period is up
   std::mutex mu_;
   std::condition_variable cv_;
 };
