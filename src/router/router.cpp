@@ -39,7 +39,13 @@ struct NodeHandle {
   // elsewhere while there is elsewhere, and the monitor polls again at once.
   std::atomic<bool> suspect{false};
   std::atomic<int64_t> in_flight{0};
+  int slow_polls = 0;  // consecutive polls that timed out (monitor thread only)
 };
+
+// A node whose poll times out this many times in a row is down; one that
+// refuses the connection is down at once. A busy machine can hold a poll past
+// its deadline without the node being gone.
+constexpr int kSlowPollsBeforeDown = 3;
 
 class RouterImpl final : public Router, public pb::Generation::Service {
  public:
@@ -300,13 +306,20 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
         ipb::LoadRequest rq;
         ipb::LoadReply rp;
-        const bool ok = n->stub->Load(&ctx, rq, &rp).ok();
+        const grpc::Status polled = n->stub->Load(&ctx, rq, &rp);
+        bool ok = polled.ok();
+        if (ok) {
+          n->slow_polls = 0;
+        } else if (polled.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && n->healthy &&
+                   ++n->slow_polls < kSlowPollsBeforeDown) {
+          ok = true;  // slow, not (yet) gone
+        }
         if (ok != n->healthy.load() && !stopping_) {
           if (ok) TANDEM_LOG_INFO("attention node {} is up", n->address);
           else TANDEM_LOG_WARN("attention node {} is down", n->address);
         }
         n->healthy = ok;
-        if (ok) n->suspect = false;
+        if (polled.ok()) n->suspect = false;
         all = all && ok;
       }
       // Every expert node holds experts no other node has: all must be up.
