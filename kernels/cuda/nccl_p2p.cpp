@@ -225,22 +225,22 @@ Status NcclPair::connect(void* stream, std::chrono::milliseconds timeout) {
 }
 
 Status NcclPair::send(const void* device_src, size_t bytes, void* stream) {
-  TANDEM_RETURN_IF_ERROR(explicit_stream(stream, "ncclSend"));
-  std::lock_guard<std::mutex> l(impl_->mu);
-  if (!impl_->connected || impl_->aborted) return failed_precondition("NCCL pair is not connected");
-  const ncclResult_t r =
-      api().send(device_src, bytes, ncclUint8, 1 - impl_->rank, impl_->comm, static_cast<cudaStream_t>(stream));
-  // Connected, so this only waits for NCCL's launch (on a thread of its own).
-  return impl_->settle("ncclSend", r, std::chrono::steady_clock::now() + std::chrono::seconds(10));
+  return transfer(true, const_cast<void*>(device_src), bytes, stream);
 }
 
-Status NcclPair::recv(void* device_dst, size_t bytes, void* stream) {
-  TANDEM_RETURN_IF_ERROR(explicit_stream(stream, "ncclRecv"));
+Status NcclPair::recv(void* device_dst, size_t bytes, void* stream) { return transfer(false, device_dst, bytes, stream); }
+
+Status NcclPair::transfer(bool send, void* buf, size_t bytes, void* stream) {
+  const char* op = send ? "ncclSend" : "ncclRecv";
+  TANDEM_RETURN_IF_ERROR(explicit_stream(stream, op));
   std::lock_guard<std::mutex> l(impl_->mu);
   if (!impl_->connected || impl_->aborted) return failed_precondition("NCCL pair is not connected");
-  const ncclResult_t r =
-      api().recv(device_dst, bytes, ncclUint8, 1 - impl_->rank, impl_->comm, static_cast<cudaStream_t>(stream));
-  return impl_->settle("ncclRecv", r, std::chrono::steady_clock::now() + std::chrono::seconds(10));
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int peer = 1 - impl_->rank;
+  const ncclResult_t r = send ? api().send(buf, bytes, ncclUint8, peer, impl_->comm, s)
+                              : api().recv(buf, bytes, ncclUint8, peer, impl_->comm, s);
+  // Connected, so this only waits for NCCL's launch (on a thread of its own).
+  return impl_->settle(op, r, std::chrono::steady_clock::now() + std::chrono::seconds(10));
 }
 
 Status NcclPair::check() {
@@ -285,6 +285,7 @@ Status NcclPair::finish_connect(std::chrono::milliseconds) { return not_built();
 Status NcclPair::connect(void*, std::chrono::milliseconds) { return not_built(); }
 Status NcclPair::send(const void*, size_t, void*) { return not_built(); }
 Status NcclPair::recv(void*, size_t, void*) { return not_built(); }
+Status NcclPair::transfer(bool, void*, size_t, void*) { return not_built(); }
 Status NcclPair::check() { return not_built(); }
 void NcclPair::abort() {}
 

@@ -93,6 +93,7 @@ class NcclPair {
 
  private:
   NcclPair() = default;
+  Status transfer(bool send, void* buf, size_t bytes, void* stream);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

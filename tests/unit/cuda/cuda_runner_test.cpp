@@ -121,6 +121,24 @@ double max_rel_diff(const std::vector<float>& got, const std::vector<float>& wan
   return got.size() == want.size() ? err / ref : 1e30;
 }
 
+// A ragged prefill then two decode steps through the GPU stages' ping-pong
+// pipeline with `m` micro-batches, against the CPU runner's forward.
+void pipeline_matches_cpu(ModelRunner& cpu, CudaModelRunner& gpu, ExpertExecutor& experts, int m,
+                          const std::vector<std::vector<int32_t>>& tables, int64_t block_size,
+                          const std::string& what) {
+  std::vector<int> done = {0, 0, 0};
+  std::vector<int> lens = {13, 1, 9};
+  for (int step = 0; step < 3; ++step) {
+    const ForwardBatch b = make_batch(tables, done, lens, block_size, 5, step);
+    std::vector<float> want, got;
+    cpu.forward(b, want);
+    TANDEM_ASSERT_OK(forward_pipelined(gpu.stages(), b, m, experts, got));
+    EXPECT_LE(max_rel_diff(got, want), 1e-4) << what << " m=" << m << " step " << step;
+    for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
+    lens = {1, 1, 1};
+  }
+}
+
 // An attention node on the GPU: the runner holds only the attention side, the
 // experts run elsewhere (here: a CPU runner behind the executor interface),
 // and the ping-pong pipeline over the GPU stages gives the CPU's logits for
@@ -142,17 +160,7 @@ TEST_P(CudaRunnerTest, AttentionSideStagesMatchTheCpuPipeline) {
     LocalExpertExecutor experts(cpu);
     auto gpu = CudaModelRunner::create(c, *attention_side, shape);
     ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
-    std::vector<int> done = {0, 0, 0};
-    std::vector<int> lens = {13, 1, 9};
-    for (int step = 0; step < 3; ++step) {
-      const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, 5, step);
-      std::vector<float> want, got;
-      cpu.forward(b, want);
-      TANDEM_ASSERT_OK(forward_pipelined((*gpu)->stages(), b, m, experts, got));
-      EXPECT_LE(max_rel_diff(got, want), 1e-4) << GetParam() << " m=" << m << " step " << step;
-      for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
-      lens = {1, 1, 1};
-    }
+    pipeline_matches_cpu(cpu, **gpu, experts, m, tables, shape.block_size, GetParam());
   }
 }
 
@@ -210,17 +218,7 @@ TEST_P(CudaRunnerTest, DeviceExchangeStagesMatchTheCpuPipeline) {
     auto gpu = CudaModelRunner::create(c, *attention_side, shape);
     ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
     DeviceLocalExperts experts(**gpu_experts, c.hidden_size, 64);
-    std::vector<int> done = {0, 0, 0};
-    std::vector<int> lens = {13, 1, 9};
-    for (int step = 0; step < 3; ++step) {
-      const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, 5, step);
-      std::vector<float> want, got;
-      cpu.forward(b, want);
-      TANDEM_ASSERT_OK(forward_pipelined((*gpu)->stages(), b, m, experts, got));
-      EXPECT_LE(max_rel_diff(got, want), 1e-4) << GetParam() << " m=" << m << " step " << step;
-      for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
-      lens = {1, 1, 1};
-    }
+    pipeline_matches_cpu(cpu, **gpu, experts, m, tables, shape.block_size, GetParam());
     EXPECT_GT(experts.dispatches, 0) << "m=" << m;
   }
 }
