@@ -11,7 +11,11 @@
 //    fraction of cuBLAS dense BF16 GEMMs of the same total shape (the gate and up
 //    projections as one [rows, hidden] x [2*inter, hidden]^T product, the down
 //    projection as [rows, inter] x [hidden, inter]^T). Target: 0.60 or more from
-//    2048 tokens up, by either.
+//    2048 tokens up, by either. "moeD" rows (decode sizes only: at most 16 rows
+//    per expert on average) time our weight-streaming kernel with the routing
+//    on the device (grouped_swiglu_device): GB/s of the touched experts'
+//    weights as a fraction of the D2D copy, since at these sizes the weights,
+//    not the FLOPs, set the time (no target in the issue; reported).
 //
 // Before timing anything it checks both kernels against the CPU reference
 // (kernels/cpu) on small inputs, and every timed case checks that its output was
@@ -261,7 +265,7 @@ struct Report {
     else
       std::snprintf(target, sizeof target, "(no target)");
     std::printf("%-4s %-14s %-38s %9.3f ms %8.1f %-7s %.2f of %s %s%s%s\n", r.kind.c_str(), r.model.c_str(),
-                r.shape.c_str(), r.ms, r.rate, r.unit, r.ratio, r.kind == "attn" ? "D2D copy" : "cuBLAS dense",
+                r.shape.c_str(), r.ms, r.rate, r.unit, r.ratio, std::string(r.unit) == "GB/s" ? "D2D copy" : "cuBLAS dense",
                 target, r.note.empty() ? "" : "  ", r.note.c_str());
     std::fflush(stdout);
   }
@@ -421,18 +425,28 @@ bool check_grouped(const char* name, int hidden, int inter, int experts, int top
   char what[96];
   std::snprintf(what, sizeof what, "hidden %d inter %d, %d experts top-%d, %d tokens", hidden, inter, experts, top_k,
                 tokens);
+  // The device-offset kernel takes its routing and expert table from the device.
+  DevBuf<int32_t> doffsets(offsets.size());
+  doffsets.upload(offsets);
+  DevBuf<cu::ExpertWeightsBf16> dtable(ew.size());
+  dtable.upload(ew);
+  DevBuf<Bf16> drow_scratch(std::max<size_t>(1, size_t(rows) * inter));
   bool all_ok = true;
-  for (const bool batched : {false, true}) {
+  for (const char* variant : {"_host_offsets", "_batched", "_device"}) {
     dy.poison();
-    if (batched)
+    const std::string v = variant;
+    if (v == "_batched")
       check_ok(cu::grouped_swiglu_batched(dx.get(), dy.get(), offsets.data(), experts, ew.data(), hidden, inter));
+    else if (v == "_device")
+      check_ok(cu::grouped_swiglu_device(dx.get(), dy.get(), doffsets.get(), experts, dtable.get(), hidden, inter,
+                                         rows, drow_scratch.get()));
     else
       check_ok(cu::grouped_swiglu_host_offsets(dx.get(), dy.get(), offsets.data(), experts, ew.data(), hidden, inter,
                                                dscratch.get()));
     const Compare c = compare(from_bf16(dy.download()), ref, 3e-2, 3e-2 * ref_rms);
     const bool ok = c.bad == 0 && c.nonfinite == 0 && c.rel_l2 < 1e-2;
-    std::printf("check grouped_swiglu%s bf16 %-14s %-38s rel err %.2e, %zu off, %zu not finite: %s\n",
-                batched ? "_batched" : "", name, what, c.rel_l2, c.bad, c.nonfinite, ok ? "ok" : "FAILED");
+    std::printf("check grouped_swiglu%s bf16 %-14s %-38s rel err %.2e, %zu off, %zu not finite: %s\n", variant, name,
+                what, c.rel_l2, c.bad, c.nonfinite, ok ? "ok" : "FAILED");
     all_ok &= ok;
   }
   return all_ok;
@@ -544,6 +558,8 @@ void bench_grouped(const Options& o, double copy_gbps, Report& rep) {
       const Bf16* base = w.get() + size_t(e) * 3 * per;
       ew[e] = {base, base + per, base + 2 * per};
     }
+    DevBuf<cu::ExpertWeightsBf16> table(ew.size());
+    table.upload(ew);
     // Baseline weights: gate and up stacked as one [2*inter, hidden] matrix, down [hidden, inter].
     DevBuf<Bf16> w13(2 * per), w2(per);
     fill_random(w13.get(), w13.size(), 22, 1.0f / std::sqrt(static_cast<float>(m.hidden)));
@@ -578,7 +594,14 @@ void bench_grouped(const Options& o, double copy_gbps, Report& rep) {
       char shape[96];
       std::snprintf(shape, sizeof shape, "tokens %d (rows %d, max %d/expert)", tokens, rows, max_per_expert);
       row.shape = shape;
-      double dense_ms = 0, batched_ms = 0;
+      double dense_ms = 0, batched_ms = 0, device_ms = 0;
+      // Decode sizes only: the kernel streams each expert's weights once per 8
+      // rows (the runner switches to it at 8 on average; up to 16 shows the crossover).
+      const bool time_device = rows <= 16 * m.experts;
+      DevBuf<int32_t> doffsets(offsets.size());
+      doffsets.upload(offsets);
+      DevBuf<Bf16> row_scratch(time_device ? size_t(rows) * m.inter : 0);
+      bool device_written = true;
       try {
         y.poison();
         check_ok(cu::grouped_swiglu_host_offsets(x.get(), y.get(), offsets.data(), m.experts, ew.data(), m.hidden,
@@ -607,6 +630,20 @@ void bench_grouped(const Options& o, double copy_gbps, Report& rep) {
                                                   m.inter));
             },
             o.reps);
+        if (time_device) {
+          auto device_call = [&](int) {
+            check_ok(cu::grouped_swiglu_device(x.get(), y.get(), doffsets.get(), m.experts, table.get(), m.hidden,
+                                               m.inter, rows, row_scratch.get()));
+          };
+          y.poison();
+          device_call(0);
+          std::vector<Bf16> out(size_t(rows) * m.hidden);
+          CK(cudaStreamSynchronize(lib_stream()));
+          CK(cudaMemcpy(out.data(), y.get(), out.size() * sizeof(Bf16), cudaMemcpyDeviceToHost));
+          device_written = count_nonfinite(out) == 0;
+          if (!device_written) ++rep.errors;  // a kernel that skips outputs is broken, not slow
+          device_ms = median_ms(device_call, o.reps);
+        }
       } catch (const std::exception& e) {
         ++rep.errors;
         std::printf("moe  %-14s %-38s ERROR %s\n", m.name, shape, e.what());
@@ -636,8 +673,25 @@ void bench_grouped(const Options& o, double copy_gbps, Report& rep) {
       b.met = rep.checks_ok && b.written && b.ratio >= b.target;
       std::snprintf(note, sizeof note, "batched; %.2fx the per-expert GEMMs", row.ms / batched_ms);
       b.note = note;
+      Row d = b;
+      if (time_device) {
+        // The weight-streaming kernel, against the copy bandwidth.
+        d.kind = "moeD";
+        d.ms = device_ms;
+        d.written = device_written;
+        d.rate = wbytes / (device_ms * 1e-3) / 1e9;
+        d.unit = "GB/s";
+        d.baseline = copy_gbps;
+        d.ratio = d.rate / copy_gbps;
+        d.has_target = false;
+        d.met = false;
+        std::snprintf(note, sizeof note, "device offsets; %.2fx the per-expert GEMMs, %.2fx batched%s",
+                      row.ms / device_ms, batched_ms / device_ms, device_written ? "" : "; OUTPUT NOT WRITTEN");
+        d.note = note;
+      }
       rep.add(std::move(row));
       rep.add(std::move(b));
+      if (time_device) rep.add(std::move(d));
     }
   }
   cublasDestroy(handle);

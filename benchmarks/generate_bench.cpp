@@ -8,8 +8,9 @@
 //
 //   build/benchmarks/generate_bench [--model DIR] [--prompt-tokens 128] [--decode-tokens 32]
 //                                   [--batches 1,4,16] [--device cpu|cuda] [--dtype f32|bf16]
-//                                   [--graphs on|off]  (cuda: per-layer decode attention as CUDA graphs)
-//                                   [--experts loop|batched]  (cuda: GEMMs per expert, or grouped-batched)
+//                                   [--graphs on|off]  (cuda: decode layers as CUDA graphs)
+//                                   [--experts per-expert|batched|device]  (cuda: cuBLAS GEMMs per expert,
+//                                   grouped-batched cuBLAS, or our kernel with the routing left on the GPU)
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -52,7 +53,8 @@ int main(int argc, char** argv) {
   std::string dir = "models/small-mixtral";
   int prompt_tokens = 128, decode_tokens = 32;
   std::string device = "cpu", dtype = "f32";
-  bool graphs = false, batched_experts = false;
+  bool graphs = false;
+  std::string experts = "per-expert";
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -67,7 +69,7 @@ int main(int argc, char** argv) {
     else if (a == "--device") device = argv[i + 1];
     else if (a == "--dtype") dtype = argv[i + 1];
     else if (a == "--graphs") graphs = std::string(argv[i + 1]) == "on";
-    else if (a == "--experts") batched_experts = std::string(argv[i + 1]) == "batched";
+    else if (a == "--experts") experts = argv[i + 1];
   }
   if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
   if (dtype != "f32" && (dtype != "bf16" || device != "cuda"))
@@ -89,7 +91,7 @@ int main(int argc, char** argv) {
   std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s, dtype %s%s%s\n", dir.c_str(),
               (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
               (long long)c.moe.top_k, device.c_str(), dtype.c_str(), graphs ? ", CUDA graphs" : "",
-              batched_experts ? ", batched experts" : "");
+              (", experts " + experts).c_str());
   double bw = 0;
   if (device == "cpu") {
     bw = bench::read_gbps();
@@ -116,10 +118,10 @@ int main(int argc, char** argv) {
     std::unique_ptr<engine::CudaModelRunner> gpu;
     if (device == "cuda") {
       const engine::KvCacheShape kv{c.num_layers, eo.num_blocks, eo.block_size, c.num_kv_heads, c.head_dim};
+      auto gemm = engine::parse_expert_gemm(experts);
+      if (!gemm.is_ok()) return std::fprintf(stderr, "--experts: %s\n", gemm.status().message().c_str()), 2;
       auto r = engine::CudaModelRunner::create(
-          c, **w, kv,
-          {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = graphs,
-           .batched_experts = batched_experts});
+          c, **w, kv, {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = graphs, .experts = *gemm});
       if (!r.is_ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
       gpu = std::move(r).value();
       eo.forward = [&gpu](const engine::ForwardBatch& b, std::vector<float>& logits) { return gpu->forward(b, logits); };
@@ -144,6 +146,11 @@ int main(int argc, char** argv) {
     const double gbps = bytes / step_s / 1e9;
     std::printf("%6d %14.1f %14.1f %10.2f %16.1f %11.0f%%\n", batch, s.prompt_tokens / s.prompt_seconds,
                 s.decode_tokens / s.decode_seconds, step_s * 1e3, gbps, 100.0 * gbps / bw);
+#if TANDEM_HAVE_CUDA
+    if (gpu && graphs)
+      std::printf("       CUDA graphs replayed: %llu layer steps, %llu of them whole layers\n",
+                  (unsigned long long)gpu->graph_launches(), (unsigned long long)gpu->whole_layer_graph_launches());
+#endif
   }
   return 0;
 }

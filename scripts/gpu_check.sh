@@ -352,6 +352,9 @@ if runs_on_gpu "e2e one GPU"; then
   run_timed 90 "$LOG" '.' "$PACK/bin/generate_bench" --model "$dir" --device cuda --batches 16 \
     --prompt-tokens 32 --decode-tokens 64 --experts batched
   batched=$(awk '$1 == 16 {print $3}' "$LOG" | tail -n 1)
+  run_timed 90 "$LOG" '.' "$PACK/bin/generate_bench" --model "$dir" --device cuda --batches 16 \
+    --prompt-tokens 32 --decode-tokens 64 --experts device --graphs on
+  whole=$(awk '$1 == 16 {print $3}' "$LOG" | tail -n 1)
   run_timed 300 "$LOG" '^==|throughput|^attention' env TANDEM="$PACK/bin/tandem" DEVICE=cuda \
     TRANSPORTS="${E2E_TRANSPORTS:-cuda_ipc ucx}" READY_TRIES=300 \
     CONCURRENCY=16 REQUESTS=32 PROMPT=32 OUTPUT=64 bash scripts/pingpong_bench.sh "$dir" 1 1
@@ -359,7 +362,7 @@ if runs_on_gpu "e2e one GPU"; then
   # "cuda_ipc: a/b/c ucx: d/e/f" output tok/s for m = 1/2/3
   disagg=$(awk '/^== transport=/ {split($2, t, "="); if (t[2] != cur) {cur = t[2]; printf "%s%s: ", (n++ ? "; " : ""), cur; sep = ""}}
                 /output throughput/ {printf "%s%s", sep, $(NF-1); sep = "/"}' "$LOG")
-  record "e2e one GPU" "$st" "$(($(date +%s) - e2e_start))" "colocated batch 16: ${colocated:-?} decode tok/s (${graphed:-?} with CUDA graphs, ${batched:-?} with batched experts); disaggregated (output tok/s, m=1/2/3) ${disagg:-see $LOG}"
+  record "e2e one GPU" "$st" "$(($(date +%s) - e2e_start))" "colocated batch 16: ${colocated:-?} decode tok/s (${graphed:-?} with CUDA graphs, ${batched:-?} with batched experts, ${whole:-?} with device experts and whole-layer graphs); disaggregated (output tok/s, m=1/2/3) ${disagg:-see $LOG}"
 fi
 fi
 

@@ -91,7 +91,9 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"expert_nodes", num(c.expert_nodes, 1, 256)},
                                   {"micro_batches", num(c.micro_batches, 1, 16)},
                                   {"device", str(c.device)},
-                                  {"dtype", str(c.dtype)}});
+                                  {"dtype", str(c.dtype)},
+                                  {"cuda_graphs", r.field(c.cuda_graphs)},
+                                  {"expert_gemm", str(c.expert_gemm)}});
         }},
        {"router", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"listen", [&](const YAML::Node& v, const std::string& q) {
@@ -135,6 +137,13 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   if (c.dtype != "f32" && c.dtype != "bf16") return r.error("cluster.dtype", "must be f32 or bf16, got '" + c.dtype + "'");
   if (c.dtype == "bf16" && !c.uses_cuda())
     return r.error("cluster.dtype", "bf16 applies to GPU nodes, and every node here is on the CPU (which computes in FP32)");
+  if (c.cuda_graphs && !c.uses_cuda())
+    return r.error("cluster.cuda_graphs", "CUDA graphs apply to GPU nodes, and every node here is on the CPU");
+  if (c.expert_gemm != "per-expert" && c.expert_gemm != "batched" && c.expert_gemm != "device")
+    return r.error("cluster.expert_gemm", "must be per-expert, batched or device, got '" + c.expert_gemm + "'");
+  if (c.expert_gemm != "per-expert" && c.experts_on() != "cuda")
+    return r.error("cluster.expert_gemm", "chooses how GPU expert nodes run their experts, and the expert nodes here "
+                                          "are on the CPU");
   if (c.transport_shared_memory && c.transport == "tcp")
     return r.error("transport.shared_memory", "needs transport.backend: ucx (the tcp backend is gRPC streams)");
   if (c.transport != "tcp" && c.transport != "ucx" && c.transport != "cuda_ipc" && c.transport != "nccl")
@@ -258,6 +267,8 @@ std::string DeploymentConfig::to_yaml() const {
     << attention_nodes << YAML::Key << "expert_nodes" << YAML::Value << expert_nodes << YAML::Key
     << "micro_batches" << YAML::Value << micro_batches << YAML::Key << "device" << YAML::Value << device;
   if (dtype != "f32") e << YAML::Key << "dtype" << YAML::Value << dtype;
+  if (cuda_graphs) e << YAML::Key << "cuda_graphs" << YAML::Value << true;
+  if (expert_gemm != "per-expert") e << YAML::Key << "expert_gemm" << YAML::Value << expert_gemm;
   e << YAML::EndMap;
   e << YAML::Key << "router" << YAML::Value << YAML::BeginMap << YAML::Key << "listen" << YAML::Value
     << router.to_string() << YAML::Key << "max_queue" << YAML::Value << max_queue << YAML::Key

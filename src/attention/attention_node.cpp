@@ -227,7 +227,8 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   Result<engine::ForwardFn> start_gpu(const api::DeploymentConfig& cfg, const engine::KvCacheShape& kv_shape) {
 #if TANDEM_HAVE_CUDA
     TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.attention_gpu_slot(rank_)));
-    const engine::CudaRunnerOptions options{.dtype = cfg.gpu_dtype()};
+    // The experts are elsewhere: only the graphs matter here.
+    const engine::CudaRunnerOptions options{.dtype = cfg.gpu_dtype(), .cuda_graphs = cfg.cuda_graphs};
     TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create(ck_.config, *weights_, kv_shape, options));
     TANDEM_LOG_INFO("attention[{}] on GPU {} ({} MiB of weights and KV cache)", rank_, ordinal,
                     gpu_->device_bytes() >> 20);

@@ -28,7 +28,7 @@ struct GenerateArgs {
   std::string device = "cpu";
   std::string dtype = "f32";
   bool cuda_graphs = false;
-  bool batched_experts = false;
+  std::string experts = "per-expert";
 };
 
 int fail(const Status& st) {
@@ -54,7 +54,7 @@ int run_generate(const GenerateArgs& a) {
         c, **weights, {c.num_layers, a.kv_blocks, a.block_size, c.num_kv_heads, c.head_dim},
         {.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF32,
          .cuda_graphs = a.cuda_graphs,
-         .batched_experts = a.batched_experts});
+         .experts = *engine::parse_expert_gemm(a.experts)});  // CLI checked the name
     if (!made.is_ok()) return fail(made.status());
     gpu = std::move(made).value();
     eo.forward = [r = gpu.get()](const engine::ForwardBatch& b, std::vector<float>& logits) {
@@ -119,9 +119,14 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--dtype", a.dtype, "Compute dtype of the GPU forward: f32, or bf16 (weights, activations, KV cache)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->add_flag("--cuda-graphs", a.cuda_graphs, "With --device cuda: replay each layer's decode attention as a CUDA graph");
-  cmd->add_flag("--batched-experts", a.batched_experts,
-                "With --device cuda: run each MoE layer's experts as grouped-batched cuBLAS GEMMs");
+  cmd->add_flag("--cuda-graphs", a.cuda_graphs,
+                "With --device cuda: replay decode layers from CUDA graphs (the attention; the whole layer with "
+                "--experts device)");
+  cmd->add_option("--experts", a.experts,
+                  "With --device cuda: how MoE experts run: per-expert (cuBLAS GEMMs per expert), batched "
+                  "(grouped-batched cuBLAS), device (own kernel, routing stays on the GPU, for decode)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"per-expert", "batched", "device"}));
   cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at end-of-sequence tokens");
 }
 

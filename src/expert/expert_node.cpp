@@ -159,7 +159,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
 #if TANDEM_HAVE_CUDA
     TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.expert_gpu_slot(rank_)));
     gpu_ordinal_ = ordinal;
-    const engine::CudaRunnerOptions options{.dtype = cfg.gpu_dtype()};
+    TANDEM_ASSIGN_OR_RETURN(const engine::ExpertGemm gemm, engine::parse_expert_gemm(cfg.expert_gemm));
+    const engine::CudaRunnerOptions options{.dtype = cfg.gpu_dtype(), .experts = gemm};
     TANDEM_ASSIGN_OR_RETURN(gpu_, engine::CudaModelRunner::create_expert_side(ck_.config, *weights_, options));
     TANDEM_LOG_INFO("expert[{}] on GPU {} ({} MiB of expert weights)", rank_, ordinal, gpu_->device_bytes() >> 20);
     TANDEM_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::device_info());

@@ -55,6 +55,10 @@ struct DeploymentConfig {
   int micro_batches = 1;    // m (ping-pong)
   std::string device = "cpu";  // cpu | cuda: the default of attention.device and expert.device
   std::string dtype = "f32";   // f32 | bf16: compute dtype of GPU nodes (CPU nodes compute in FP32)
+  // GPU nodes: replay decode layers from CUDA graphs; how expert GEMMs run
+  // (per-expert | batched | device: engine::ExpertGemm's names).
+  bool cuda_graphs = false;
+  std::string expert_gemm = "per-expert";
 
   // router
   Endpoint router{"127.0.0.1", 50051};

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "tandem/common/dtype.h"
@@ -37,15 +38,35 @@ namespace tandem::engine {
 // this before its first CUDA call.
 Result<int> use_cuda_device(int slot);
 
+enum class ExpertGemm {
+  // Three cuBLAS GEMMs per expert with rows (kernels::cuda::grouped_swiglu_host_offsets).
+  kPerExpert,
+  // Every expert's gate/up in one grouped-batched cuBLAS call, then all downs
+  // in another (kernels::cuda::grouped_swiglu_batched).
+  kBatched,
+  // Our weight-streaming kernel with the routing left on the device
+  // (kernels::cuda::grouped_swiglu_device) when experts get few rows (at most
+  // kDeviceExpertRowsPerExpert on average), per-expert GEMMs otherwise. No
+  // host synchronisation per layer, so with cuda_graphs a decode step's
+  // layers are captured whole (attention, router and experts), not only
+  // their attention.
+  kDevice,
+};
+// "per-expert", "batched", "device".
+std::string_view expert_gemm_name(ExpertGemm g);
+Result<ExpertGemm> parse_expert_gemm(std::string_view name);
+// The average rows per expert up to which kDevice uses its own kernel: the
+// kernel's row tile, so each expert's weights are read about once.
+inline constexpr int64_t kDeviceExpertRowsPerExpert = 8;
+
 struct CudaRunnerOptions {
   DType dtype = DType::kF32;  // kF32 or kBF16
   // Replay each layer's attention of decode steps as a CUDA graph (captured on
   // the second step of a shape); off by default until measured to pay.
   bool cuda_graphs = false;
-  // Run a MoE layer's experts as two grouped-batched cuBLAS GEMMs
-  // (kernels::cuda::grouped_swiglu_batched) instead of three GEMMs per expert;
-  // off by default until measured to pay (cuda_kernels_bench, generate_bench).
-  bool batched_experts = false;
+  // How a MoE layer's experts run; per-expert cuBLAS GEMMs by default until
+  // the others are measured to pay (cuda_kernels_bench, generate_bench).
+  ExpertGemm experts = ExpertGemm::kPerExpert;
 };
 
 class CudaModelRunner {
@@ -83,9 +104,14 @@ class CudaModelRunner {
   Result<const float*> experts_device(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w);
 
   size_t device_bytes() const;  // weights + KV cache
-  // Layer attentions replayed from CUDA graphs so far (0 with cuda_graphs off,
-  // or after a failed capture turned them off).
+  // CUDA graphs replayed so far, one per layer and step (0 with cuda_graphs
+  // off, or after a failed capture turned them off); of these, how many held
+  // the whole layer rather than its attention only.
   uint64_t graph_launches() const;
+  uint64_t whole_layer_graph_launches() const;
+  // MoE layers whose experts the host ran through the device-offset kernel
+  // (ExpertGemm::kDevice); a replayed graph runs it without counting here.
+  uint64_t device_expert_layers() const;
 
   struct Impl;  // the FP32 or BF16 implementation (cuda_runner.cpp)
 

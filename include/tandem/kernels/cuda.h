@@ -372,6 +372,25 @@ Status grouped_swiglu_batched(const float* x_perm, float* y_perm, const int32_t*
 Status grouped_swiglu_batched(const Bf16* x_perm, Bf16* y_perm, const int32_t* host_offsets, int64_t num_experts,
                               const ExpertWeightsBf16* experts, int64_t hidden, int64_t inter);
 
+// The same SwiGLU with nothing on the host: expert_offsets (num_experts + 1)
+// and `experts` (num_experts entries of device pointers) are both in DEVICE
+// memory, so routing never comes back to the host and a layer running it can
+// be captured in a CUDA graph. Our own weight-streaming kernel (two launches:
+// gate/up with the SiLU fused, then down), built for decode, where each expert
+// gets a few rows: it reads each weight once per 8 rows, so it loses to the
+// cuBLAS paths when experts get many rows (prefill).
+// row_capacity: rows of x_perm / y_perm; offsets are clamped to it (they come
+// from the device and are not checked on the host). scratch: row_capacity *
+// inter elements. Rows of an expert whose weights are null come out as zeros
+// (the host paths report that as an error; this one cannot without a
+// synchronisation), so give every expert that can be routed to its weights.
+Status grouped_swiglu_device(const float* x_perm, float* y_perm, const int32_t* expert_offsets, int64_t num_experts,
+                             const ExpertWeights* experts, int64_t hidden, int64_t inter, int64_t row_capacity,
+                             float* scratch);
+Status grouped_swiglu_device(const Bf16* x_perm, Bf16* y_perm, const int32_t* expert_offsets, int64_t num_experts,
+                             const ExpertWeightsBf16* experts, int64_t hidden, int64_t inter, int64_t row_capacity,
+                             Bf16* scratch);
+
 // ---- Sampling ---------------------------------------------------------------------
 
 // Same token as cpu::sample for the same logits, params and uniform: the same

@@ -44,6 +44,9 @@ struct DeviceLayer {
   // Host array of device pointers, as grouped_swiglu wants; null for experts
   // this runner does not hold (they never get rows).
   std::vector<typename Types<T>::Experts> experts;
+  // The same table in device memory, for grouped_swiglu_device; null unless
+  // the runner runs ExpertGemm::kDevice.
+  const typename Types<T>::Experts* experts_device = nullptr;
   typename Types<T>::Experts dense;
 };
 
@@ -167,6 +170,8 @@ struct CudaModelRunner::Impl : ForwardStages {
                                               const float* w) = 0;
   size_t device_bytes = 0;
   uint64_t graph_launches = 0;
+  uint64_t whole_layer_graph_launches = 0;
+  uint64_t device_expert_layers = 0;
 };
 
 namespace {
@@ -189,16 +194,19 @@ struct Runner final : CudaModelRunner::Impl {
   // Scratch of one layer, shared by whatever runs (one thread, one stream).
   kc::DeviceBuffer x, q, k, v, attn, o, gate_logits, topk_idx, topk_w, offsets, row_token, row_weight;
   kc::DeviceBuffer x_perm, y_perm, scratch, normed, selected, logits_buf;
+  kc::DeviceBuffer expert_tables;  // every MoE layer's experts_device
 
-  // Captured per-layer attention, keyed by layer, batch and stream slots and shape.
-  using GraphKey = std::tuple<int64_t, const DeviceBatch*, const DeviceStream<T>*, int64_t, int64_t>;
+  // Captured per-layer work (the attention, or the whole layer), keyed by what
+  // it covers, layer, batch and stream slots and shape.
+  enum class Captured { kAttention, kWholeLayer };
+  using GraphKey = std::tuple<Captured, int64_t, const DeviceBatch*, const DeviceStream<T>*, int64_t, int64_t>;
   struct GraphEntry {
     uint64_t generation = ~uint64_t{0};
     bool warmed = false;  // ran eagerly once in this generation
     kc::Graph graph;
   };
   bool use_graphs = false;
-  bool batched_experts = false;  // CudaRunnerOptions::batched_experts
+  ExpertGemm expert_gemm = ExpertGemm::kPerExpert;  // CudaRunnerOptions::experts
   std::map<GraphKey, GraphEntry> graphs;
 
   // The colocated forward's batch and residual stream.
@@ -294,6 +302,7 @@ struct Runner final : CudaModelRunner::Impl {
       }
       layers.push_back(std::move(d));
     }
+    if (expert_gemm == ExpertGemm::kDevice) TANDEM_RETURN_IF_ERROR(upload_expert_tables());
     if (kv_shape.num_blocks > 0) {
       const size_t per_layer = static_cast<size_t>(kv_shape.num_blocks * kv_shape.block_size * kv_shape.kv_heads *
                                                    kv_shape.head_dim) * sizeof(T);
@@ -302,6 +311,25 @@ struct Runner final : CudaModelRunner::Impl {
       device_bytes += k_cache.size() + v_cache.size();
     }
     return kc::synchronize();
+  }
+
+  // One device table of expert pointers per MoE layer, in one allocation.
+  Status upload_expert_tables() {
+    using X = typename Types<T>::Experts;
+    const auto E = static_cast<size_t>(c.moe.num_experts);
+    std::vector<X> host(layers.size() * E);
+    for (size_t l = 0; l < layers.size(); ++l)
+      if (layers[l].is_moe) std::copy(layers[l].experts.begin(), layers[l].experts.end(), host.begin() + l * E);
+    TANDEM_ASSIGN_OR_RETURN(X * d, grow<X>(expert_tables, host.size(), "expert pointer tables"));
+    TANDEM_RETURN_IF_ERROR(kc::copy_to_device(d, host.data(), host.size() * sizeof(X)));
+    for (size_t l = 0; l < layers.size(); ++l)
+      if (layers[l].is_moe) layers[l].experts_device = d + l * E;
+    return Status::ok();
+  }
+
+  // Whether n tokens' routed rows go to grouped_swiglu_device.
+  bool device_experts_for(const DeviceLayer<T>& L, int64_t n) const {
+    return L.experts_device != nullptr && n * c.moe.top_k <= kDeviceExpertRowsPerExpert * c.moe.num_experts;
   }
 
   Kv cache_of(int64_t layer) const {
@@ -323,7 +351,8 @@ struct Runner final : CudaModelRunner::Impl {
   // layer's input norm (the CPU runner adds, then normalises).
   Status attention(int64_t l, const DeviceBatch& b, DeviceStream<T>& s) {
     if (!use_graphs || !is_decode(b)) return attention_eager(l, b, s);
-    return attention_graph(l, b, s);
+    return graphed(GraphKey{Captured::kAttention, l, &b, &s, b.num_tokens(), b.host->max_blocks_per_seq},
+                   [&] { return attention_eager(l, b, s); });
   }
 
   // Decode: every sequence brings one token, so the shapes (tokens, block-table
@@ -334,35 +363,37 @@ struct Runner final : CudaModelRunner::Impl {
            h.num_tokens() == static_cast<int64_t>(h.block_tables.size()) / h.max_blocks_per_seq;
   }
 
-  // A layer's attention as a CUDA graph: seen once in this buffer generation,
-  // it runs eagerly (which also sizes every buffer it uses); seen again, it is
+  // A layer's work as a CUDA graph: seen once in this buffer generation, it
+  // runs eagerly (which also sizes every buffer it uses); seen again, it is
   // captured and from then on replayed. Any failure to capture turns graphs
   // off for this runner, with one log line, and the work runs eagerly.
-  Status attention_graph(int64_t l, const DeviceBatch& b, DeviceStream<T>& s) {
-    const GraphKey key{l, &b, &s, b.num_tokens(), b.host->max_blocks_per_seq};
+  template <typename Work>
+  Status graphed(const GraphKey& key, const Work& work) {
     const uint64_t gen = g_buffer_generation.load(std::memory_order_relaxed);
     GraphEntry& e = graphs[key];
-    if (e.generation == gen && !e.graph.empty()) {
-      ++graph_launches;
-      return e.graph.launch();
-    }
+    if (e.generation == gen && !e.graph.empty()) return launch(key, e.graph);
     if (e.generation != gen || !e.warmed) {
       e = GraphEntry{};
       e.generation = gen;
       e.warmed = true;
-      return attention_eager(l, b, s);
+      return work();
     }
-    auto g = kc::Graph::capture([&] { return attention_eager(l, b, s); });
+    auto g = kc::Graph::capture([&] { return work(); });
     if (!g.is_ok() || g_buffer_generation.load(std::memory_order_relaxed) != gen) {
-      TANDEM_LOG_WARN("CUDA graphs off for this runner: capturing layer {} failed: {}", l,
+      TANDEM_LOG_WARN("CUDA graphs off for this runner: capturing layer {} failed: {}", std::get<1>(key),
                       g.is_ok() ? "a buffer moved during capture" : g.status().message());
       use_graphs = false;
       graphs.clear();
-      return attention_eager(l, b, s);
+      return work();
     }
     e.graph = std::move(g).value();
+    return launch(key, e.graph);
+  }
+
+  Status launch(const GraphKey& key, const kc::Graph& graph) {
     ++graph_launches;
-    return e.graph.launch();
+    if (std::get<0>(key) == Captured::kWholeLayer) ++whole_layer_graph_launches;
+    return graph.launch();
   }
 
   Status attention_eager(int64_t l, const DeviceBatch& b, DeviceStream<T>& s) {
@@ -428,12 +459,25 @@ struct Runner final : CudaModelRunner::Impl {
     TANDEM_ASSIGN_OR_RETURN(T * xp, grow<T>(x_perm, static_cast<size_t>(rows * H), "permuted tokens"));
     TANDEM_ASSIGN_OR_RETURN(T * yp, grow<T>(y_perm, static_cast<size_t>(rows * H), "expert outputs"));
     TANDEM_RETURN_IF_ERROR(kc::gather_rows(in, rt, xp, rows, H));
-    if (batched_experts) {
+    if (expert_gemm == ExpertGemm::kBatched) {
       TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_batched(xp, yp, host_offsets, E, L.experts.data(), H, I));
     } else {
       TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(3 * max_rows * I), "expert scratch"));
       TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_host_offsets(xp, yp, host_offsets, E, L.experts.data(), H, I, sc));
     }
+    return kc::scatter_add_weighted(yp, rt, rw, sum, rows, H);
+  }
+
+  // run_grouped with the offsets on the device: nothing comes to the host.
+  Status run_device_grouped(const DeviceLayer<T>& L, const T* in, const int32_t* device_offsets, int64_t rows,
+                            const int32_t* rt, const float* rw, float* sum) {
+    const int64_t H = c.hidden_size, E = c.moe.num_experts, I = c.moe.expert_intermediate;
+    TANDEM_ASSIGN_OR_RETURN(T * xp, grow<T>(x_perm, static_cast<size_t>(rows * H), "permuted tokens"));
+    TANDEM_ASSIGN_OR_RETURN(T * yp, grow<T>(y_perm, static_cast<size_t>(rows * H), "expert outputs"));
+    TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(rows * I), "expert scratch"));
+    TANDEM_RETURN_IF_ERROR(kc::gather_rows(in, rt, xp, rows, H));
+    TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_device(xp, yp, device_offsets, E, L.experts_device, H, I, rows, sc));
+    ++device_expert_layers;
     return kc::scatter_add_weighted(yp, rt, rw, sum, rows, H);
   }
 
@@ -445,6 +489,11 @@ struct Runner final : CudaModelRunner::Impl {
     TANDEM_ASSIGN_OR_RETURN(int32_t * rt, grow<int32_t>(row_token, static_cast<size_t>(rows), "row tokens"));
     TANDEM_ASSIGN_OR_RETURN(float* rw, grow<float>(row_weight, static_cast<size_t>(rows), "row weights"));
     TANDEM_RETURN_IF_ERROR(kc::moe_permute(topk_idx.as<int32_t>(), topk_w.as<float>(), n, K, E, offs, rt, rw));
+    if (device_experts_for(L, n)) {
+      TANDEM_RETURN_IF_ERROR(kc::fill_zero(s.sum(), static_cast<size_t>(n * H) * sizeof(float)));
+      TANDEM_RETURN_IF_ERROR(run_device_grouped(L, s.in(), offs, rows, rt, rw, s.sum()));
+      return s.sum_to_ffn(n, H);
+    }
     // cuBLAS takes each expert's row count from the host.
     std::vector<int32_t> host_offsets(static_cast<size_t>(E + 1));
     TANDEM_RETURN_IF_ERROR(kc::copy_to_host(host_offsets.data(), offs, host_offsets.size() * sizeof(int32_t)));
@@ -490,15 +539,27 @@ struct Runner final : CudaModelRunner::Impl {
     TANDEM_RETURN_IF_ERROR(kc::embedding(embed, batch.tokens, stream.h(), n, H));
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const DeviceLayer<T>& L = layers[static_cast<size_t>(l)];
-      TANDEM_RETURN_IF_ERROR(attention(l, batch, stream));
-      if (L.is_moe) {
-        TANDEM_RETURN_IF_ERROR(route(L, stream.in(), n));
-        TANDEM_RETURN_IF_ERROR(local_experts(L, stream, n));
+      // A layer with nothing to bring to the host is replayed whole.
+      if (use_graphs && is_decode(batch) && (!L.is_moe || device_experts_for(L, n))) {
+        TANDEM_RETURN_IF_ERROR(
+            graphed(GraphKey{Captured::kWholeLayer, l, &batch, &stream, n, b.max_blocks_per_seq},
+                    [&] { return colocated_layer(l, batch, stream, /*graph_attention=*/false); }));
       } else {
-        TANDEM_RETURN_IF_ERROR(dense_mlp(L, stream, n));
+        TANDEM_RETURN_IF_ERROR(colocated_layer(l, batch, stream, /*graph_attention=*/true));
       }
     }
     return head(batch, stream, host_logits.data());
+  }
+
+  // One layer of the colocated forward; its attention alone may be replayed
+  // from a graph when the whole layer is not.
+  Status colocated_layer(int64_t l, const DeviceBatch& b, DeviceStream<T>& s, bool graph_attention) {
+    const DeviceLayer<T>& L = layers[static_cast<size_t>(l)];
+    const int64_t n = b.num_tokens();
+    TANDEM_RETURN_IF_ERROR(graph_attention ? attention(l, b, s) : attention_eager(l, b, s));
+    if (!L.is_moe) return dense_mlp(L, s, n);
+    TANDEM_RETURN_IF_ERROR(route(L, s.in(), n));
+    return local_experts(L, s, n);
   }
 
   // ---- ForwardStages: an attention node's side of the ping-pong pipeline ----
@@ -611,7 +672,10 @@ struct Runner final : CudaModelRunner::Impl {
     const size_t x_bytes = static_cast<size_t>(n * H) * sizeof(float);
     const size_t x_upload = x_host ? x_bytes : 0;
     const size_t index_bytes = static_cast<size_t>(rows) * sizeof(int32_t);
-    const size_t total = x_upload + 2 * index_bytes;
+    // grouped_swiglu_device takes the offsets from the device: they go up too.
+    const bool on_device = device_experts_for(L, n);
+    const size_t offsets_bytes = on_device ? host_offsets.size() * sizeof(int32_t) : 0;
+    const size_t total = x_upload + 2 * index_bytes + offsets_bytes;
     // The previous call's upload from this buffer is complete: every call
     // ends with a synchronisation (host result) or its caller's.
     TANDEM_RETURN_IF_ERROR(grow_pinned(expert_upload, total, "staged expert input"));
@@ -619,6 +683,7 @@ struct Runner final : CudaModelRunner::Impl {
     if (x_host) std::memcpy(bytes, x_host, x_bytes);
     auto* rt = reinterpret_cast<int32_t*>(bytes + x_upload);
     auto* rw = reinterpret_cast<float*>(bytes + x_upload + index_bytes);
+    if (on_device) std::memcpy(bytes + x_upload + 2 * index_bytes, host_offsets.data(), offsets_bytes);
     std::vector<int32_t> fill(host_offsets.begin(), host_offsets.end() - 1);
     for (int64_t r = 0; r < n * K; ++r) {
       const auto e = static_cast<size_t>(ids[r]);
@@ -640,10 +705,14 @@ struct Runner final : CudaModelRunner::Impl {
     }
     TANDEM_ASSIGN_OR_RETURN(float* y, grow<float>(expert_out, static_cast<size_t>(n * H), "expert output"));
     TANDEM_RETURN_IF_ERROR(kc::fill_zero(y, x_bytes));
-    if (rows > 0)
-      TANDEM_RETURN_IF_ERROR(run_grouped(L, x_dev, host_offsets.data(), rows,
-                                         reinterpret_cast<const int32_t*>(dev + x_upload),
-                                         reinterpret_cast<const float*>(dev + x_upload + index_bytes), y));
+    const auto* rt_dev = reinterpret_cast<const int32_t*>(dev + x_upload);
+    const auto* rw_dev = reinterpret_cast<const float*>(dev + x_upload + index_bytes);
+    if (rows > 0 && on_device) {
+      const auto* offsets_dev = reinterpret_cast<const int32_t*>(dev + x_upload + 2 * index_bytes);
+      TANDEM_RETURN_IF_ERROR(run_device_grouped(L, x_dev, offsets_dev, rows, rt_dev, rw_dev, y));
+    } else if (rows > 0) {
+      TANDEM_RETURN_IF_ERROR(run_grouped(L, x_dev, host_offsets.data(), rows, rt_dev, rw_dev, y));
+    }
     return y;
   }
 
@@ -666,7 +735,7 @@ std::unique_ptr<CudaModelRunner::Impl> make_runner(const model::ModelConfig& con
                                                    const CudaRunnerOptions& options) {
   auto r = std::make_unique<Runner<T>>(config, kv);
   r->use_graphs = options.cuda_graphs;
-  r->batched_experts = options.batched_experts;
+  r->expert_gemm = options.experts;
   return r;
 }
 
@@ -736,5 +805,22 @@ Result<const float*> CudaModelRunner::experts_device(int64_t layer, const float*
 
 size_t CudaModelRunner::device_bytes() const { return impl_->device_bytes; }
 uint64_t CudaModelRunner::graph_launches() const { return impl_->graph_launches; }
+uint64_t CudaModelRunner::whole_layer_graph_launches() const { return impl_->whole_layer_graph_launches; }
+uint64_t CudaModelRunner::device_expert_layers() const { return impl_->device_expert_layers; }
+
+std::string_view expert_gemm_name(ExpertGemm g) {
+  switch (g) {
+    case ExpertGemm::kPerExpert: return "per-expert";
+    case ExpertGemm::kBatched: return "batched";
+    case ExpertGemm::kDevice: return "device";
+  }
+  return "?";
+}
+
+Result<ExpertGemm> parse_expert_gemm(std::string_view name) {
+  for (ExpertGemm g : {ExpertGemm::kPerExpert, ExpertGemm::kBatched, ExpertGemm::kDevice})
+    if (name == expert_gemm_name(g)) return g;
+  return invalid_argument("expert GEMM \"" + std::string(name) + "\": expected per-expert, batched or device");
+}
 
 }  // namespace tandem::engine

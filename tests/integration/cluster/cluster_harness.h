@@ -61,6 +61,7 @@ struct ClusterShape {
   std::string transport = "tcp";  // tcp | ucx | ucx-shm (ucx with shared memory) | cuda_ipc | nccl
   std::string attention_cpus{}, expert_cpus{};  // attention.cpus / expert.cpus when not empty
   std::string attention_device = "cpu", expert_device = "cpu";  // attention.device / expert.device
+  std::string gpu_tuning{};  // extra `cluster:` keys for GPU nodes, e.g. "cuda_graphs: true, expert_gemm: device"
 };
 
 class Cluster {
@@ -78,7 +79,8 @@ class Cluster {
     config_ = (std::filesystem::path(::testing::TempDir()) / ("cluster_" + std::to_string(base_) + ".yaml")).string();
     std::ofstream(config_) << "model: {path: " << model_dir << "}\n"
                            << "cluster: {attention_nodes: " << s.attention_nodes << ", expert_nodes: " << s.expert_nodes
-                           << ", micro_batches: " << s.micro_batches << "}\n"
+                           << ", micro_batches: " << s.micro_batches
+                           << (s.gpu_tuning.empty() ? "" : ", " + s.gpu_tuning) << "}\n"
                            << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences

@@ -124,6 +124,7 @@ struct GpuCase {
   const char* expert_device;
   int n_a, n_e, m;
   const char* transport;
+  const char* gpu_tuning = "";  // extra cluster: keys
 };
 
 void PrintTo(const GpuCase& k, std::ostream* os) { *os << k.name; }
@@ -137,7 +138,7 @@ TEST_P(ClusterGpu, GpuNodesMatchSingleProcess) {
     const std::string& dir = cluster_model(preset);
     Cluster cluster(dir, {.attention_nodes = k.n_a, .expert_nodes = k.n_e, .micro_batches = k.m,
                           .transport = k.transport, .attention_device = k.attention_device,
-                          .expert_device = k.expert_device});
+                          .expert_device = k.expert_device, .gpu_tuning = k.gpu_tuning});
     ASSERT_TRUE(cluster.ready().is_ok()) << preset << ": " << cluster.ready().to_string();
     const auto ps = prompts(16);
     const auto want = reference(dir, ps, 12);
@@ -157,6 +158,9 @@ TEST_P(ClusterGpu, GpuNodesMatchSingleProcess) {
 INSTANTIATE_TEST_SUITE_P(Devices, ClusterGpu,
                          ::testing::Values(GpuCase{"all_gpu_ucx", "cuda", "cuda", 1, 2, 2, "ucx"},
                                            GpuCase{"all_gpu_cuda_ipc", "cuda", "cuda", 2, 2, 2, "cuda_ipc"},
+                                           // Attention replayed from CUDA graphs, experts on the device-offset kernel.
+                                           GpuCase{"all_gpu_cuda_ipc_graphs_device_experts", "cuda", "cuda", 1, 2, 2,
+                                                   "cuda_ipc", "cuda_graphs: true, expert_gemm: device"},
                                            GpuCase{"gpu_attention_tcp", "cuda", "cpu", 2, 1, 3, "tcp"},
                                            GpuCase{"gpu_experts_ucx", "cpu", "cuda", 1, 2, 1, "ucx"}),
                          [](const auto& info) { return std::string(info.param.name); });

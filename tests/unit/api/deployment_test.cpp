@@ -134,6 +134,25 @@ TEST(Deployment, PerRoleDevicesDefaultToTheClusterDevice) {
   EXPECT_EQ(bf16_again->dtype, "bf16");
   expect_refused("model: {path: m}\ncluster: {dtype: bf16}\n", "cluster.dtype", "on the CPU");
   expect_refused("model: {path: m}\ncluster: {device: cuda, dtype: fp8}\n", "cluster.dtype", "'fp8'");
+  // How GPU nodes run: CUDA graphs and the expert GEMMs, round-tripped, and
+  // refused where they would have nothing to apply to.
+  auto tuned = DeploymentConfig::from_yaml(
+      "model: {path: m}\ncluster: {device: cuda, cuda_graphs: true, expert_gemm: device}\n", "d.yaml");
+  ASSERT_TRUE(tuned.is_ok()) << tuned.status().to_string();
+  EXPECT_TRUE(tuned->cuda_graphs);
+  EXPECT_EQ(tuned->expert_gemm, "device");
+  auto tuned_again = DeploymentConfig::from_yaml(tuned->to_yaml(), "again.yaml");
+  ASSERT_TRUE(tuned_again.is_ok()) << tuned_again.status().to_string();
+  EXPECT_TRUE(tuned_again->cuda_graphs);
+  EXPECT_EQ(tuned_again->expert_gemm, "device");
+  EXPECT_FALSE(cpu->cuda_graphs);
+  EXPECT_EQ(cpu->expert_gemm, "per-expert");
+  expect_refused("model: {path: m}\ncluster: {cuda_graphs: true}\n", "cluster.cuda_graphs", "on the CPU");
+  expect_refused("model: {path: m}\ncluster: {device: cuda, cuda_graphs: maybe}\n", "cluster.cuda_graphs", "");
+  expect_refused("model: {path: m}\ncluster: {device: cuda, expert_gemm: cutlass}\n", "cluster.expert_gemm",
+                 "'cutlass'");
+  expect_refused("model: {path: m}\nattention: {device: cuda}\ncluster: {expert_gemm: batched}\n",
+                 "cluster.expert_gemm", "expert nodes here are on the CPU");
   // The GPU-direct data plane needs both roles on GPUs.
   auto ipc = DeploymentConfig::from_yaml("model: {path: m}\ncluster: {device: cuda}\ntransport: {backend: cuda_ipc}\n",
                                          "d.yaml");

@@ -289,5 +289,98 @@ TEST_F(MoeCuda, GroupedSwigluBatchedMatchesCpu) {
   TANDEM_ASSERT_OK(grouped_swiglu_batched(dx.get(), dy.get(), none.data(), E, dev_w.data(), hidden, inter));
 }
 
+// The device-offset kernel (decode's expert path): ragged rows including more
+// than one pass of its row tile, empty experts, a slice of a larger buffer,
+// vector and scalar loads, FP32 and BF16, against the CPU reference.
+// `shift` offsets x_perm's base by that many elements (not 16-byte aligned:
+// the scalar path even where the sizes allow vectors).
+void check_grouped_device(int64_t E, int64_t hidden, int64_t inter, const std::vector<int32_t>& off,
+                          int64_t capacity, uint32_t seed, int64_t shift = 0) {
+  Experts ex(E, hidden, inter, seed);
+  auto x = round_bf16(random_floats(capacity * hidden, seed + 100));
+  int64_t max_rows = 1;
+  for (int64_t e = 0; e < E; ++e) max_rows = std::max<int64_t>(max_rows, off[e + 1] - off[e]);
+  std::vector<float> ref(capacity * hidden, 0.0f), scratch(3 * max_rows * inter);
+  auto host_w = ex.host();
+  cpu::grouped_swiglu(x.data(), ref.data(), off.data(), E, host_w.data(), hidden, inter, scratch.data());
+  const auto first = static_cast<size_t>(off[0] * hidden), last = static_cast<size_t>(off[E] * hidden);
+  auto slice = [&](const std::vector<float>& v) { return std::vector<float>(v.begin() + first, v.begin() + last); };
+
+  auto table = ex.device();
+  DeviceBuffer<ExpertWeights> dtable(table);
+  DeviceBuffer<int32_t> doff(off);
+  std::vector<float> shifted(static_cast<size_t>(shift), 0.0f);
+  shifted.insert(shifted.end(), x.begin(), x.end());
+  DeviceBuffer<float> dx(shifted), dy(capacity * hidden), dscratch(capacity * inter);
+  TANDEM_ASSERT_OK(grouped_swiglu_device(dx.get() + shift, dy.get(), doff.get(), E, dtable.get(), hidden, inter,
+                                         capacity, dscratch.get()));
+  const auto got = dy.to_host();
+  EXPECT_TRUE(all_close(slice(got), slice(ref), 1e-4f, 1e-5f * rms(ref)))
+      << "FP32, hidden " << hidden << ", inter " << inter << ", shift " << shift;
+  // Rows before the first offset belong to someone else: untouched (zero).
+  for (size_t i = 0; i < first; ++i) ASSERT_EQ(got[i], 0.0f) << "element " << i << " before the slice";
+
+  auto table_b = ex.device_bf16();
+  DeviceBuffer<ExpertWeightsBf16> dtable_b(table_b);
+  DeviceBuffer<Bf16> dxb(to_bf16(shifted)), dyb(capacity * hidden), dscratchb(capacity * inter);
+  TANDEM_ASSERT_OK(grouped_swiglu_device(dxb.get() + shift, dyb.get(), doff.get(), E, dtable_b.get(), hidden, inter,
+                                         capacity, dscratchb.get()));
+  EXPECT_TRUE(all_close(slice(from_bf16(dyb.to_host())), slice(ref), 3e-2f, 3e-2f * rms(ref)))
+      << "BF16, hidden " << hidden << ", inter " << inter << ", shift " << shift;
+}
+
+TEST_F(MoeCuda, GroupedSwigluDeviceMatchesCpu) {
+  // Experts 0, 2, 5 empty; 1 and 4 one row; 3 has 29 rows (four passes of the
+  // row tile); 6 has 26.
+  check_grouped_device(7, 96, 64, {0, 0, 1, 1, 30, 31, 31, 57}, 57, 161);
+  // Sizes that are multiples of 4 floats but not of 8 BF16 (FP32 vectors, BF16
+  // scalar), then of neither, then a base that is not 16-byte aligned; none a
+  // multiple of the 32-column tile.
+  check_grouped_device(5, 36, 44, {0, 3, 3, 12, 13, 21}, 21, 162);
+  check_grouped_device(5, 37, 45, {0, 3, 3, 12, 13, 21}, 21, 165);
+  check_grouped_device(3, 64, 40, {0, 9, 10, 14}, 14, 166, /*shift=*/1);
+  // Offsets starting past 0: only that slice is written.
+  check_grouped_device(4, 64, 40, {10, 11, 19, 19, 25}, 25, 163);
+  // One token, one expert among many.
+  check_grouped_device(64, 128, 96, [] {
+    std::vector<int32_t> off(65, 0);
+    for (size_t e = 38; e < off.size(); ++e) off[e] = 1;
+    return off;
+  }(), 1, 164);
+}
+
+TEST_F(MoeCuda, GroupedSwigluDeviceNullWeightsAndBadOffsets) {
+  const int64_t E = 3, hidden = 32, inter = 16, capacity = 5;
+  Experts ex(E, hidden, inter, 171);
+  auto table = ex.device();
+  table[1] = ExpertWeights{};
+  DeviceBuffer<ExpertWeights> dtable(table);
+  auto x = random_floats(capacity * hidden, 172);
+  DeviceBuffer<float> dx(x), dy(std::vector<float>(capacity * hidden, 7.0f)), dscratch(capacity * inter);
+  // Expert 1 has no weights but gets rows 2..3: those rows come out as zeros.
+  DeviceBuffer<int32_t> doff(std::vector<int32_t>{0, 2, 3, 5});
+  TANDEM_ASSERT_OK(grouped_swiglu_device(dx.get(), dy.get(), doff.get(), E, dtable.get(), hidden, inter, capacity,
+                                         dscratch.get()));
+  const auto y = dy.to_host();
+  for (int64_t c = 0; c < hidden; ++c) EXPECT_EQ(y[2 * hidden + c], 0.0f) << "column " << c;
+
+  // Offsets beyond the buffer (corrupt device data) are clamped: nothing is
+  // written past row_capacity and the kernel does not fault.
+  DeviceBuffer<float> big(std::vector<float>(2 * capacity * hidden, 7.0f));
+  DeviceBuffer<int32_t> wild(std::vector<int32_t>{-4, 2, 1000000, 1 << 30});
+  TANDEM_ASSERT_OK(grouped_swiglu_device(dx.get(), big.get(), wild.get(), E, dtable.get(), hidden, inter, capacity,
+                                         dscratch.get()));
+  const auto b = big.to_host();
+  for (int64_t i = capacity * hidden; i < 2 * capacity * hidden; ++i) ASSERT_EQ(b[i], 7.0f) << "element " << i;
+
+  // Argument errors name the op.
+  Status st = grouped_swiglu_device(dx.get(), dy.get(), doff.get(), E, dtable.get(), hidden, 0, capacity,
+                                    dscratch.get());
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("grouped_swiglu_device"), std::string::npos) << st.message();
+  st = grouped_swiglu_device(dx.get(), dy.get(), nullptr, E, dtable.get(), hidden, inter, capacity, dscratch.get());
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace tandem::kernels::cuda::testing
