@@ -124,7 +124,10 @@ int main(int argc, char** argv) {
           c, **w, kv, {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = graphs, .experts = *gemm});
       if (!r.is_ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
       gpu = std::move(r).value();
-      eo.forward = [&gpu](const engine::ForwardBatch& b, std::vector<float>& logits) { return gpu->forward(b, logits); };
+      eo.forward_split = [&gpu](const engine::ForwardBatch& b, const std::vector<uint8_t>& greedy,
+                                std::vector<float>& logits, std::vector<int32_t>& tokens) {
+        return gpu->forward_split(b, greedy, logits, tokens);
+      };
     }
 #endif
     auto eng = engine::Engine::create(c, **w, eo);

@@ -24,7 +24,7 @@ int32_t argmax(const float* x, int64_t n) {
 // only that block. Any prefix is the same as a full sort's, so the pick is too.
 int32_t sample(const float* logits, int64_t vocab, const SamplingParams& params, float uniform, float* scratch) {
   if (vocab <= 0) return 0;
-  if (params.temperature <= 0.0f || params.top_k == 1) return argmax(logits, vocab);
+  if (is_greedy(params)) return argmax(logits, vocab);
   // p[i] = exp(l_i/T - max_j l_j/T), unnormalised: the draw scales the uniform
   // by the kept mass instead. Written as multiplication by 1/T because the CUDA
   // twin computes it that way and the two must round alike.

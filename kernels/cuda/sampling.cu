@@ -159,7 +159,7 @@ Result<int32_t> sample(const float* logits, int64_t vocab, const SamplingParams&
   const char* op = "sample";
   TANDEM_CUDA_REQUIRE(op, vocab <= INT32_MAX, "vocab over 2^31-1");
   if (vocab <= 0) return 0;  // as cpu::sample
-  if (params.temperature <= 0.0f || params.top_k == 1) return argmax(logits, vocab);
+  if (is_greedy(params)) return argmax(logits, vocab);
   // Out-of-range top_k, top_p and uniform behave as on the CPU (top_k < 0 is
   // off, top_p <= 0 keeps one token, the draw clamps to the kept range).
   TANDEM_CUDA_REQUIRE(op, logits && scratch, "null pointer");

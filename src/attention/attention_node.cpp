@@ -84,13 +84,14 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     const engine::KvCacheShape kv_shape{c.num_layers, cfg.kv_blocks, cfg.kv_block_size, c.num_kv_heads, c.head_dim};
     const int m = cfg.micro_batches;
     engine::ForwardFn forward;
+    engine::SplitForwardFn forward_split;  // the GPU flavour: greedy rows' logits stay on the device
     const bool on_gpu = cfg.attention_on() == "cuda";
     // On the GPU the KV cache lives there; the engine keeps its block bookkeeping.
     TANDEM_ASSIGN_OR_RETURN(cache_, on_gpu ? engine::KvCache::create_unbacked(kv_shape)
                                            : engine::KvCache::create(kv_shape, size_t{64} << 30));
     runner_ = std::make_unique<engine::ModelRunner>(c, *weights_, cache_.get());
     if (on_gpu) {
-      TANDEM_ASSIGN_OR_RETURN(forward, start_gpu(cfg, kv_shape));
+      TANDEM_ASSIGN_OR_RETURN(forward_split, start_gpu(cfg, kv_shape));
     } else {
       cpu_stages_ = std::make_unique<engine::CpuForwardStages>(*runner_);
       forward = [this, m](const engine::ForwardBatch& b, std::vector<float>& logits) {
@@ -122,7 +123,8 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
                                  .max_batch_tokens = cfg.max_batch_tokens,
                                  .micro_batches = cfg.micro_batches,
-                                 .forward = std::move(forward)});
+                                 .forward = std::move(forward),
+                                 .forward_split = std::move(forward_split)});
 
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
@@ -224,7 +226,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
  private:
   // The GPU flavour: attention, router and KV cache on a GPU, the ping-pong
   // pipeline over the same expert executors as on the CPU.
-  Result<engine::ForwardFn> start_gpu(const api::DeploymentConfig& cfg, const engine::KvCacheShape& kv_shape) {
+  Result<engine::SplitForwardFn> start_gpu(const api::DeploymentConfig& cfg, const engine::KvCacheShape& kv_shape) {
 #if TANDEM_HAVE_CUDA
     TANDEM_ASSIGN_OR_RETURN(const int ordinal, engine::use_cuda_device(cfg.attention_gpu_slot(rank_)));
     // The experts are elsewhere: only the graphs matter here.
@@ -236,13 +238,17 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     device_ = "cuda:" + std::to_string(ordinal) + " " + info.name;
     const int m = cfg.micro_batches;
     // The scheduler thread makes the CUDA calls: it selects the device on its first step.
-    return engine::ForwardFn([this, ordinal, m, selected = false](const engine::ForwardBatch& b,
-                                                                  std::vector<float>& logits) mutable -> Status {
+    return engine::SplitForwardFn([this, ordinal, m, selected = false](
+                                      const engine::ForwardBatch& b, const std::vector<uint8_t>& greedy,
+                                      std::vector<float>& logits, std::vector<int32_t>& tokens) mutable -> Status {
       if (!selected) {
         TANDEM_RETURN_IF_ERROR(kernels::cuda::set_device(ordinal));
         selected = true;
       }
-      return timed_forward(gpu_->stages(), b, m, logits);
+      engine::PipelineTimes step;
+      Status st = engine::forward_pipelined_split(gpu_->stages(), b, m, *remote_, greedy, logits, tokens, &step);
+      add_times(step);
+      return st;
     });
 #else
     (void)kv_shape;
@@ -254,9 +260,13 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   Status timed_forward(engine::ForwardStages& stages, const engine::ForwardBatch& b, int m, std::vector<float>& logits) {
     engine::PipelineTimes step;
     Status st = engine::forward_pipelined(stages, b, m, *remote_, logits, &step);
+    add_times(step);
+    return st;
+  }
+
+  void add_times(const engine::PipelineTimes& step) {
     std::lock_guard<std::mutex> l(times_mu_);
     times_ += step;
-    return st;
   }
 
   void loop() {

@@ -57,8 +57,10 @@ int run_generate(const GenerateArgs& a) {
          .experts = *engine::parse_expert_gemm(a.experts)});  // CLI checked the name
     if (!made.is_ok()) return fail(made.status());
     gpu = std::move(made).value();
-    eo.forward = [r = gpu.get()](const engine::ForwardBatch& b, std::vector<float>& logits) {
-      return r->forward(b, logits);
+    // Greedy rows come back as tokens, not logits.
+    eo.forward_split = [r = gpu.get()](const engine::ForwardBatch& b, const std::vector<uint8_t>& greedy,
+                                       std::vector<float>& logits, std::vector<int32_t>& tokens) {
+      return r->forward_split(b, greedy, logits, tokens);
     };
   }
 #else

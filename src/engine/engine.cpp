@@ -24,7 +24,7 @@ Result<std::unique_ptr<Engine>> Engine::create(const model::ModelConfig& config,
   KvCacheShape shape{config.num_layers, options.num_blocks, options.block_size, config.num_kv_heads,
                      config.head_dim};
   std::unique_ptr<KvCache> cache;
-  if (options.forward) {
+  if (options.forward || options.forward_split) {
     TANDEM_ASSIGN_OR_RETURN(cache, KvCache::create_unbacked(shape));
   } else {
     TANDEM_ASSIGN_OR_RETURN(cache, KvCache::create(shape, options.max_kv_bytes));
@@ -50,7 +50,8 @@ Result<std::vector<GenerationResult>> Engine::generate(const std::vector<Generat
                   {.max_running_sequences = static_cast<int64_t>(std::max<size_t>(1, requests.size())),
                    .max_batch_tokens = options_.max_batch_tokens,
                    .micro_batches = options_.micro_batches,
-                   .forward = options_.forward});
+                   .forward = options_.forward,
+                   .forward_split = options_.forward_split});
   std::vector<GenerationResult> results(requests.size());
   Status failure;
   size_t finished = 0;

@@ -1,7 +1,9 @@
 #include <algorithm>
 #include <chrono>
+#include <string>
 
 #include "tandem/engine/expert_executor.h"
+#include "tandem/kernels/cpu.h"
 
 namespace tandem::engine {
 
@@ -136,8 +138,10 @@ auto timed(double& into, F&& f) {
   return r;
 }
 
+// `head` is the last stage: the logits, whole or split.
+template <typename Head>
 Status forward_pipelined_impl(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
-                              std::vector<float>& logits, PipelineTimes& t) {
+                              const Head& head, PipelineTimes& t) {
   const int64_t layers = stages.config().num_layers;
   const std::vector<ForwardBatch> mbs = split_micro_batches(batch, m);
   TANDEM_RETURN_IF_ERROR(timed(t.head_s, [&] { return stages.begin(mbs, experts.device_resident()); }));
@@ -162,20 +166,58 @@ Status forward_pipelined_impl(ForwardStages& stages, const ForwardBatch& batch, 
     }
   }
   for (size_t i = 0; i < mbs.size(); ++i) TANDEM_RETURN_IF_ERROR(land(i, layers - 1));
-  return timed(t.head_s, [&] { return stages.logits(logits); });
+  return timed(t.head_s, head);
 }
-}  // namespace
 
-Status forward_pipelined(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
-                         std::vector<float>& logits, PipelineTimes* times) {
+template <typename Head>
+Status run_and_time(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                    const Head& head, PipelineTimes* times) {
   PipelineTimes t;
   const auto t0 = Clock::now();
-  Status st = forward_pipelined_impl(stages, batch, m, experts, logits, t);
+  Status st = forward_pipelined_impl(stages, batch, m, experts, head, t);
   if (!st.is_ok()) experts.abort();
   t.total_s = std::chrono::duration<double>(Clock::now() - t0).count();
   t.steps = 1;
   if (times) *times += t;
   return st;
+}
+}  // namespace
+
+Status forward_pipelined(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                         std::vector<float>& logits, PipelineTimes* times) {
+  return run_and_time(stages, batch, m, experts, [&] { return stages.logits(logits); }, times);
+}
+
+Status forward_pipelined_split(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                               const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                               std::vector<int32_t>& tokens, PipelineTimes* times) {
+  if (greedy.size() != batch.logits_rows.size())
+    return invalid_argument("forward_pipelined_split: " + std::to_string(greedy.size()) + " greedy flags for " +
+                            std::to_string(batch.logits_rows.size()) + " logits rows");
+  return run_and_time(stages, batch, m, experts, [&] { return stages.logits_split(greedy, logits, tokens); },
+                      times);
+}
+
+Status ForwardStages::logits_split(const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                                   std::vector<int32_t>& tokens) {
+  std::vector<float> full;
+  TANDEM_RETURN_IF_ERROR(this->logits(full));
+  split_logits_rows(full, config().vocab_size, greedy, logits, tokens);
+  return Status::ok();
+}
+
+void split_logits_rows(const std::vector<float>& full, int64_t vocab, const std::vector<uint8_t>& greedy,
+                       std::vector<float>& logits, std::vector<int32_t>& tokens) {
+  const auto V = static_cast<size_t>(vocab);
+  tokens.assign(greedy.size(), -1);
+  logits.clear();
+  for (size_t r = 0; r < greedy.size(); ++r) {
+    const float* row = full.data() + r * V;
+    if (greedy[r])
+      tokens[r] = kernels::cpu::argmax(row, vocab);
+    else
+      logits.insert(logits.end(), row, row + V);
+  }
 }
 
 Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,

@@ -188,17 +188,29 @@ bool Scheduler::step() {
               b.block_tables.begin() + static_cast<int64_t>(r) * b.max_blocks_per_seq);
 
   const auto t0 = std::chrono::steady_clock::now();
-  Status st = options_.forward ? options_.forward(b, logits_)
-                               : forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
+  greedy_.assign(sampled.size(), 0);
+  if (options_.forward_split)
+    for (size_t r = 0; r < sampled.size(); ++r) greedy_[r] = kernels::is_greedy(sampled[r]->req.sampling) ? 1 : 0;
+  Status st = options_.forward_split ? options_.forward_split(b, greedy_, logits_, argmax_)
+              : options_.forward     ? options_.forward(b, logits_)
+                                     : forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
   if (!st.is_ok()) {
     // The step's sequences cannot continue (e.g. an expert node died): end them.
     for (Seq* s : in_batch) finish(*s, st, FinishReason::kStop);
   } else {
+    size_t packed = 0;  // logits rows come packed when the greedy ones are split off
     for (size_t r = 0; r < sampled.size(); ++r) {
       Seq& s = *sampled[r];
+      // Drawn for every row, greedy or not, so a sequence's random stream does
+      // not depend on how its rows came back.
       const float u = s.rng.next_uniform();
-      const int32_t tok = kernels::cpu::sample(logits_.data() + r * static_cast<size_t>(config_.vocab_size),
-                                               config_.vocab_size, s.req.sampling, u, scratch_.data());
+      int32_t tok = 0;
+      if (greedy_[r]) {
+        tok = argmax_[r];
+      } else {
+        tok = kernels::cpu::sample(logits_.data() + packed++ * static_cast<size_t>(config_.vocab_size),
+                                   config_.vocab_size, s.req.sampling, u, scratch_.data());
+      }
       ++s.generated;
       if (s.cb.on_token) s.cb.on_token(tok);
       const bool stop =

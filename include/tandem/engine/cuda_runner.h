@@ -2,7 +2,8 @@
 // kernels (tandem/kernels/cuda.h), in FP32 or in BF16 (weights, activations and
 // KV cache in BF16, accumulation in FP32, router and LM-head logits in FP32),
 // with the weights and the paged KV cache in device memory. Only the batch description goes up per step and only
-// the logits come back. It is the GPU twin the CPU runner is checked against
+// the logits come back (with forward_split, only the sampled rows' logits: a
+// greedy row's argmax is taken on the device and comes back as one token). It is the GPU twin the CPU runner is checked against
 // (tests/unit/cuda/cuda_runner_test.cpp), and it backs the GPU flavours of the
 // cluster's nodes:
 //   - colocated (one process, every expert): forward();
@@ -88,6 +89,10 @@ class CudaModelRunner {
   // slots and block tables index this runner's device cache, whose blocks the
   // caller hands out (an engine's KvCache of the same shape, unbacked).
   Status forward(const ForwardBatch& batch, std::vector<float>& logits);
+  // The same with the rows split as SplitForwardFn (engine.h): greedy rows'
+  // argmax computed on the device, only the other rows' logits copied back.
+  Status forward_split(const ForwardBatch& batch, const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                       std::vector<int32_t>& tokens);
 
   // The pipeline stages of an attention node (forward_pipelined); valid as
   // long as the runner.

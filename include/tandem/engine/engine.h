@@ -34,6 +34,14 @@ struct GenerationResult {
 // One forward step: logits [logits_rows, vocab] for a batch whose slots index
 // the engine's KV cache; a GPU runner plugs in here in place of the CPU forward.
 using ForwardFn = std::function<Status(const ForwardBatch& batch, std::vector<float>& logits)>;
+// The same step with its logits rows split by how the engine samples them: a
+// row with greedy[r] set comes back only as its argmax token, in tokens[r]
+// (lowest id among ties, as greedy sampling picks); the other rows come back
+// as logits packed in row order, [rows not greedy, vocab]. A GPU backend so
+// keeps the logits of greedy rows on the device (600 KB a row for a 150k
+// vocabulary in FP32). split_logits_rows (forward_stages.h) is the reference.
+using SplitForwardFn = std::function<Status(const ForwardBatch& batch, const std::vector<uint8_t>& greedy,
+                                            std::vector<float>& logits, std::vector<int32_t>& tokens)>;
 
 struct EngineOptions {
   int64_t num_blocks = 512;
@@ -44,6 +52,8 @@ struct EngineOptions {
   // Set: every step runs through it (a GPU runner whose device cache has the
   // shape above) and the engine keeps only the block bookkeeping of its cache.
   ForwardFn forward{};
+  // Set (with or without `forward`): every step runs through it instead.
+  SplitForwardFn forward_split{};
 };
 
 struct EngineStats {

@@ -74,6 +74,11 @@ struct PipelineTimes {
 // ModelRunner::forward. `times`, when given, accumulates this step's breakdown.
 Status forward_pipelined(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
                          std::vector<float>& logits, PipelineTimes* times = nullptr);
+// The same with the logits rows split (SplitForwardFn, engine.h; greedy has
+// one entry per logits row of `batch`).
+Status forward_pipelined_split(ForwardStages& stages, const ForwardBatch& batch, int m, ExpertExecutor& experts,
+                               const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                               std::vector<int32_t>& tokens, PipelineTimes* times = nullptr);
 // Same over the CPU backend.
 Status forward_pipelined(ModelRunner& runner, const ForwardBatch& batch, int m, ExpertExecutor& experts,
                          std::vector<float>& logits);

@@ -47,7 +47,19 @@ class ForwardStages {
   virtual Status land(int64_t layer, size_t i) = 0;
   // logits [logits_rows of every micro-batch in order, vocab] on the host.
   virtual Status logits(std::vector<float>& logits) = 0;
+  // The same rows split as SplitForwardFn (engine.h) returns them: greedy
+  // rows as argmax tokens, the others as packed logits. This default gets
+  // every row's logits and splits them on the host; a GPU backend overrides it
+  // to keep the greedy rows' logits on the device.
+  virtual Status logits_split(const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                              std::vector<int32_t>& tokens);
 };
+
+// full [rows, vocab] split as SplitForwardFn returns it: tokens [rows] (the
+// argmax where greedy[r], -1 elsewhere) and the rows not greedy packed into
+// `logits`. greedy has one entry per row.
+void split_logits_rows(const std::vector<float>& full, int64_t vocab, const std::vector<uint8_t>& greedy,
+                       std::vector<float>& logits, std::vector<int32_t>& tokens);
 
 // The CPU backend's stages over a ModelRunner (which must outlive them).
 class CpuForwardStages final : public ForwardStages {

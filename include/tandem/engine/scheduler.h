@@ -33,6 +33,7 @@ struct SchedulerOptions {
   int64_t max_batch_tokens = 2048;
   int micro_batches = 1;
   ForwardFn forward{};  // set: replaces the pipelined CPU forward (engine.h)
+  SplitForwardFn forward_split{};  // set: replaces both (engine.h)
 };
 
 struct SchedulerStats {
@@ -85,6 +86,8 @@ class Scheduler {
   int64_t preemptions_ = 0;
   EngineStats tokens_;
   std::vector<float> logits_, scratch_;
+  std::vector<uint8_t> greedy_;    // per sampled row, for forward_split
+  std::vector<int32_t> argmax_;    // its greedy rows' tokens
 };
 
 }  // namespace tandem::engine

@@ -44,4 +44,7 @@ struct SamplingParams {
   float top_p = 1.0f;        // 1: off
 };
 
+// Whether sampling with `p` is the argmax (ties to the lowest id), whatever the uniform.
+inline bool is_greedy(const SamplingParams& p) { return p.temperature <= 0.0f || p.top_k == 1; }
+
 }  // namespace tandem::kernels

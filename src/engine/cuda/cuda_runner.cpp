@@ -164,6 +164,8 @@ struct HostStage {
 struct CudaModelRunner::Impl : ForwardStages {
   virtual Status load(const model::ModelWeights& w) = 0;
   virtual Status forward(const ForwardBatch& b, std::vector<float>& host_logits) = 0;
+  virtual Status forward_split(const ForwardBatch& b, const std::vector<uint8_t>& greedy,
+                               std::vector<float>& host_logits, std::vector<int32_t>& tokens) = 0;
   virtual Status host_experts(int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w,
                               float* out) = 0;
   virtual Result<const float*> device_experts(int64_t layer, const float* x, int64_t n, const int32_t* ids,
@@ -193,7 +195,7 @@ struct Runner final : CudaModelRunner::Impl {
 
   // Scratch of one layer, shared by whatever runs (one thread, one stream).
   kc::DeviceBuffer x, q, k, v, attn, o, gate_logits, topk_idx, topk_w, offsets, row_token, row_weight;
-  kc::DeviceBuffer x_perm, y_perm, scratch, normed, selected, logits_buf;
+  kc::DeviceBuffer x_perm, y_perm, scratch, normed, selected, logits_buf, argmax_buf;
   kc::DeviceBuffer expert_tables;  // every MoE layer's experts_device
 
   // Captured per-layer work (the attention, or the whole layer), keyed by what
@@ -511,28 +513,88 @@ struct Runner final : CudaModelRunner::Impl {
     return kc::grouped_swiglu_host_offsets(s.in(), s.ffn(), dense_offsets, 1, &L.dense, c.hidden_size, F, sc);
   }
 
-  // logits [R, vocab] into host memory: final norm over hidden + the last
-  // layer's FFN output, for the batch's logits rows. Synchronises the stream.
-  Status head(const DeviceBatch& b, DeviceStream<T>& s, float* host_logits) {
+  // logits [R, vocab] on the device (FP32): final norm over hidden + the last
+  // layer's FFN output, for the batch's logits rows. Null when R is 0.
+  Result<float*> device_logits(const DeviceBatch& b, DeviceStream<T>& s) {
     const int64_t n = b.num_tokens(), H = c.hidden_size;
     const int64_t R = static_cast<int64_t>(b.host->logits_rows.size());
-    if (R == 0) return kc::synchronize();
+    if (R == 0) return static_cast<float*>(nullptr);
     TANDEM_ASSIGN_OR_RETURN(T * nr, grow<T>(normed, static_cast<size_t>(n * H), "final normed hidden"));
     TANDEM_RETURN_IF_ERROR(kc::add_rmsnorm(s.h(), s.ffn(), final_norm, nr, n, H, static_cast<float>(c.rms_norm_eps)));
     TANDEM_ASSIGN_OR_RETURN(T * sel, grow<T>(selected, static_cast<size_t>(R * H), "logits rows hidden"));
     TANDEM_RETURN_IF_ERROR(kc::gather_rows(nr, b.logits_rows, sel, R, H));
-    const size_t count = static_cast<size_t>(R * c.vocab_size);
-    TANDEM_ASSIGN_OR_RETURN(float* lg, grow<float>(logits_buf, count, "logits"));
+    TANDEM_ASSIGN_OR_RETURN(float* lg, grow<float>(logits_buf, static_cast<size_t>(R * c.vocab_size), "logits"));
     TANDEM_RETURN_IF_ERROR(kc::linear(sel, lm_head, lg, R, H, c.vocab_size));
+    return lg;
+  }
+
+  // logits [R, vocab] into host memory. Synchronises the stream.
+  Status head(const DeviceBatch& b, DeviceStream<T>& s, float* host_logits) {
+    TANDEM_ASSIGN_OR_RETURN(float* lg, device_logits(b, s));
+    if (!lg) return kc::synchronize();
+    const size_t count = b.host->logits_rows.size() * static_cast<size_t>(c.vocab_size);
     return kc::copy_to_host(host_logits, lg, count * sizeof(float));
   }
 
+  // The same rows split (SplitForwardFn): greedy[r] rows as their argmax in
+  // tokens[r], computed on the device, the others' logits appended to
+  // `packed`. Enqueues only: the caller synchronises before reading either.
+  Status head_split(const DeviceBatch& b, DeviceStream<T>& s, const uint8_t* greedy, std::vector<float>& packed,
+                    size_t& packed_rows, int32_t* tokens) {
+    TANDEM_ASSIGN_OR_RETURN(float* lg, device_logits(b, s));
+    if (!lg) return Status::ok();
+    const auto R = static_cast<int64_t>(b.host->logits_rows.size());
+    const auto V = static_cast<size_t>(c.vocab_size);
+    if (std::any_of(greedy, greedy + R, [](uint8_t g) { return g != 0; })) {
+      TANDEM_ASSIGN_OR_RETURN(int32_t * ids, grow<int32_t>(argmax_buf, static_cast<size_t>(R), "argmax tokens"));
+      TANDEM_RETURN_IF_ERROR(kc::argmax_rows(lg, R, c.vocab_size, ids));
+      TANDEM_RETURN_IF_ERROR(kc::copy_to_host_async(tokens, ids, static_cast<size_t>(R) * sizeof(int32_t)));
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      if (greedy[r]) continue;
+      // `packed` was sized for every row that is not greedy before any copy.
+      TANDEM_RETURN_IF_ERROR(
+          kc::copy_to_host_async(packed.data() + packed_rows++ * V, lg + static_cast<size_t>(r) * V, V * sizeof(float)));
+    }
+    return Status::ok();
+  }
+
+  // Sizes the split outputs for `greedy` (one entry per logits row of the step).
+  Status prepare_split(size_t rows, const std::vector<uint8_t>& greedy, std::vector<float>& packed,
+                       std::vector<int32_t>& tokens) const {
+    if (greedy.size() != rows)
+      return invalid_argument("split logits: " + std::to_string(greedy.size()) + " greedy flags for " +
+                              std::to_string(rows) + " logits rows");
+    const auto sampled = static_cast<size_t>(std::count(greedy.begin(), greedy.end(), uint8_t{0}));
+    packed.assign(sampled * static_cast<size_t>(c.vocab_size), 0.0f);
+    tokens.assign(rows, -1);
+    return Status::ok();
+  }
+
   Status forward(const ForwardBatch& b, std::vector<float>& host_logits) override {
+    host_logits.assign(b.logits_rows.size() * static_cast<size_t>(c.vocab_size), 0.0f);
+    TANDEM_RETURN_IF_ERROR(forward_layers(b));
+    if (b.num_tokens() == 0) return Status::ok();
+    return head(batch, stream, host_logits.data());
+  }
+
+  Status forward_split(const ForwardBatch& b, const std::vector<uint8_t>& greedy, std::vector<float>& host_logits,
+                       std::vector<int32_t>& tokens) override {
+    TANDEM_RETURN_IF_ERROR(prepare_split(b.logits_rows.size(), greedy, host_logits, tokens));
+    TANDEM_RETURN_IF_ERROR(forward_layers(b));
+    if (b.num_tokens() == 0) return Status::ok();
+    size_t packed_rows = 0;
+    TANDEM_RETURN_IF_ERROR(head_split(batch, stream, greedy.data(), host_logits, packed_rows, tokens.data()));
+    return kc::synchronize();
+  }
+
+  // The colocated forward up to the final norm: every layer of `b` on the
+  // runner's own batch and stream.
+  Status forward_layers(const ForwardBatch& b) {
     TANDEM_RETURN_IF_ERROR(need_attention("the colocated forward"));
     if (!has_all_experts)
       return failed_precondition("the colocated forward needs every expert; this runner holds a slice of them");
     const int64_t n = b.num_tokens(), H = c.hidden_size;
-    host_logits.assign(b.logits_rows.size() * static_cast<size_t>(c.vocab_size), 0.0f);
     if (n == 0) return Status::ok();
     TANDEM_RETURN_IF_ERROR(batch.upload(b));
     TANDEM_RETURN_IF_ERROR(stream.reserve(n, H));
@@ -548,7 +610,7 @@ struct Runner final : CudaModelRunner::Impl {
         TANDEM_RETURN_IF_ERROR(colocated_layer(l, batch, stream, /*graph_attention=*/true));
       }
     }
-    return head(batch, stream, host_logits.data());
+    return Status::ok();
   }
 
   // One layer of the colocated forward; its attention alone may be replayed
@@ -649,6 +711,20 @@ struct Runner final : CudaModelRunner::Impl {
     size_t row = 0;
     for (size_t i = 0; i < mbs->size(); ++i) {
       TANDEM_RETURN_IF_ERROR(head(mb_batches[i], mb_streams[i], host_logits.data() + row * c.vocab_size));
+      row += (*mbs)[i].logits_rows.size();
+    }
+    return kc::synchronize();
+  }
+
+  Status logits_split(const std::vector<uint8_t>& greedy, std::vector<float>& host_logits,
+                      std::vector<int32_t>& tokens) override {
+    size_t rows = 0;
+    for (const ForwardBatch& mb : *mbs) rows += mb.logits_rows.size();
+    TANDEM_RETURN_IF_ERROR(prepare_split(rows, greedy, host_logits, tokens));
+    size_t row = 0, packed_rows = 0;
+    for (size_t i = 0; i < mbs->size(); ++i) {
+      TANDEM_RETURN_IF_ERROR(
+          head_split(mb_batches[i], mb_streams[i], greedy.data() + row, host_logits, packed_rows, tokens.data() + row));
       row += (*mbs)[i].logits_rows.size();
     }
     return kc::synchronize();
@@ -787,6 +863,11 @@ Result<std::unique_ptr<CudaModelRunner>> CudaModelRunner::create_expert_side(con
 
 Status CudaModelRunner::forward(const ForwardBatch& batch, std::vector<float>& logits) {
   return impl_->forward(batch, logits).with_context("CUDA forward");
+}
+
+Status CudaModelRunner::forward_split(const ForwardBatch& batch, const std::vector<uint8_t>& greedy,
+                                      std::vector<float>& logits, std::vector<int32_t>& tokens) {
+  return impl_->forward_split(batch, greedy, logits, tokens).with_context("CUDA forward");
 }
 
 ForwardStages& CudaModelRunner::stages() { return *impl_; }

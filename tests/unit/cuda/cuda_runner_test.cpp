@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <random>
 
@@ -276,6 +277,73 @@ void expert_side_matches_cpu(const std::string& preset, ExpertGemm gemm) {
   std::vector<float> logits;
   const Status st = (*gpu)->forward(ForwardBatch{}, logits);
   EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.to_string();
+}
+
+// Split logits (greedy rows as device-side argmax tokens, the others copied
+// back packed): the colocated forward and the attention-side stages (m = 2)
+// give the argmax and the rows of their full logits, for a mix of flags.
+TEST_P(CudaRunnerTest, SplitLogitsMatchTheFullLogits) {
+  GeneratedModel gm(GetParam(), 12, "split");
+  ASSERT_TRUE(gm.ok);
+  const auto& c = gm.ck.config;
+  auto all = gm.weights();
+  auto attention_side = gm.weights({.attention_side = true, .expert_begin = 0, .expert_end = 0});
+  ASSERT_TRUE(all && attention_side);
+  const KvCacheShape shape{c.num_layers, 64, 4, c.num_kv_heads, c.head_dim};
+  const std::vector<std::vector<int32_t>> tables = {{9, 2, 40, 17, 5}, {33, 1, 60}, {12, 48, 3, 27}};
+  auto full_runner = CudaModelRunner::create(c, *all, shape);
+  auto split_runner = CudaModelRunner::create(c, *all, shape);
+  auto stages_runner = CudaModelRunner::create(c, *attention_side, shape);
+  ASSERT_TRUE(full_runner.is_ok() && split_runner.is_ok() && stages_runner.is_ok());
+  ModelRunner cpu_experts(c, *all, nullptr);
+  LocalExpertExecutor experts(cpu_experts);
+  const auto V = static_cast<size_t>(c.vocab_size);
+  std::vector<int> done = {0, 0, 0};
+  std::vector<int> lens = {6, 1, 9};
+  const std::vector<std::vector<uint8_t>> flags = {{1, 0, 1}, {0, 0, 0}, {1, 1, 1}};
+  for (int step = 0; step < 3; ++step) {
+    const ForwardBatch b = make_batch(tables, done, lens, shape.block_size, 5, step);
+    const std::vector<uint8_t>& greedy = flags[static_cast<size_t>(step)];
+    std::vector<float> full, packed, staged_packed;
+    std::vector<int32_t> tokens, staged_tokens;
+    TANDEM_ASSERT_OK((*full_runner)->forward(b, full));
+    TANDEM_ASSERT_OK((*split_runner)->forward_split(b, greedy, packed, tokens));
+    TANDEM_ASSERT_OK(forward_pipelined_split((*stages_runner)->stages(), b, 2, experts, greedy, staged_packed,
+                                             staged_tokens));
+    ASSERT_EQ(tokens.size(), greedy.size());
+    std::vector<float> want_packed;
+    size_t k = 0;
+    for (size_t r = 0; r < greedy.size(); ++r) {
+      const float* row = full.data() + r * V;
+      if (greedy[r]) {
+        // An argmax of the full row (the runs may differ in the last bits:
+        // the experts' scatter adds atomically, so a near-tie may go either way).
+        const float top = row[kernels::cpu::argmax(row, c.vocab_size)];
+        const float slack = 1e-4f * std::max(1.0f, std::fabs(top));
+        for (const int32_t t : {tokens[r], staged_tokens[r]}) {
+          ASSERT_GE(t, 0) << GetParam() << " step " << step << " row " << r;
+          ASSERT_LT(t, c.vocab_size);
+          EXPECT_GE(row[t], top - slack) << GetParam() << " step " << step << " row " << r << " token " << t;
+        }
+      } else {
+        EXPECT_EQ(tokens[r], -1);
+        want_packed.insert(want_packed.end(), row, row + V);
+        ++k;
+      }
+    }
+    ASSERT_EQ(packed.size(), k * V);
+    EXPECT_LE(max_rel_diff(packed, want_packed), 1e-5) << GetParam() << " step " << step;
+    ASSERT_EQ(staged_packed.size(), k * V);
+    EXPECT_LE(max_rel_diff(staged_packed, want_packed), 1e-4) << GetParam() << " stages step " << step;
+    for (size_t s2 = 0; s2 < done.size(); ++s2) done[s2] += lens[s2];
+    lens = {1, 1, 1};
+  }
+  // Flags that do not match the rows: an argument error naming them.
+  std::vector<float> packed;
+  std::vector<int32_t> tokens;
+  const Status st = (*split_runner)->forward_split(make_batch(tables, {0, 0, 0}, {1, 1, 1}, 4, 5, 9), {1}, packed,
+                                                   tokens);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
 }
 
 // The BF16 runner on a BF16 checkpoint (so both sides hold the very same

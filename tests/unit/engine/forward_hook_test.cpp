@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "tandem/engine/engine.h"
+#include "tandem/engine/expert_executor.h"
+#include "tandem/engine/forward_stages.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/make_model.h"
 
@@ -63,6 +66,83 @@ TEST(ForwardHook, InjectedForwardGivesTheBuiltInTokens) {
   ASSERT_TRUE(failing.is_ok());
   auto res = (*failing)->generate(reqs);
   EXPECT_EQ(res.status().code(), StatusCode::kUnavailable) << res.status().to_string();
+  std::filesystem::remove_all(dir);
+}
+
+// EngineOptions::forward_split: greedy rows come back as tokens, the others as
+// packed logits (here through the pipeline's split head over CPU stages, as a
+// GPU attention node does), and the engine gives the built-in tokens for a mix
+// of greedy, top_k = 1 and sampled requests.
+TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
+  const std::string dir = ::testing::TempDir() + "/forward_split_" + std::to_string(getpid());
+  ASSERT_TRUE(model::make_model({.preset = "tiny-mixtral", .seed = 6, .out_dir = dir, .dtype = DType::kF32}).is_ok());
+  auto ck = model::Checkpoint::open(dir);
+  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+  const auto& c = ck->config;
+  auto w = model::ModelWeights::load(c, *ck->weights);
+  ASSERT_TRUE(w.is_ok());
+
+  std::vector<GenerationRequest> reqs(4);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    for (int t = 0; t < 4 + 3 * static_cast<int>(i); ++t) reqs[i].prompt.push_back((t * 11 + 5 * static_cast<int>(i)) % 300 + 3);
+    reqs[i].max_tokens = 7;
+    reqs[i].seed = 21 + i;
+  }
+  reqs[0].sampling.temperature = 0.0f;                                 // greedy
+  reqs[1].sampling.temperature = 0.9f;                                 // sampled
+  reqs[2].sampling = {.temperature = 1.3f, .top_k = 1, .top_p = 1.0f};  // greedy by top_k
+  reqs[3].sampling = {.temperature = 0.7f, .top_k = 20, .top_p = 0.9f};
+  EngineOptions plain;
+  plain.num_blocks = 48;
+  plain.block_size = 4;
+  plain.micro_batches = 2;
+  auto base = Engine::create(c, **w, plain);
+  ASSERT_TRUE(base.is_ok());
+  auto want = (*base)->generate(reqs);
+  ASSERT_TRUE(want.is_ok()) << want.status().to_string();
+
+  const KvCacheShape shape{c.num_layers, plain.num_blocks, plain.block_size, c.num_kv_heads, c.head_dim};
+  auto device_cache = KvCache::create(shape, shape.bytes());
+  ASSERT_TRUE(device_cache.is_ok());
+  ModelRunner device(c, **w, device_cache->get());
+  CpuForwardStages stages(device);
+  LocalExpertExecutor experts(device);
+  size_t greedy_rows = 0, sampled_rows = 0;
+  EngineOptions hooked = plain;
+  hooked.forward_split = [&](const ForwardBatch& b, const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                             std::vector<int32_t>& tokens) {
+    EXPECT_EQ(greedy.size(), b.logits_rows.size());
+    Status st = forward_pipelined_split(stages, b, 2, experts, greedy, logits, tokens);
+    for (size_t r = 0; r < greedy.size(); ++r) {
+      (greedy[r] ? greedy_rows : sampled_rows) += 1;
+      if (!greedy[r]) EXPECT_EQ(tokens[r], -1) << "a sampled row has no argmax";
+    }
+    EXPECT_EQ(logits.size(), static_cast<size_t>(std::count(greedy.begin(), greedy.end(), uint8_t{0})) *
+                                 static_cast<size_t>(c.vocab_size));
+    return st;
+  };
+  auto eng = Engine::create(c, **w, hooked);
+  ASSERT_TRUE(eng.is_ok());
+  auto got = (*eng)->generate(reqs);
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  EXPECT_EQ(greedy_rows, 14u);   // requests 0 and 2, 7 tokens each
+  EXPECT_EQ(sampled_rows, 14u);  // requests 1 and 3
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "request " << i;
+
+  // Flags that do not match the rows are an argument error, not a crash.
+  ForwardBatch one;
+  one.tokens = {5};
+  one.positions = {0};
+  one.seq_of_token = {0};
+  one.slots = {0};
+  one.ctx_len = {1};
+  one.block_tables = {0};
+  one.max_blocks_per_seq = 1;
+  one.logits_rows = {0};
+  std::vector<float> logits;
+  std::vector<int32_t> tokens;
+  EXPECT_EQ(forward_pipelined_split(stages, one, 1, experts, {1, 0}, logits, tokens).code(),
+            StatusCode::kInvalidArgument);
   std::filesystem::remove_all(dir);
 }
 
