@@ -16,14 +16,30 @@
 namespace tandem::engine {
 namespace {
 
+// A generated FP32 checkpoint and its weights, removed at the end.
+struct TinyModel {
+  std::string dir;
+  Result<model::Checkpoint> ck = internal_error("not opened");
+  Result<std::unique_ptr<model::ModelWeights>> weights = internal_error("not loaded");
+  TinyModel(const std::string& preset, uint64_t seed, const std::string& name)
+      : dir(::testing::TempDir() + "/" + name + "_" + std::to_string(getpid())) {
+    const Status made = model::make_model({.preset = preset, .seed = seed, .out_dir = dir, .dtype = DType::kF32});
+    EXPECT_TRUE(made.is_ok()) << made.to_string();
+    if (!made.is_ok()) return;
+    ck = model::Checkpoint::open(dir);
+    EXPECT_TRUE(ck.is_ok()) << ck.status().to_string();
+    if (ck.is_ok()) weights = model::ModelWeights::load(ck->config, *ck->weights);
+    EXPECT_TRUE(weights.is_ok()) << weights.status().to_string();
+  }
+  ~TinyModel() { std::filesystem::remove_all(dir); }
+  bool ok() const { return ck.is_ok() && weights.is_ok(); }
+};
+
 TEST(ForwardHook, InjectedForwardGivesTheBuiltInTokens) {
-  const std::string dir = ::testing::TempDir() + "/forward_hook_" + std::to_string(getpid());
-  ASSERT_TRUE(model::make_model({.preset = "tiny-qwen3-moe", .seed = 4, .out_dir = dir, .dtype = DType::kF32}).is_ok());
-  auto ck = model::Checkpoint::open(dir);
-  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
-  const auto& c = ck->config;
-  auto w = model::ModelWeights::load(c, *ck->weights);
-  ASSERT_TRUE(w.is_ok());
+  TinyModel tm("tiny-qwen3-moe", 4, "forward_hook");
+  ASSERT_TRUE(tm.ok());
+  const auto& c = tm.ck->config;
+  auto& w = tm.weights;
 
   std::vector<GenerationRequest> reqs(3);
   for (size_t i = 0; i < reqs.size(); ++i) {
@@ -66,7 +82,6 @@ TEST(ForwardHook, InjectedForwardGivesTheBuiltInTokens) {
   ASSERT_TRUE(failing.is_ok());
   auto res = (*failing)->generate(reqs);
   EXPECT_EQ(res.status().code(), StatusCode::kUnavailable) << res.status().to_string();
-  std::filesystem::remove_all(dir);
 }
 
 // EngineOptions::forward_split: greedy rows come back as tokens, the others as
@@ -74,13 +89,10 @@ TEST(ForwardHook, InjectedForwardGivesTheBuiltInTokens) {
 // GPU attention node does), and the engine gives the built-in tokens for a mix
 // of greedy, top_k = 1 and sampled requests.
 TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
-  const std::string dir = ::testing::TempDir() + "/forward_split_" + std::to_string(getpid());
-  ASSERT_TRUE(model::make_model({.preset = "tiny-mixtral", .seed = 6, .out_dir = dir, .dtype = DType::kF32}).is_ok());
-  auto ck = model::Checkpoint::open(dir);
-  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
-  const auto& c = ck->config;
-  auto w = model::ModelWeights::load(c, *ck->weights);
-  ASSERT_TRUE(w.is_ok());
+  TinyModel tm("tiny-mixtral", 6, "forward_split");
+  ASSERT_TRUE(tm.ok());
+  const auto& c = tm.ck->config;
+  auto& w = tm.weights;
 
   std::vector<GenerationRequest> reqs(4);
   for (size_t i = 0; i < reqs.size(); ++i) {
@@ -143,7 +155,6 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
   std::vector<int32_t> tokens;
   EXPECT_EQ(forward_pipelined_split(stages, one, 1, experts, {1, 0}, logits, tokens).code(),
             StatusCode::kInvalidArgument);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
