@@ -49,8 +49,14 @@ __device__ void block_argmax(const float* __restrict__ x, int64_t n, float& best
         idx = si[w];
       }
     }
+    // All -inf (or NaN): index 0, as a sequential scan. A NaN at index 0 wins
+    // too: the CPU scan (best = 0, then x[i] > x[best]) never moves off it.
+    if (idx == INT64_MAX || (n > 0 && isnan(x[0]))) {
+      idx = 0;
+      v = n > 0 ? x[0] : v;
+    }
     best_v = v;
-    best_i = idx == INT64_MAX ? 0 : idx;  // all -inf (or NaN): index 0, as a sequential scan
+    best_i = idx;
   }
 }
 

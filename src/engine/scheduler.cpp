@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 
 namespace tandem::engine {
 
@@ -51,6 +52,26 @@ Scheduler::Scheduler(const model::ModelConfig& config, ModelRunner& runner, KvCa
       scratch_(static_cast<size_t>(2 * config.vocab_size)) {}
 
 Scheduler::~Scheduler() = default;
+
+// A backend's answer is checked before anything reads it: a short logits
+// buffer or an out-of-vocabulary token would otherwise be read out of bounds
+// or fed back as the next input.
+Status Scheduler::check_step_output(size_t rows) const {
+  const auto V = static_cast<size_t>(config_.vocab_size);
+  const auto sampled_rows = static_cast<size_t>(std::count(greedy_.begin(), greedy_.end(), uint8_t{0}));
+  if (logits_.size() != sampled_rows * V)
+    return internal_error("forward returned " + std::to_string(logits_.size()) + " logits for " +
+                          std::to_string(sampled_rows) + " rows of " + std::to_string(V));
+  if (sampled_rows == rows) return Status::ok();
+  if (argmax_.size() != rows)
+    return internal_error("forward returned " + std::to_string(argmax_.size()) + " tokens for " +
+                          std::to_string(rows) + " rows");
+  for (size_t r = 0; r < rows; ++r)
+    if (greedy_[r] && (argmax_[r] < 0 || argmax_[r] >= config_.vocab_size))
+      return internal_error("forward returned token " + std::to_string(argmax_[r]) + " for row " +
+                            std::to_string(r) + ", outside the vocabulary");
+  return Status::ok();
+}
 
 Result<SequenceId> Scheduler::submit(GenerationRequest request, SequenceCallbacks callbacks) {
   TANDEM_RETURN_IF_ERROR(validate_request(config_, request, cache_.shape().num_blocks, cache_.block_size()));
@@ -194,6 +215,7 @@ bool Scheduler::step() {
   Status st = options_.forward_split ? options_.forward_split(b, greedy_, logits_, argmax_)
               : options_.forward     ? options_.forward(b, logits_)
                                      : forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
+  if (st.is_ok()) st = check_step_output(sampled.size());
   if (!st.is_ok()) {
     // The step's sequences cannot continue (e.g. an expert node died): end them.
     for (Seq* s : in_batch) finish(*s, st, FinishReason::kStop);

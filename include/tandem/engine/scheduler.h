@@ -67,6 +67,7 @@ class Scheduler {
   void finish(Seq& s, const Status& st, FinishReason reason);
   void admit();
   void preempt(Seq& victim);
+  Status check_step_output(size_t rows) const;
 
   const model::ModelConfig& config_;
   ModelRunner& runner_;

@@ -537,8 +537,10 @@ struct Runner final : CudaModelRunner::Impl {
   }
 
   // The same rows split (SplitForwardFn): greedy[r] rows as their argmax in
-  // tokens[r], computed on the device, the others' logits appended to
-  // `packed`. Enqueues only: the caller synchronises before reading either.
+  // tokens[r], computed on the device (for every row: the caller resets the
+  // others to -1), the others' logits appended to `packed`, adjacent rows in
+  // one copy. The copies go to pageable memory, so they hold the host until
+  // done; the caller still synchronises the stream before reading.
   Status head_split(const DeviceBatch& b, DeviceStream<T>& s, const uint8_t* greedy, std::vector<float>& packed,
                     size_t& packed_rows, int32_t* tokens) {
     TANDEM_ASSIGN_OR_RETURN(float* lg, device_logits(b, s));
@@ -550,13 +552,27 @@ struct Runner final : CudaModelRunner::Impl {
       TANDEM_RETURN_IF_ERROR(kc::argmax_rows(lg, R, c.vocab_size, ids));
       TANDEM_RETURN_IF_ERROR(kc::copy_to_host_async(tokens, ids, static_cast<size_t>(R) * sizeof(int32_t)));
     }
-    for (int64_t r = 0; r < R; ++r) {
-      if (greedy[r]) continue;
-      // `packed` was sized for every row that is not greedy before any copy.
-      TANDEM_RETURN_IF_ERROR(
-          kc::copy_to_host_async(packed.data() + packed_rows++ * V, lg + static_cast<size_t>(r) * V, V * sizeof(float)));
+    // `packed` was sized for every row that is not greedy before any copy.
+    for (int64_t r = 0; r < R;) {
+      if (greedy[r]) {
+        ++r;
+        continue;
+      }
+      int64_t end = r + 1;
+      while (end < R && !greedy[end]) ++end;
+      const auto rows = static_cast<size_t>(end - r);
+      TANDEM_RETURN_IF_ERROR(kc::copy_to_host_async(packed.data() + packed_rows * V, lg + static_cast<size_t>(r) * V,
+                                                    rows * V * sizeof(float)));
+      packed_rows += rows;
+      r = end;
     }
     return Status::ok();
+  }
+
+  // After head_split's copies: rows that are not greedy carry -1.
+  static void clear_sampled_tokens(const std::vector<uint8_t>& greedy, std::vector<int32_t>& tokens) {
+    for (size_t r = 0; r < greedy.size(); ++r)
+      if (!greedy[r]) tokens[r] = -1;
   }
 
   // Sizes the split outputs for `greedy` (one entry per logits row of the step).
@@ -585,7 +601,9 @@ struct Runner final : CudaModelRunner::Impl {
     if (b.num_tokens() == 0) return Status::ok();
     size_t packed_rows = 0;
     TANDEM_RETURN_IF_ERROR(head_split(batch, stream, greedy.data(), host_logits, packed_rows, tokens.data()));
-    return kc::synchronize();
+    TANDEM_RETURN_IF_ERROR(kc::synchronize());
+    clear_sampled_tokens(greedy, tokens);
+    return Status::ok();
   }
 
   // The colocated forward up to the final norm: every layer of `b` on the
@@ -727,7 +745,9 @@ struct Runner final : CudaModelRunner::Impl {
           head_split(mb_batches[i], mb_streams[i], greedy.data() + row, host_logits, packed_rows, tokens.data() + row));
       row += (*mbs)[i].logits_rows.size();
     }
-    return kc::synchronize();
+    TANDEM_RETURN_IF_ERROR(kc::synchronize());
+    clear_sampled_tokens(greedy, tokens);
+    return Status::ok();
   }
 
   // ---- An expert node's experts ----

@@ -311,6 +311,7 @@ TEST_P(CudaRunnerTest, SplitLogitsMatchTheFullLogits) {
     TANDEM_ASSERT_OK(forward_pipelined_split((*stages_runner)->stages(), b, 2, experts, greedy, staged_packed,
                                              staged_tokens));
     ASSERT_EQ(tokens.size(), greedy.size());
+    ASSERT_EQ(staged_tokens.size(), greedy.size());
     std::vector<float> want_packed;
     size_t k = 0;
     for (size_t r = 0; r < greedy.size(); ++r) {
@@ -327,6 +328,7 @@ TEST_P(CudaRunnerTest, SplitLogitsMatchTheFullLogits) {
         }
       } else {
         EXPECT_EQ(tokens[r], -1);
+        EXPECT_EQ(staged_tokens[r], -1);
         want_packed.insert(want_packed.end(), row, row + V);
         ++k;
       }

@@ -1,6 +1,8 @@
 // argmax and sample: the GPU must pick the CPU's token for the same uniform.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
 #include <random>
 
 #include "cuda_test_util.h"
@@ -31,6 +33,14 @@ TEST_F(SamplingCuda, ArgmaxLowestIndexOnTies) {
 TEST_F(SamplingCuda, ArgmaxRowsWritesDeviceIds) {
   const int64_t rows = 6, n = 1001;
   auto x = random_floats(rows * n, 202);
+  // Rows the CPU scan treats specially: a NaN first (it never moves off index
+  // 0), NaNs elsewhere (skipped), a tie (the lower id), all -inf (index 0).
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  x[1 * n + 0] = nan;
+  x[2 * n + 5] = nan;
+  x[2 * n + 700] = nan;
+  x[3 * n + 10] = x[3 * n + 900] = 50.0f;
+  std::fill(x.begin() + 4 * n, x.begin() + 5 * n, -inf);
   std::vector<int32_t> ref(rows);
   for (int64_t r = 0; r < rows; ++r) ref[r] = cpu::argmax(x.data() + r * n, n);
   DeviceBuffer<float> dx(x);

@@ -141,6 +141,36 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
   EXPECT_EQ(sampled_rows, 14u);  // requests 1 and 3
   for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "request " << i;
 
+  // A split forward that fails, or answers with a token outside the
+  // vocabulary or too few logits, ends the requests with an error naming it
+  // rather than reading out of bounds or feeding the token back.
+  hooked.forward_split = [](const ForwardBatch&, const std::vector<uint8_t>&, std::vector<float>&,
+                            std::vector<int32_t>&) { return unavailable("device lost"); };
+  auto failing = Engine::create(c, **w, hooked);
+  ASSERT_TRUE(failing.is_ok());
+  EXPECT_EQ((*failing)->generate(reqs).status().code(), StatusCode::kUnavailable);
+  hooked.forward_split = [&](const ForwardBatch& b, const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                             std::vector<int32_t>& tokens) {
+    Status st = forward_pipelined_split(stages, b, 2, experts, greedy, logits, tokens);
+    for (size_t r = 0; r < greedy.size(); ++r)
+      if (greedy[r]) tokens[r] = static_cast<int32_t>(c.vocab_size);
+    return st;
+  };
+  auto lying = Engine::create(c, **w, hooked);
+  ASSERT_TRUE(lying.is_ok());
+  auto bad = (*lying)->generate(reqs);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInternal) << bad.status().to_string();
+  EXPECT_NE(bad.status().message().find("outside the vocabulary"), std::string::npos) << bad.status().to_string();
+  hooked.forward_split = [&](const ForwardBatch& b, const std::vector<uint8_t>& greedy, std::vector<float>& logits,
+                             std::vector<int32_t>& tokens) {
+    Status st = forward_pipelined_split(stages, b, 2, experts, greedy, logits, tokens);
+    logits.resize(logits.size() / 2);
+    return st;
+  };
+  auto short_logits = Engine::create(c, **w, hooked);
+  ASSERT_TRUE(short_logits.is_ok());
+  EXPECT_EQ((*short_logits)->generate(reqs).status().code(), StatusCode::kInternal);
+
   // Flags that do not match the rows are an argument error, not a crash.
   ForwardBatch one;
   one.tokens = {5};
