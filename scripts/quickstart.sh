@@ -23,6 +23,8 @@ done
 "$TANDEM" client --prompt "${PROMPT:-The weather in the mountains today}" --max-tokens "${MAX_TOKENS:-48}" \
   --temperature 0.8 --top-p 0.95 --seed 1
 if [ "${KEEP_SERVING:-0}" = 1 ]; then
-  echo "serving on 127.0.0.1:50051 (Ctrl-C to stop); try: $TANDEM client --prompt 'Hello'"
+  echo "serving gRPC on 127.0.0.1:50051 and the OpenAI-compatible API on http://127.0.0.1:8000 (Ctrl-C to stop); try:"
+  echo "  $TANDEM client --prompt 'Hello'"
+  echo "  curl -s http://127.0.0.1:8000/v1/completions -d '{\"prompt\": \"Hello\", \"max_tokens\": 16}'"
   wait $serve
 fi

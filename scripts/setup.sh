@@ -9,6 +9,7 @@ PACKAGES=(
   libspdlog-dev libfmt-dev libucx-dev ucx-utils libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev libopenblas-dev
+  libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev  # router.http_listen (OpenAI-compatible API)
   libopenmpi-dev openmpi-bin  # MPI_Alltoallv baseline of transport_bench, optional there
 )
 

@@ -99,6 +99,9 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
           return r.mapping(n, p, {{"listen", [&](const YAML::Node& v, const std::string& q) {
                                      return parse_endpoint(r, v, q, c.router);
                                    }},
+                                  {"http_listen", [&](const YAML::Node& v, const std::string& q) {
+                                     return parse_endpoint(r, v, q, c.http);
+                                   }},
                                   {"max_queue", num(c.max_queue, 1, kBig)},
                                   {"request_timeout_s", num(c.request_timeout_s, 1, 86400)}});
         }},
@@ -162,6 +165,8 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
     return r.error("attention.max_batch_tokens", "must be at least cluster.micro_batches");
   // Port ranges of the roles must not collide.
   std::set<int> ports{c.router.port};
+  if (c.http.port != 0 && !ports.insert(c.http.port).second)
+    return r.error("router.http_listen", "port " + std::to_string(c.http.port) + " is router.listen's");
   for (int i = 0; i < c.attention_nodes; ++i)
     if (!ports.insert(c.attention_base_port + i).second || c.attention_base_port + i > 65535)
       return r.error("attention.base_port", "ports " + std::to_string(c.attention_base_port) + ".." +
@@ -272,7 +277,9 @@ std::string DeploymentConfig::to_yaml() const {
   e << YAML::EndMap;
   e << YAML::Key << "router" << YAML::Value << YAML::BeginMap << YAML::Key << "listen" << YAML::Value
     << router.to_string() << YAML::Key << "max_queue" << YAML::Value << max_queue << YAML::Key
-    << "request_timeout_s" << YAML::Value << request_timeout_s << YAML::EndMap;
+    << "request_timeout_s" << YAML::Value << request_timeout_s;
+  if (http.port != 0) e << YAML::Key << "http_listen" << YAML::Value << http.to_string();
+  e << YAML::EndMap;
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << attention_base_port << YAML::Key << "max_running_sequences" << YAML::Value << max_running_sequences
     << YAML::Key << "max_batch_tokens" << YAML::Value << max_batch_tokens << YAML::Key << "kv_blocks"

@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "http_gateway.h"
 #include "stop_strings.h"
 #include "tandem/api/health.h"
 #include "tandem/common/grpc_status.h"
@@ -77,6 +78,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     server_->GetHealthCheckService()->SetServingStatus(false);  // until every node answers
     monitor_ = std::thread([this] { monitor(); });
     TANDEM_LOG_INFO("router serving on {}", cfg.router.to_string());
+    if (cfg.http.port != 0) {
+      TANDEM_ASSIGN_OR_RETURN(http_, HttpGateway::start(cfg));
+    }
     return Status::ok();
   }
 
@@ -95,6 +99,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       server_->GetHealthCheckService()->SetServingStatus(false);
       server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
     }
+    // After the gRPC server: its shutdown ends the streams HTTP requests are
+    // waiting on, so the gateway's workers can finish.
+    if (http_) http_->stop();
   }
 
   void wait() override {
@@ -352,6 +359,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::atomic<int64_t> in_flight_{0};
   std::unique_ptr<grpc::Server> server_;
   std::thread monitor_;
+  std::unique_ptr<HttpGateway> http_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> repoll_{false};  // a request failed on a node: poll before the period is up
   std::mutex mu_;

@@ -62,6 +62,7 @@ struct DeploymentConfig {
 
   // router
   Endpoint router{"127.0.0.1", 50051};
+  Endpoint http{"127.0.0.1", 0};  // router.http_listen: the OpenAI-compatible HTTP API; port 0: none
   int max_queue = 256;
   int request_timeout_s = 600;
 

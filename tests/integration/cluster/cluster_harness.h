@@ -62,6 +62,7 @@ struct ClusterShape {
   std::string attention_cpus{}, expert_cpus{};  // attention.cpus / expert.cpus when not empty
   std::string attention_device = "cpu", expert_device = "cpu";  // attention.device / expert.device
   std::string gpu_tuning{};  // extra `cluster:` keys for GPU nodes, e.g. "cuda_graphs: true, expert_gemm: device"
+  bool http = false;         // router.http_listen on http_port()
 };
 
 class Cluster {
@@ -81,7 +82,8 @@ class Cluster {
                            << "cluster: {attention_nodes: " << s.attention_nodes << ", expert_nodes: " << s.expert_nodes
                            << ", micro_batches: " << s.micro_batches
                            << (s.gpu_tuning.empty() ? "" : ", " + s.gpu_tuning) << "}\n"
-                           << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue << "}\n"
+                           << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue
+                           << (s.http ? ", http_listen: 127.0.0.1:" + std::to_string(base_ + 9) : "") << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences
                            << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'")
@@ -116,6 +118,7 @@ class Cluster {
   }
   const Status& ready() const { return ready_; }
   std::string router_address() const { return "127.0.0.1:" + std::to_string(base_); }
+  int http_port() const { return base_ + 9; }  // with ClusterShape::http
   std::string attention_address(int i) const { return "127.0.0.1:" + std::to_string(base_ + 1 + i); }
   std::string expert_address(int j) const { return "127.0.0.1:" + std::to_string(base_ + 5 + j); }
   tandem::v1::Generation::Stub& stub() { return *stub_; }

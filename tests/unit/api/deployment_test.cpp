@@ -134,6 +134,18 @@ TEST(Deployment, PerRoleDevicesDefaultToTheClusterDevice) {
   EXPECT_EQ(bf16_again->dtype, "bf16");
   expect_refused("model: {path: m}\ncluster: {dtype: bf16}\n", "cluster.dtype", "on the CPU");
   expect_refused("model: {path: m}\ncluster: {device: cuda, dtype: fp8}\n", "cluster.dtype", "'fp8'");
+  // The OpenAI-compatible HTTP API: off unless set, round-tripped, not on router.listen's port.
+  EXPECT_EQ(cpu->http.port, 0);
+  auto http = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {http_listen: 0.0.0.0:8080}\n", "d.yaml");
+  ASSERT_TRUE(http.is_ok()) << http.status().to_string();
+  EXPECT_EQ(http->http.to_string(), "0.0.0.0:8080");
+  auto http_again = DeploymentConfig::from_yaml(http->to_yaml(), "again.yaml");
+  ASSERT_TRUE(http_again.is_ok()) << http_again.status().to_string();
+  EXPECT_EQ(http_again->http.to_string(), "0.0.0.0:8080");
+  expect_refused("model: {path: m}\nrouter: {listen: 127.0.0.1:9000, http_listen: 127.0.0.1:9000}\n",
+                 "router.http_listen", "router.listen");
+  expect_refused("model: {path: m}\nrouter: {http_listen: localhost}\n", "router.http_listen", "host:port");
+  expect_refused("model: {path: m}\nrouter: {http_listen: 127.0.0.1:50100}\n", "attention.base_port", "collide");
   // How GPU nodes run: CUDA graphs and the expert GEMMs, round-tripped, and
   // refused where they would have nothing to apply to.
   auto tuned = DeploymentConfig::from_yaml(

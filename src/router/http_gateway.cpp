@@ -1,0 +1,252 @@
+#include "http_gateway.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "openai.h"
+#include "tandem/common/logging.h"
+#include "tandem/v1/generation.grpc.pb.h"
+
+namespace tandem::router {
+
+namespace {
+
+namespace pb = tandem::v1;
+namespace hpb = grpc::health::v1;
+using nlohmann::json;
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+void send_error(httplib::Response& res, const openai::HttpError& e) {
+  res.status = e.status;
+  res.set_content(openai::error_body(e), "application/json");
+}
+
+// The router's own endpoint as a client reaches it (a wildcard bind is dialled on loopback).
+std::string dial_address(const api::Endpoint& e) {
+  const bool wildcard = e.host == "0.0.0.0" || e.host == "::" || e.host == "[::]" || e.host.empty();
+  return (wildcard ? std::string("127.0.0.1") : e.host) + ":" + std::to_string(e.port);
+}
+
+// What a generation stream came to: the text, how it ended, the usage.
+struct Outcome {
+  std::string text;
+  pb::FinishReason finish = pb::FINISH_REASON_UNSPECIFIED;
+  pb::Usage usage;
+  void add(const pb::GenerateResponse& r) {
+    text += r.text();
+    if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
+      finish = r.finish_reason();
+      usage = r.usage();
+    }
+  }
+};
+
+class Gateway final : public HttpGateway {
+ public:
+  explicit Gateway(const api::DeploymentConfig& cfg)
+      : served_name_(cfg.served_name),
+        started_(unix_now()),
+        timeout_(std::chrono::seconds(cfg.request_timeout_s + 10)),
+        id_salt_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()) {
+    auto channel = grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
+    generation_ = pb::Generation::NewStub(channel);
+    health_ = hpb::Health::NewStub(channel);
+    // A worker per request that may be streaming at once (the router admits
+    // at most this many; more wait for a worker rather than being refused).
+    const int64_t capacity = static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue;
+    const auto workers = static_cast<size_t>(std::clamp<int64_t>(capacity, 8, 512));
+    server_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+    server_.set_payload_max_length(size_t{16} << 20);
+    routes();
+  }
+
+  ~Gateway() override { stop(); }
+
+  Status listen(const api::Endpoint& at) {
+    if (!server_.bind_to_port(at.host, at.port))
+      return unavailable("router.http_listen: cannot listen on " + at.to_string());
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    TANDEM_LOG_INFO("router: OpenAI-compatible HTTP API on {}", at.to_string());
+    return Status::ok();
+  }
+
+  void stop() override {
+    server_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void routes() {
+    server_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(openai::model_list(served_name_, started_).dump(), "application/json");
+    });
+    server_.Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
+    server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      auto parsed = openai::parse_completion(req.body);
+      if (auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
+      auto& call = std::get<openai::CompletionCall>(parsed);
+      serve(res, "cmpl-", "text_completion", call.stream, call.include_usage,
+            [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Generate(ctx, request); });
+    });
+    server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      auto parsed = openai::parse_chat(req.body);
+      if (auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
+      auto& call = std::get<openai::ChatCall>(parsed);
+      serve(res, "chatcmpl-", "chat.completion.chunk", call.stream, call.include_usage,
+            [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Chat(ctx, request); });
+    });
+    // Unknown routes, and any other error without a body of its own, in OpenAI's error shape.
+    server_.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
+                                                                       httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      openai::HttpError e;
+      e.status = res.status;
+      e.type = res.status == 404 ? "not_found_error" : "invalid_request_error";
+      e.message = res.status == 404 ? "no route " + req.method + " " + req.path
+                                    : "HTTP " + std::to_string(res.status) + " for " + req.method + " " + req.path;
+      send_error(res, e);
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    server_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+      openai::HttpError e;
+      e.status = 500;
+      e.type = "server_error";
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& x) {
+        e.message = x.what();
+      } catch (...) {
+        e.message = "unknown error";
+      }
+      send_error(res, e);
+    });
+  }
+
+  void health(httplib::Response& res) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    hpb::HealthCheckResponse out;
+    const grpc::Status st = health_->Check(&ctx, hpb::HealthCheckRequest{}, &out);
+    const bool serving = st.ok() && out.status() == hpb::HealthCheckResponse::SERVING;
+    res.status = serving ? 200 : 503;
+    res.set_content(json{{"status", serving ? "ok" : "unavailable"}}.dump(), "application/json");
+  }
+
+  std::string next_id(const char* prefix) {
+    char hex[40];
+    std::snprintf(hex, sizeof hex, "%016llx%08llx", static_cast<unsigned long long>(id_salt_),
+                  static_cast<unsigned long long>(counter_.fetch_add(1)));
+    return prefix + std::string(hex);
+  }
+
+  // One request: `open` starts the router's stream on a context of ours.
+  // Non-streaming: read it all, answer one object. Streaming: the first
+  // message is awaited before answering, so a request the router refuses gets
+  // its HTTP status; from then on every message becomes an event.
+  template <typename Open>
+  void serve(httplib::Response& res, const char* id_prefix, const std::string& chunk_object, bool stream,
+             bool include_usage, const Open& open) {
+    const bool chat = chunk_object == "chat.completion.chunk";
+    auto ctx = std::make_shared<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout_);
+    std::shared_ptr<grpc::ClientReader<pb::GenerateResponse>> reader(open(ctx.get()).release());
+    const std::string id = next_id(id_prefix);
+    const int64_t created = unix_now();
+    auto first = std::make_shared<pb::GenerateResponse>();
+    if (!reader->Read(first.get())) return send_error(res, openai::from_grpc(finish_or_ended(*reader)));
+    if (!stream) {
+      Outcome out;
+      out.add(*first);
+      pb::GenerateResponse r;
+      while (reader->Read(&r)) out.add(r);
+      const grpc::Status st = reader->Finish();
+      if (!st.ok()) return send_error(res, openai::from_grpc(st));
+      const json body = chat ? openai::chat_completion(id, created, served_name_, out.text, out.finish, out.usage)
+                             : openai::completion(id, created, served_name_, out.text, out.finish, out.usage);
+      res.set_content(body.dump(), "application/json");
+      return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, ctx, reader, first, id, created, chat, chunk_object, include_usage](size_t, httplib::DataSink& sink) {
+          // Stops the router's stream when the client has gone: the attention
+          // node then frees the sequence at its next step.
+          auto send = [&](const std::string& event) {
+            if (sink.write(event.data(), event.size())) return true;
+            ctx->TryCancel();
+            return false;
+          };
+          if (chat && !send(openai::sse(openai::chat_chunk(id, created, served_name_,
+                                                           {{"role", "assistant"}, {"content", ""}},
+                                                           pb::FINISH_REASON_UNSPECIFIED))))
+            return false;
+          Outcome out;
+          pb::GenerateResponse r = *first;
+          bool more = true;
+          while (more) {
+            out.add(r);
+            const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
+            if (!r.text().empty() || last) {
+              const json chunk =
+                  chat ? openai::chat_chunk(id, created, served_name_,
+                                            r.text().empty() ? json::object() : json{{"content", r.text()}},
+                                            r.finish_reason())
+                       : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason());
+              if (!send(openai::sse(chunk))) return false;
+            }
+            more = reader->Read(&r);
+          }
+          const grpc::Status st = reader->Finish();
+          if (!st.ok()) {
+            // Headers are out: the error travels as an event, as OpenAI's server does.
+            send(openai::sse(json::parse(openai::error_body(openai::from_grpc(st)))));
+          } else {
+            if (include_usage && !send(openai::sse(openai::usage_chunk(chunk_object, id, created, served_name_,
+                                                                       out.usage))))
+              return false;
+            if (!send(std::string(openai::kSseDone))) return false;
+          }
+          sink.done();
+          return true;
+        });
+  }
+
+  // The status of a stream that ended before its first message.
+  static grpc::Status finish_or_ended(grpc::ClientReader<pb::GenerateResponse>& reader) {
+    grpc::Status st = reader.Finish();
+    if (st.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "the router ended the stream without an answer");
+    return st;
+  }
+
+  httplib::Server server_;
+  std::thread thread_;
+  std::unique_ptr<pb::Generation::Stub> generation_;
+  std::unique_ptr<hpb::Health::Stub> health_;
+  std::string served_name_;
+  int64_t started_;
+  std::chrono::seconds timeout_;
+  uint64_t id_salt_;
+  std::atomic<uint64_t> counter_{0};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<HttpGateway>> HttpGateway::start(const api::DeploymentConfig& config) {
+  auto g = std::make_unique<Gateway>(config);
+  TANDEM_RETURN_IF_ERROR(g->listen(config.http));
+  return std::unique_ptr<HttpGateway>(std::move(g));
+}
+
+}  // namespace tandem::router

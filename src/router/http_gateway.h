@@ -1,0 +1,27 @@
+// The OpenAI-compatible HTTP API of the router (router.http_listen):
+// POST /v1/completions, POST /v1/chat/completions (JSON, or server-sent
+// events with "stream": true), GET /v1/models and GET /health.
+//
+// It is a real gRPC client of the router's own tandem.v1 endpoint, so every
+// HTTP request takes the path a gRPC request takes (validation, tokenization,
+// admission, stop strings, cancellation when the client goes away); this
+// layer only translates (openai.h) and carries the stream.
+#pragma once
+
+#include <memory>
+
+#include "tandem/api/deployment.h"
+#include "tandem/common/status.h"
+
+namespace tandem::router {
+
+class HttpGateway {
+ public:
+  // Binds router.http_listen (UNAVAILABLE naming it when it cannot) and serves
+  // on threads of its own until stop() or destruction.
+  static Result<std::unique_ptr<HttpGateway>> start(const api::DeploymentConfig& config);
+  virtual ~HttpGateway() = default;
+  virtual void stop() = 0;
+};
+
+}  // namespace tandem::router

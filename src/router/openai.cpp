@@ -1,0 +1,367 @@
+#include "openai.h"
+
+#include <functional>
+#include <limits>
+#include <utility>
+
+namespace tandem::router::openai {
+
+namespace pb = tandem::v1;
+using json = nlohmann::json;
+
+namespace {
+
+// Thrown inside the parsers only and turned into an HttpError at their edge.
+struct Refusal {
+  std::string param, message;
+};
+
+[[noreturn]] void refuse(const std::string& param, const std::string& message) { throw Refusal{param, message}; }
+
+const json* find(const json& body, const char* key) {
+  auto it = body.find(key);
+  return it == body.end() || it->is_null() ? nullptr : &*it;
+}
+
+double number(const json& body, const char* key, double lo, double hi) {
+  const json& v = body.at(key);
+  if (!v.is_number()) refuse(key, std::string(key) + ": must be a number");
+  const double d = v.get<double>();
+  if (!(d >= lo && d <= hi))
+    refuse(key, std::string(key) + ": " + v.dump() + " is outside [" + json(lo).dump() + ", " + json(hi).dump() + "]");
+  return d;
+}
+
+int64_t integer(const json& body, const char* key, int64_t lo, int64_t hi) {
+  const json& v = body.at(key);
+  if (!v.is_number_integer()) refuse(key, std::string(key) + ": must be an integer");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi))
+    refuse(key, std::string(key) + ": " + v.dump() + " is larger than " + std::to_string(hi));
+  const int64_t i = v.get<int64_t>();
+  if (i < lo || i > hi)
+    refuse(key, std::string(key) + ": " + v.dump() + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return i;
+}
+
+bool boolean(const json& body, const char* key) {
+  const json& v = body.at(key);
+  if (!v.is_boolean()) refuse(key, std::string(key) + ": must be true or false");
+  return v.get<bool>();
+}
+
+json parse_object(std::string_view text) {
+  json body = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) refuse("", "the request body is not valid JSON");
+  if (!body.is_object()) refuse("", "the request body must be a JSON object");
+  return body;
+}
+
+// Fields that would change the answer in ways this server does not implement:
+// refused when set to anything but their neutral value.
+void refuse_unsupported(const json& body) {
+  if (const json* n = find(body, "n"); n && !(n->is_number_integer() && n->get<int64_t>() == 1))
+    refuse("n", "n: only 1 choice per request is supported");
+  if (const json* b = find(body, "best_of"); b && !(b->is_number_integer() && b->get<int64_t>() == 1))
+    refuse("best_of", "best_of: only 1 is supported");
+  if (const json* l = find(body, "logprobs"); l && !(l->is_boolean() && !l->get<bool>()))
+    refuse("logprobs", "logprobs: not supported");
+  if (const json* l = find(body, "top_logprobs"); l && !(l->is_number_integer() && l->get<int64_t>() == 0))
+    refuse("top_logprobs", "top_logprobs: not supported");
+  if (const json* e = find(body, "echo"); e && !(e->is_boolean() && !e->get<bool>()))
+    refuse("echo", "echo: not supported");
+  if (const json* s = find(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
+    refuse("suffix", "suffix: not supported");
+  // Each penalty's neutral value: 0 for OpenAI's, 1 for vLLM's repetition_penalty.
+  for (auto [penalty, neutral] : {std::pair{"presence_penalty", 0.0}, std::pair{"frequency_penalty", 0.0},
+                                  std::pair{"repetition_penalty", 1.0}})
+    if (const json* p = find(body, penalty); p && !(p->is_number() && p->get<double>() == neutral))
+      refuse(penalty, std::string(penalty) + ": penalties are not supported");
+  if (const json* b = find(body, "logit_bias"); b && !(b->is_object() && b->empty()))
+    refuse("logit_bias", "logit_bias: not supported");
+  for (const char* key : {"tools", "functions"})
+    if (const json* t = find(body, key); t && !(t->is_array() && t->empty()))
+      refuse(key, std::string(key) + ": tool calling is not supported");
+  if (const json* t = find(body, "tool_choice"); t && !(t->is_string() && t->get<std::string>() == "none"))
+    refuse("tool_choice", "tool_choice: tool calling is not supported");
+  if (const json* f = find(body, "response_format"); f) {
+    const json* type = f->is_object() ? find(*f, "type") : nullptr;
+    if (!type || !type->is_string() || type->get<std::string>() != "text")
+      refuse("response_format", "response_format: only {\"type\": \"text\"} is supported");
+  }
+}
+
+// model, sampling and streaming fields shared by both endpoints.
+template <typename Call>
+void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
+  refuse_unsupported(body);
+  if (const json* m = find(body, "model")) {
+    if (!m->is_string()) refuse("model", "model: must be a string");
+    call.request.set_model(m->get<std::string>());
+  }
+  if (find(body, "temperature")) sp.set_temperature(static_cast<float>(number(body, "temperature", 0.0, 100.0)));
+  if (find(body, "top_p")) {
+    const double p = number(body, "top_p", 0.0, 1.0);
+    if (p == 0.0) refuse("top_p", "top_p: must be greater than 0");
+    sp.set_top_p(static_cast<float>(p));
+  }
+  if (find(body, "top_k")) {
+    // -1 is vLLM's spelling of "off".
+    const int64_t k = integer(body, "top_k", -1, std::numeric_limits<int32_t>::max());
+    sp.set_top_k(static_cast<int32_t>(k < 0 ? 0 : k));
+  }
+  if (find(body, "seed")) {
+    const json& s = body.at("seed");
+    if (!s.is_number_integer()) refuse("seed", "seed: must be an integer");
+    sp.set_seed(s.is_number_unsigned() ? s.get<uint64_t>() : static_cast<uint64_t>(s.get<int64_t>()));
+  }
+  for (const char* key : {"max_completion_tokens", "max_tokens"})
+    if (find(body, key)) {
+      sp.set_max_tokens(static_cast<uint32_t>(integer(body, key, 1, std::numeric_limits<int32_t>::max())));
+      break;
+    }
+  if (const json* stop = find(body, "stop")) {
+    if (stop->is_string()) {
+      if (!stop->get<std::string>().empty()) sp.add_stop(stop->get<std::string>());
+    } else if (stop->is_array()) {
+      for (const json& s : *stop) {
+        if (!s.is_string()) refuse("stop", "stop: must be a string or an array of strings");
+        if (!s.get<std::string>().empty()) sp.add_stop(s.get<std::string>());
+      }
+    } else {
+      refuse("stop", "stop: must be a string or an array of strings");
+    }
+  }
+  if (find(body, "ignore_eos")) sp.set_ignore_eos(boolean(body, "ignore_eos"));
+  if (find(body, "skip_special_tokens")) sp.set_skip_special_tokens(boolean(body, "skip_special_tokens"));
+  if (find(body, "stream")) call.stream = boolean(body, "stream");
+  if (const json* o = find(body, "stream_options")) {
+    if (!o->is_object()) refuse("stream_options", "stream_options: must be an object");
+    if (!call.stream) refuse("stream_options", "stream_options: only allowed with stream: true");
+    if (find(*o, "include_usage")) {
+      if (!o->at("include_usage").is_boolean())
+        refuse("stream_options.include_usage", "stream_options.include_usage: must be true or false");
+      call.include_usage = o->at("include_usage").get<bool>();
+    }
+  }
+  if (const json* u = find(body, "user"); u && u->is_string()) call.request.set_request_id(u->get<std::string>());
+}
+
+// A token-id array of the prompt, or nothing when `v` is not one.
+bool token_ids(const json& v, pb::TokenIds& out) {
+  if (!v.is_array() || v.empty() || !v.front().is_number()) return false;
+  for (const json& t : v) {
+    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > std::numeric_limits<uint32_t>::max())
+      refuse("prompt", "prompt: token ids must be non-negative integers");
+    out.add_ids(static_cast<uint32_t>(t.get<int64_t>()));
+  }
+  return true;
+}
+
+template <typename T>
+std::variant<T, HttpError> guarded(const std::function<T()>& parse) {
+  try {
+    return parse();
+  } catch (const Refusal& r) {
+    HttpError e;
+    e.status = 400;
+    e.message = r.message;
+    e.param = r.param;
+    return e;
+  } catch (const json::exception& x) {  // a type the checks above did not foresee
+    HttpError e;
+    e.status = 400;
+    e.message = std::string("malformed request: ") + x.what();
+    return e;
+  }
+}
+
+json base_object(const char* object, const std::string& id, int64_t created, const std::string& model) {
+  return json{{"id", id}, {"object", object}, {"created", created}, {"model", model}};
+}
+
+}  // namespace
+
+std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) {
+  return guarded<CompletionCall>([&] {
+    const json body = parse_object(text);
+    CompletionCall call;
+    pb::SamplingParams& sp = *call.request.mutable_sampling();
+    sp.set_max_tokens(16);  // OpenAI's default for completions
+    common_fields(body, call, sp);
+    const json* prompt = find(body, "prompt");
+    if (!prompt) refuse("prompt", "prompt: required");
+    if (prompt->is_string()) {
+      if (prompt->get<std::string>().empty()) refuse("prompt", "prompt: must not be empty");
+      call.request.set_text(prompt->get<std::string>());
+    } else if (prompt->is_array() && prompt->size() == 1 && (prompt->front().is_string() || prompt->front().is_array())) {
+      // A batch of one: [text] or [[ids]].
+      const json& only = prompt->front();
+      if (only.is_string()) {
+        if (only.get<std::string>().empty()) refuse("prompt", "prompt: must not be empty");
+        call.request.set_text(only.get<std::string>());
+      } else if (!token_ids(only, *call.request.mutable_token_ids())) {
+        refuse("prompt", "prompt: must be a string or an array of token ids");
+      }
+    } else if (prompt->is_array() && prompt->size() > 1 && (prompt->front().is_string() || prompt->front().is_array())) {
+      refuse("prompt", "prompt: one prompt per request (a batch of " + std::to_string(prompt->size()) +
+                           " was sent); send them as separate requests");
+    } else if (!token_ids(*prompt, *call.request.mutable_token_ids())) {
+      refuse("prompt", "prompt: must be a string or an array of token ids");
+    }
+    return call;
+  });
+}
+
+std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
+  return guarded<ChatCall>([&] {
+    const json body = parse_object(text);
+    ChatCall call;
+    common_fields(body, call, *call.request.mutable_sampling());
+    const json* messages = find(body, "messages");
+    if (!messages || !messages->is_array() || messages->empty())
+      refuse("messages", "messages: must be a non-empty array");
+    for (size_t i = 0; i < messages->size(); ++i) {
+      const json& m = (*messages)[i];
+      const std::string at = "messages[" + std::to_string(i) + "]";
+      if (!m.is_object()) refuse(at, at + ": must be an object");
+      const json* role = find(m, "role");
+      if (!role || !role->is_string() || role->get<std::string>().empty()) refuse(at + ".role", at + ".role: required");
+      std::string content;
+      if (const json* c = find(m, "content")) {
+        if (c->is_string()) {
+          content = c->get<std::string>();
+        } else if (c->is_array()) {
+          for (size_t k = 0; k < c->size(); ++k) {
+            const json& part = (*c)[k];
+            const std::string pat = at + ".content[" + std::to_string(k) + "]";
+            const json* type = part.is_object() ? find(part, "type") : nullptr;
+            if (!type || !type->is_string() || type->get<std::string>() != "text" || !find(part, "text") ||
+                !part.at("text").is_string())
+              refuse(pat, pat + ": only text parts ({\"type\": \"text\", \"text\": ...}) are supported");
+            content += part.at("text").get<std::string>();
+          }
+        } else {
+          refuse(at + ".content", at + ".content: must be a string or an array of text parts");
+        }
+      }
+      if (const json* t = find(m, "tool_calls"); t && !(t->is_array() && t->empty()))
+        refuse(at + ".tool_calls", at + ".tool_calls: tool calling is not supported");
+      auto* msg = call.request.add_messages();
+      msg->set_role(role->get<std::string>());
+      msg->set_content(content);
+    }
+    return call;
+  });
+}
+
+HttpError from_grpc(const grpc::Status& status) {
+  HttpError e;
+  e.message = status.error_message();
+  switch (status.error_code()) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      e.status = 400;
+      break;
+    case grpc::StatusCode::NOT_FOUND:
+      e.status = 404;
+      e.type = "not_found_error";
+      e.code = "model_not_found";
+      break;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      e.status = 429;
+      e.type = "rate_limit_error";
+      break;
+    case grpc::StatusCode::UNAVAILABLE:
+      e.status = 503;
+      e.type = "service_unavailable";
+      break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      e.status = 504;
+      e.type = "timeout";
+      break;
+    case grpc::StatusCode::CANCELLED:
+      e.status = 499;  // the client went away (nginx's convention)
+      e.type = "cancelled";
+      break;
+    default:
+      e.status = 500;
+      e.type = "server_error";
+      break;
+  }
+  return e;
+}
+
+std::string error_body(const HttpError& e) {
+  const json body = {{"error",
+                      {{"message", e.message},
+                       {"type", e.type},
+                       {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+                       {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
+  return body.dump();
+}
+
+json finish_reason(pb::FinishReason r) {
+  if (r == pb::FINISH_REASON_STOP) return "stop";
+  if (r == pb::FINISH_REASON_LENGTH) return "length";
+  return nullptr;
+}
+
+json usage(const pb::Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens()},
+          {"completion_tokens", u.completion_tokens()},
+          {"total_tokens", u.prompt_tokens() + u.completion_tokens()}};
+}
+
+json completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
+                pb::FinishReason finish, const pb::Usage& u) {
+  json j = base_object("text_completion", id, created, model);
+  j["choices"] = json::array(
+      {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}}});
+  j["usage"] = usage(u);
+  return j;
+}
+
+json chat_completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
+                     pb::FinishReason finish, const pb::Usage& u) {
+  json j = base_object("chat.completion", id, created, model);
+  j["choices"] = json::array({{{"index", 0},
+                               {"message", {{"role", "assistant"}, {"content", text}}},
+                               {"logprobs", nullptr},
+                               {"finish_reason", finish_reason(finish)}}});
+  j["usage"] = usage(u);
+  return j;
+}
+
+json completion_chunk(const std::string& id, int64_t created, const std::string& model, const std::string& text,
+                      pb::FinishReason finish) {
+  json j = base_object("text_completion", id, created, model);
+  j["choices"] = json::array(
+      {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}}});
+  return j;
+}
+
+json chat_chunk(const std::string& id, int64_t created, const std::string& model, const json& delta,
+                pb::FinishReason finish) {
+  json j = base_object("chat.completion.chunk", id, created, model);
+  j["choices"] =
+      json::array({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}}});
+  return j;
+}
+
+json usage_chunk(const std::string& object, const std::string& id, int64_t created, const std::string& model,
+                 const pb::Usage& u) {
+  json j = base_object(object.c_str(), id, created, model);
+  j["choices"] = json::array();
+  j["usage"] = usage(u);
+  return j;
+}
+
+std::string sse(const json& j) { return "data: " + j.dump() + "\n\n"; }
+
+json model_list(const std::string& served_name, int64_t created) {
+  return {{"object", "list"},
+          {"data", json::array({{{"id", served_name}, {"object", "model"}, {"created", created}, {"owned_by", "tandem"}}})}};
+}
+
+}  // namespace tandem::router::openai

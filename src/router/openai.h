@@ -1,0 +1,87 @@
+// The OpenAI-compatible HTTP API's wire format: requests of /v1/completions and
+// /v1/chat/completions turned into the router's own tandem.v1 requests, and
+// the router's answers turned into OpenAI response objects, stream chunks and
+// error bodies. Pure translation (no I/O), so every rule is unit-tested; the
+// HTTP server is http_gateway.h.
+//
+// What is taken: model, prompt (a string, token ids, or a one-element array of
+// either), messages (string content or text parts), max_tokens /
+// max_completion_tokens, temperature, top_p, seed, stop, stream,
+// stream_options.include_usage, n = 1, and the extensions top_k, ignore_eos,
+// skip_special_tokens. What cannot be honoured (n > 1, logprobs, echo,
+// penalties, logit_bias, tools, non-text content, JSON response formats) is
+// refused naming the field, never silently ignored; other unknown fields are
+// ignored, as OpenAI's own server does.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "tandem/v1/generation.pb.h"
+
+namespace tandem::router::openai {
+
+// An error answered as HTTP `status` with {"error": {...}} in OpenAI's shape.
+struct HttpError {
+  int status = 400;
+  std::string type = "invalid_request_error";
+  std::string message;
+  std::string param;  // the field at fault; empty: null
+  std::string code;   // e.g. "model_not_found"; empty: null
+};
+
+struct CompletionCall {
+  tandem::v1::GenerateRequest request;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
+};
+
+struct ChatCall {
+  tandem::v1::ChatRequest request;
+  bool stream = false;
+  bool include_usage = false;
+};
+
+// Bodies as the client sent them. Without max_tokens a completion gets 16
+// tokens (OpenAI's default for /v1/completions); a chat the router's default.
+std::variant<CompletionCall, HttpError> parse_completion(std::string_view body);
+std::variant<ChatCall, HttpError> parse_chat(std::string_view body);
+
+// The router's gRPC status as an HTTP error (INVALID_ARGUMENT 400, NOT_FOUND
+// 404, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, ...).
+HttpError from_grpc(const grpc::Status& status);
+std::string error_body(const HttpError& e);
+
+// "stop" | "length" | null.
+nlohmann::json finish_reason(tandem::v1::FinishReason r);
+nlohmann::json usage(const tandem::v1::Usage& u);
+
+// Responses. `id` is the response id ("cmpl-..." / "chatcmpl-..."), `created`
+// Unix seconds, `model` the served name.
+nlohmann::json completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
+                          tandem::v1::FinishReason finish, const tandem::v1::Usage& u);
+nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
+                               const std::string& text, tandem::v1::FinishReason finish, const tandem::v1::Usage& u);
+// Stream chunks: text (or a chat delta) and, on the last, the finish reason.
+nlohmann::json completion_chunk(const std::string& id, int64_t created, const std::string& model,
+                                const std::string& text, tandem::v1::FinishReason finish);
+nlohmann::json chat_chunk(const std::string& id, int64_t created, const std::string& model,
+                          const nlohmann::json& delta, tandem::v1::FinishReason finish);
+// The chunk after the last one when stream_options.include_usage is set:
+// no choices, the usage. `object` is "text_completion" or "chat.completion.chunk".
+nlohmann::json usage_chunk(const std::string& object, const std::string& id, int64_t created,
+                           const std::string& model, const tandem::v1::Usage& u);
+// One server-sent event: "data: <json>\n\n".
+std::string sse(const nlohmann::json& j);
+inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
+
+// GET /v1/models.
+nlohmann::json model_list(const std::string& served_name, int64_t created);
+
+}  // namespace tandem::router::openai

@@ -1,0 +1,245 @@
+// The OpenAI-compatible HTTP API (router.http_listen) of a real cluster,
+// spoken to over real HTTP: the same tokens as the gRPC API, streamed as
+// server-sent events, errors in OpenAI's shape with fitting statuses, and a
+// client that hangs up mid-stream frees its sequence.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cluster_harness.h"
+#include "tandem/internal/v1/node.grpc.pb.h"
+#include "tandem/model/checkpoint.h"
+
+namespace tandem {
+namespace {
+
+using nlohmann::json;
+using testing::Cluster;
+using testing::cluster_model;
+using testing::generate;
+using testing::greedy;
+
+class HttpApi : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cluster_ = new Cluster(cluster_model("tiny-mixtral"),
+                           {.attention_nodes = 1, .expert_nodes = 2, .micro_batches = 2, .http = true});
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  static httplib::Client client() {
+    httplib::Client c("127.0.0.1", cluster_->http_port());
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+  static json post_ok(const std::string& path, const json& body) {
+    auto res = client().Post(path, body.dump(), "application/json");
+    EXPECT_TRUE(res) << path << ": no response (" << httplib::to_string(res.error()) << ")";
+    if (!res) return {};
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+    return json::parse(res->body);
+  }
+  // The data of each server-sent event of a streamed answer, in order.
+  static std::vector<std::string> events(const std::string& path, const json& body) {
+    auto res = client().Post(path, body.dump(), "application/json");
+    EXPECT_TRUE(res) << path;
+    if (!res) return {};
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+    std::vector<std::string> out;
+    size_t at = 0;
+    while (at < res->body.size()) {
+      const size_t end = res->body.find("\n\n", at);
+      EXPECT_NE(end, std::string::npos) << "an unterminated event: " << res->body.substr(at);
+      if (end == std::string::npos) break;
+      const std::string event = res->body.substr(at, end - at);
+      EXPECT_EQ(event.rfind("data: ", 0), 0u) << event;
+      out.push_back(event.substr(6));
+      at = end + 2;
+    }
+    return out;
+  }
+  static Cluster* cluster_;
+};
+Cluster* HttpApi::cluster_ = nullptr;
+
+TEST_F(HttpApi, CompletionsGiveTheGrpcTokensWholeAndStreamed) {
+  ASSERT_TRUE(cluster_->ready().is_ok()) << cluster_->ready().to_string();
+  const auto want = generate(cluster_->stub(), greedy("The quick brown fox", 12));
+  ASSERT_TRUE(want.status.ok()) << want.status.error_message();
+
+  const json whole = post_ok("/v1/completions", {{"prompt", "The quick brown fox"}, {"max_tokens", 12},
+                                                 {"temperature", 0}});
+  EXPECT_EQ(whole["object"], "text_completion");
+  EXPECT_EQ(whole["choices"][0]["text"], want.text);
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], want.finish == tandem::v1::FINISH_REASON_STOP ? "stop" : "length");
+  EXPECT_EQ(whole["usage"]["prompt_tokens"], want.prompt_tokens);
+  EXPECT_EQ(whole["usage"]["completion_tokens"], want.completion_tokens);
+  EXPECT_EQ(whole["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+
+  const auto ev = events("/v1/completions", {{"prompt", "The quick brown fox"}, {"max_tokens", 12}, {"temperature", 0},
+                                             {"stream", true}, {"stream_options", {{"include_usage", true}}}});
+  ASSERT_GE(ev.size(), 3u);
+  EXPECT_EQ(ev.back(), "[DONE]");
+  std::string text;
+  json finish;
+  for (size_t i = 0; i + 2 < ev.size(); ++i) {
+    const json chunk = json::parse(ev[i]);
+    EXPECT_EQ(chunk["id"], json::parse(ev[0])["id"]) << "one id per stream";
+    text += chunk["choices"][0]["text"].get<std::string>();
+    finish = chunk["choices"][0]["finish_reason"];
+    if (i + 3 < ev.size()) {
+      EXPECT_TRUE(finish.is_null()) << "finish_reason before the last chunk";
+    }
+  }
+  EXPECT_EQ(text, want.text);
+  EXPECT_EQ(finish, whole["choices"][0]["finish_reason"]);
+  const json usage = json::parse(ev[ev.size() - 2]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], want.completion_tokens);
+
+  // Token ids as the prompt give the same continuation.
+  auto ck = model::Checkpoint::open(cluster_model("tiny-mixtral"));
+  ASSERT_TRUE(ck.is_ok());
+  auto ids = ck->tokenizer->encode("The quick brown fox", true);
+  ASSERT_TRUE(ids.is_ok());
+  const json by_ids =
+      post_ok("/v1/completions", json{{"prompt", json(*ids)}, {"max_tokens", 12}, {"temperature", 0}});
+  EXPECT_EQ(by_ids["choices"][0]["text"], want.text);
+}
+
+TEST_F(HttpApi, ChatCompletionsApplyTheTemplateAsGrpcChat) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  tandem::v1::ChatRequest chat;
+  auto* m = chat.add_messages();
+  m->set_role("user");
+  m->set_content("Tell me about ping-pong pipelines");
+  chat.mutable_sampling()->set_temperature(0);
+  chat.mutable_sampling()->set_max_tokens(10);
+  grpc::ClientContext ctx;
+  auto reader = cluster_->stub().Chat(&ctx, chat);
+  std::string want;
+  tandem::v1::GenerateResponse r;
+  while (reader->Read(&r)) want += r.text();
+  ASSERT_TRUE(reader->Finish().ok());
+
+  const json messages = json::array({{{"role", "user"}, {"content", "Tell me about ping-pong pipelines"}}});
+  const json whole = post_ok("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 10}, {"temperature", 0}});
+  EXPECT_EQ(whole["object"], "chat.completion");
+  EXPECT_EQ(whole["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(whole["choices"][0]["message"]["content"], want);
+
+  const auto ev = events("/v1/chat/completions",
+                         {{"messages", messages}, {"max_tokens", 10}, {"temperature", 0}, {"stream", true}});
+  ASSERT_GE(ev.size(), 3u);
+  EXPECT_EQ(ev.back(), "[DONE]");
+  const json first = json::parse(ev[0]);
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  std::string text;
+  for (size_t i = 1; i + 1 < ev.size(); ++i) {
+    const json delta = json::parse(ev[i])["choices"][0]["delta"];
+    if (delta.contains("content")) text += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(text, want);
+  EXPECT_FALSE(json::parse(ev[ev.size() - 2])["choices"][0]["finish_reason"].is_null());
+}
+
+TEST_F(HttpApi, ErrorsHaveOpenAiShapeAndFittingStatus) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  struct Case {
+    std::string path, body;
+    int status;
+    std::string param;  // "" : null
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {"/v1/completions", "{not json", 400, "", "not valid JSON"},
+      {"/v1/completions", R"({"prompt": "x", "n": 2})", 400, "n", "only 1"},
+      {"/v1/completions", R"({"prompt": "x", "model": "gpt-17"})", 404, "", "gpt-17"},
+      {"/v1/completions", R"({"prompt": "x", "temperature": -1})", 400, "temperature", "outside"},
+      // Refused by the router (the prompt leaves no room in the context), through the gateway.
+      {"/v1/completions", json{{"prompt", std::string(100000, 'x')}}.dump(), 400, "", "prompt"},
+      {"/v1/chat/completions", R"({"messages": []})", 400, "messages", "non-empty"},
+  };
+  for (const Case& k : cases) {
+    auto res = client().Post(k.path, k.body, "application/json");
+    ASSERT_TRUE(res) << k.path;
+    EXPECT_EQ(res->status, k.status) << k.body.substr(0, 80) << " -> " << res->body;
+    const json body = json::parse(res->body, nullptr, false);
+    ASSERT_TRUE(body.is_object() && body.contains("error")) << res->body;
+    EXPECT_NE(body["error"]["message"].get<std::string>().find(k.says), std::string::npos) << res->body;
+    if (k.param.empty())
+      EXPECT_TRUE(body["error"]["param"].is_null()) << res->body;
+    else
+      EXPECT_EQ(body["error"]["param"], k.param) << res->body;
+  }
+  // A streamed request the router refuses still gets its status, not a 200 stream.
+  auto refused = client().Post("/v1/completions", R"({"prompt": "x", "model": "gpt-17", "stream": true})",
+                               "application/json");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 404) << refused->body;
+  auto nowhere = client().Get("/v1/engines");
+  ASSERT_TRUE(nowhere);
+  EXPECT_EQ(nowhere->status, 404);
+  EXPECT_TRUE(json::parse(nowhere->body).contains("error"));
+
+  auto models = client().Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200);
+  const std::string dir = cluster_model("tiny-mixtral");
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], dir.substr(dir.find_last_of('/') + 1));  // served_name
+  auto health = client().Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200) << health->body;
+}
+
+// A client that hangs up mid-stream: the router's stream is cancelled and the
+// attention node frees the sequence's KV blocks.
+TEST_F(HttpApi, HangingUpMidStreamFreesTheSequence) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  auto stub = tandem::internal::v1::AttentionNode::NewStub(
+      grpc::CreateChannel(cluster_->attention_address(0), grpc::InsecureChannelCredentials()));
+  auto load = [&] {
+    grpc::ClientContext ctx;
+    tandem::internal::v1::LoadReply rp;
+    EXPECT_TRUE(stub->Load(&ctx, tandem::internal::v1::LoadRequest{}, &rp).ok());
+    return rp;
+  };
+  const int64_t steps_before = load().pipeline().steps();
+  int chunks = 0;
+  httplib::Client c = client();
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.set_header("Content-Type", "application/json");
+  req.body = json{{"prompt", "a long one"}, {"max_tokens", 2000}, {"ignore_eos", true}, {"stream", true}}.dump();
+  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // then hang up
+  auto res = c.send(req);
+  EXPECT_FALSE(res);  // the read was abandoned
+  EXPECT_GE(chunks, 1);
+  bool freed = false;
+  int64_t steps_after = 0;
+  for (int tries = 0; tries < 100 && !freed; ++tries) {
+    const auto rp = load();
+    freed = rp.free_blocks() == rp.total_blocks() && rp.running() == 0;
+    steps_after = rp.pipeline().steps();
+    if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(freed) << "the attention node still holds the abandoned sequence";
+  // Freed because it was cancelled, not because it ran its 2000 tokens out
+  // (one step per token for a lone sequence).
+  EXPECT_LT(steps_after - steps_before, 1000) << "the abandoned sequence ran on";
+}
+
+}  // namespace
+}  // namespace tandem

@@ -1,0 +1,215 @@
+// The OpenAI wire format: what each request field becomes in the router's
+// request, what is refused and how it is named, and the shape of responses.
+#include "openai.h"
+
+#include <gtest/gtest.h>
+
+namespace tandem::router::openai {
+namespace {
+
+namespace pb = tandem::v1;
+using nlohmann::json;
+
+CompletionCall completion_ok(const std::string& body) {
+  auto r = parse_completion(body);
+  if (auto* e = std::get_if<HttpError>(&r)) {
+    ADD_FAILURE() << body << " -> " << e->message;
+    return {};
+  }
+  return std::get<CompletionCall>(r);
+}
+
+HttpError completion_refused(const std::string& body) {
+  auto r = parse_completion(body);
+  if (!std::holds_alternative<HttpError>(r)) {
+    ADD_FAILURE() << body << " was accepted";
+    return {};
+  }
+  return std::get<HttpError>(r);
+}
+
+HttpError chat_refused(const std::string& body) {
+  auto r = parse_chat(body);
+  if (!std::holds_alternative<HttpError>(r)) {
+    ADD_FAILURE() << body << " was accepted";
+    return {};
+  }
+  return std::get<HttpError>(r);
+}
+
+TEST(OpenAiCompletion, MapsEveryTakenField) {
+  const auto c = completion_ok(R"({"model": "m", "prompt": "Hello", "max_tokens": 7, "temperature": 0.5,
+      "top_p": 0.9, "top_k": 40, "seed": 12345678901234, "stop": ["\n", "", "END"], "stream": true,
+      "stream_options": {"include_usage": true}, "ignore_eos": true, "skip_special_tokens": false, "user": "u1",
+      "n": 1, "logprobs": null, "presence_penalty": 0, "unknown_field": {"x": 1}})");
+  const pb::GenerateRequest& r = c.request;
+  EXPECT_EQ(r.model(), "m");
+  EXPECT_EQ(r.text(), "Hello");
+  EXPECT_EQ(r.request_id(), "u1");
+  const pb::SamplingParams& s = r.sampling();
+  EXPECT_EQ(s.max_tokens(), 7u);
+  EXPECT_FLOAT_EQ(s.temperature(), 0.5f);
+  EXPECT_FLOAT_EQ(s.top_p(), 0.9f);
+  EXPECT_EQ(s.top_k(), 40);
+  EXPECT_EQ(s.seed(), 12345678901234u);
+  ASSERT_EQ(s.stop_size(), 2);  // empty stop strings dropped
+  EXPECT_EQ(s.stop(0), "\n");
+  EXPECT_EQ(s.stop(1), "END");
+  EXPECT_TRUE(s.ignore_eos());
+  EXPECT_FALSE(s.skip_special_tokens());
+  EXPECT_TRUE(c.stream);
+  EXPECT_TRUE(c.include_usage);
+}
+
+TEST(OpenAiCompletion, DefaultsAndPromptForms) {
+  const auto plain = completion_ok(R"({"prompt": "Hi"})");
+  EXPECT_EQ(plain.request.sampling().max_tokens(), 16u);  // OpenAI's completions default
+  EXPECT_FALSE(plain.request.sampling().has_temperature());  // the router's default applies
+  EXPECT_FALSE(plain.stream);
+  EXPECT_EQ(completion_ok(R"({"prompt": ["one"]})").request.text(), "one");
+  const auto ids = completion_ok(R"({"prompt": [1, 2, 3]})");
+  ASSERT_EQ(ids.request.token_ids().ids_size(), 3);
+  EXPECT_EQ(ids.request.token_ids().ids(2), 3u);
+  EXPECT_EQ(completion_ok(R"({"prompt": [[4, 5]]})").request.token_ids().ids_size(), 2);
+  EXPECT_EQ(completion_ok(R"({"prompt": "x", "stop": "###"})").request.sampling().stop(0), "###");
+  EXPECT_EQ(completion_ok(R"({"prompt": "x", "top_k": -1})").request.sampling().top_k(), 0);  // vLLM's "off"
+  EXPECT_EQ(completion_ok(R"({"prompt": "x", "max_completion_tokens": 3})").request.sampling().max_tokens(), 3u);
+}
+
+TEST(OpenAiCompletion, RefusalsNameTheField) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"prompt": "x", "n": 2})", "n"},
+      {R"({"prompt": "x", "best_of": 3})", "best_of"},
+      {R"({"prompt": "x", "logprobs": 5})", "logprobs"},
+      {R"({"prompt": "x", "echo": true})", "echo"},
+      {R"({"prompt": "x", "frequency_penalty": 0.5})", "frequency_penalty"},
+      {R"({"prompt": "x", "repetition_penalty": 1.2})", "repetition_penalty"},
+      {R"({"prompt": "x", "logit_bias": {"50256": -100}})", "logit_bias"},
+      {R"({"prompt": "x", "temperature": "hot"})", "temperature"},
+      {R"({"prompt": "x", "temperature": -1})", "temperature"},
+      {R"({"prompt": "x", "top_p": 0})", "top_p"},
+      {R"({"prompt": "x", "top_p": 1.5})", "top_p"},
+      {R"({"prompt": "x", "max_tokens": 0})", "max_tokens"},
+      {R"({"prompt": "x", "max_tokens": 1.5})", "max_tokens"},
+      {R"({"prompt": "x", "max_tokens": 99999999999})", "max_tokens"},
+      {R"({"prompt": "x", "stop": 7})", "stop"},
+      {R"({"prompt": "x", "stop": ["a", 1]})", "stop"},
+      {R"({"prompt": "x", "stream": "yes"})", "stream"},
+      {R"({"prompt": "x", "stream_options": {"include_usage": true}})", "stream_options"},
+      {R"({"prompt": "x", "seed": "abc"})", "seed"},
+      {R"({"prompt": "x", "model": 3})", "model"},
+      {R"({"prompt": ""})", "prompt"},
+      {R"({"prompt": []})", "prompt"},
+      {R"({"prompt": ["a", "b"]})", "prompt"},
+      {R"({"prompt": [1, -2]})", "prompt"},
+      {R"({"prompt": [1, "a"]})", "prompt"},
+      {R"({"prompt": {"text": "x"}})", "prompt"},
+      {R"({"max_tokens": 4})", "prompt"},
+  };
+  for (const auto& [body, param] : cases) {
+    const HttpError e = completion_refused(body);
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.type, "invalid_request_error") << body;
+    EXPECT_EQ(e.param, param) << body;
+    EXPECT_EQ(e.message.rfind(param, 0), 0u) << body << " -> " << e.message;  // the message starts with the field
+  }
+  // Not JSON, or not an object: refused without a field.
+  for (const char* body : {"{bad", "", "[1, 2]", "\"text\"", "null"}) {
+    const HttpError e = completion_refused(body);
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_TRUE(e.param.empty()) << body;
+    EXPECT_FALSE(e.message.empty());
+  }
+}
+
+TEST(OpenAiChat, MessagesAndContentParts) {
+  auto r = parse_chat(R"({"messages": [{"role": "system", "content": "Be brief."},
+      {"role": "user", "content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "there"}]},
+      {"role": "assistant", "content": null}], "max_tokens": 9, "stream": true})");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(r)) << std::get<HttpError>(r).message;
+  const ChatCall& c = std::get<ChatCall>(r);
+  ASSERT_EQ(c.request.messages_size(), 3);
+  EXPECT_EQ(c.request.messages(0).role(), "system");
+  EXPECT_EQ(c.request.messages(1).content(), "Hello, there");
+  EXPECT_EQ(c.request.messages(2).content(), "");
+  EXPECT_EQ(c.request.sampling().max_tokens(), 9u);
+  EXPECT_TRUE(c.stream);
+  // Without max_tokens a chat keeps the router's default (not the completions 16).
+  auto d = parse_chat(R"({"messages": [{"role": "user", "content": "x"}]})");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(d));
+  EXPECT_FALSE(std::get<ChatCall>(d).request.sampling().has_max_tokens());
+
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({})", "messages"},
+      {R"({"messages": []})", "messages"},
+      {R"({"messages": "hi"})", "messages"},
+      {R"({"messages": [7]})", "messages[0]"},
+      {R"({"messages": [{"content": "x"}]})", "messages[0].role"},
+      {R"({"messages": [{"role": "user", "content": 5}]})", "messages[0].content"},
+      {R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})",
+       "messages[0].content[0]"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})", "tools"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})", "tool_choice"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
+       "response_format"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "n": 3})", "n"},
+  };
+  for (const auto& [body, param] : cases) {
+    const HttpError e = chat_refused(body);
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, param) << body << " -> " << e.message;
+  }
+  auto text_format = parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text"},
+                                    "tools": [], "tool_choice": "none"})");
+  EXPECT_TRUE(std::holds_alternative<ChatCall>(text_format));
+}
+
+TEST(OpenAiResponses, ShapesAsOpenAiClientsReadThem) {
+  pb::Usage u;
+  u.set_prompt_tokens(5);
+  u.set_completion_tokens(3);
+  const json c = completion("cmpl-1", 1700000000, "m", "abc", pb::FINISH_REASON_LENGTH, u);
+  EXPECT_EQ(c["object"], "text_completion");
+  EXPECT_EQ(c["choices"][0]["text"], "abc");
+  EXPECT_EQ(c["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(c["usage"]["total_tokens"], 8);
+  const json chat = chat_completion("chatcmpl-1", 1, "m", "hi", pb::FINISH_REASON_STOP, u);
+  EXPECT_EQ(chat["object"], "chat.completion");
+  EXPECT_EQ(chat["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(chat["choices"][0]["message"]["content"], "hi");
+  EXPECT_EQ(chat["choices"][0]["finish_reason"], "stop");
+  const json chunk = chat_chunk("chatcmpl-1", 1, "m", {{"content", "x"}}, pb::FINISH_REASON_UNSPECIFIED);
+  EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+  EXPECT_TRUE(chunk["choices"][0]["finish_reason"].is_null());
+  EXPECT_EQ(chunk["choices"][0]["delta"]["content"], "x");
+  const json usage_only = usage_chunk("text_completion", "cmpl-1", 1, "m", u);
+  EXPECT_TRUE(usage_only["choices"].empty());
+  EXPECT_EQ(usage_only["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(sse(json{{"a", 1}}), "data: {\"a\":1}\n\n");
+  const json models = model_list("m", 2);
+  EXPECT_EQ(models["object"], "list");
+  EXPECT_EQ(models["data"][0]["id"], "m");
+}
+
+TEST(OpenAiErrors, GrpcCodesBecomeHttpStatuses) {
+  const std::pair<grpc::StatusCode, int> cases[] = {
+      {grpc::StatusCode::INVALID_ARGUMENT, 400}, {grpc::StatusCode::FAILED_PRECONDITION, 400},
+      {grpc::StatusCode::NOT_FOUND, 404},        {grpc::StatusCode::RESOURCE_EXHAUSTED, 429},
+      {grpc::StatusCode::UNAVAILABLE, 503},      {grpc::StatusCode::DEADLINE_EXCEEDED, 504},
+      {grpc::StatusCode::INTERNAL, 500},
+  };
+  for (auto [code, http] : cases) {
+    const HttpError e = from_grpc(grpc::Status(code, "why"));
+    EXPECT_EQ(e.status, http) << static_cast<int>(code);
+    EXPECT_EQ(e.message, "why");
+  }
+  EXPECT_EQ(from_grpc(grpc::Status(grpc::StatusCode::NOT_FOUND, "m")).code, "model_not_found");
+  const json body = json::parse(error_body({.status = 400, .type = "invalid_request_error", .message = "n: no",
+                                            .param = "n", .code = ""}));
+  EXPECT_EQ(body["error"]["message"], "n: no");
+  EXPECT_EQ(body["error"]["param"], "n");
+  EXPECT_TRUE(body["error"]["code"].is_null());
+}
+
+}  // namespace
+}  // namespace tandem::router::openai
