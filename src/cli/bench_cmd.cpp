@@ -1,15 +1,21 @@
-// `tandem bench`: a closed-loop gRPC load generator against a router. Fixed
+// `tandem bench`: a closed-loop load generator against a router, over gRPC or
+// the OpenAI-compatible HTTP API (or both, for the gateway's cost). Fixed
 // seed, random prompts of a given length (token ids), exact output lengths
 // (ignore_eos). Reports the serving metrics users know from vLLM's and
 // SGLang's benchmarks: TTFT, TPOT = (E2E - TTFT) / (output - 1), ITL (gap
 // between streamed chunks), E2E latency (p50/p90/p99), output tokens/s and
 // requests/s.
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -24,6 +30,8 @@ using Clock = std::chrono::steady_clock;
 
 struct BenchArgs {
   std::string server = "127.0.0.1:50051";
+  std::string http = "127.0.0.1:8000";
+  std::string api = "grpc";  // grpc | http | both
   int concurrency = 8;
   int requests = 64;
   int prompt_tokens = 128;
@@ -44,6 +52,154 @@ double pct(std::vector<double> v, double p) {
   const double idx = p / 100.0 * static_cast<double>(v.size() - 1);
   const size_t lo = static_cast<size_t>(idx), hi = std::min(lo + 1, v.size() - 1);
   return v[lo] + (v[hi] - v[lo]) * (idx - static_cast<double>(lo));
+}
+
+// One request's timing; false with `error` set when it failed.
+using RunOne = std::function<bool(const tandem::v1::GenerateRequest&, Sample&, std::string& error)>;
+
+// Over the router's gRPC API: each streamed message's new tokens.
+RunOne grpc_runner(tandem::v1::Generation::Stub& stub) {
+  return [&stub](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
+    grpc::ClientContext ctx;
+    const auto start = Clock::now();
+    auto last = start;
+    auto reader = stub.Generate(&ctx, req);
+    tandem::v1::GenerateResponse m;
+    while (reader->Read(&m)) {
+      if (m.token_ids_size() == 0) continue;
+      const auto now = Clock::now();
+      if (s.tokens == 0) s.ttft = std::chrono::duration<double>(now - start).count();
+      else s.itl.push_back(std::chrono::duration<double>(now - last).count());
+      last = now;
+      s.tokens += m.token_ids_size();
+    }
+    grpc::Status st = reader->Finish();
+    s.e2e = std::chrono::duration<double>(Clock::now() - start).count();
+    if (!st.ok()) error = st.error_message();
+    return st.ok();
+  };
+}
+
+// Over the OpenAI-compatible HTTP API (/v1/completions, streamed): each
+// event with text is a chunk; the token count comes from the usage event.
+RunOne http_runner(const std::string& server) {
+  const auto colon = server.rfind(':');
+  const std::string host = server.substr(0, colon);
+  const int port = colon == std::string::npos ? 80 : std::atoi(server.c_str() + colon + 1);
+  return [host, port](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
+    nlohmann::json body = {{"prompt", nlohmann::json::array()},
+                           {"max_tokens", req.sampling().max_tokens()},
+                           {"temperature", req.sampling().temperature()},
+                           {"seed", req.sampling().seed()},
+                           {"ignore_eos", req.sampling().ignore_eos()},
+                           {"stream", true},
+                           {"stream_options", {{"include_usage", true}}}};
+    for (uint32_t id : req.token_ids().ids()) body["prompt"].push_back(id);
+    httplib::Client client(host, port);
+    client.set_read_timeout(600, 0);
+    httplib::Request hr;
+    hr.method = "POST";
+    hr.path = "/v1/completions";
+    hr.set_header("Content-Type", "application/json");
+    hr.body = body.dump();
+    const auto start = Clock::now();
+    auto last = start;
+    bool first = true, done = false;
+    std::string pending;
+    hr.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      pending.append(data, n);
+      for (size_t end; (end = pending.find("\n\n")) != std::string::npos; pending.erase(0, end + 2)) {
+        const std::string event = pending.substr(0, end);
+        if (event.rfind("data: ", 0) != 0) continue;
+        if (event == "data: [DONE]") {
+          done = true;
+          continue;
+        }
+        const auto j = nlohmann::json::parse(event.substr(6), nullptr, false);
+        if (j.is_discarded()) continue;
+        if (j.contains("error")) {
+          error = j["error"].value("message", "error event");
+          continue;
+        }
+        if (j.contains("usage") && j["usage"].is_object()) s.tokens = j["usage"].value("completion_tokens", 0);
+        if (!j.contains("choices") || j["choices"].empty() || j["choices"][0].value("text", "").empty()) continue;
+        const auto now = Clock::now();
+        if (first) s.ttft = std::chrono::duration<double>(now - start).count();
+        else s.itl.push_back(std::chrono::duration<double>(now - last).count());
+        first = false;
+        last = now;
+      }
+      return true;
+    };
+    auto res = client.send(hr);
+    s.e2e = std::chrono::duration<double>(Clock::now() - start).count();
+    if (!res) error = "HTTP: " + httplib::to_string(res.error());
+    else if (res->status != 200) error = "HTTP " + std::to_string(res->status) + ": " + res->body;
+    else if (!done && error.empty()) error = "the stream ended without [DONE]";
+    return error.empty();
+  };
+}
+
+struct Report {
+  int ok = 0, failures = 0;
+  double duration = 0, out_tokens = 0;
+  std::vector<double> ttft, tpot, itl, e2e;  // ms
+  std::string first_error;
+  double throughput() const { return duration > 0 ? out_tokens / duration : 0; }
+};
+
+Report measure(const std::vector<tandem::v1::GenerateRequest>& reqs, int concurrency, const RunOne& run_one) {
+  std::vector<Sample> samples(reqs.size());
+  std::atomic<size_t> next{0};
+  std::mutex err_mu;
+  Report rep;
+  const auto t0 = Clock::now();
+  std::vector<std::thread> workers;
+  for (int w = 0; w < concurrency; ++w)
+    workers.emplace_back([&] {
+      for (size_t i; (i = next.fetch_add(1)) < reqs.size();) {
+        std::string error;
+        samples[i].ok = run_one(reqs[i], samples[i], error);
+        if (!samples[i].ok) {
+          std::lock_guard<std::mutex> l(err_mu);
+          ++rep.failures;
+          if (rep.first_error.empty()) rep.first_error = error;
+        }
+      }
+    });
+  for (auto& t : workers) t.join();
+  rep.duration = std::chrono::duration<double>(Clock::now() - t0).count();
+  for (const auto& s : samples) {
+    if (!s.ok) continue;
+    ++rep.ok;
+    rep.out_tokens += s.tokens;
+    rep.ttft.push_back(s.ttft * 1e3);
+    rep.e2e.push_back(s.e2e * 1e3);
+    if (s.tokens > 1) rep.tpot.push_back((s.e2e - s.ttft) / (s.tokens - 1) * 1e3);
+    for (double x : s.itl) rep.itl.push_back(x * 1e3);
+  }
+  return rep;
+}
+
+void print_report(const char* api, const std::string& server, const BenchArgs& a, const Report& r) {
+  std::printf("tandem bench (%s): %s, %d requests (%d ok, %d failed), concurrency %d, prompt %d tokens, output %d "
+              "tokens, seed %llu\n",
+              api, server.c_str(), a.requests, r.ok, r.failures, a.concurrency, a.prompt_tokens, a.output_tokens,
+              static_cast<unsigned long long>(a.seed));
+  if (r.failures > 0) std::printf("first error: %s\n", r.first_error.c_str());
+  std::printf("duration %.2f s | request throughput %.2f req/s | output throughput %.1f tok/s\n", r.duration,
+              r.ok / r.duration, r.throughput());
+  std::printf("%-10s %10s %10s %10s %10s\n", "metric(ms)", "mean", "p50", "p90", "p99");
+  auto row = [](const char* name, const std::vector<double>& v) {
+    double mean = 0;
+    for (double x : v) mean += x;
+    mean = v.empty() ? 0 : mean / static_cast<double>(v.size());
+    std::printf("%-10s %10.2f %10.2f %10.2f %10.2f\n", name, mean, pct(v, 50), pct(v, 90), pct(v, 99));
+  };
+  row("TTFT", r.ttft);
+  row("TPOT", r.tpot);
+  row("ITL", r.itl);
+  row("E2E", r.e2e);
 }
 
 int run_bench(const BenchArgs& a) {
@@ -73,81 +229,37 @@ int run_bench(const BenchArgs& a) {
     s->set_seed(rng());
     s->set_ignore_eos(true);
   }
-  std::vector<Sample> samples(reqs.size());
-  std::atomic<size_t> next{0};
-  std::atomic<int> failures{0};
-  std::string first_error;
-  std::mutex err_mu;
-  const auto t0 = Clock::now();
-  std::vector<std::thread> workers;
-  for (int w = 0; w < a.concurrency; ++w)
-    workers.emplace_back([&] {
-      for (size_t i; (i = next.fetch_add(1)) < reqs.size();) {
-        grpc::ClientContext ctx;
-        const auto start = Clock::now();
-        auto last = start;
-        auto reader = stub->Generate(&ctx, reqs[i]);
-        tandem::v1::GenerateResponse m;
-        Sample& s = samples[i];
-        while (reader->Read(&m)) {
-          if (m.token_ids_size() == 0) continue;
-          const auto now = Clock::now();
-          if (s.tokens == 0) s.ttft = std::chrono::duration<double>(now - start).count();
-          else s.itl.push_back(std::chrono::duration<double>(now - last).count());
-          last = now;
-          s.tokens += m.token_ids_size();
-        }
-        grpc::Status st = reader->Finish();
-        s.e2e = std::chrono::duration<double>(Clock::now() - start).count();
-        s.ok = st.ok();
-        if (!st.ok()) {
-          ++failures;
-          std::lock_guard<std::mutex> l(err_mu);
-          if (first_error.empty()) first_error = st.error_message();
-        }
-      }
-    });
-  for (auto& t : workers) t.join();
-  const double dur = std::chrono::duration<double>(Clock::now() - t0).count();
-
-  std::vector<double> ttft, tpot, itl, e2e;
-  long long out_tokens = 0;
-  int ok = 0;
-  for (const auto& s : samples) {
-    if (!s.ok) continue;
-    ++ok;
-    out_tokens += s.tokens;
-    ttft.push_back(s.ttft * 1e3);
-    e2e.push_back(s.e2e * 1e3);
-    if (s.tokens > 1) tpot.push_back((s.e2e - s.ttft) / (s.tokens - 1) * 1e3);
-    for (double x : s.itl) itl.push_back(x * 1e3);
+  int failures = 0;
+  Report grpc_rep, http_rep;
+  if (a.api != "http") {
+    grpc_rep = measure(reqs, a.concurrency, grpc_runner(*stub));
+    print_report("grpc", a.server, a, grpc_rep);
+    failures += grpc_rep.failures;
   }
-  std::printf("tandem bench: %s, %d requests (%d ok, %d failed), concurrency %d, prompt %d tokens, output %d tokens, seed %llu\n",
-              a.server.c_str(), a.requests, ok, failures.load(), a.concurrency, a.prompt_tokens, a.output_tokens,
-              static_cast<unsigned long long>(a.seed));
-  if (failures > 0) std::printf("first error: %s\n", first_error.c_str());
-  std::printf("duration %.2f s | request throughput %.2f req/s | output throughput %.1f tok/s\n", dur, ok / dur,
-              out_tokens / dur);
-  std::printf("%-10s %10s %10s %10s %10s\n", "metric(ms)", "mean", "p50", "p90", "p99");
-  auto row = [](const char* name, const std::vector<double>& v) {
-    double mean = 0;
-    for (double x : v) mean += x;
-    mean = v.empty() ? 0 : mean / static_cast<double>(v.size());
-    std::printf("%-10s %10.2f %10.2f %10.2f %10.2f\n", name, mean, pct(v, 50), pct(v, 90), pct(v, 99));
-  };
-  row("TTFT", ttft);
-  row("TPOT", tpot);
-  row("ITL", itl);
-  row("E2E", e2e);
+  if (a.api != "grpc") {
+    http_rep = measure(reqs, a.concurrency, http_runner(a.http));
+    print_report("http", a.http, a, http_rep);
+    failures += http_rep.failures;
+  }
+  if (a.api == "both" && grpc_rep.ok > 0 && http_rep.ok > 0)
+    std::printf("http / grpc: output throughput %.3f, TTFT p50 %.3f, TPOT p50 %.3f (the same requests, gRPC the "
+                "baseline)\n",
+                http_rep.throughput() / grpc_rep.throughput(), pct(http_rep.ttft, 50) / pct(grpc_rep.ttft, 50),
+                pct(http_rep.tpot, 50) / pct(grpc_rep.tpot, 50));
   return failures > 0 ? 1 : 0;
 }
 }  // namespace
 
 void register_bench(CLI::App& app) {
   static BenchArgs a;
-  auto* b = add_command(app, "bench", "Load-test a running cluster over gRPC (TTFT, TPOT, ITL, throughput)",
+  auto* b = add_command(app, "bench", "Load-test a running cluster over gRPC or HTTP (TTFT, TPOT, ITL, throughput)",
                         [] { return run_bench(a); });
-  b->add_option("--server", a.server, "Router address")->capture_default_str();
+  b->add_option("--server", a.server, "Router address (gRPC)")->capture_default_str();
+  b->add_option("--http", a.http, "Router's OpenAI-compatible HTTP address (router.http_listen)")->capture_default_str();
+  b->add_option("--api", a.api,
+                "grpc, http (streamed /v1/completions), or both: the same requests over each, and their ratio")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"grpc", "http", "both"}));
   b->add_option("--concurrency", a.concurrency, "Requests in flight")->capture_default_str()->check(CLI::PositiveNumber);
   b->add_option("--requests", a.requests, "Requests to send")->capture_default_str()->check(CLI::PositiveNumber);
   b->add_option("--prompt-tokens", a.prompt_tokens, "Prompt length")->capture_default_str()->check(CLI::PositiveNumber);

@@ -38,6 +38,14 @@ std::string dial_address(const api::Endpoint& e) {
   return (wildcard ? std::string("127.0.0.1") : e.host) + ":" + std::to_string(e.port);
 }
 
+// One gRPC call of the gateway. Member order matters: the reader is
+// destroyed before the context it was made with.
+struct Call {
+  grpc::ClientContext ctx;
+  pb::GenerateResponse first;
+  std::unique_ptr<grpc::ClientReader<pb::GenerateResponse>> reader;
+};
+
 // What a generation stream came to: the text, how it ended, the usage.
 struct Outcome {
   std::string text;
@@ -62,40 +70,68 @@ class Gateway final : public HttpGateway {
     auto channel = grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
     generation_ = pb::Generation::NewStub(channel);
     health_ = hpb::Health::NewStub(channel);
-    // A worker per request that may be streaming at once (the router admits
-    // at most this many; more wait for a worker rather than being refused).
-    const int64_t capacity = static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue;
-    const auto workers = static_cast<size_t>(std::clamp<int64_t>(capacity, 8, 512));
+    // A worker per request the router can admit, and spare ones so that
+    // /health, /v1/models and the 429s of requests past that never wait
+    // behind long streams.
+    capacity_ = std::clamp<int64_t>(
+        static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue, 1, 1024);
+    const auto workers = static_cast<size_t>(capacity_ + kSpareWorkers);
     server_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
-    server_.set_payload_max_length(size_t{16} << 20);
+    // Below gRPC's default 4 MiB message limit, so a body too large is 413
+    // here rather than a RESOURCE_EXHAUSTED (429, "retry") from gRPC.
+    server_.set_payload_max_length(size_t{3} << 20);
+    // Idle keep-alive connections hold a worker: let them go soon.
+    server_.set_keep_alive_timeout(1);
+    // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, with which a
+    // second router on a taken port would bind and silently share it.
+    server_.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     routes();
   }
 
   ~Gateway() override { stop(); }
 
   Status listen(const api::Endpoint& at) {
-    if (!server_.bind_to_port(at.host, at.port))
+    std::string host = at.host;  // "[::1]" binds as "::1"
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    if (!server_.bind_to_port(host, at.port))
       return unavailable("router.http_listen: cannot listen on " + at.to_string());
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    thread_ = std::thread([this] {
+      server_.listen_after_bind();
+      stopped_ = true;
+    });
+    // httplib's stop() does nothing until the accept loop runs: wait for it,
+    // so a stop right after the start cannot leave the thread behind.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!server_.is_running() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!server_.is_running()) return unavailable("router.http_listen: the HTTP server on " + at.to_string() + " did not start");
     TANDEM_LOG_INFO("router: OpenAI-compatible HTTP API on {}", at.to_string());
     return Status::ok();
   }
 
   void stop() override {
+    if (!thread_.joinable()) return;
+    // A thread started but not yet accepting would ignore one stop().
+    while (!server_.is_running() && !stopped_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     server_.stop();
-    if (thread_.joinable()) thread_.join();
+    thread_.join();
   }
 
  private:
   void routes() {
     server_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(openai::model_list(served_name_, started_).dump(), "application/json");
+      res.set_content(openai::dump(openai::model_list(served_name_, started_)), "application/json");
     });
     server_.Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
     server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
       auto parsed = openai::parse_completion(req.body);
       if (auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
       auto& call = std::get<openai::CompletionCall>(parsed);
+      Admission admitted(*this);
+      if (!admitted) return send_error(res, busy());
       serve(res, "cmpl-", "text_completion", call.stream, call.include_usage,
             [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Generate(ctx, request); });
     });
@@ -103,6 +139,8 @@ class Gateway final : public HttpGateway {
       auto parsed = openai::parse_chat(req.body);
       if (auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
       auto& call = std::get<openai::ChatCall>(parsed);
+      Admission admitted(*this);
+      if (!admitted) return send_error(res, busy());
       serve(res, "chatcmpl-", "chat.completion.chunk", call.stream, call.include_usage,
             [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Chat(ctx, request); });
     });
@@ -133,6 +171,27 @@ class Gateway final : public HttpGateway {
     });
   }
 
+  // Generation requests in the gateway, bounded by the router's capacity:
+  // past it, 429 at once instead of a worker queue without end.
+  class Admission {
+   public:
+    explicit Admission(Gateway& g) : g_(g), ok_(g.in_flight_.fetch_add(1) < g.capacity_) {}
+    ~Admission() { g_.in_flight_.fetch_sub(1); }
+    explicit operator bool() const { return ok_; }
+
+   private:
+    Gateway& g_;
+    bool ok_;
+  };
+
+  openai::HttpError busy() const {
+    openai::HttpError e;
+    e.status = 429;
+    e.type = "rate_limit_error";
+    e.message = "queue full: " + std::to_string(capacity_) + " requests in flight";
+    return e;
+  }
+
   void health(httplib::Response& res) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -158,69 +217,87 @@ class Gateway final : public HttpGateway {
   void serve(httplib::Response& res, const char* id_prefix, const std::string& chunk_object, bool stream,
              bool include_usage, const Open& open) {
     const bool chat = chunk_object == "chat.completion.chunk";
-    auto ctx = std::make_shared<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + timeout_);
-    std::shared_ptr<grpc::ClientReader<pb::GenerateResponse>> reader(open(ctx.get()).release());
+    // One object for the call: the reader goes before the context it uses.
+    auto call = std::make_shared<Call>();
+    call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+    call->reader = open(&call->ctx);
+    grpc::ClientReader<pb::GenerateResponse>& reader = *call->reader;
     const std::string id = next_id(id_prefix);
     const int64_t created = unix_now();
-    auto first = std::make_shared<pb::GenerateResponse>();
-    if (!reader->Read(first.get())) return send_error(res, openai::from_grpc(finish_or_ended(*reader)));
+    if (!reader.Read(&call->first)) return send_error(res, openai::from_grpc(finish_or_ended(reader)));
     if (!stream) {
+      // The socket is not watched meanwhile: a client that leaves does not
+      // end the request (httplib 0.11 cannot tell); max_tokens and
+      // router.request_timeout_s bound it.
       Outcome out;
-      out.add(*first);
+      out.add(call->first);
       pb::GenerateResponse r;
-      while (reader->Read(&r)) out.add(r);
-      const grpc::Status st = reader->Finish();
+      while (reader.Read(&r)) out.add(r);
+      const grpc::Status st = reader.Finish();
       if (!st.ok()) return send_error(res, openai::from_grpc(st));
       const json body = chat ? openai::chat_completion(id, created, served_name_, out.text, out.finish, out.usage)
                              : openai::completion(id, created, served_name_, out.text, out.finish, out.usage);
-      res.set_content(body.dump(), "application/json");
+      res.set_content(openai::dump(body), "application/json");
       return;
     }
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, ctx, reader, first, id, created, chat, chunk_object, include_usage](size_t, httplib::DataSink& sink) {
-          // Stops the router's stream when the client has gone: the attention
-          // node then frees the sequence at its next step.
-          auto send = [&](const std::string& event) {
-            if (sink.write(event.data(), event.size())) return true;
-            ctx->TryCancel();
+        [this, call, id, created, chat, chunk_object, include_usage](size_t, httplib::DataSink& sink) {
+          // httplib calls this outside its handler's exception guard: nothing may escape.
+          try {
+            return stream_events(*call, sink, id, created, chat, chunk_object, include_usage);
+          } catch (const std::exception& x) {
+            call->ctx.TryCancel();
+            TANDEM_LOG_WARN("router: HTTP stream {} failed: {}", id, x.what());
             return false;
-          };
-          if (chat && !send(openai::sse(openai::chat_chunk(id, created, served_name_,
-                                                           {{"role", "assistant"}, {"content", ""}},
-                                                           pb::FINISH_REASON_UNSPECIFIED))))
-            return false;
-          Outcome out;
-          pb::GenerateResponse r = *first;
-          bool more = true;
-          while (more) {
-            out.add(r);
-            const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
-            if (!r.text().empty() || last) {
-              const json chunk =
-                  chat ? openai::chat_chunk(id, created, served_name_,
-                                            r.text().empty() ? json::object() : json{{"content", r.text()}},
-                                            r.finish_reason())
-                       : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason());
-              if (!send(openai::sse(chunk))) return false;
-            }
-            more = reader->Read(&r);
           }
-          const grpc::Status st = reader->Finish();
-          if (!st.ok()) {
-            // Headers are out: the error travels as an event, as OpenAI's server does.
-            send(openai::sse(json::parse(openai::error_body(openai::from_grpc(st)))));
-          } else {
-            if (include_usage && !send(openai::sse(openai::usage_chunk(chunk_object, id, created, served_name_,
-                                                                       out.usage))))
-              return false;
-            if (!send(std::string(openai::kSseDone))) return false;
-          }
-          sink.done();
-          return true;
         });
+  }
+
+  // One streamed answer as server-sent events, the first message already read.
+  bool stream_events(Call& call, httplib::DataSink& sink, const std::string& id, int64_t created, bool chat,
+                     const std::string& chunk_object, bool include_usage) {
+    grpc::ClientReader<pb::GenerateResponse>& reader = *call.reader;
+    // Stops the router's stream when the client has gone: the attention
+    // node then frees the sequence at its next step.
+    auto send = [&](const std::string& event) {
+      if (sink.write(event.data(), event.size())) return true;
+      call.ctx.TryCancel();
+      return false;
+    };
+    if (chat && !send(openai::sse(openai::chat_chunk(id, created, served_name_,
+                                                     {{"role", "assistant"}, {"content", ""}},
+                                                     pb::FINISH_REASON_UNSPECIFIED))))
+      return false;
+    Outcome out;
+    pb::GenerateResponse r = call.first;
+    bool more = true;
+    while (more) {
+      out.add(r);
+      const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
+      if (!r.text().empty() || last) {
+        const json chunk =
+            chat ? openai::chat_chunk(id, created, served_name_,
+                                      r.text().empty() ? json::object() : json{{"content", r.text()}},
+                                      r.finish_reason())
+                 : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason());
+        if (!send(openai::sse(chunk))) return false;
+      }
+      more = reader.Read(&r);
+    }
+    const grpc::Status st = reader.Finish();
+    if (!st.ok()) {
+      // Headers are out: the error travels as an event, as OpenAI's server does.
+      send(openai::error_event(openai::from_grpc(st)));
+    } else {
+      if (include_usage && !send(openai::sse(openai::usage_chunk(chunk_object, id, created, served_name_,
+                                                                 out.usage))))
+        return false;
+      if (!send(std::string(openai::kSseDone))) return false;
+    }
+    sink.done();
+    return true;
   }
 
   // The status of a stream that ended before its first message.
@@ -230,8 +307,13 @@ class Gateway final : public HttpGateway {
     return st;
   }
 
+  static constexpr int64_t kSpareWorkers = 16;
+
   httplib::Server server_;
   std::thread thread_;
+  std::atomic<bool> stopped_{false};  // the accept loop has returned
+  int64_t capacity_ = 1;
+  std::atomic<int64_t> in_flight_{0};
   std::unique_ptr<pb::Generation::Stub> generation_;
   std::unique_ptr<hpb::Health::Stub> health_;
   std::string served_name_;

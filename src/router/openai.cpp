@@ -273,16 +273,13 @@ HttpError from_grpc(const grpc::Status& status) {
       e.type = "rate_limit_error";
       break;
     case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::CANCELLED:  // the router shutting down under a request
       e.status = 503;
       e.type = "service_unavailable";
       break;
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       e.status = 504;
       e.type = "timeout";
-      break;
-    case grpc::StatusCode::CANCELLED:
-      e.status = 499;  // the client went away (nginx's convention)
-      e.type = "cancelled";
       break;
     default:
       e.status = 500;
@@ -292,14 +289,25 @@ HttpError from_grpc(const grpc::Status& status) {
   return e;
 }
 
-std::string error_body(const HttpError& e) {
-  const json body = {{"error",
-                      {{"message", e.message},
-                       {"type", e.type},
-                       {"param", e.param.empty() ? json(nullptr) : json(e.param)},
-                       {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
-  return body.dump();
+namespace {
+json error_object(const HttpError& e) {
+  return {{"error",
+           {{"message", e.message},
+            {"type", e.type},
+            {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+            {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
 }
+}  // namespace
+
+std::string dump(const json& j) {
+  // Text from elsewhere (a node's error message) may not be valid UTF-8:
+  // replaced, never thrown.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string error_body(const HttpError& e) { return dump(error_object(e)); }
+
+std::string error_event(const HttpError& e) { return sse(error_object(e)); }
 
 json finish_reason(pb::FinishReason r) {
   if (r == pb::FINISH_REASON_STOP) return "stop";
@@ -357,7 +365,7 @@ json usage_chunk(const std::string& object, const std::string& id, int64_t creat
   return j;
 }
 
-std::string sse(const json& j) { return "data: " + j.dump() + "\n\n"; }
+std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
 
 json model_list(const std::string& served_name, int64_t created) {
   return {{"object", "list"},

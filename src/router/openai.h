@@ -54,9 +54,14 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view body);
 std::variant<ChatCall, HttpError> parse_chat(std::string_view body);
 
 // The router's gRPC status as an HTTP error (INVALID_ARGUMENT 400, NOT_FOUND
-// 404, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, ...).
+// 404, RESOURCE_EXHAUSTED 429, UNAVAILABLE and CANCELLED 503,
+// DEADLINE_EXCEEDED 504, others 500).
 HttpError from_grpc(const grpc::Status& status);
 std::string error_body(const HttpError& e);
+// The same as a server-sent event, for an error after a stream has started.
+std::string error_event(const HttpError& e);
+// JSON text; invalid UTF-8 in strings is replaced, never thrown.
+std::string dump(const nlohmann::json& j);
 
 // "stop" | "length" | null.
 nlohmann::json finish_reason(tandem::v1::FinishReason r);

@@ -241,5 +241,27 @@ TEST_F(HttpApi, HangingUpMidStreamFreesTheSequence) {
   EXPECT_LT(steps_after - steps_before, 1000) << "the abandoned sequence ran on";
 }
 
+// `tandem bench --api both` sends the same requests over gRPC and HTTP and
+// reports both and their ratio; every request must succeed on both.
+TEST_F(HttpApi, BenchComparesHttpWithGrpc) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const std::string cmd = testing::tandem_bin() + " bench --api both --server " + cluster_->router_address() +
+                          " --http 127.0.0.1:" + std::to_string(cluster_->http_port()) +
+                          " --requests 6 --concurrency 3 --prompt-tokens 8 --output-tokens 5 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  const int rc = pclose(p);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("tandem bench (grpc)"), std::string::npos) << out;
+  EXPECT_NE(out.find("tandem bench (http)"), std::string::npos) << out;
+  size_t all_ok = 0;
+  for (size_t at = 0; (at = out.find("6 requests (6 ok, 0 failed)", at)) != std::string::npos; ++at) ++all_ok;
+  EXPECT_EQ(all_ok, 2u) << out;  // both APIs
+  EXPECT_NE(out.find("http / grpc: output throughput"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace tandem

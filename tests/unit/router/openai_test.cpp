@@ -196,7 +196,7 @@ TEST(OpenAiErrors, GrpcCodesBecomeHttpStatuses) {
       {grpc::StatusCode::INVALID_ARGUMENT, 400}, {grpc::StatusCode::FAILED_PRECONDITION, 400},
       {grpc::StatusCode::NOT_FOUND, 404},        {grpc::StatusCode::RESOURCE_EXHAUSTED, 429},
       {grpc::StatusCode::UNAVAILABLE, 503},      {grpc::StatusCode::DEADLINE_EXCEEDED, 504},
-      {grpc::StatusCode::INTERNAL, 500},
+      {grpc::StatusCode::INTERNAL, 500},        {grpc::StatusCode::CANCELLED, 503},
   };
   for (auto [code, http] : cases) {
     const HttpError e = from_grpc(grpc::Status(code, "why"));
@@ -204,6 +204,13 @@ TEST(OpenAiErrors, GrpcCodesBecomeHttpStatuses) {
     EXPECT_EQ(e.message, "why");
   }
   EXPECT_EQ(from_grpc(grpc::Status(grpc::StatusCode::NOT_FOUND, "m")).code, "model_not_found");
+  EXPECT_EQ(from_grpc(grpc::Status(grpc::StatusCode::CANCELLED, "shutting down")).status, 503);
+  // A message that is not valid UTF-8 (relayed from elsewhere) is replaced, not thrown.
+  HttpError bad;
+  bad.message = "bad \xff byte";
+  const std::string bad_utf8 = error_body(bad);
+  EXPECT_NE(bad_utf8.find("bad "), std::string::npos);
+  EXPECT_EQ(error_event(bad).rfind("data: {\"error\"", 0), 0u);
   const json body = json::parse(error_body({.status = 400, .type = "invalid_request_error", .message = "n: no",
                                             .param = "n", .code = ""}));
   EXPECT_EQ(body["error"]["message"], "n: no");
