@@ -62,8 +62,9 @@ struct Outcome {
 
 class Gateway final : public HttpGateway {
  public:
-  explicit Gateway(const api::DeploymentConfig& cfg)
-      : served_name_(cfg.served_name),
+  Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics)
+      : metrics_(std::move(metrics)),
+        served_name_(cfg.served_name),
         started_(unix_now()),
         timeout_(std::chrono::seconds(cfg.request_timeout_s + 10)),
         id_salt_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()) {
@@ -126,6 +127,10 @@ class Gateway final : public HttpGateway {
       res.set_content(openai::dump(openai::model_list(served_name_, started_)), "application/json");
     });
     server_.Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
+    if (metrics_)
+      server_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(metrics_(), "text/plain; version=0.0.4");
+      });
     server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
       auto parsed = openai::parse_completion(req.body);
       if (auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
@@ -314,6 +319,7 @@ class Gateway final : public HttpGateway {
   std::atomic<bool> stopped_{false};  // the accept loop has returned
   int64_t capacity_ = 1;
   std::atomic<int64_t> in_flight_{0};
+  std::function<std::string()> metrics_;
   std::unique_ptr<pb::Generation::Stub> generation_;
   std::unique_ptr<hpb::Health::Stub> health_;
   std::string served_name_;
@@ -325,8 +331,9 @@ class Gateway final : public HttpGateway {
 
 }  // namespace
 
-Result<std::unique_ptr<HttpGateway>> HttpGateway::start(const api::DeploymentConfig& config) {
-  auto g = std::make_unique<Gateway>(config);
+Result<std::unique_ptr<HttpGateway>> HttpGateway::start(const api::DeploymentConfig& config,
+                                                        std::function<std::string()> metrics) {
+  auto g = std::make_unique<Gateway>(config, std::move(metrics));
   TANDEM_RETURN_IF_ERROR(g->listen(config.http));
   return std::unique_ptr<HttpGateway>(std::move(g));
 }

@@ -8,7 +8,9 @@
 // layer only translates (openai.h) and carries the stream.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "tandem/api/deployment.h"
 #include "tandem/common/status.h"
@@ -18,8 +20,10 @@ namespace tandem::router {
 class HttpGateway {
  public:
   // Binds router.http_listen (UNAVAILABLE naming it when it cannot) and serves
-  // on threads of its own until stop() or destruction.
-  static Result<std::unique_ptr<HttpGateway>> start(const api::DeploymentConfig& config);
+  // on threads of its own until stop() or destruction. `metrics`, when set,
+  // answers GET /metrics (Prometheus text).
+  static Result<std::unique_ptr<HttpGateway>> start(const api::DeploymentConfig& config,
+                                                    std::function<std::string()> metrics = {});
   virtual ~HttpGateway() = default;
   virtual void stop() = 0;
 };

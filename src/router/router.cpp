@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "http_gateway.h"
+#include "metrics.h"
 #include "stop_strings.h"
 #include "tandem/api/health.h"
 #include "tandem/common/grpc_status.h"
@@ -79,7 +80,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     monitor_ = std::thread([this] { monitor(); });
     TANDEM_LOG_INFO("router serving on {}", cfg.router.to_string());
     if (cfg.http.port != 0) {
-      TANDEM_ASSIGN_OR_RETURN(http_, HttpGateway::start(cfg));
+      TANDEM_ASSIGN_OR_RETURN(http_, HttpGateway::start(cfg, [this] { return metrics_text(); }));
     }
     return Status::ok();
   }
@@ -123,6 +124,24 @@ class RouterImpl final : public Router, public pb::Generation::Service {
 
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    return counted(generate(ctx, req, w));
+  }
+
+  grpc::Status Chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
+                    grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    return counted(chat(ctx, req, w));
+  }
+
+  std::string metrics_text() const { return metrics_.text(in_flight_.load()); }
+
+ private:
+  grpc::Status counted(grpc::Status st) {
+    metrics_.record_status(grpc_code_name(st.error_code()));
+    return st;
+  }
+
+  grpc::Status generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
+                        grpc::ServerWriter<pb::GenerateResponse>* w) {
     if (!req->model().empty() && req->model() != cfg_.served_name)
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "model: '" + req->model() + "' is not served here (serving '" +
                                                            cfg_.served_name + "')");
@@ -150,8 +169,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return run(ctx, req->request_id(), prompt, req->sampling(), w);
   }
 
-  grpc::Status Chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
-                    grpc::ServerWriter<pb::GenerateResponse>* w) override {
+  grpc::Status chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
+                    grpc::ServerWriter<pb::GenerateResponse>* w) {
     if (!req->model().empty() && req->model() != cfg_.served_name)
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "model: '" + req->model() + "' is not served here");
     if (!chat_template_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "Chat: " + chat_template_error_);
@@ -175,7 +194,6 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return run(ctx, req->request_id(), *ids, req->sampling(), w);
   }
 
- private:
   grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
                    const pb::SamplingParams& sp, grpc::ServerWriter<pb::GenerateResponse>* w) {
     const auto& c = ck_.config;
@@ -201,6 +219,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 
     // Admission: a bounded number of requests in the system.
+    const auto admitted_at = std::chrono::steady_clock::now();
     if (in_flight_.fetch_add(1) >= capacity_) {
       in_flight_.fetch_sub(1);
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -225,6 +244,17 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     down->set_deadline(std::min(ctx->deadline(), std::chrono::system_clock::now() +
                                                      std::chrono::seconds(cfg_.request_timeout_s)));
     auto reader = node->stub->Run(down.get(), run);
+    // The stream's metrics, recorded however it ends.
+    struct StreamRecord {
+      RouterMetrics& metrics;
+      std::chrono::steady_clock::time_point start;
+      RouterMetrics::Finished f;
+      ~StreamRecord() {
+        f.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        metrics.record_stream(f);
+      }
+    } record{metrics_, admitted_at, {}};
+    record.f.prompt_tokens = static_cast<uint32_t>(prompt.size());
     model::StreamingDetokenizer detok(*ck_.tokenizer, !sp.has_skip_special_tokens() || sp.skip_special_tokens());
     StopStringFilter stops({sp.stop().begin(), sp.stop().end()});
     uint32_t completion = 0;
@@ -236,6 +266,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       std::string text;
       for (int32_t t : ev.tokens()) {
         ++completion;
+        record.f.completion_tokens = completion;
+        if (completion == 1)
+          record.f.first_token_s =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - admitted_at).count();
         out.add_token_ids(static_cast<uint32_t>(t));
         bool hit = false;
         text += stops.push(detok.push(t), hit);
@@ -257,6 +291,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       out.set_text(text);
       if (finished || stopped_by_string) {
         out.set_finish_reason(stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP : pb::FINISH_REASON_LENGTH);
+        record.f.finish_reason = out.finish_reason() == pb::FINISH_REASON_STOP ? "stop" : "length";
         out.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
         out.mutable_usage()->set_completion_tokens(completion);
       }
@@ -357,6 +392,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::atomic<bool> experts_up_{true};
   int64_t capacity_ = 0;
   std::atomic<int64_t> in_flight_{0};
+  RouterMetrics metrics_;
   std::unique_ptr<grpc::Server> server_;
   std::thread monitor_;
   std::unique_ptr<HttpGateway> http_;

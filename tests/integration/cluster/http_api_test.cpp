@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <map>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -239,6 +241,51 @@ TEST_F(HttpApi, HangingUpMidStreamFreesTheSequence) {
   // Freed because it was cancelled, not because it ran its 2000 tokens out
   // (one step per token for a lone sequence).
   EXPECT_LT(steps_after - steps_before, 1000) << "the abandoned sequence ran on";
+}
+
+// GET /metrics: Prometheus text of what the router answered, whichever API
+// a request came through; read before and after, so other tests' traffic in
+// the same process does not matter.
+TEST_F(HttpApi, MetricsCountWhatTheRouterAnswered) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  auto scrape = [] {
+    auto res = client().Get("/metrics");
+    EXPECT_TRUE(res);
+    if (!res) return std::map<std::string, double>{};
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->get_header_value("Content-Type").rfind("text/plain", 0), 0u);
+    std::map<std::string, double> values;  // "name{labels}" -> value, comments skipped
+    std::istringstream in(res->body);
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty() || line[0] == '#') continue;
+      const size_t space = line.rfind(' ');
+      values[line.substr(0, space)] = std::stod(line.substr(space + 1));
+    }
+    return values;
+  };
+  auto before = scrape();
+  const json whole = post_ok("/v1/completions", {{"prompt", "count me"}, {"max_tokens", 5}, {"temperature", 0},
+                                                 {"ignore_eos", true}});
+  const auto ev = events("/v1/completions", {{"prompt", "count me too"}, {"max_tokens", 4}, {"temperature", 0},
+                                             {"ignore_eos", true}, {"stream", true}});
+  ASSERT_FALSE(ev.empty());
+  const auto grpc_reply = generate(cluster_->stub(), greedy("and over gRPC", 3));
+  ASSERT_TRUE(grpc_reply.status.ok());
+  auto too_long = client().Post("/v1/completions", json{{"prompt", std::string(100000, 'x')}}.dump(), "application/json");
+  ASSERT_TRUE(too_long);
+  EXPECT_EQ(too_long->status, 400);
+  auto after = scrape();
+  auto delta = [&](const std::string& key) { return after[key] - before[key]; };
+  EXPECT_EQ(delta("tandem_requests_total{code=\"OK\"}"), 3);
+  EXPECT_EQ(delta("tandem_requests_total{code=\"INVALID_ARGUMENT\"}"), 1);
+  EXPECT_EQ(delta("tandem_generation_tokens_total"), 5 + 4 + grpc_reply.completion_tokens);
+  EXPECT_EQ(delta("tandem_requests_finished_total{reason=\"length\"}"),
+            2 + (grpc_reply.finish == tandem::v1::FINISH_REASON_LENGTH ? 1 : 0));
+  EXPECT_EQ(delta("tandem_time_to_first_token_seconds_count"), 3);
+  EXPECT_EQ(delta("tandem_request_latency_seconds_count"), 3);
+  EXPECT_EQ(after["tandem_request_latency_seconds_bucket{le=\"+Inf\"}"], after["tandem_request_latency_seconds_count"]);
+  EXPECT_EQ(after["tandem_requests_in_flight"], 0);
+  EXPECT_EQ(whole["usage"]["completion_tokens"], 5);
 }
 
 // `tandem bench --api both` sends the same requests over gRPC and HTTP and

@@ -1,0 +1,67 @@
+// The router's serving metrics in Prometheus' text exposition format (served
+// as GET /metrics on router.http_listen): requests by gRPC status code,
+// requests in flight, prompt and generated tokens, finish reasons, and
+// histograms of time to first token, time per output token and end-to-end
+// latency. Every generation request counts once, whichever API it came
+// through (the HTTP gateway is a gRPC client of the router); requests the
+// gateway refuses before the router sees them do not.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tandem::router {
+
+// A cumulative histogram with fixed upper bounds (seconds).
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> upper_bounds);
+  void observe(double v);
+  // `name`_bucket{le=...} (cumulative, +Inf last), `name`_sum, `name`_count.
+  void write(std::string& out, std::string_view name, std::string_view help) const;
+
+ private:
+  std::vector<double> bounds_;
+  mutable std::mutex mu_;
+  std::vector<uint64_t> counts_;  // per bucket, not cumulative; the last is +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+class RouterMetrics {
+ public:
+  RouterMetrics();
+
+  // A request's stream: its prompt, when its first token came (seconds from
+  // the start; < 0: none), how many tokens, how long in all, how it ended.
+  struct Finished {
+    uint32_t prompt_tokens = 0;
+    uint32_t completion_tokens = 0;
+    double first_token_s = -1;
+    double total_s = 0;
+    std::string_view finish_reason;  // "stop" | "length" | "" (did not finish)
+  };
+  void record_stream(const Finished& f);
+  // Every answered request, by its gRPC status code name ("OK", "INVALID_ARGUMENT", ...).
+  void record_status(std::string_view code);
+
+  // The exposition text; `in_flight` is the router's gauge at the time.
+  std::string text(int64_t in_flight) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, uint64_t, std::less<>> by_code_;
+  std::map<std::string, uint64_t, std::less<>> by_finish_;
+  uint64_t prompt_tokens_ = 0, completion_tokens_ = 0;
+  Histogram ttft_, tpot_, e2e_;
+};
+
+// The name of a gRPC status code as Prometheus labels carry it (gRPC's own spelling).
+std::string_view grpc_code_name(int code);
+
+}  // namespace tandem::router
