@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "openai.h"
@@ -137,6 +138,7 @@ class Gateway final : public HttpGateway {
       auto& call = std::get<openai::CompletionCall>(parsed);
       Admission admitted(*this);
       if (!admitted) return send_error(res, busy());
+      if (!call.more.empty()) return serve_batch(res, call);
       serve(res, "cmpl-", "text_completion", call.stream, call.include_usage,
             [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Generate(ctx, request); });
     });
@@ -303,6 +305,40 @@ class Gateway final : public HttpGateway {
     }
     sink.done();
     return true;
+  }
+
+  // A batch of prompts: one router call per prompt, all at once; the answer
+  // when every one is done (the first failure, by prompt order, if any).
+  void serve_batch(httplib::Response& res, const openai::CompletionCall& call) {
+    std::vector<const pb::GenerateRequest*> requests = {&call.request};
+    for (const auto& r : call.more) requests.push_back(&r);
+    std::vector<Outcome> outcomes(requests.size());
+    std::vector<grpc::Status> statuses(requests.size());
+    std::vector<std::thread> calls;
+    for (size_t i = 0; i < requests.size(); ++i)
+      calls.emplace_back([&, i] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+        auto reader = generation_->Generate(&ctx, *requests[i]);
+        pb::GenerateResponse r;
+        while (reader->Read(&r)) outcomes[i].add(r);
+        statuses[i] = reader->Finish();
+      });
+    for (auto& t : calls) t.join();
+    std::vector<openai::Choice> choices;
+    pb::Usage total;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (!statuses[i].ok()) {
+        openai::HttpError e = openai::from_grpc(statuses[i]);
+        e.message = "prompt " + std::to_string(i) + ": " + e.message;
+        return send_error(res, e);
+      }
+      choices.push_back({outcomes[i].text, outcomes[i].finish});
+      total.set_prompt_tokens(total.prompt_tokens() + outcomes[i].usage.prompt_tokens());
+      total.set_completion_tokens(total.completion_tokens() + outcomes[i].usage.completion_tokens());
+    }
+    res.set_content(openai::dump(openai::completion(next_id("cmpl-"), unix_now(), served_name_, choices, total)),
+                    "application/json");
   }
 
   // The status of a stream that ended before its first message.

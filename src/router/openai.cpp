@@ -193,18 +193,25 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) 
     if (prompt->is_string()) {
       if (prompt->get<std::string>().empty()) refuse("prompt", "prompt: must not be empty");
       call.request.set_text(prompt->get<std::string>());
-    } else if (prompt->is_array() && prompt->size() == 1 && (prompt->front().is_string() || prompt->front().is_array())) {
-      // A batch of one: [text] or [[ids]].
-      const json& only = prompt->front();
-      if (only.is_string()) {
-        if (only.get<std::string>().empty()) refuse("prompt", "prompt: must not be empty");
-        call.request.set_text(only.get<std::string>());
-      } else if (!token_ids(only, *call.request.mutable_token_ids())) {
-        refuse("prompt", "prompt: must be a string or an array of token ids");
+    } else if (prompt->is_array() && !prompt->empty() && (prompt->front().is_string() || prompt->front().is_array())) {
+      // A batch: [text, ...] or [[ids], ...]; each prompt its own request.
+      if (prompt->size() > kMaxBatch)
+        refuse("prompt", "prompt: at most " + std::to_string(kMaxBatch) + " prompts per request, got " +
+                             std::to_string(prompt->size()));
+      if (prompt->size() > 1 && call.stream)
+        refuse("prompt", "prompt: a batch of prompts is answered whole; stream one prompt per request");
+      for (size_t i = 0; i < prompt->size(); ++i) {
+        const json& one = (*prompt)[i];
+        pb::GenerateRequest& r = i == 0 ? call.request : call.more.emplace_back(call.request);
+        r.clear_text();
+        r.clear_token_ids();
+        if (one.is_string()) {
+          if (one.get<std::string>().empty()) refuse("prompt", "prompt[" + std::to_string(i) + "]: must not be empty");
+          r.set_text(one.get<std::string>());
+        } else if (!token_ids(one, *r.mutable_token_ids())) {
+          refuse("prompt", "prompt[" + std::to_string(i) + "]: must be a string or an array of token ids");
+        }
       }
-    } else if (prompt->is_array() && prompt->size() > 1 && (prompt->front().is_string() || prompt->front().is_array())) {
-      refuse("prompt", "prompt: one prompt per request (a batch of " + std::to_string(prompt->size()) +
-                           " was sent); send them as separate requests");
     } else if (!token_ids(*prompt, *call.request.mutable_token_ids())) {
       refuse("prompt", "prompt: must be a string or an array of token ids");
     }
@@ -323,9 +330,18 @@ json usage(const pb::Usage& u) {
 
 json completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
                 pb::FinishReason finish, const pb::Usage& u) {
+  return completion(id, created, model, {{text, finish}}, u);
+}
+
+json completion(const std::string& id, int64_t created, const std::string& model, const std::vector<Choice>& choices,
+                const pb::Usage& u) {
   json j = base_object("text_completion", id, created, model);
-  j["choices"] = json::array(
-      {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}}});
+  j["choices"] = json::array();
+  for (size_t i = 0; i < choices.size(); ++i)
+    j["choices"].push_back({{"index", i},
+                            {"text", choices[i].text},
+                            {"logprobs", nullptr},
+                            {"finish_reason", finish_reason(choices[i].finish)}});
   j["usage"] = usage(u);
   return j;
 }

@@ -4,8 +4,8 @@
 // error bodies. Pure translation (no I/O), so every rule is unit-tested; the
 // HTTP server is http_gateway.h.
 //
-// What is taken: model, prompt (a string, token ids, or a one-element array of
-// either), messages (string content or text parts), max_tokens /
+// What is taken: model, prompt (a string, token ids, or an array of either:
+// a batch, answered whole with one choice per prompt), messages (string content or text parts), max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, stream,
 // stream_options.include_usage, n = 1, and the extensions top_k, ignore_eos,
 // skip_special_tokens. What cannot be honoured (n > 1, logprobs, echo,
@@ -22,6 +22,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "tandem/v1/generation.pb.h"
 
@@ -36,8 +37,14 @@ struct HttpError {
   std::string code;   // e.g. "model_not_found"; empty: null
 };
 
+// Prompts one /v1/completions request may carry (a batch is answered whole).
+inline constexpr size_t kMaxBatch = 64;
+
 struct CompletionCall {
   tandem::v1::GenerateRequest request;
+  // A batch's other prompts, each with the same sampling as `request`; their
+  // answers are choices 1, 2, ... Never with `stream`.
+  std::vector<tandem::v1::GenerateRequest> more;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
 };
@@ -71,6 +78,13 @@ nlohmann::json usage(const tandem::v1::Usage& u);
 // Unix seconds, `model` the served name.
 nlohmann::json completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
                           tandem::v1::FinishReason finish, const tandem::v1::Usage& u);
+// A batch's answer: choice i for prompt i; `u` summed over the batch.
+struct Choice {
+  std::string text;
+  tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
+};
+nlohmann::json completion(const std::string& id, int64_t created, const std::string& model,
+                          const std::vector<Choice>& choices, const tandem::v1::Usage& u);
 nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
                                const std::string& text, tandem::v1::FinishReason finish, const tandem::v1::Usage& u);
 // Stream chunks: text (or a chat delta) and, on the last, the finish reason.

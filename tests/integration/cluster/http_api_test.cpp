@@ -119,6 +119,33 @@ TEST_F(HttpApi, CompletionsGiveTheGrpcTokensWholeAndStreamed) {
   EXPECT_EQ(by_ids["choices"][0]["text"], want.text);
 }
 
+// A batch of prompts in one request: one choice per prompt, each the answer
+// that prompt gets alone, usage summed.
+TEST_F(HttpApi, BatchedPromptsAnswerEachAsAlone) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const std::vector<std::string> prompts = {"first of three", "the second", "and a third one"};
+  std::vector<testing::Reply> alone;
+  for (const auto& p : prompts) {
+    alone.push_back(generate(cluster_->stub(), greedy(p, 6)));
+    ASSERT_TRUE(alone.back().status.ok());
+  }
+  const json batch = post_ok("/v1/completions", {{"prompt", prompts}, {"max_tokens", 6}, {"temperature", 0}});
+  ASSERT_EQ(batch["choices"].size(), prompts.size()) << batch.dump();
+  uint32_t completion_tokens = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(batch["choices"][i]["index"], i);
+    EXPECT_EQ(batch["choices"][i]["text"], alone[i].text) << "prompt " << i;
+    completion_tokens += alone[i].completion_tokens;
+  }
+  EXPECT_EQ(batch["usage"]["completion_tokens"], completion_tokens);
+  // One bad prompt fails the batch, naming it.
+  auto bad = client().Post("/v1/completions", json{{"prompt", {"fine", std::string(100000, 'x')}}}.dump(),
+                           "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  EXPECT_NE(bad->body.find("prompt 1: "), std::string::npos) << bad->body;
+}
+
 TEST_F(HttpApi, ChatCompletionsApplyTheTemplateAsGrpcChat) {
   ASSERT_TRUE(cluster_->ready().is_ok());
   tandem::v1::ChatRequest chat;

@@ -71,6 +71,16 @@ TEST(OpenAiCompletion, DefaultsAndPromptForms) {
   ASSERT_EQ(ids.request.token_ids().ids_size(), 3);
   EXPECT_EQ(ids.request.token_ids().ids(2), 3u);
   EXPECT_EQ(completion_ok(R"({"prompt": [[4, 5]]})").request.token_ids().ids_size(), 2);
+  // A batch: one request per prompt, the same sampling, text and ids mixed.
+  const auto batch = completion_ok(R"({"prompt": ["a", [7, 8], "c"], "max_tokens": 3, "seed": 5})");
+  EXPECT_EQ(batch.request.text(), "a");
+  ASSERT_EQ(batch.more.size(), 2u);
+  EXPECT_EQ(batch.more[0].token_ids().ids_size(), 2);
+  EXPECT_FALSE(batch.more[0].has_text());
+  EXPECT_EQ(batch.more[1].text(), "c");
+  EXPECT_EQ(batch.more[1].sampling().max_tokens(), 3u);
+  EXPECT_EQ(batch.more[1].sampling().seed(), 5u);
+  EXPECT_TRUE(completion_ok(R"({"prompt": ["one"]})").more.empty());
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "stop": "###"})").request.sampling().stop(0), "###");
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "top_k": -1})").request.sampling().top_k(), 0);  // vLLM's "off"
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "max_completion_tokens": 3})").request.sampling().max_tokens(), 3u);
@@ -100,7 +110,9 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "model": 3})", "model"},
       {R"({"prompt": ""})", "prompt"},
       {R"({"prompt": []})", "prompt"},
-      {R"({"prompt": ["a", "b"]})", "prompt"},
+      {R"({"prompt": ["a", "b"], "stream": true})", "prompt"},
+      {R"({"prompt": ["a", ""]})", "prompt"},
+      {R"({"prompt": ["a", 5]})", "prompt"},
       {R"({"prompt": [1, -2]})", "prompt"},
       {R"({"prompt": [1, "a"]})", "prompt"},
       {R"({"prompt": {"text": "x"}})", "prompt"},
@@ -113,6 +125,10 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
     EXPECT_EQ(e.param, param) << body;
     EXPECT_EQ(e.message.rfind(param, 0), 0u) << body << " -> " << e.message;  // the message starts with the field
   }
+  // Past the batch limit.
+  json many = {{"prompt", json::array()}};
+  for (size_t i = 0; i <= kMaxBatch; ++i) many["prompt"].push_back("p");
+  EXPECT_EQ(completion_refused(many.dump()).param, "prompt");
   // Not JSON, or not an object: refused without a field.
   for (const char* body : {"{bad", "", "[1, 2]", "\"text\"", "null"}) {
     const HttpError e = completion_refused(body);
@@ -173,6 +189,11 @@ TEST(OpenAiResponses, ShapesAsOpenAiClientsReadThem) {
   EXPECT_EQ(c["choices"][0]["text"], "abc");
   EXPECT_EQ(c["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(c["usage"]["total_tokens"], 8);
+  const json b = completion("cmpl-2", 1, "m", {{"x", pb::FINISH_REASON_STOP}, {"y", pb::FINISH_REASON_LENGTH}}, u);
+  ASSERT_EQ(b["choices"].size(), 2u);
+  EXPECT_EQ(b["choices"][1]["index"], 1);
+  EXPECT_EQ(b["choices"][1]["text"], "y");
+  EXPECT_EQ(b["choices"][0]["finish_reason"], "stop");
   const json chat = chat_completion("chatcmpl-1", 1, "m", "hi", pb::FINISH_REASON_STOP, u);
   EXPECT_EQ(chat["object"], "chat.completion");
   EXPECT_EQ(chat["choices"][0]["message"]["role"], "assistant");
