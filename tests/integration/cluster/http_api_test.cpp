@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <sstream>
 #include <string>
@@ -313,6 +314,23 @@ TEST_F(HttpApi, MetricsCountWhatTheRouterAnswered) {
   EXPECT_EQ(after["tandem_request_latency_seconds_bucket{le=\"+Inf\"}"], after["tandem_request_latency_seconds_count"]);
   EXPECT_EQ(after["tandem_requests_in_flight"], 0);
   EXPECT_EQ(whole["usage"]["completion_tokens"], 5);
+}
+
+// The official `openai` Python client against the gateway
+// (scripts/openai_client_check.py), where Python has it; skipped otherwise.
+TEST_F(HttpApi, OfficialOpenAiPythonClientWorks) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  if (std::system("python3 -c 'import openai' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "the `openai` Python package is not installed (pip install openai to run this check)";
+  const std::string cmd = "python3 " + std::string(TANDEM_SOURCE_DIR) + "/scripts/openai_client_check.py http://127.0.0.1:" +
+                          std::to_string(cluster_->http_port()) + "/v1 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  EXPECT_EQ(pclose(p), 0) << out;
+  EXPECT_NE(out.find("all passed"), std::string::npos) << out;
 }
 
 // `tandem bench --api both` sends the same requests over gRPC and HTTP and

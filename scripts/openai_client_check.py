@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Drives a running Tandem router's HTTP API with the official `openai` Python
+client (pip install openai), as users do: models, completions (whole, streamed,
+batched), chat completions (whole, streamed with usage), and the errors the
+client maps to its exception types. Exits 0 when every check passes, 1 with the
+failed checks listed, 2 when the `openai` package is missing.
+
+    scripts/openai_client_check.py http://127.0.0.1:8000/v1
+"""
+import sys
+
+try:
+    import openai
+except ImportError:
+    print("openai_client_check: the `openai` package is not installed (pip install openai)")
+    sys.exit(2)
+
+failures = []
+
+
+def check(name, cond, detail=""):
+    print(("ok     " if cond else "FAILED ") + name + ("" if cond else f": {detail}"))
+    if not cond:
+        failures.append(name)
+
+
+def main():
+    base_url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000/v1"
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+
+    models = client.models.list()
+    served = models.data[0].id
+    check("models.list", len(models.data) == 1 and models.data[0].object == "model", models)
+
+    whole = client.completions.create(model=served, prompt="The quick brown fox", max_tokens=8, temperature=0)
+    check("completions.create", whole.object == "text_completion" and len(whole.choices) == 1
+          and whole.usage.completion_tokens >= 1 and whole.choices[0].finish_reason in ("stop", "length"), whole)
+
+    text = ""
+    usage = None
+    for chunk in client.completions.create(model=served, prompt="The quick brown fox", max_tokens=8, temperature=0,
+                                           stream=True, stream_options={"include_usage": True}):
+        if chunk.choices:
+            text += chunk.choices[0].text
+        if chunk.usage:
+            usage = chunk.usage
+    check("completions stream = whole", text == whole.choices[0].text, (text, whole.choices[0].text))
+    check("completions stream usage", usage is not None and usage.completion_tokens == whole.usage.completion_tokens,
+          usage)
+
+    batch = client.completions.create(model=served, prompt=["one", "two"], max_tokens=4, temperature=0)
+    check("completions batch", [c.index for c in batch.choices] == [0, 1], batch)
+
+    chat = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi there"}],
+                                          max_tokens=8, temperature=0)
+    check("chat.completions.create", chat.object == "chat.completion" and chat.choices[0].message.role == "assistant",
+          chat)
+    streamed = ""
+    roles = []
+    for chunk in client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi there"}],
+                                                max_tokens=8, temperature=0, stream=True,
+                                                stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            if c.delta.role:
+                roles.append(c.delta.role)
+            streamed += c.delta.content or ""
+    check("chat stream = whole", streamed == chat.choices[0].message.content, (streamed, chat.choices[0].message.content))
+    check("chat stream role first", roles == ["assistant"], roles)
+
+    try:
+        client.completions.create(model=served, prompt="x", n=2)
+        check("n=2 refused", False, "accepted")
+    except openai.BadRequestError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        param = body.get("param", (body.get("error") or {}).get("param"))
+        check("n=2 refused as BadRequestError naming n", e.status_code == 400 and param == "n", e.body)
+    try:
+        client.completions.create(model="gpt-17", prompt="x")
+        check("unknown model refused", False, "accepted")
+    except openai.NotFoundError as e:
+        check("unknown model is NotFoundError", e.status_code == 404, e)
+
+    if failures:
+        print(f"openai_client_check: {len(failures)} failed: {', '.join(failures)}")
+        return 1
+    print(f"openai_client_check: all passed (openai {openai.__version__})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
