@@ -67,13 +67,16 @@ def main():
     check("chat stream = whole", streamed == chat.choices[0].message.content, (streamed, chat.choices[0].message.content))
     check("chat stream role first", roles == ["assistant"], roles)
 
+    several = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi"}], n=2,
+                                             max_tokens=4, temperature=0.9, seed=1)
+    check("chat n=2", [c.index for c in several.choices] == [0, 1], several)
     try:
-        client.completions.create(model=served, prompt="x", n=2)
-        check("n=2 refused", False, "accepted")
+        client.completions.create(model=served, prompt="x", logprobs=2)
+        check("logprobs refused", False, "accepted")
     except openai.BadRequestError as e:
         body = e.body if isinstance(e.body, dict) else {}
         param = body.get("param", (body.get("error") or {}).get("param"))
-        check("n=2 refused as BadRequestError naming n", e.status_code == 400 and param == "n", e.body)
+        check("logprobs refused as BadRequestError naming it", e.status_code == 400 and param == "logprobs", e.body)
     try:
         client.completions.create(model="gpt-17", prompt="x")
         check("unknown model refused", False, "accepted")

@@ -138,7 +138,11 @@ class Gateway final : public HttpGateway {
       auto& call = std::get<openai::CompletionCall>(parsed);
       Admission admitted(*this);
       if (!admitted) return send_error(res, busy());
-      if (!call.more.empty()) return serve_batch(res, call);
+      if (!call.more.empty())
+        return serve_batch(res, call.request, call.more, call.n, false,
+                           [this](grpc::ClientContext* ctx, const pb::GenerateRequest& r) {
+                             return generation_->Generate(ctx, r);
+                           });
       serve(res, "cmpl-", "text_completion", call.stream, call.include_usage,
             [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Generate(ctx, request); });
     });
@@ -148,6 +152,11 @@ class Gateway final : public HttpGateway {
       auto& call = std::get<openai::ChatCall>(parsed);
       Admission admitted(*this);
       if (!admitted) return send_error(res, busy());
+      if (!call.more.empty())
+        return serve_batch(res, call.request, call.more, call.n, true,
+                           [this](grpc::ClientContext* ctx, const pb::ChatRequest& r) {
+                             return generation_->Chat(ctx, r);
+                           });
       serve(res, "chatcmpl-", "chat.completion.chunk", call.stream, call.include_usage,
             [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Chat(ctx, request); });
     });
@@ -307,11 +316,14 @@ class Gateway final : public HttpGateway {
     return true;
   }
 
-  // A batch of prompts: one router call per prompt, all at once; the answer
-  // when every one is done (the first failure, by prompt order, if any).
-  void serve_batch(httplib::Response& res, const openai::CompletionCall& call) {
-    std::vector<const pb::GenerateRequest*> requests = {&call.request};
-    for (const auto& r : call.more) requests.push_back(&r);
+  // Several choices (a batch of prompts, n > 1): one router call per choice,
+  // all at once; the answer when every one is done (the first failure, by
+  // choice order, if any, naming its prompt or choice).
+  template <typename Request, typename Open>
+  void serve_batch(httplib::Response& res, const Request& first, const std::vector<Request>& more, int n, bool chat,
+                   const Open& open) {
+    std::vector<const Request*> requests = {&first};
+    for (const auto& r : more) requests.push_back(&r);
     std::vector<Outcome> outcomes(requests.size());
     std::vector<grpc::Status> statuses(requests.size());
     std::vector<std::thread> calls;
@@ -319,7 +331,7 @@ class Gateway final : public HttpGateway {
       calls.emplace_back([&, i] {
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
-        auto reader = generation_->Generate(&ctx, *requests[i]);
+        auto reader = open(&ctx, *requests[i]);
         pb::GenerateResponse r;
         while (reader->Read(&r)) outcomes[i].add(r);
         statuses[i] = reader->Finish();
@@ -330,15 +342,17 @@ class Gateway final : public HttpGateway {
     for (size_t i = 0; i < requests.size(); ++i) {
       if (!statuses[i].ok()) {
         openai::HttpError e = openai::from_grpc(statuses[i]);
-        e.message = "prompt " + std::to_string(i) + ": " + e.message;
+        e.message = (chat ? "choice " + std::to_string(i) : "prompt " + std::to_string(i / static_cast<size_t>(n))) +
+                    ": " + e.message;
         return send_error(res, e);
       }
       choices.push_back({outcomes[i].text, outcomes[i].finish});
       total.set_prompt_tokens(total.prompt_tokens() + outcomes[i].usage.prompt_tokens());
       total.set_completion_tokens(total.completion_tokens() + outcomes[i].usage.completion_tokens());
     }
-    res.set_content(openai::dump(openai::completion(next_id("cmpl-"), unix_now(), served_name_, choices, total)),
-                    "application/json");
+    const json body = chat ? openai::chat_completion(next_id("chatcmpl-"), unix_now(), served_name_, choices, total)
+                           : openai::completion(next_id("cmpl-"), unix_now(), served_name_, choices, total);
+    res.set_content(openai::dump(body), "application/json");
   }
 
   // The status of a stream that ended before its first message.

@@ -59,8 +59,6 @@ json parse_object(std::string_view text) {
 // Fields that would change the answer in ways this server does not implement:
 // refused when set to anything but their neutral value.
 void refuse_unsupported(const json& body) {
-  if (const json* n = find(body, "n"); n && !(n->is_number_integer() && n->get<int64_t>() == 1))
-    refuse("n", "n: only 1 choice per request is supported");
   if (const json* b = find(body, "best_of"); b && !(b->is_number_integer() && b->get<int64_t>() == 1))
     refuse("best_of", "best_of: only 1 is supported");
   if (const json* l = find(body, "logprobs"); l && !(l->is_boolean() && !l->get<bool>()))
@@ -144,6 +142,31 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
     }
   }
   if (const json* u = find(body, "user"); u && u->is_string()) call.request.set_request_id(u->get<std::string>());
+  if (find(body, "n")) {
+    call.n = static_cast<int>(integer(body, "n", 1, static_cast<int64_t>(kMaxBatch)));
+    if (call.n > 1 && call.stream) refuse("n", "n: several choices are answered whole; not with stream");
+  }
+}
+
+// Each request `n` times in a row (choices i*n .. i*n+n-1 answer request i),
+// the j-th copy's seed, when one was given, moved by j so the samples differ.
+template <typename Request>
+void expand_choices(Request& first, std::vector<Request>& more, int n) {
+  if (n <= 1) return;
+  std::vector<Request> all;
+  std::vector<Request> prompts = {first};
+  prompts.insert(prompts.end(), more.begin(), more.end());
+  if (prompts.size() * static_cast<size_t>(n) > kMaxBatch)
+    refuse("n", "n: " + std::to_string(prompts.size()) + " prompts x " + std::to_string(n) + " choices is more than " +
+                    std::to_string(kMaxBatch) + " per request");
+  for (const Request& p : prompts)
+    for (int j = 0; j < n; ++j) {
+      Request copy = p;
+      if (copy.sampling().has_seed()) copy.mutable_sampling()->set_seed(copy.sampling().seed() + static_cast<uint64_t>(j));
+      all.push_back(std::move(copy));
+    }
+  first = all.front();
+  more.assign(all.begin() + 1, all.end());
 }
 
 // A token-id array of the prompt, or nothing when `v` is not one.
@@ -215,6 +238,7 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) 
     } else if (!token_ids(*prompt, *call.request.mutable_token_ids())) {
       refuse("prompt", "prompt: must be a string or an array of token ids");
     }
+    expand_choices(call.request, call.more, call.n);
     return call;
   });
 }
@@ -257,6 +281,7 @@ std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
       msg->set_role(role->get<std::string>());
       msg->set_content(content);
     }
+    expand_choices(call.request, call.more, call.n);
     return call;
   });
 }
@@ -348,11 +373,18 @@ json completion(const std::string& id, int64_t created, const std::string& model
 
 json chat_completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
                      pb::FinishReason finish, const pb::Usage& u) {
+  return chat_completion(id, created, model, {{text, finish}}, u);
+}
+
+json chat_completion(const std::string& id, int64_t created, const std::string& model,
+                     const std::vector<Choice>& choices, const pb::Usage& u) {
   json j = base_object("chat.completion", id, created, model);
-  j["choices"] = json::array({{{"index", 0},
-                               {"message", {{"role", "assistant"}, {"content", text}}},
-                               {"logprobs", nullptr},
-                               {"finish_reason", finish_reason(finish)}}});
+  j["choices"] = json::array();
+  for (size_t i = 0; i < choices.size(); ++i)
+    j["choices"].push_back({{"index", i},
+                            {"message", {{"role", "assistant"}, {"content", choices[i].text}}},
+                            {"logprobs", nullptr},
+                            {"finish_reason", finish_reason(choices[i].finish)}});
   j["usage"] = usage(u);
   return j;
 }

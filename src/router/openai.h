@@ -7,8 +7,8 @@
 // What is taken: model, prompt (a string, token ids, or an array of either:
 // a batch, answered whole with one choice per prompt), messages (string content or text parts), max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, stream,
-// stream_options.include_usage, n = 1, and the extensions top_k, ignore_eos,
-// skip_special_tokens. What cannot be honoured (n > 1, logprobs, echo,
+// stream_options.include_usage, n (whole answers only), and the extensions
+// top_k, ignore_eos, skip_special_tokens. What cannot be honoured (logprobs, echo,
 // penalties, logit_bias, tools, non-text content, JSON response formats) is
 // refused naming the field, never silently ignored; other unknown fields are
 // ignored, as OpenAI's own server does.
@@ -42,15 +42,19 @@ inline constexpr size_t kMaxBatch = 64;
 
 struct CompletionCall {
   tandem::v1::GenerateRequest request;
-  // A batch's other prompts, each with the same sampling as `request`; their
-  // answers are choices 1, 2, ... Never with `stream`.
+  // The other requests of a batch of prompts and/or n > 1 (the first is
+  // `request`), in choice order: prompt i's n samples are choices i*n ..
+  // i*n+n-1. Never with `stream`.
   std::vector<tandem::v1::GenerateRequest> more;
+  int n = 1;  // choices per prompt
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
 };
 
 struct ChatCall {
   tandem::v1::ChatRequest request;
+  std::vector<tandem::v1::ChatRequest> more;  // n > 1: the other samples, choices 1 .. n-1
+  int n = 1;
   bool stream = false;
   bool include_usage = false;
 };
@@ -85,6 +89,8 @@ struct Choice {
 };
 nlohmann::json completion(const std::string& id, int64_t created, const std::string& model,
                           const std::vector<Choice>& choices, const tandem::v1::Usage& u);
+nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
+                               const std::vector<Choice>& choices, const tandem::v1::Usage& u);
 nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
                                const std::string& text, tandem::v1::FinishReason finish, const tandem::v1::Usage& u);
 // Stream chunks: text (or a chat delta) and, on the last, the finish reason.

@@ -139,6 +139,17 @@ TEST_F(HttpApi, BatchedPromptsAnswerEachAsAlone) {
     completion_tokens += alone[i].completion_tokens;
   }
   EXPECT_EQ(batch["usage"]["completion_tokens"], completion_tokens);
+  // n samples of each prompt, prompt-major: greedy samples are the greedy answer.
+  const json samples = post_ok("/v1/completions", {{"prompt", {prompts[0], prompts[1]}}, {"n", 2}, {"max_tokens", 6},
+                                                   {"temperature", 0}});
+  ASSERT_EQ(samples["choices"].size(), 4u) << samples.dump();
+  for (size_t c = 0; c < 4; ++c) EXPECT_EQ(samples["choices"][c]["text"], alone[c / 2].text) << "choice " << c;
+  const json messages = json::array({{{"role", "user"}, {"content", "sample me"}}});
+  const json chats = post_ok("/v1/chat/completions", {{"messages", messages}, {"n", 3}, {"max_tokens", 4},
+                                                      {"temperature", 1.0}, {"seed", 3}});
+  ASSERT_EQ(chats["choices"].size(), 3u) << chats.dump();
+  EXPECT_EQ(chats["object"], "chat.completion");
+  EXPECT_EQ(chats["choices"][2]["index"], 2);
   // One bad prompt fails the batch, naming it.
   auto bad = client().Post("/v1/completions", json{{"prompt", {"fine", std::string(100000, 'x')}}}.dump(),
                            "application/json");
@@ -194,7 +205,8 @@ TEST_F(HttpApi, ErrorsHaveOpenAiShapeAndFittingStatus) {
   };
   const std::vector<Case> cases = {
       {"/v1/completions", "{not json", 400, "", "not valid JSON"},
-      {"/v1/completions", R"({"prompt": "x", "n": 2})", 400, "n", "only 1"},
+      {"/v1/completions", R"({"prompt": "x", "logprobs": 2})", 400, "logprobs", "not supported"},
+      {"/v1/completions", R"({"prompt": "x", "n": 2, "stream": true})", 400, "n", "not with stream"},
       {"/v1/completions", R"({"prompt": "x", "model": "gpt-17"})", 404, "", "gpt-17"},
       {"/v1/completions", R"({"prompt": "x", "temperature": -1})", 400, "temperature", "outside"},
       // Refused by the router (the prompt leaves no room in the context), through the gateway.

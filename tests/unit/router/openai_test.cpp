@@ -81,6 +81,16 @@ TEST(OpenAiCompletion, DefaultsAndPromptForms) {
   EXPECT_EQ(batch.more[1].sampling().max_tokens(), 3u);
   EXPECT_EQ(batch.more[1].sampling().seed(), 5u);
   EXPECT_TRUE(completion_ok(R"({"prompt": ["one"]})").more.empty());
+  // n choices per prompt, prompt-major, the seed moved per sample.
+  const auto samples = completion_ok(R"({"prompt": ["a", "b"], "n": 3, "seed": 10})");
+  ASSERT_EQ(samples.more.size(), 5u);
+  EXPECT_EQ(samples.request.text(), "a");
+  EXPECT_EQ(samples.request.sampling().seed(), 10u);
+  EXPECT_EQ(samples.more[1].text(), "a");
+  EXPECT_EQ(samples.more[1].sampling().seed(), 12u);
+  EXPECT_EQ(samples.more[2].text(), "b");
+  EXPECT_EQ(samples.more[2].sampling().seed(), 10u);
+  EXPECT_FALSE(completion_ok(R"({"prompt": "x", "n": 2})").more[0].sampling().has_seed());  // drawn per sample
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "stop": "###"})").request.sampling().stop(0), "###");
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "top_k": -1})").request.sampling().top_k(), 0);  // vLLM's "off"
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "max_completion_tokens": 3})").request.sampling().max_tokens(), 3u);
@@ -88,7 +98,9 @@ TEST(OpenAiCompletion, DefaultsAndPromptForms) {
 
 TEST(OpenAiCompletion, RefusalsNameTheField) {
   const std::pair<const char*, const char*> cases[] = {
-      {R"({"prompt": "x", "n": 2})", "n"},
+      {R"({"prompt": "x", "n": 2, "stream": true})", "n"},
+      {R"({"prompt": "x", "n": 0})", "n"},
+      {R"({"prompt": ["a", "b"], "n": 40})", "n"},
       {R"({"prompt": "x", "best_of": 3})", "best_of"},
       {R"({"prompt": "x", "logprobs": 5})", "logprobs"},
       {R"({"prompt": "x", "echo": true})", "echo"},
@@ -150,6 +162,11 @@ TEST(OpenAiChat, MessagesAndContentParts) {
   EXPECT_EQ(c.request.messages(2).content(), "");
   EXPECT_EQ(c.request.sampling().max_tokens(), 9u);
   EXPECT_TRUE(c.stream);
+  // n samples of the conversation.
+  auto two = parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "n": 2, "temperature": 0.7})");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(two));
+  ASSERT_EQ(std::get<ChatCall>(two).more.size(), 1u);
+  EXPECT_EQ(std::get<ChatCall>(two).more[0].messages(0).content(), "x");
   // Without max_tokens a chat keeps the router's default (not the completions 16).
   auto d = parse_chat(R"({"messages": [{"role": "user", "content": "x"}]})");
   ASSERT_TRUE(std::holds_alternative<ChatCall>(d));
@@ -168,7 +185,7 @@ TEST(OpenAiChat, MessagesAndContentParts) {
       {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})", "tool_choice"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
        "response_format"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "n": 3})", "n"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "n": 3, "stream": true})", "n"},
   };
   for (const auto& [body, param] : cases) {
     const HttpError e = chat_refused(body);
