@@ -95,7 +95,9 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     } else {
       cpu_stages_ = std::make_unique<engine::CpuForwardStages>(*runner_);
       forward = [this, m](const engine::ForwardBatch& b, std::vector<float>& logits) {
-        return timed_forward(*cpu_stages_, b, m, logits);
+        return timed([&](engine::PipelineTimes* step) {
+          return engine::forward_pipelined(*cpu_stages_, b, m, *remote_, logits, step);
+        });
       };
       device_ = "cpu";
     }
@@ -245,10 +247,9 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         TANDEM_RETURN_IF_ERROR(kernels::cuda::set_device(ordinal));
         selected = true;
       }
-      engine::PipelineTimes step;
-      Status st = engine::forward_pipelined_split(gpu_->stages(), b, m, *remote_, greedy, logits, tokens, &step);
-      add_times(step);
-      return st;
+      return timed([&](engine::PipelineTimes* step) {
+        return engine::forward_pipelined_split(gpu_->stages(), b, m, *remote_, greedy, logits, tokens, step);
+      });
     });
 #else
     (void)kv_shape;
@@ -256,17 +257,15 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
 #endif
   }
 
-  // One step of the ping-pong pipeline, its time breakdown added to times_.
-  Status timed_forward(engine::ForwardStages& stages, const engine::ForwardBatch& b, int m, std::vector<float>& logits) {
+  // One step of the ping-pong pipeline (`run` fills the breakdown it is
+  // given), its time breakdown added to times_.
+  template <typename Run>
+  Status timed(const Run& run) {
     engine::PipelineTimes step;
-    Status st = engine::forward_pipelined(stages, b, m, *remote_, logits, &step);
-    add_times(step);
-    return st;
-  }
-
-  void add_times(const engine::PipelineTimes& step) {
+    Status st = run(&step);
     std::lock_guard<std::mutex> l(times_mu_);
     times_ += step;
+    return st;
   }
 
   void loop() {

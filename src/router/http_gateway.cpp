@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -133,32 +134,12 @@ class Gateway final : public HttpGateway {
         res.set_content(metrics_(), "text/plain; version=0.0.4");
       });
     server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      auto parsed = openai::parse_completion(req.body);
-      if (auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
-      auto& call = std::get<openai::CompletionCall>(parsed);
-      Admission admitted(*this);
-      if (!admitted) return send_error(res, busy());
-      if (!call.more.empty())
-        return serve_batch(res, call.request, call.more, call.n, false,
-                           [this](grpc::ClientContext* ctx, const pb::GenerateRequest& r) {
-                             return generation_->Generate(ctx, r);
-                           });
-      serve(res, "cmpl-", "text_completion", call.stream, call.include_usage,
-            [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Generate(ctx, request); });
+      answer(res, openai::parse_completion(req.body), /*chat=*/false,
+             [this](grpc::ClientContext* ctx, const pb::GenerateRequest& r) { return generation_->Generate(ctx, r); });
     });
     server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      auto parsed = openai::parse_chat(req.body);
-      if (auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
-      auto& call = std::get<openai::ChatCall>(parsed);
-      Admission admitted(*this);
-      if (!admitted) return send_error(res, busy());
-      if (!call.more.empty())
-        return serve_batch(res, call.request, call.more, call.n, true,
-                           [this](grpc::ClientContext* ctx, const pb::ChatRequest& r) {
-                             return generation_->Chat(ctx, r);
-                           });
-      serve(res, "chatcmpl-", "chat.completion.chunk", call.stream, call.include_usage,
-            [this, request = call.request](grpc::ClientContext* ctx) { return generation_->Chat(ctx, request); });
+      answer(res, openai::parse_chat(req.body), /*chat=*/true,
+             [this](grpc::ClientContext* ctx, const pb::ChatRequest& r) { return generation_->Chat(ctx, r); });
     });
     // Unknown routes, and any other error without a body of its own, in OpenAI's error shape.
     server_.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
@@ -225,37 +206,33 @@ class Gateway final : public HttpGateway {
     return prefix + std::string(hex);
   }
 
-  // One request: `open` starts the router's stream on a context of ours.
-  // Non-streaming: read it all, answer one object. Streaming: the first
-  // message is awaited before answering, so a request the router refuses gets
-  // its HTTP status; from then on every message becomes an event.
-  template <typename Open>
-  void serve(httplib::Response& res, const char* id_prefix, const std::string& chunk_object, bool stream,
-             bool include_usage, const Open& open) {
-    const bool chat = chunk_object == "chat.completion.chunk";
+  // A parsed request of either endpoint: `open(ctx, request)` starts one of
+  // the router's streams on a context of ours.
+  template <typename Call, typename Open>
+  void answer(httplib::Response& res, const std::variant<Call, openai::HttpError>& parsed, bool chat,
+              const Open& open) {
+    if (const auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
+    const Call& call = std::get<Call>(parsed);
+    Admission admitted(*this);
+    if (!admitted) return send_error(res, busy());
+    if (call.stream) return serve_stream(res, call.request, call.include_usage, chat, open);
+    serve_whole(res, call.request, call.more, call.n, chat, open);
+  }
+
+  // A streamed answer: the first message is awaited before answering, so a
+  // request the router refuses gets its HTTP status; from then on every
+  // message becomes an event.
+  template <typename Request, typename Open>
+  void serve_stream(httplib::Response& res, const Request& request, bool include_usage, bool chat, const Open& open) {
+    const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
     // One object for the call: the reader goes before the context it uses.
     auto call = std::make_shared<Call>();
     call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
-    call->reader = open(&call->ctx);
+    call->reader = open(&call->ctx, request);
     grpc::ClientReader<pb::GenerateResponse>& reader = *call->reader;
-    const std::string id = next_id(id_prefix);
+    const std::string id = next_id(chat ? "chatcmpl-" : "cmpl-");
     const int64_t created = unix_now();
     if (!reader.Read(&call->first)) return send_error(res, openai::from_grpc(finish_or_ended(reader)));
-    if (!stream) {
-      // The socket is not watched meanwhile: a client that leaves does not
-      // end the request (httplib 0.11 cannot tell); max_tokens and
-      // router.request_timeout_s bound it.
-      Outcome out;
-      out.add(call->first);
-      pb::GenerateResponse r;
-      while (reader.Read(&r)) out.add(r);
-      const grpc::Status st = reader.Finish();
-      if (!st.ok()) return send_error(res, openai::from_grpc(st));
-      const json body = chat ? openai::chat_completion(id, created, served_name_, out.text, out.finish, out.usage)
-                             : openai::completion(id, created, served_name_, out.text, out.finish, out.usage);
-      res.set_content(openai::dump(body), "application/json");
-      return;
-    }
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -316,34 +293,46 @@ class Gateway final : public HttpGateway {
     return true;
   }
 
-  // Several choices (a batch of prompts, n > 1): one router call per choice,
-  // all at once; the answer when every one is done (the first failure, by
-  // choice order, if any, naming its prompt or choice).
+  // An answer in one object, one choice per request (`first`, then `more`: a
+  // batch of prompts, n > 1), all of them run at once; the first failure, by
+  // choice order, if any, names its prompt or choice when there are several.
+  // The socket is not watched meanwhile: a client that leaves does not end
+  // the requests (httplib 0.11 cannot tell); max_tokens and
+  // router.request_timeout_s bound them.
   template <typename Request, typename Open>
-  void serve_batch(httplib::Response& res, const Request& first, const std::vector<Request>& more, int n, bool chat,
+  void serve_whole(httplib::Response& res, const Request& first, const std::vector<Request>& more, int n, bool chat,
                    const Open& open) {
     std::vector<const Request*> requests = {&first};
     for (const auto& r : more) requests.push_back(&r);
     std::vector<Outcome> outcomes(requests.size());
     std::vector<grpc::Status> statuses(requests.size());
-    std::vector<std::thread> calls;
-    for (size_t i = 0; i < requests.size(); ++i)
-      calls.emplace_back([&, i] {
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
-        auto reader = open(&ctx, *requests[i]);
-        pb::GenerateResponse r;
-        while (reader->Read(&r)) outcomes[i].add(r);
-        statuses[i] = reader->Finish();
-      });
-    for (auto& t : calls) t.join();
+    auto run = [&](size_t i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+      auto reader = open(&ctx, *requests[i]);
+      pb::GenerateResponse r;
+      bool answered = false;
+      while (reader->Read(&r)) {
+        outcomes[i].add(r);
+        answered = true;
+      }
+      statuses[i] = answered ? reader->Finish() : finish_or_ended(*reader);
+    };
+    if (requests.size() == 1) {
+      run(0);
+    } else {
+      std::vector<std::thread> calls;
+      for (size_t i = 0; i < requests.size(); ++i) calls.emplace_back(run, i);
+      for (auto& t : calls) t.join();
+    }
     std::vector<openai::Choice> choices;
     pb::Usage total;
     for (size_t i = 0; i < requests.size(); ++i) {
       if (!statuses[i].ok()) {
         openai::HttpError e = openai::from_grpc(statuses[i]);
-        e.message = (chat ? "choice " + std::to_string(i) : "prompt " + std::to_string(i / static_cast<size_t>(n))) +
-                    ": " + e.message;
+        if (requests.size() > 1)
+          e.message = (chat ? "choice " + std::to_string(i) : "prompt " + std::to_string(i / static_cast<size_t>(n))) +
+                      ": " + e.message;
         return send_error(res, e);
       }
       choices.push_back({outcomes[i].text, outcomes[i].finish});

@@ -353,27 +353,21 @@ json usage(const pb::Usage& u) {
           {"total_tokens", u.prompt_tokens() + u.completion_tokens()}};
 }
 
-json completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
-                pb::FinishReason finish, const pb::Usage& u) {
-  return completion(id, created, model, {{text, finish}}, u);
+namespace {
+// One entry of "choices": `key` ("text", "message" or "delta") holds `value`.
+json choice(size_t index, const char* key, json value, pb::FinishReason finish) {
+  return {{"index", index}, {key, std::move(value)}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}};
 }
+}  // namespace
 
 json completion(const std::string& id, int64_t created, const std::string& model, const std::vector<Choice>& choices,
                 const pb::Usage& u) {
   json j = base_object("text_completion", id, created, model);
   j["choices"] = json::array();
   for (size_t i = 0; i < choices.size(); ++i)
-    j["choices"].push_back({{"index", i},
-                            {"text", choices[i].text},
-                            {"logprobs", nullptr},
-                            {"finish_reason", finish_reason(choices[i].finish)}});
+    j["choices"].push_back(choice(i, "text", choices[i].text, choices[i].finish));
   j["usage"] = usage(u);
   return j;
-}
-
-json chat_completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
-                     pb::FinishReason finish, const pb::Usage& u) {
-  return chat_completion(id, created, model, {{text, finish}}, u);
 }
 
 json chat_completion(const std::string& id, int64_t created, const std::string& model,
@@ -381,10 +375,8 @@ json chat_completion(const std::string& id, int64_t created, const std::string& 
   json j = base_object("chat.completion", id, created, model);
   j["choices"] = json::array();
   for (size_t i = 0; i < choices.size(); ++i)
-    j["choices"].push_back({{"index", i},
-                            {"message", {{"role", "assistant"}, {"content", choices[i].text}}},
-                            {"logprobs", nullptr},
-                            {"finish_reason", finish_reason(choices[i].finish)}});
+    j["choices"].push_back(
+        choice(i, "message", {{"role", "assistant"}, {"content", choices[i].text}}, choices[i].finish));
   j["usage"] = usage(u);
   return j;
 }
@@ -392,16 +384,14 @@ json chat_completion(const std::string& id, int64_t created, const std::string& 
 json completion_chunk(const std::string& id, int64_t created, const std::string& model, const std::string& text,
                       pb::FinishReason finish) {
   json j = base_object("text_completion", id, created, model);
-  j["choices"] = json::array(
-      {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}}});
+  j["choices"] = json::array({choice(0, "text", text, finish)});
   return j;
 }
 
 json chat_chunk(const std::string& id, int64_t created, const std::string& model, const json& delta,
                 pb::FinishReason finish) {
   json j = base_object("chat.completion.chunk", id, created, model);
-  j["choices"] =
-      json::array({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}}});
+  j["choices"] = json::array({choice(0, "delta", delta, finish)});
   return j;
 }
 

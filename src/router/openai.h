@@ -80,9 +80,7 @@ nlohmann::json usage(const tandem::v1::Usage& u);
 
 // Responses. `id` is the response id ("cmpl-..." / "chatcmpl-..."), `created`
 // Unix seconds, `model` the served name.
-nlohmann::json completion(const std::string& id, int64_t created, const std::string& model, const std::string& text,
-                          tandem::v1::FinishReason finish, const tandem::v1::Usage& u);
-// A batch's answer: choice i for prompt i; `u` summed over the batch.
+// Choice i answers request i (of a batch, or n > 1); `u` summed over them.
 struct Choice {
   std::string text;
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
@@ -91,8 +89,6 @@ nlohmann::json completion(const std::string& id, int64_t created, const std::str
                           const std::vector<Choice>& choices, const tandem::v1::Usage& u);
 nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
                                const std::vector<Choice>& choices, const tandem::v1::Usage& u);
-nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
-                               const std::string& text, tandem::v1::FinishReason finish, const tandem::v1::Usage& u);
 // Stream chunks: text (or a chat delta) and, on the last, the finish reason.
 nlohmann::json completion_chunk(const std::string& id, int64_t created, const std::string& model,
                                 const std::string& text, tandem::v1::FinishReason finish);

@@ -452,34 +452,27 @@ struct Runner final : CudaModelRunner::Impl {
   }
 
   // sum [n, H] += Σ w·expert(in) over `rows` permuted rows (row_token,
-  // row_weight on the device) grouped by the host offsets.
-  Status run_grouped(const DeviceLayer<T>& L, const T* in, const int32_t* host_offsets, int64_t rows,
-                     const int32_t* rt, const float* rw, float* sum) {
+  // row_weight on the device) grouped by expert offsets: `device_offsets` for
+  // grouped_swiglu_device (nothing comes to the host), else `host_offsets`
+  // for the cuBLAS paths.
+  Status run_grouped(const DeviceLayer<T>& L, const T* in, const int32_t* host_offsets,
+                     const int32_t* device_offsets, int64_t rows, const int32_t* rt, const float* rw, float* sum) {
     const int64_t H = c.hidden_size, E = c.moe.num_experts, I = c.moe.expert_intermediate;
-    int64_t max_rows = 1;
-    for (int64_t e = 0; e < E; ++e) max_rows = std::max<int64_t>(max_rows, host_offsets[e + 1] - host_offsets[e]);
     TANDEM_ASSIGN_OR_RETURN(T * xp, grow<T>(x_perm, static_cast<size_t>(rows * H), "permuted tokens"));
     TANDEM_ASSIGN_OR_RETURN(T * yp, grow<T>(y_perm, static_cast<size_t>(rows * H), "expert outputs"));
     TANDEM_RETURN_IF_ERROR(kc::gather_rows(in, rt, xp, rows, H));
-    if (expert_gemm == ExpertGemm::kBatched) {
+    if (device_offsets) {
+      TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(rows * I), "expert scratch"));
+      TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_device(xp, yp, device_offsets, E, L.experts_device, H, I, rows, sc));
+      ++device_expert_layers;
+    } else if (expert_gemm == ExpertGemm::kBatched) {
       TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_batched(xp, yp, host_offsets, E, L.experts.data(), H, I));
     } else {
+      int64_t max_rows = 1;
+      for (int64_t e = 0; e < E; ++e) max_rows = std::max<int64_t>(max_rows, host_offsets[e + 1] - host_offsets[e]);
       TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(3 * max_rows * I), "expert scratch"));
       TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_host_offsets(xp, yp, host_offsets, E, L.experts.data(), H, I, sc));
     }
-    return kc::scatter_add_weighted(yp, rt, rw, sum, rows, H);
-  }
-
-  // run_grouped with the offsets on the device: nothing comes to the host.
-  Status run_device_grouped(const DeviceLayer<T>& L, const T* in, const int32_t* device_offsets, int64_t rows,
-                            const int32_t* rt, const float* rw, float* sum) {
-    const int64_t H = c.hidden_size, E = c.moe.num_experts, I = c.moe.expert_intermediate;
-    TANDEM_ASSIGN_OR_RETURN(T * xp, grow<T>(x_perm, static_cast<size_t>(rows * H), "permuted tokens"));
-    TANDEM_ASSIGN_OR_RETURN(T * yp, grow<T>(y_perm, static_cast<size_t>(rows * H), "expert outputs"));
-    TANDEM_ASSIGN_OR_RETURN(T * sc, grow<T>(scratch, static_cast<size_t>(rows * I), "expert scratch"));
-    TANDEM_RETURN_IF_ERROR(kc::gather_rows(in, rt, xp, rows, H));
-    TANDEM_RETURN_IF_ERROR(kc::grouped_swiglu_device(xp, yp, device_offsets, E, L.experts_device, H, I, rows, sc));
-    ++device_expert_layers;
     return kc::scatter_add_weighted(yp, rt, rw, sum, rows, H);
   }
 
@@ -491,16 +484,16 @@ struct Runner final : CudaModelRunner::Impl {
     TANDEM_ASSIGN_OR_RETURN(int32_t * rt, grow<int32_t>(row_token, static_cast<size_t>(rows), "row tokens"));
     TANDEM_ASSIGN_OR_RETURN(float* rw, grow<float>(row_weight, static_cast<size_t>(rows), "row weights"));
     TANDEM_RETURN_IF_ERROR(kc::moe_permute(topk_idx.as<int32_t>(), topk_w.as<float>(), n, K, E, offs, rt, rw));
-    if (device_experts_for(L, n)) {
-      TANDEM_RETURN_IF_ERROR(kc::fill_zero(s.sum(), static_cast<size_t>(n * H) * sizeof(float)));
-      TANDEM_RETURN_IF_ERROR(run_device_grouped(L, s.in(), offs, rows, rt, rw, s.sum()));
-      return s.sum_to_ffn(n, H);
+    const bool on_device = device_experts_for(L, n);
+    std::vector<int32_t> host_offsets;
+    if (!on_device) {
+      // cuBLAS takes each expert's row count from the host.
+      host_offsets.resize(static_cast<size_t>(E + 1));
+      TANDEM_RETURN_IF_ERROR(kc::copy_to_host(host_offsets.data(), offs, host_offsets.size() * sizeof(int32_t)));
     }
-    // cuBLAS takes each expert's row count from the host.
-    std::vector<int32_t> host_offsets(static_cast<size_t>(E + 1));
-    TANDEM_RETURN_IF_ERROR(kc::copy_to_host(host_offsets.data(), offs, host_offsets.size() * sizeof(int32_t)));
     TANDEM_RETURN_IF_ERROR(kc::fill_zero(s.sum(), static_cast<size_t>(n * H) * sizeof(float)));
-    TANDEM_RETURN_IF_ERROR(run_grouped(L, s.in(), host_offsets.data(), rows, rt, rw, s.sum()));
+    TANDEM_RETURN_IF_ERROR(
+        run_grouped(L, s.in(), host_offsets.data(), on_device ? offs : nullptr, rows, rt, rw, s.sum()));
     return s.sum_to_ffn(n, H);
   }
 
@@ -803,11 +796,10 @@ struct Runner final : CudaModelRunner::Impl {
     TANDEM_RETURN_IF_ERROR(kc::fill_zero(y, x_bytes));
     const auto* rt_dev = reinterpret_cast<const int32_t*>(dev + x_upload);
     const auto* rw_dev = reinterpret_cast<const float*>(dev + x_upload + index_bytes);
-    if (rows > 0 && on_device) {
-      const auto* offsets_dev = reinterpret_cast<const int32_t*>(dev + x_upload + 2 * index_bytes);
-      TANDEM_RETURN_IF_ERROR(run_device_grouped(L, x_dev, offsets_dev, rows, rt_dev, rw_dev, y));
-    } else if (rows > 0) {
-      TANDEM_RETURN_IF_ERROR(run_grouped(L, x_dev, host_offsets.data(), rows, rt_dev, rw_dev, y));
+    const auto* offsets_dev =
+        on_device ? reinterpret_cast<const int32_t*>(dev + x_upload + 2 * index_bytes) : nullptr;
+    if (rows > 0) {
+      TANDEM_RETURN_IF_ERROR(run_grouped(L, x_dev, host_offsets.data(), offsets_dev, rows, rt_dev, rw_dev, y));
     }
     return y;
   }

@@ -35,6 +35,22 @@ struct TinyModel {
   bool ok() const { return ck.is_ok() && weights.is_ok(); }
 };
 
+// The "device": a runner with its own cache of the engine's shape, indexed by
+// the block ids the hooked engine hands out.
+struct Device {
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<ModelRunner> runner;
+};
+Device device_for(const model::ModelConfig& c, const model::ModelWeights& w, const EngineOptions& o) {
+  const KvCacheShape shape{c.num_layers, o.num_blocks, o.block_size, c.num_kv_heads, c.head_dim};
+  auto cache = KvCache::create(shape, shape.bytes());
+  EXPECT_TRUE(cache.is_ok()) << cache.status().to_string();
+  if (!cache.is_ok()) return {};
+  Device d{std::move(cache).value(), nullptr};
+  d.runner = std::make_unique<ModelRunner>(c, w, d.cache.get());
+  return d;
+}
+
 TEST(ForwardHook, InjectedForwardGivesTheBuiltInTokens) {
   TinyModel tm("tiny-qwen3-moe", 4, "forward_hook");
   ASSERT_TRUE(tm.ok());
@@ -56,12 +72,9 @@ TEST(ForwardHook, InjectedForwardGivesTheBuiltInTokens) {
   auto want = (*base)->generate(reqs);
   ASSERT_TRUE(want.is_ok()) << want.status().to_string();
 
-  // The "device": a runner with its own cache of the same shape, indexed by the
-  // block ids the hooked engine hands out.
-  const KvCacheShape shape{c.num_layers, plain.num_blocks, plain.block_size, c.num_kv_heads, c.head_dim};
-  auto device_cache = KvCache::create(shape, shape.bytes());
-  ASSERT_TRUE(device_cache.is_ok());
-  ModelRunner device(c, **w, device_cache->get());
+  Device dev = device_for(c, **w, plain);
+  ASSERT_TRUE(dev.runner);
+  ModelRunner& device = *dev.runner;
   int steps = 0;
   EngineOptions hooked = plain;
   hooked.forward = [&](const ForwardBatch& b, std::vector<float>& logits) {
@@ -113,10 +126,9 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
   auto want = (*base)->generate(reqs);
   ASSERT_TRUE(want.is_ok()) << want.status().to_string();
 
-  const KvCacheShape shape{c.num_layers, plain.num_blocks, plain.block_size, c.num_kv_heads, c.head_dim};
-  auto device_cache = KvCache::create(shape, shape.bytes());
-  ASSERT_TRUE(device_cache.is_ok());
-  ModelRunner device(c, **w, device_cache->get());
+  Device dev = device_for(c, **w, plain);
+  ASSERT_TRUE(dev.runner);
+  ModelRunner& device = *dev.runner;
   CpuForwardStages stages(device);
   LocalExpertExecutor experts(device);
   size_t greedy_rows = 0, sampled_rows = 0;
@@ -127,7 +139,9 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
     Status st = forward_pipelined_split(stages, b, 2, experts, greedy, logits, tokens);
     for (size_t r = 0; r < greedy.size(); ++r) {
       (greedy[r] ? greedy_rows : sampled_rows) += 1;
-      if (!greedy[r]) EXPECT_EQ(tokens[r], -1) << "a sampled row has no argmax";
+      if (!greedy[r]) {
+        EXPECT_EQ(tokens[r], -1) << "a sampled row has no argmax";
+      }
     }
     EXPECT_EQ(logits.size(), static_cast<size_t>(std::count(greedy.begin(), greedy.end(), uint8_t{0})) *
                                  static_cast<size_t>(c.vocab_size));

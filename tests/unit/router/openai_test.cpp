@@ -10,6 +10,14 @@ namespace {
 namespace pb = tandem::v1;
 using nlohmann::json;
 
+// The refusal of a body that must be refused (a failure, and an empty error, if accepted).
+template <typename Call>
+HttpError refused(const std::variant<Call, HttpError>& r, const std::string& body) {
+  if (const auto* e = std::get_if<HttpError>(&r)) return *e;
+  ADD_FAILURE() << body << " was accepted";
+  return {};
+}
+
 CompletionCall completion_ok(const std::string& body) {
   auto r = parse_completion(body);
   if (auto* e = std::get_if<HttpError>(&r)) {
@@ -19,23 +27,8 @@ CompletionCall completion_ok(const std::string& body) {
   return std::get<CompletionCall>(r);
 }
 
-HttpError completion_refused(const std::string& body) {
-  auto r = parse_completion(body);
-  if (!std::holds_alternative<HttpError>(r)) {
-    ADD_FAILURE() << body << " was accepted";
-    return {};
-  }
-  return std::get<HttpError>(r);
-}
-
-HttpError chat_refused(const std::string& body) {
-  auto r = parse_chat(body);
-  if (!std::holds_alternative<HttpError>(r)) {
-    ADD_FAILURE() << body << " was accepted";
-    return {};
-  }
-  return std::get<HttpError>(r);
-}
+HttpError completion_refused(const std::string& body) { return refused(parse_completion(body), body); }
+HttpError chat_refused(const std::string& body) { return refused(parse_chat(body), body); }
 
 TEST(OpenAiCompletion, MapsEveryTakenField) {
   const auto c = completion_ok(R"({"model": "m", "prompt": "Hello", "max_tokens": 7, "temperature": 0.5,
@@ -201,7 +194,7 @@ TEST(OpenAiResponses, ShapesAsOpenAiClientsReadThem) {
   pb::Usage u;
   u.set_prompt_tokens(5);
   u.set_completion_tokens(3);
-  const json c = completion("cmpl-1", 1700000000, "m", "abc", pb::FINISH_REASON_LENGTH, u);
+  const json c = completion("cmpl-1", 1700000000, "m", {{"abc", pb::FINISH_REASON_LENGTH}}, u);
   EXPECT_EQ(c["object"], "text_completion");
   EXPECT_EQ(c["choices"][0]["text"], "abc");
   EXPECT_EQ(c["choices"][0]["finish_reason"], "length");
@@ -211,7 +204,7 @@ TEST(OpenAiResponses, ShapesAsOpenAiClientsReadThem) {
   EXPECT_EQ(b["choices"][1]["index"], 1);
   EXPECT_EQ(b["choices"][1]["text"], "y");
   EXPECT_EQ(b["choices"][0]["finish_reason"], "stop");
-  const json chat = chat_completion("chatcmpl-1", 1, "m", "hi", pb::FINISH_REASON_STOP, u);
+  const json chat = chat_completion("chatcmpl-1", 1, "m", {{"hi", pb::FINISH_REASON_STOP}}, u);
   EXPECT_EQ(chat["object"], "chat.completion");
   EXPECT_EQ(chat["choices"][0]["message"]["role"], "assistant");
   EXPECT_EQ(chat["choices"][0]["message"]["content"], "hi");
