@@ -103,6 +103,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                      return parse_endpoint(r, v, q, c.http);
                                    }},
                                   {"max_queue", num(c.max_queue, 1, kBig)},
+                                  {"prefix_affinity", r.field(c.prefix_affinity)},
                                   {"request_timeout_s", num(c.request_timeout_s, 1, 86400)}});
         }},
        {"attention", [&](const YAML::Node& n, const std::string& p) {
@@ -111,6 +112,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"max_batch_tokens", num(c.max_batch_tokens, 1, kBig)},
                                   {"kv_blocks", num(c.kv_blocks, 1, kBig)},
                                   {"kv_block_size", num(c.kv_block_size, 1, 1024)},
+                                  {"prefix_caching", r.field(c.prefix_caching)},
                                   {"cpus", cpus(c.attention_cpus)},
                                   {"device", str(c.attention_device)}});
         }},
@@ -279,11 +281,13 @@ std::string DeploymentConfig::to_yaml() const {
     << router.to_string() << YAML::Key << "max_queue" << YAML::Value << max_queue << YAML::Key
     << "request_timeout_s" << YAML::Value << request_timeout_s;
   if (http.port != 0) e << YAML::Key << "http_listen" << YAML::Value << http.to_string();
+  if (!prefix_affinity) e << YAML::Key << "prefix_affinity" << YAML::Value << false;
   e << YAML::EndMap;
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << attention_base_port << YAML::Key << "max_running_sequences" << YAML::Value << max_running_sequences
     << YAML::Key << "max_batch_tokens" << YAML::Value << max_batch_tokens << YAML::Key << "kv_blocks"
     << YAML::Value << kv_blocks << YAML::Key << "kv_block_size" << YAML::Value << kv_block_size;
+  if (!prefix_caching) e << YAML::Key << "prefix_caching" << YAML::Value << false;
   if (!attention_cpus.empty()) e << YAML::Key << "cpus" << YAML::Value << format_cpu_list(attention_cpus);
   if (attention_on() != device) e << YAML::Key << "device" << YAML::Value << attention_device;
   e << YAML::EndMap;

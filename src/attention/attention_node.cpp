@@ -125,6 +125,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
         engine::SchedulerOptions{.max_running_sequences = cfg.max_running_sequences,
                                  .max_batch_tokens = cfg.max_batch_tokens,
                                  .micro_batches = cfg.micro_batches,
+                                 .prefix_caching = cfg.prefix_caching,
                                  .forward = std::move(forward),
                                  .forward_split = std::move(forward_split)});
 
@@ -208,6 +209,10 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     r->set_waiting(s.waiting);
     r->set_free_blocks(s.free_blocks);
     r->set_total_blocks(cache_->shape().num_blocks);
+    r->set_cached_blocks(s.cached_blocks);
+    r->set_prefix_lookup_tokens(s.prefix_lookup_tokens);
+    r->set_prefix_hit_tokens(s.prefix_hit_tokens);
+    r->set_preemptions(s.preemptions);
     r->set_device(device_);
     engine::PipelineTimes t;
     {

@@ -1,7 +1,10 @@
 // `tandem bench`: a closed-loop load generator against a router, over gRPC or
 // the OpenAI-compatible HTTP API (or both, for the gateway's cost). Fixed
 // seed, random prompts of a given length (token ids), exact output lengths
-// (ignore_eos). Reports the serving metrics users know from vLLM's and
+// (ignore_eos); optionally the first --shared-prefix tokens common to every
+// prompt (a system prompt), or to every --prefix-groups'th prompt (as many
+// conversations, each with its own history): what prefix caching and the
+// router's prefix affinity serve from cache. Reports the serving metrics users know from vLLM's and
 // SGLang's benchmarks: TTFT, TPOT = (E2E - TTFT) / (output - 1), ITL (gap
 // between streamed chunks), E2E latency (p50/p90/p99), output tokens/s and
 // requests/s.
@@ -36,6 +39,8 @@ struct BenchArgs {
   int requests = 64;
   int prompt_tokens = 128;
   int output_tokens = 64;
+  int shared_prefix = 0;  // leading prompt tokens every request of a group has in common
+  int prefix_groups = 1;  // request i is in group i % prefix_groups
   uint64_t seed = 0;
 };
 
@@ -182,10 +187,10 @@ Report measure(const std::vector<tandem::v1::GenerateRequest>& reqs, int concurr
 }
 
 void print_report(const char* api, const std::string& server, const BenchArgs& a, const Report& r) {
-  std::printf("tandem bench (%s): %s, %d requests (%d ok, %d failed), concurrency %d, prompt %d tokens, output %d "
-              "tokens, seed %llu\n",
-              api, server.c_str(), a.requests, r.ok, r.failures, a.concurrency, a.prompt_tokens, a.output_tokens,
-              static_cast<unsigned long long>(a.seed));
+  std::printf("tandem bench (%s): %s, %d requests (%d ok, %d failed), concurrency %d, prompt %d tokens (%d shared "
+              "in %d group%s), output %d tokens, seed %llu\n",
+              api, server.c_str(), a.requests, r.ok, r.failures, a.concurrency, a.prompt_tokens, a.shared_prefix,
+              a.prefix_groups, a.prefix_groups == 1 ? "" : "s", a.output_tokens, static_cast<unsigned long long>(a.seed));
   if (r.failures > 0) std::printf("first error: %s\n", r.first_error.c_str());
   std::printf("duration %.2f s | request throughput %.2f req/s | output throughput %.1f tok/s\n", r.duration,
               r.ok / r.duration, r.throughput());
@@ -203,6 +208,11 @@ void print_report(const char* api, const std::string& server, const BenchArgs& a
 }
 
 int run_bench(const BenchArgs& a) {
+  if (a.shared_prefix > a.prompt_tokens) {
+    std::fprintf(stderr, "tandem bench: --shared-prefix (%d) is longer than --prompt-tokens (%d)\n", a.shared_prefix,
+                 a.prompt_tokens);
+    return 2;
+  }
   auto channel = grpc::CreateChannel(a.server, grpc::InsecureChannelCredentials());
   auto stub = tandem::v1::Generation::NewStub(channel);
   uint32_t vocab = 0;
@@ -220,9 +230,15 @@ int run_bench(const BenchArgs& a) {
   }
   // Prompts drawn up front from the seed, so every run sends the same requests.
   std::mt19937_64 rng(a.seed);
+  std::vector<std::vector<uint32_t>> shared(static_cast<size_t>(a.prefix_groups));
+  for (auto& g : shared)
+    for (int t = 0; t < a.shared_prefix; ++t) g.push_back(static_cast<uint32_t>(3 + rng() % (vocab - 3)));
   std::vector<tandem::v1::GenerateRequest> reqs(static_cast<size_t>(a.requests));
-  for (auto& r : reqs) {
-    for (int t = 0; t < a.prompt_tokens; ++t) r.mutable_token_ids()->add_ids(static_cast<uint32_t>(3 + rng() % (vocab - 3)));
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto& r = reqs[i];
+    for (uint32_t id : shared[i % shared.size()]) r.mutable_token_ids()->add_ids(id);
+    for (int t = a.shared_prefix; t < a.prompt_tokens; ++t)
+      r.mutable_token_ids()->add_ids(static_cast<uint32_t>(3 + rng() % (vocab - 3)));
     auto* s = r.mutable_sampling();
     s->set_max_tokens(static_cast<uint32_t>(a.output_tokens));
     s->set_temperature(0.8f);
@@ -264,6 +280,14 @@ void register_bench(CLI::App& app) {
   b->add_option("--requests", a.requests, "Requests to send")->capture_default_str()->check(CLI::PositiveNumber);
   b->add_option("--prompt-tokens", a.prompt_tokens, "Prompt length")->capture_default_str()->check(CLI::PositiveNumber);
   b->add_option("--output-tokens", a.output_tokens, "Output length")->capture_default_str()->check(CLI::PositiveNumber);
+  b->add_option("--shared-prefix", a.shared_prefix,
+                "Leading prompt tokens common to every request (a system prompt), at most --prompt-tokens")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  b->add_option("--prefix-groups", a.prefix_groups,
+                "Distinct shared prefixes (conversations); request i starts with prefix i mod this")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   b->add_option("--seed", a.seed, "Seed for prompts and sampling")->capture_default_str();
 }
 

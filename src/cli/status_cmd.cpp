@@ -46,8 +46,8 @@ int run_status(const StatusArgs& a) {
     return 2;
   }
   int unreachable = 0;
-  std::printf("%-10s %-21s %-28s %7s %7s %13s %7s %8s %7s %9s %6s %6s %6s\n", "node", "address", "device",
-              "running", "waiting", "free blocks", "steps", "step ms", "attend", "dispatch", "wait", "land", "head");
+  std::printf("%-10s %-21s %-28s %7s %7s %13s %10s %7s %8s %7s %9s %6s %6s %6s\n", "node", "address", "device",
+              "running", "waiting", "free blocks", "prefix hit", "steps", "step ms", "attend", "dispatch", "wait", "land", "head");
   for (int i = 0; i < cfg->attention_nodes; ++i) {
     const std::string addr = cfg->attention_endpoint(i).to_string();
     const std::string name = "attention" + std::to_string(i);
@@ -57,9 +57,14 @@ int run_status(const StatusArgs& a) {
       continue;
     const auto& p = r.pipeline();
     const std::string blocks = std::to_string(r.free_blocks()) + "/" + std::to_string(r.total_blocks());
-    std::printf("%-10s %-21s %-28s %7lld %7lld %13s %7lld %8.2f %6.1f%% %8.1f%% %5.1f%% %5.1f%% %5.1f%%\n",
+    // Share of admitted prompt tokens whose K/V came from the prefix cache.
+    char hit[16] = "-";
+    if (r.prefix_lookup_tokens() > 0)
+      std::snprintf(hit, sizeof hit, "%.1f%%",
+                    percent(static_cast<double>(r.prefix_hit_tokens()), static_cast<double>(r.prefix_lookup_tokens())));
+    std::printf("%-10s %-21s %-28s %7lld %7lld %13s %10s %7lld %8.2f %6.1f%% %8.1f%% %5.1f%% %5.1f%% %5.1f%%\n",
                 name.c_str(), addr.c_str(), r.device().c_str(), static_cast<long long>(r.running()),
-                static_cast<long long>(r.waiting()), blocks.c_str(), static_cast<long long>(p.steps()),
+                static_cast<long long>(r.waiting()), blocks.c_str(), hit, static_cast<long long>(p.steps()),
                 p.steps() > 0 ? 1e3 * p.total_s() / static_cast<double>(p.steps()) : 0.0,
                 percent(p.attend_s(), p.total_s()), percent(p.dispatch_s(), p.total_s()),
                 percent(p.wait_s(), p.total_s()), percent(p.land_s(), p.total_s()), percent(p.head_s(), p.total_s()));

@@ -50,6 +50,7 @@ Result<std::vector<GenerationResult>> Engine::generate(const std::vector<Generat
                   {.max_running_sequences = static_cast<int64_t>(std::max<size_t>(1, requests.size())),
                    .max_batch_tokens = options_.max_batch_tokens,
                    .micro_batches = options_.micro_batches,
+                   .prefix_caching = options_.prefix_caching,
                    .forward = options_.forward,
                    .forward_split = options_.forward_split});
   std::vector<GenerationResult> results(requests.size());

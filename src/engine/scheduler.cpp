@@ -100,6 +100,9 @@ SchedulerStats Scheduler::stats() const {
   s.running = running_count_;
   s.free_blocks = cache_.allocator().num_free();
   s.preemptions = preemptions_;
+  s.prefix_lookup_tokens = prefix_lookup_tokens_;
+  s.prefix_hit_tokens = prefix_hit_tokens_;
+  s.cached_blocks = cache_.allocator().num_cached();
   s.tokens = tokens_;
   return s;
 }
@@ -116,15 +119,29 @@ void Scheduler::preempt(Seq& victim) {
   // Recompute later from scratch: the prompt plus what was generated so far.
   victim.kv.release();
   victim.computed = 0;
+  std::lock_guard<std::mutex> lock(mu_);
   ++preemptions_;
 }
 
 void Scheduler::admit() {
   // Admit in arrival order while the prompt fits with a block to spare for decode.
+  const int64_t bs = cache_.block_size();
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
     Seq& s = *waiting_.front();
-    const int64_t need = (static_cast<int64_t>(s.tokens.size()) + 1 + cache_.block_size() - 1) / cache_.block_size();
-    if (need > cache_.allocator().num_free() && !running_.empty()) break;
+    const auto len = static_cast<int64_t>(s.tokens.size());
+    // The last token is always computed: its logits give the next one.
+    if (options_.prefix_caching && s.computed == 0) s.computed = s.kv.adopt_prefix(cache_, s.tokens, len - 1);
+    const int64_t need = (len + 1 + bs - 1) / bs - static_cast<int64_t>(s.kv.blocks().size());
+    if (need > cache_.allocator().num_free() && !running_.empty()) {
+      s.kv.release();  // its cached blocks stay cached
+      s.computed = 0;
+      break;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      prefix_lookup_tokens_ += options_.prefix_caching ? len : 0;
+      prefix_hit_tokens_ += s.computed;
+    }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -216,6 +233,8 @@ bool Scheduler::step() {
               : options_.forward     ? options_.forward(b, logits_)
                                      : forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
   if (st.is_ok()) st = check_step_output(sampled.size());
+  if (st.is_ok() && options_.prefix_caching)
+    for (Seq* s : in_batch) s->kv.publish(s->tokens, s->computed);
   if (!st.is_ok()) {
     // The step's sequences cannot continue (e.g. an expert node died): end them.
     for (Seq* s : in_batch) finish(*s, st, FinishReason::kStop);

@@ -85,6 +85,11 @@ void RouterMetrics::record_status(std::string_view code) {
   ++by_code_[std::string(code)];
 }
 
+void RouterMetrics::set_node(const std::string& address, const NodeLoad& load) {
+  std::lock_guard<std::mutex> l(mu_);
+  nodes_[address] = load;
+}
+
 std::string RouterMetrics::text(int64_t in_flight) const {
   std::string out;
   {
@@ -97,6 +102,48 @@ std::string RouterMetrics::text(int64_t in_flight) const {
     out.append("tandem_prompt_tokens_total ").append(std::to_string(prompt_tokens_)).append("\n");
     header(out, "tandem_generation_tokens_total", "counter", "Tokens generated and streamed back.");
     out.append("tandem_generation_tokens_total ").append(std::to_string(completion_tokens_)).append("\n");
+    using Field = int64_t (*)(const NodeLoad&);
+    struct NodeFamily {
+      const char* name;
+      const char* type;
+      const char* help;
+      Field value;
+    };
+    static constexpr NodeFamily kNodeFamilies[] = {
+        {"tandem_attention_up", "gauge", "1 while the attention node answers the router's polls.",
+         [](const NodeLoad& n) -> int64_t { return n.up ? 1 : 0; }},
+        {"tandem_attention_running_sequences", "gauge", "Sequences the node is generating.",
+         [](const NodeLoad& n) { return n.running; }},
+        {"tandem_attention_waiting_sequences", "gauge", "Sequences queued on the node for KV cache room.",
+         [](const NodeLoad& n) { return n.waiting; }},
+        {"tandem_attention_kv_free_blocks", "gauge", "KV blocks free or holding only reusable prefixes.",
+         [](const NodeLoad& n) { return n.free_blocks; }},
+        {"tandem_attention_kv_blocks", "gauge", "KV blocks of the node's cache.",
+         [](const NodeLoad& n) { return n.total_blocks; }},
+        {"tandem_attention_prefix_cached_blocks", "gauge", "KV blocks whose content a later prompt can reuse.",
+         [](const NodeLoad& n) { return n.cached_blocks; }},
+        {"tandem_attention_prefix_lookup_tokens_total", "counter",
+         "Tokens of admitted sequences looked up in the prefix cache.",
+         [](const NodeLoad& n) { return n.prefix_lookup_tokens; }},
+        {"tandem_attention_prefix_hit_tokens_total", "counter",
+         "Of those, tokens whose K/V were found cached and not computed again.",
+         [](const NodeLoad& n) { return n.prefix_hit_tokens; }},
+        {"tandem_attention_preemptions_total", "counter",
+         "Sequences whose KV blocks were taken back for room (recomputed later).",
+         [](const NodeLoad& n) { return n.preemptions; }},
+    };
+    if (!nodes_.empty()) {
+      for (const NodeFamily& f : kNodeFamilies) {
+        header(out, f.name, f.type, f.help);
+        for (const auto& [address, load] : nodes_)
+          out.append(f.name)
+              .append("{node=\"")
+              .append(address)
+              .append("\"} ")
+              .append(std::to_string(f.value(load)))
+              .append("\n");
+      }
+    }
   }
   header(out, "tandem_requests_in_flight", "gauge", "Requests admitted and not yet answered.");
   out.append("tandem_requests_in_flight ").append(std::to_string(in_flight)).append("\n");

@@ -2,7 +2,9 @@
 // as GET /metrics on router.http_listen): requests by gRPC status code,
 // requests in flight, prompt and generated tokens, finish reasons, and
 // histograms of time to first token, time per output token and end-to-end
-// latency. Every generation request counts once, whichever API it came
+// latency; per attention node (label `node`, its address) what the router's
+// monitor last polled: up, sequences, KV blocks, prefix-cache lookups and hits,
+// preemptions. Every generation request counts once, whichever API it came
 // through (the HTTP gateway is a gRPC client of the router); requests the
 // gateway refuses before the router sees them do not.
 #pragma once
@@ -50,6 +52,15 @@ class RouterMetrics {
   // Every answered request, by its gRPC status code name ("OK", "INVALID_ARGUMENT", ...).
   void record_status(std::string_view code);
 
+  // An attention node as the router's monitor last polled it (the node's own
+  // counters since it started; all zero but `up` while it does not answer).
+  struct NodeLoad {
+    bool up = false;
+    int64_t running = 0, waiting = 0, free_blocks = 0, total_blocks = 0, cached_blocks = 0;
+    int64_t prefix_lookup_tokens = 0, prefix_hit_tokens = 0, preemptions = 0;
+  };
+  void set_node(const std::string& address, const NodeLoad& load);
+
   // The exposition text; `in_flight` is the router's gauge at the time.
   std::string text(int64_t in_flight) const;
 
@@ -58,6 +69,7 @@ class RouterMetrics {
   std::map<std::string, uint64_t, std::less<>> by_code_;
   std::map<std::string, uint64_t, std::less<>> by_finish_;
   uint64_t prompt_tokens_ = 0, completion_tokens_ = 0;
+  std::map<std::string, NodeLoad, std::less<>> nodes_;
   Histogram ttft_, tpot_, e2e_;
 };
 

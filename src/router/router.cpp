@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -11,6 +12,7 @@
 
 #include "http_gateway.h"
 #include "metrics.h"
+#include "prefix_affinity.h"
 #include "stop_strings.h"
 #include "tandem/api/health.h"
 #include "tandem/common/grpc_status.h"
@@ -34,6 +36,7 @@ grpc::Status invalid(const std::string& field, const std::string& what) {
 }
 
 struct NodeHandle {
+  int index = 0;  // attention node rank
   std::string address;
   std::unique_ptr<ipb::AttentionNode::Stub> stub;
   std::atomic<bool> healthy{false};  // the monitor's last poll answered
@@ -41,6 +44,7 @@ struct NodeHandle {
   // elsewhere while there is elsewhere, and the monitor polls again at once.
   std::atomic<bool> suspect{false};
   std::atomic<int64_t> in_flight{0};
+  std::atomic<int64_t> prompt_tokens_in_flight{0};  // of the requests in flight there
   int slow_polls = 0;  // consecutive polls that timed out (monitor thread only)
 };
 
@@ -48,6 +52,9 @@ struct NodeHandle {
 // refuses the connection is down at once. A busy machine can hold a poll past
 // its deadline without the node being gone.
 constexpr int kSlowPollsBeforeDown = 3;
+
+// Prompt prefixes the router remembers for prefix affinity (a few bytes each).
+constexpr size_t kAffinityPrefixes = size_t{1} << 18;
 
 class RouterImpl final : public Router, public pb::Generation::Service {
  public:
@@ -63,12 +70,16 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     }
     for (int i = 0; i < cfg.attention_nodes; ++i) {
       auto n = std::make_unique<NodeHandle>();
+      n->index = i;
       n->address = cfg.attention_endpoint(i).to_string();
       n->stub = ipb::AttentionNode::NewStub(grpc::CreateChannel(n->address, grpc::InsecureChannelCredentials()));
       nodes_.push_back(std::move(n));
     }
     for (int j = 0; j < cfg.expert_nodes; ++j) expert_addresses_.push_back(cfg.expert_endpoint(j).to_string());
     capacity_ = static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue;
+    if (cfg.prefix_affinity && cfg.prefix_caching && cfg.attention_nodes > 1) {
+      affinity_ = std::make_unique<PrefixAffinity>(cfg.kv_block_size, kAffinityPrefixes);
+    }
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     int bound = 0;
@@ -231,13 +242,19 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     } release{in_flight_};
 
     if (!experts_up_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "an expert node is down; retry later");
-    NodeHandle* node = pick_node();
+    NodeHandle* node = pick_node(prompt);
     if (!node) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no healthy attention node");
+    const auto prompt_tokens = static_cast<int64_t>(prompt.size());
     node->in_flight.fetch_add(1);
+    node->prompt_tokens_in_flight.fetch_add(prompt_tokens);
     struct NodeRelease {
       NodeHandle* n;
-      ~NodeRelease() { n->in_flight.fetch_sub(1); }
-    } node_release{node};
+      int64_t tokens;
+      ~NodeRelease() {
+        n->in_flight.fetch_sub(1);
+        n->prompt_tokens_in_flight.fetch_sub(tokens);
+      }
+    } node_release{node, prompt_tokens};
 
     // The downstream call inherits the client's deadline and cancellation.
     auto down = grpc::ClientContext::FromServerContext(*ctx);
@@ -325,19 +342,42 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
-  // The least loaded node the monitor saw answering, avoiding nodes a request
-  // just failed on; one of those only when no other is left (a single failed
-  // request does not turn every concurrent request away: if the node is
-  // really gone, the request fails on it, naming it).
-  NodeHandle* pick_node() {
-    NodeHandle* best = nullptr;
+  // A node the monitor saw answering, avoiding nodes a request just failed
+  // on; one of those only when no other is left (a single failed request does
+  // not turn every concurrent request away: if the node is really gone, the
+  // request fails on it, naming it). Without prefix affinity: the node with
+  // the fewest requests in flight. With it: the node where the request adds
+  // the least work, counted in KV blocks as NVIDIA Dynamo's KV-aware router
+  // does — the prompt blocks it would have to compute there (fewer where its
+  // prefix went before) plus the prompt blocks of the requests in flight there.
+  // A long cached prefix keeps a conversation on its node; a short one loses
+  // to a less loaded node.
+  NodeHandle* pick_node(const std::vector<int32_t>& prompt) {
+    std::vector<int64_t> matched;
+    if (affinity_) matched = affinity_->matched_tokens(prompt, static_cast<int>(nodes_.size()));
     for (bool allow_suspect : {false, true}) {
-      for (auto& n : nodes_)
-        if (n->healthy && (allow_suspect || !n->suspect) && (!best || n->in_flight < best->in_flight)) best = n.get();
-      if (best) break;
+      NodeHandle* best = nullptr;
+      int64_t best_cost = 0;
+      for (auto& n : nodes_) {
+        if (!usable(*n, allow_suspect)) continue;
+        int64_t cost = n->in_flight;
+        if (affinity_) {
+          const int64_t bs = affinity_->block_size();
+          const int64_t to_compute = static_cast<int64_t>(prompt.size()) - matched[static_cast<size_t>(n->index)];
+          cost = (to_compute + bs - 1) / bs + n->prompt_tokens_in_flight / bs;
+        }
+        if (!best || cost < best_cost || (cost == best_cost && n->in_flight < best->in_flight)) {
+          best = n.get();
+          best_cost = cost;
+        }
+      }
+      if (!best) continue;
+      if (affinity_) affinity_->record(prompt, best->index);
+      return best;
     }
-    return best;
+    return nullptr;
   }
+  static bool usable(const NodeHandle& n, bool allow_suspect) { return n.healthy && (allow_suspect || !n.suspect); }
 
   // Polls every attention node; the router serves only while all of them answer.
   void monitor() {
@@ -357,11 +397,24 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           ok = true;  // slow, not (yet) gone
         }
         if (ok != n->healthy.load() && !stopping_) {
+          if (ok && affinity_) affinity_->forget_node(n->index);  // restarted: its cache is empty
           if (ok) TANDEM_LOG_INFO("attention node {} is up", n->address);
           else TANDEM_LOG_WARN("attention node {} is down", n->address);
         }
         n->healthy = ok;
         if (polled.ok()) n->suspect = false;
+        RouterMetrics::NodeLoad load{.up = ok};
+        if (polled.ok())
+          load = {.up = true,
+                  .running = rp.running(),
+                  .waiting = rp.waiting(),
+                  .free_blocks = rp.free_blocks(),
+                  .total_blocks = rp.total_blocks(),
+                  .cached_blocks = rp.cached_blocks(),
+                  .prefix_lookup_tokens = rp.prefix_lookup_tokens(),
+                  .prefix_hit_tokens = rp.prefix_hit_tokens(),
+                  .preemptions = rp.preemptions()};
+        if (polled.ok() || !ok) metrics_.set_node(n->address, load);  // a slow poll keeps the last numbers
         all = all && ok;
       }
       // Every expert node holds experts no other node has: all must be up.
@@ -393,6 +446,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   int64_t capacity_ = 0;
   std::atomic<int64_t> in_flight_{0};
   RouterMetrics metrics_;
+  std::unique_ptr<PrefixAffinity> affinity_;  // null: fewest requests in flight only
   std::unique_ptr<grpc::Server> server_;
   std::thread monitor_;
   std::unique_ptr<HttpGateway> http_;

@@ -64,6 +64,10 @@ struct DeploymentConfig {
   Endpoint router{"127.0.0.1", 50051};
   Endpoint http{"127.0.0.1", 0};  // router.http_listen: the OpenAI-compatible HTTP API; port 0: none
   int max_queue = 256;
+  // Several attention nodes: send a prompt to the node that got its longest
+  // prefix before (its KV blocks are likely cached there) unless that node is
+  // busier than the least loaded one by more than max_running_sequences / 8.
+  bool prefix_affinity = true;
   int request_timeout_s = 600;
 
   // attention nodes
@@ -72,6 +76,8 @@ struct DeploymentConfig {
   int max_batch_tokens = 2048;
   int kv_blocks = 1024;
   int kv_block_size = 16;
+  // Reuse the KV blocks of a prompt's longest cached whole-block prefix.
+  bool prefix_caching = true;
   // CPUs every attention node runs on (and as many OpenMP threads); empty: all.
   std::vector<int> attention_cpus;
   std::string attention_device;  // cpu | cuda; empty: cluster.device (see attention_on())

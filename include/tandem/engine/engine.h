@@ -49,6 +49,9 @@ struct EngineOptions {
   int64_t max_batch_tokens = 2048;
   size_t max_kv_bytes = size_t{8} << 30;
   int micro_batches = 1;  // ping-pong micro-batches per step (m)
+  // Reuse cached KV blocks of earlier prompts' shared prefixes (scheduler.h),
+  // also across generate() calls.
+  bool prefix_caching = true;
   // Set: every step runs through it (a GPU runner whose device cache has the
   // shape above) and the engine keeps only the block bookkeeping of its cache.
   ForwardFn forward{};

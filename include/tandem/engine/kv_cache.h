@@ -5,8 +5,10 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "tandem/common/status.h"
@@ -14,19 +16,63 @@
 
 namespace tandem::engine {
 
+// Hands out KV blocks. With prefix caching the allocator also remembers what a
+// full block holds — its tokens and, through a content id, everything before
+// them — so a later sequence that starts with the same tokens takes the block
+// instead of recomputing it. A cached block nobody holds still counts as free:
+// it is reused (least recently released first, a sequence's tail before its
+// head) only when no never-used block is left.
 class BlockAllocator {
  public:
-  explicit BlockAllocator(int64_t num_blocks);
-  // All n blocks or none.
+  explicit BlockAllocator(int64_t num_blocks, int64_t block_size = 16);
+  // All n blocks or none, each held once.
   Result<std::vector<int32_t>> allocate(int64_t n);
+  // Drops one hold on each block.
   void free(const std::vector<int32_t>& blocks);
   int64_t num_free() const;
   int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+
+  // The longest run of cached blocks holding tokens[0, k * block_size) for k up
+  // to max_blocks, each now held once more; content receives the last one's
+  // content id (0 when nothing matched).
+  std::vector<int32_t> match(const int32_t* tokens, int64_t max_blocks, uint64_t& content);
+  // Records that `block` holds block_size tokens that follow the content
+  // `parent` (0: the start of a sequence) and returns the content id of the
+  // pair. If that content is cached already (in another block), the block stays
+  // private and the existing id is returned so the caller's chain continues.
+  uint64_t publish(int32_t block, uint64_t parent, const int32_t* tokens);
+  // Cached blocks, held or not.
+  int64_t num_cached() const;
 
  private:
+  struct Key {
+    uint64_t parent = 0;
+    std::vector<int32_t> tokens;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const;
+  };
+  struct Cached {
+    int32_t block = 0;
+    uint64_t content = 0;
+  };
+  struct BlockState {
+    int32_t holds = 0;
+    uint64_t content = 0;  // 0: not cached
+    const Key* key = nullptr;
+    std::list<int32_t>::iterator idle;  // in idle_ while cached and not held
+  };
+  void evict_locked(int32_t block);
+
   mutable std::mutex mu_;
-  int64_t num_blocks_;
-  std::vector<int32_t> free_;  // guarded by mu_
+  int64_t num_blocks_, block_size_;
+  std::vector<int32_t> free_;                    // never used or evicted; guarded by mu_
+  std::vector<BlockState> state_;                // guarded by mu_
+  std::list<int32_t> idle_;                      // cached, not held, oldest first; guarded by mu_
+  std::unordered_map<Key, Cached, KeyHash> index_;  // guarded by mu_
+  uint64_t next_content_ = 1;
 };
 
 struct KvCacheShape {
@@ -73,6 +119,13 @@ class SequenceKv {
   Status reserve(KvCache& cache, int64_t num_tokens);
   // Returns all blocks to the cache.
   void release();
+  // Prefix caching. Starts an empty sequence with the cached blocks that hold
+  // the longest prefix of tokens[0, max_tokens) in whole blocks; returns how
+  // many tokens they cover (their K/V need no computing).
+  int64_t adopt_prefix(KvCache& cache, const std::vector<int32_t>& tokens, int64_t max_tokens);
+  // Makes the whole blocks of tokens[0, computed) — whose K/V are now in the
+  // cache — available to later sequences.
+  void publish(const std::vector<int32_t>& tokens, int64_t computed);
   int64_t slot(int64_t position, int64_t block_size) const {
     return static_cast<int64_t>(blocks_[static_cast<size_t>(position / block_size)]) * block_size +
            position % block_size;
@@ -82,6 +135,8 @@ class SequenceKv {
  private:
   KvCache* cache_ = nullptr;
   std::vector<int32_t> blocks_;
+  size_t published_ = 0;   // leading blocks whose content is recorded
+  uint64_t content_ = 0;   // content id of the last of them
 };
 
 }  // namespace tandem::engine

@@ -4,7 +4,11 @@
 // (chunked prefill plus one decode token per running sequence), runs it and
 // samples. A decode that finds the cache full preempts the most recently
 // admitted sequence (its blocks are freed and it is recomputed later), so no
-// request is lost and outputs do not change.
+// request is lost and outputs do not change. With prefix caching a sequence is
+// admitted holding the cached blocks of its longest whole-block prefix (a
+// shared system prompt, an earlier turn of the chat, its own tokens before a
+// preemption) and computes only the rest; every block it fills becomes
+// reusable once its forward has succeeded.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +36,7 @@ struct SchedulerOptions {
   int64_t max_running_sequences = 64;
   int64_t max_batch_tokens = 2048;
   int micro_batches = 1;
+  bool prefix_caching = true;
   ForwardFn forward{};  // set: replaces the pipelined CPU forward (engine.h)
   SplitForwardFn forward_split{};  // set: replaces both (engine.h)
 };
@@ -41,6 +46,9 @@ struct SchedulerStats {
   int64_t running = 0;
   int64_t free_blocks = 0;
   int64_t preemptions = 0;
+  int64_t prefix_lookup_tokens = 0;  // tokens of admitted sequences looked up in the prefix cache
+  int64_t prefix_hit_tokens = 0;     // of those, found cached (not computed again)
+  int64_t cached_blocks = 0;         // blocks whose content can be reused now
   EngineStats tokens;
 };
 
@@ -84,7 +92,8 @@ class Scheduler {
   // Owned by the step thread.
   std::deque<std::unique_ptr<Seq>> waiting_;
   std::vector<std::unique_ptr<Seq>> running_;  // in admission order
-  int64_t preemptions_ = 0;
+  int64_t preemptions_ = 0;  // guarded by mu_
+  int64_t prefix_lookup_tokens_ = 0, prefix_hit_tokens_ = 0;  // guarded by mu_
   EngineStats tokens_;
   std::vector<float> logits_, scratch_;
   std::vector<uint8_t> greedy_;    // per sampled row, for forward_split

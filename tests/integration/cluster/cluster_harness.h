@@ -147,6 +147,17 @@ class Cluster {
   std::unique_ptr<tandem::v1::Generation::Stub> stub_;
 };
 
+// An attention node's load and counters (its internal Load RPC).
+inline tandem::internal::v1::LoadReply node_load(const Cluster& cluster, int rank) {
+  auto stub = tandem::internal::v1::AttentionNode::NewStub(
+      grpc::CreateChannel(cluster.attention_address(rank), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext c;
+  tandem::internal::v1::LoadRequest rq;
+  tandem::internal::v1::LoadReply rp;
+  EXPECT_TRUE(stub->Load(&c, rq, &rp).ok());
+  return rp;
+}
+
 // A greedy request for `max_tokens` tokens of `text`.
 inline tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens) {
   tandem::v1::GenerateRequest req;

@@ -20,6 +20,7 @@ using testing::ClusterShape;
 using testing::cluster_model;
 using testing::generate;
 using testing::greedy;
+using testing::node_load;
 
 std::vector<std::string> prompts(int n) {
   std::vector<std::string> p;
@@ -317,6 +318,66 @@ TEST_F(ClusterBehaviour, ChatAppliesTheChatTemplate) {
   EXPECT_NE(st.error_message().find("messages"), std::string::npos);
 }
 
+tandem::v1::ChatRequest chat_request(const std::string& system, const std::string& user, uint32_t max_tokens) {
+  tandem::v1::ChatRequest chat;
+  auto* s = chat.add_messages();
+  s->set_role("system");
+  s->set_content(system);
+  auto* u = chat.add_messages();
+  u->set_role("user");
+  u->set_content(user);
+  chat.mutable_sampling()->set_temperature(0);
+  chat.mutable_sampling()->set_max_tokens(max_tokens);
+  return chat;
+}
+
+// A chat whose long system prompt an earlier chat had: the router sends it to
+// the node that served that one (prefix affinity) although another node is
+// idler, because recomputing the prompt there would cost more than the short
+// request already running here; that node then takes the prompt's K/V from
+// its prefix cache.
+TEST_F(ClusterBehaviour, SharedSystemPromptIsServedFromTheSameNodesCache) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  std::string system = "You are the assistant of the prefix affinity test.";
+  for (int i = 0; i < 12; ++i) system += " Rule " + std::to_string(i) + ": keep every answer short, polite and on topic.";
+  auto ck = model::Checkpoint::open(cluster_model("tiny-mixtral"));
+  const auto system_tokens = ck->tokenizer->encode(system);
+  ASSERT_TRUE(system_tokens.is_ok());
+  const int64_t blocks = static_cast<int64_t>(system_tokens->size()) / 16;
+  ASSERT_GE(blocks, 8);
+  auto hits = [&](int rank) { return node_load(*cluster_, rank).prefix_hit_tokens(); };
+  auto run_chat = [&](const tandem::v1::ChatRequest& chat) {
+    grpc::ClientContext ctx;
+    auto reader = cluster_->stub().Chat(&ctx, chat);
+    tandem::v1::GenerateResponse r;
+    while (reader->Read(&r)) {
+    }
+    return reader->Finish();
+  };
+  ASSERT_TRUE(run_chat(chat_request(system, "What is a block?", 4)).ok());
+  // A short, unrelated chat keeps one node busy (the first, with both idle)...
+  grpc::ClientContext long_ctx;
+  tandem::v1::ChatRequest other;
+  auto* m = other.add_messages();
+  m->set_role("user");
+  m->set_content("Talk for a long time.");
+  other.mutable_sampling()->set_max_tokens(2000);
+  other.mutable_sampling()->set_ignore_eos(true);
+  auto long_reader = cluster_->stub().Chat(&long_ctx, other);
+  tandem::v1::GenerateResponse first;
+  ASSERT_TRUE(long_reader->Read(&first));
+  // ...and the next chat with the long system prompt goes where that prompt is cached.
+  const int64_t before[2] = {hits(0), hits(1)};
+  ASSERT_TRUE(run_chat(chat_request(system, "And what is a page?", 4)).ok());
+  const int64_t gained[2] = {hits(0) - before[0], hits(1) - before[1]};
+  long_ctx.TryCancel();
+  while (long_reader->Read(&first)) {
+  }
+  (void)long_reader->Finish();
+  EXPECT_TRUE((gained[0] >= blocks * 16 && gained[1] == 0) || (gained[1] >= blocks * 16 && gained[0] == 0))
+      << "prefix hit tokens gained: node 0 " << gained[0] << ", node 1 " << gained[1];
+}
+
 TEST_F(ClusterBehaviour, ListModelsDescribesTheModel) {
   ASSERT_TRUE(cluster_->ready().is_ok());
   grpc::ClientContext ctx;
@@ -504,8 +565,10 @@ TEST(ClusterStatus, ShowsEveryNodeAndTheStepBreakdown) {
     std::istringstream f(line);
     std::string name, addr, device;
     long long running, waiting, steps;
-    std::string blocks;
-    f >> name >> addr >> device >> running >> waiting >> blocks >> steps;
+    std::string blocks, prefix_hit;
+    f >> name >> addr >> device >> running >> waiting >> blocks >> prefix_hit >> steps;
+    // Four different prompts, each looked up in the prefix cache: a share, maybe 0.0%.
+    EXPECT_TRUE(prefix_hit == "-" || prefix_hit.back() == '%') << line;
     stepped = stepped || steps > 0;
   }
   EXPECT_TRUE(stepped) << out;

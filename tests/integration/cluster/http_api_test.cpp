@@ -326,6 +326,14 @@ TEST_F(HttpApi, MetricsCountWhatTheRouterAnswered) {
   EXPECT_EQ(after["tandem_request_latency_seconds_bucket{le=\"+Inf\"}"], after["tandem_request_latency_seconds_count"]);
   EXPECT_EQ(after["tandem_requests_in_flight"], 0);
   EXPECT_EQ(whole["usage"]["completion_tokens"], 5);
+  // The attention node as the router last polled it (every 200 ms): up, with
+  // its KV cache and prefix-cache counters.
+  const std::string node = "{node=\"" + cluster_->attention_address(0) + "\"}";
+  EXPECT_EQ(after["tandem_attention_up" + node], 1);
+  EXPECT_GT(after["tandem_attention_kv_blocks" + node], 0);
+  EXPECT_GT(after["tandem_attention_prefix_lookup_tokens_total" + node], 0);
+  EXPECT_GE(after["tandem_attention_prefix_lookup_tokens_total" + node],
+            after["tandem_attention_prefix_hit_tokens_total" + node]);
 }
 
 // The official `openai` Python client against the gateway
@@ -345,20 +353,39 @@ TEST_F(HttpApi, OfficialOpenAiPythonClientWorks) {
   EXPECT_NE(out.find("all passed"), std::string::npos) << out;
 }
 
-// `tandem bench --api both` sends the same requests over gRPC and HTTP and
-// reports both and their ratio; every request must succeed on both.
-TEST_F(HttpApi, BenchComparesHttpWithGrpc) {
-  ASSERT_TRUE(cluster_->ready().is_ok());
-  const std::string cmd = testing::tandem_bin() + " bench --api both --server " + cluster_->router_address() +
-                          " --http 127.0.0.1:" + std::to_string(cluster_->http_port()) +
-                          " --requests 6 --concurrency 3 --prompt-tokens 8 --output-tokens 5 2>&1";
+std::string run_command(const std::string& cmd, int& rc) {
   FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
   std::string out;
+  if (!p) return rc = -1, out;
   char buf[4096];
   for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  const int rc = pclose(p);
+  rc = pclose(p);
+  return out;
+}
+
+// `tandem bench --api both` sends the same requests over gRPC and HTTP and
+// reports both and their ratio; every request must succeed on both. With
+// --shared-prefix every prompt starts with the same tokens, which the node
+// then serves from its prefix cache.
+TEST_F(HttpApi, BenchComparesHttpWithGrpc) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const int64_t hits_before = testing::node_load(*cluster_, 0).prefix_hit_tokens();
+  int rc = 0;
+  const std::string out = run_command(testing::tandem_bin() + " bench --api both --server " +
+                                          cluster_->router_address() + " --http 127.0.0.1:" +
+                                          std::to_string(cluster_->http_port()) +
+                                          " --requests 6 --concurrency 3 --prompt-tokens 40 --shared-prefix 32"
+                                          " --output-tokens 5 2>&1",
+                                      rc);
   EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("prompt 40 tokens (32 shared in 1 group)"), std::string::npos) << out;
+  // 12 requests share 2 whole blocks of 16: all but the first computer(s) of them hit.
+  EXPECT_GE(testing::node_load(*cluster_, 0).prefix_hit_tokens() - hits_before, 8 * 32);
+  const std::string refused = run_command(testing::tandem_bin() + " bench --server " + cluster_->router_address() +
+                                              " --prompt-tokens 8 --shared-prefix 9 2>&1",
+                                          rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(refused.find("--shared-prefix (9) is longer than --prompt-tokens (8)"), std::string::npos) << refused;
   EXPECT_NE(out.find("tandem bench (grpc)"), std::string::npos) << out;
   EXPECT_NE(out.find("tandem bench (http)"), std::string::npos) << out;
   size_t all_ok = 0;

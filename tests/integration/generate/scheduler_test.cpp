@@ -130,5 +130,126 @@ TEST(Scheduler, AcceptsSubmissionsFromOtherThreadsWhileStepping) {
   }
 }
 
+std::vector<int32_t> run_alone(Harness& h, const engine::GenerationRequest& r) {
+  Collected c;
+  EXPECT_TRUE(h.sched->submit(r, collect(c)).is_ok());
+  while (h.sched->step()) {
+  }
+  EXPECT_TRUE(c.finished && c.status.is_ok()) << c.status.to_string();
+  return c.tokens;
+}
+
+engine::GenerationRequest with_prompt(std::vector<int32_t> prompt, int max_tokens, float temperature = 0) {
+  engine::GenerationRequest r;
+  r.prompt = std::move(prompt);
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = temperature;
+  r.sampling.top_p = 0.9f;
+  r.seed = 7;
+  return r;
+}
+
+// Requests sharing a long prefix (a system prompt) take its cached blocks and
+// compute only the rest, and generate exactly what they generate without the
+// cache: greedy and sampled.
+TEST(Scheduler, PrefixCachingReusesSharedPrefixesWithTheSameOutputs) {
+  const auto& m = testing::tiny_model("tiny-mixtral");
+  const auto shared = *m.ck.tokenizer->encode("You are a helpful assistant. Answer briefly and well, please.");
+  ASSERT_GE(shared.size(), 8u);
+  std::vector<engine::GenerationRequest> reqs;
+  for (int i = 0; i < 4; ++i) {
+    auto p = shared;
+    const auto tail = *m.ck.tokenizer->encode(" question " + std::to_string(i));
+    p.insert(p.end(), tail.begin(), tail.end());
+    reqs.push_back(with_prompt(p, 6, i % 2 ? 0.8f : 0.0f));
+  }
+  Harness cold(64, 4, {.prefix_caching = false});
+  Harness warm(64, 4);
+  for (size_t i = 0; i < reqs.size(); ++i)
+    EXPECT_EQ(run_alone(warm, reqs[i]), run_alone(cold, reqs[i])) << "request " << i;
+
+  const auto w = warm.sched->stats(), c = cold.sched->stats();
+  EXPECT_EQ(c.prefix_hit_tokens, 0);
+  EXPECT_EQ(c.prefix_lookup_tokens, 0);
+  int64_t prompts = 0;
+  for (const auto& r : reqs) prompts += static_cast<int64_t>(r.prompt.size());
+  EXPECT_EQ(w.prefix_lookup_tokens, prompts);
+  // Every request after the first finds at least the shared whole blocks.
+  const int64_t shared_blocks = static_cast<int64_t>(shared.size()) / 4;
+  EXPECT_GE(w.prefix_hit_tokens, 3 * shared_blocks * 4);
+  EXPECT_EQ(w.tokens.prompt_tokens, c.tokens.prompt_tokens - w.prefix_hit_tokens);
+  EXPECT_GT(w.cached_blocks, 0);
+  EXPECT_EQ(warm.cache->allocator().num_free(), 64);  // cached blocks nobody holds count as free
+}
+
+// A prompt seen before in full is not taken whole: its last token is computed
+// again, because its logits give the first generated token.
+TEST(Scheduler, PrefixCachingAlwaysComputesTheLastPromptToken) {
+  std::vector<int32_t> prompt(12);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(10 + 3 * i);  // 3 whole blocks of 4
+  Harness warm(64, 4);
+  const auto first = run_alone(warm, with_prompt(prompt, 5));
+  const auto second = run_alone(warm, with_prompt(prompt, 5));
+  EXPECT_EQ(first, second);
+  EXPECT_EQ(warm.sched->stats().prefix_hit_tokens, 8);  // 2 of the 3 blocks
+  // Its generated tokens were cached too: a follow-up turn that extends the
+  // whole exchange finds the prompt and the answer's whole blocks.
+  auto next = prompt;
+  next.insert(next.end(), first.begin(), first.end() - 1);  // the last token was never fed back
+  next.push_back(5);
+  const int64_t before = warm.sched->stats().prefix_hit_tokens;
+  run_alone(warm, with_prompt(next, 2));
+  EXPECT_EQ(warm.sched->stats().prefix_hit_tokens - before, 16);
+}
+
+// Sequences admitted together compute their common prefix each (nothing is
+// cached before a forward succeeds) and still agree; one admitted later hits.
+TEST(Scheduler, PrefixCachingWithConcurrentIdenticalPrompts) {
+  const auto& m = testing::tiny_model("tiny-mixtral");
+  const auto prompt = *m.ck.tokenizer->encode("the same prompt from three clients at once");
+  Harness h(64, 4);
+  std::vector<Collected> got(3);
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(h.sched->submit(with_prompt(prompt, 8), collect(got[i])).is_ok());
+  h.sched->step();
+  EXPECT_EQ(h.sched->stats().prefix_hit_tokens, 0);
+  ASSERT_TRUE(h.sched->submit(with_prompt(prompt, 8), collect(got[2])).is_ok());
+  while (h.sched->step()) {
+  }
+  EXPECT_EQ(h.sched->stats().prefix_hit_tokens, static_cast<int64_t>((prompt.size() - 1) / 4 * 4));
+  for (const auto& g : got) {
+    EXPECT_TRUE(g.finished && g.status.is_ok());
+    EXPECT_EQ(g.tokens, got[0].tokens);
+  }
+  EXPECT_EQ(h.cache->allocator().num_free(), 64);
+}
+
+// A forward that fails caches nothing: its blocks may hold half-written K/V.
+TEST(Scheduler, PrefixCachingPublishesOnlyAfterASuccessfulForward) {
+  const auto& m = testing::tiny_model("tiny-mixtral");
+  std::vector<int32_t> prompt(9, 17);
+  bool fail = true;
+  Harness h(64, 4);
+  h.sched = std::make_unique<engine::Scheduler>(
+      m.ck.config, *h.runner, *h.cache, *h.local,
+      engine::SchedulerOptions{.forward = [&](const engine::ForwardBatch& b, std::vector<float>& logits) {
+        if (fail) return internal_error("injected forward failure");
+        return engine::forward_pipelined(*h.runner, b, 1, *h.local, logits);
+      }});
+  Collected a;
+  ASSERT_TRUE(h.sched->submit(with_prompt(prompt, 3), collect(a)).is_ok());
+  h.sched->step();
+  EXPECT_TRUE(a.finished);
+  EXPECT_EQ(a.status.code(), StatusCode::kInternal);
+  EXPECT_EQ(h.sched->stats().cached_blocks, 0);
+  fail = false;
+  Collected b;
+  ASSERT_TRUE(h.sched->submit(with_prompt(prompt, 3), collect(b)).is_ok());
+  while (h.sched->step()) {
+  }
+  EXPECT_TRUE(b.finished && b.status.is_ok());
+  EXPECT_EQ(h.sched->stats().prefix_hit_tokens, 0);
+  EXPECT_EQ(h.sched->stats().cached_blocks, 2);  // 9 prompt + 2 fed-back tokens computed: 2 whole blocks
+}
+
 }  // namespace
 }  // namespace tandem

@@ -27,6 +27,27 @@ TEST(Deployment, RoundTripsThroughYaml) {
   EXPECT_EQ(d->expert_nodes, 3);
 }
 
+// Prefix caching on the nodes and prefix affinity in the router: on unless
+// turned off, round-tripped, and a non-boolean is refused naming the key.
+TEST(Deployment, PrefixCachingKeys) {
+  auto on = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
+  ASSERT_TRUE(on.is_ok());
+  EXPECT_TRUE(on->prefix_caching);
+  EXPECT_TRUE(on->prefix_affinity);
+  auto off = DeploymentConfig::from_yaml(
+      "model: {path: m}\nattention: {prefix_caching: false}\nrouter: {prefix_affinity: false}\n", "b.yaml");
+  ASSERT_TRUE(off.is_ok()) << off.status().to_string();
+  EXPECT_FALSE(off->prefix_caching);
+  EXPECT_FALSE(off->prefix_affinity);
+  auto again = DeploymentConfig::from_yaml(off->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_FALSE(again->prefix_caching);
+  EXPECT_FALSE(again->prefix_affinity);
+  auto bad = DeploymentConfig::from_yaml("model: {path: m}\nattention: {prefix_caching: sometimes}\n", "bad.yaml");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("attention.prefix_caching"), std::string::npos) << bad.status().message();
+}
+
 void expect_refused(const std::string& yaml, const std::string& key_path, const std::string& what = "") {
   auto c = DeploymentConfig::from_yaml(yaml, "bad.yaml");
   ASSERT_FALSE(c.is_ok()) << yaml;

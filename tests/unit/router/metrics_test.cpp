@@ -53,5 +53,26 @@ TEST(RouterMetrics, CountersAndWhichStreamsAreTimed) {
   EXPECT_EQ(grpc_code_name(99), "UNKNOWN");
 }
 
+// Per attention node, labelled by address: what the monitor last polled.
+TEST(RouterMetrics, AttentionNodeFamilies) {
+  RouterMetrics m;
+  EXPECT_EQ(m.text(0).find("tandem_attention_"), std::string::npos);  // none polled yet: no families
+  m.set_node("127.0.0.1:50100", {.up = true, .running = 2, .waiting = 1, .free_blocks = 90, .total_blocks = 128,
+                                 .cached_blocks = 12, .prefix_lookup_tokens = 400, .prefix_hit_tokens = 160,
+                                 .preemptions = 3});
+  m.set_node("127.0.0.1:50101", {.up = false});
+  const std::string t = m.text(0);
+  EXPECT_TRUE(has_line(t, "tandem_attention_up{node=\"127.0.0.1:50100\"} 1")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_attention_up{node=\"127.0.0.1:50101\"} 0")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_attention_running_sequences{node=\"127.0.0.1:50100\"} 2")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_attention_kv_free_blocks{node=\"127.0.0.1:50100\"} 90")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_attention_prefix_cached_blocks{node=\"127.0.0.1:50100\"} 12")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_attention_prefix_lookup_tokens_total{node=\"127.0.0.1:50100\"} 400")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_attention_prefix_hit_tokens_total{node=\"127.0.0.1:50100\"} 160")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_attention_preemptions_total{node=\"127.0.0.1:50100\"} 3")) << t;
+  EXPECT_NE(t.find("# TYPE tandem_attention_prefix_hit_tokens_total counter"), std::string::npos) << t;
+  EXPECT_NE(t.find("# TYPE tandem_attention_kv_free_blocks gauge"), std::string::npos) << t;
+}
+
 }  // namespace
 }  // namespace tandem::router
