@@ -13,16 +13,13 @@
 //                                   grouped-batched cuBLAS, or our kernel with the routing left on the GPU)
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench_model.h"
 #include "bench_util.h"
 #include "tandem/engine/engine.h"
-#include "tandem/model/checkpoint.h"
-#include "tandem/model/make_model.h"
-#include "tandem/model/weights.h"
 #if TANDEM_HAVE_CUDA
 #include "cuda_bench_util.h"
 #include "tandem/engine/cuda_runner.h"
@@ -77,16 +74,10 @@ int main(int argc, char** argv) {
 #if !TANDEM_HAVE_CUDA
   if (device == "cuda") return std::fprintf(stderr, "--device cuda: this build has no CUDA\n"), 2;
 #endif
-  if (!std::filesystem::exists(dir + "/config.json")) {
-    std::fprintf(stderr, "making small-mixtral in %s\n", dir.c_str());
-    Status st = model::make_model({.preset = "small-mixtral", .seed = 0, .out_dir = dir});
-    if (!st.is_ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
-  }
-  auto ck = model::Checkpoint::open(dir);
-  if (!ck.is_ok()) return std::fprintf(stderr, "%s\n", ck.status().to_string().c_str()), 1;
-  auto w = model::ModelWeights::load(ck->config, *ck->weights);
-  if (!w.is_ok()) return std::fprintf(stderr, "%s\n", w.status().to_string().c_str()), 1;
-  const auto& c = ck->config;
+  auto loaded = bench::open_small_mixtral(dir);
+  if (!loaded.is_ok()) return std::fprintf(stderr, "%s\n", loaded.status().to_string().c_str()), 1;
+  const auto& c = loaded->ck.config;
+  const model::ModelWeights& weights = *loaded->weights;
 
   std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s, dtype %s%s%s\n", dir.c_str(),
               (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
@@ -121,7 +112,7 @@ int main(int argc, char** argv) {
       auto gemm = engine::parse_expert_gemm(experts);
       if (!gemm.is_ok()) return std::fprintf(stderr, "--experts: %s\n", gemm.status().message().c_str()), 2;
       auto r = engine::CudaModelRunner::create(
-          c, **w, kv, {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = graphs, .experts = *gemm});
+          c, weights, kv, {.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32, .cuda_graphs = graphs, .experts = *gemm});
       if (!r.is_ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
       gpu = std::move(r).value();
       eo.forward_split = [&gpu](const engine::ForwardBatch& b, const std::vector<uint8_t>& greedy,
@@ -130,7 +121,7 @@ int main(int argc, char** argv) {
       };
     }
 #endif
-    auto eng = engine::Engine::create(c, **w, eo);
+    auto eng = engine::Engine::create(c, weights, eo);
     std::vector<engine::GenerationRequest> reqs(static_cast<size_t>(batch));
     for (int b = 0; b < batch; ++b) {
       for (int t = 0; t < prompt_tokens; ++t) reqs[b].prompt.push_back((t * 7 + b * 13) % 1000 + 3);

@@ -11,16 +11,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <initializer_list>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "bench_model.h"
 #include "tandem/engine/engine.h"
-#include "tandem/model/checkpoint.h"
-#include "tandem/model/make_model.h"
-#include "tandem/model/weights.h"
 
 using namespace tandem;
 
@@ -72,16 +69,10 @@ int main(int argc, char** argv) {
   }
   if (requests < 1 || shared < 0 || unique < 1 || decode < 1 || block_size < 1)
     return std::fprintf(stderr, "--requests, --unique-tokens, --decode-tokens, --block-size must be positive\n"), 2;
-  if (!std::filesystem::exists(dir + "/config.json")) {
-    std::fprintf(stderr, "making small-mixtral in %s\n", dir.c_str());
-    Status st = model::make_model({.preset = "small-mixtral", .seed = 0, .out_dir = dir});
-    if (!st.is_ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
-  }
-  auto ck = model::Checkpoint::open(dir);
-  if (!ck.is_ok()) return std::fprintf(stderr, "%s\n", ck.status().to_string().c_str()), 1;
-  auto w = model::ModelWeights::load(ck->config, *ck->weights);
-  if (!w.is_ok()) return std::fprintf(stderr, "%s\n", w.status().to_string().c_str()), 1;
-  const auto& c = ck->config;
+  auto loaded = bench::open_small_mixtral(dir);
+  if (!loaded.is_ok()) return std::fprintf(stderr, "%s\n", loaded.status().to_string().c_str()), 1;
+  const auto& c = loaded->ck.config;
+  const model::ModelWeights& weights = *loaded->weights;
 
   std::vector<engine::GenerationRequest> reqs(static_cast<size_t>(requests));
   for (int r = 0; r < requests; ++r) {
@@ -94,8 +85,8 @@ int main(int argc, char** argv) {
   std::printf("model %s on the CPU: %d requests one after another, each %d shared + %d own prompt tokens, "
               "%d generated, KV blocks of %d\n",
               dir.c_str(), requests, shared, unique, decode, block_size);
-  auto off = serve_one_by_one(c, **w, reqs, block_size, false);
-  auto on = off.is_ok() ? serve_one_by_one(c, **w, reqs, block_size, true) : off;
+  auto off = serve_one_by_one(c, weights, reqs, block_size, false);
+  auto on = off.is_ok() ? serve_one_by_one(c, weights, reqs, block_size, true) : off;
   if (!on.is_ok()) return std::fprintf(stderr, "%s\n", on.status().to_string().c_str()), 1;
   // Equal but for near-ties: K/V computed in a smaller batch may round differently in the last bits.
   int same = 0;

@@ -70,13 +70,33 @@ def main():
     several = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi"}], n=2,
                                              max_tokens=4, temperature=0.9, seed=1)
     check("chat n=2", [c.index for c in several.choices] == [0, 1], several)
+    # Log-probabilities, parsed by the client's own response models.
+    lp = client.completions.create(model=served, prompt="The quick brown fox", max_tokens=6, temperature=0, logprobs=2)
+    c = lp.choices[0].logprobs
+    check("completions logprobs", c is not None and len(c.tokens) == lp.usage.completion_tokens
+          and len(c.token_logprobs) == len(c.tokens) and all(x <= 0 for x in c.token_logprobs)
+          and all(len(t) == 2 for t in c.top_logprobs) and c.text_offset[0] == 0, lp)
+    clp = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi there"}],
+                                         max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    content = clp.choices[0].logprobs.content if clp.choices[0].logprobs else None
+    check("chat logprobs", content is not None and len(content) == clp.usage.completion_tokens
+          and all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob
+                  and isinstance(t.bytes, list) for t in content)
+          and all(t.top_logprobs[0].logprob == t.logprob for t in content), clp)
+    streamed_lp = []
+    for chunk in client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi there"}],
+                                                max_tokens=6, temperature=0, logprobs=True, stream=True):
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            streamed_lp += [t.logprob for t in chunk.choices[0].logprobs.content]
+    check("chat stream logprobs = whole", streamed_lp == [t.logprob for t in content or []], streamed_lp)
     try:
-        client.completions.create(model=served, prompt="x", logprobs=2)
-        check("logprobs refused", False, "accepted")
+        client.completions.create(model=served, prompt="x", logprobs=6)
+        check("logprobs over 5 refused", False, "accepted")
     except openai.BadRequestError as e:
         body = e.body if isinstance(e.body, dict) else {}
         param = body.get("param", (body.get("error") or {}).get("param"))
-        check("logprobs refused as BadRequestError naming it", e.status_code == 400 and param == "logprobs", e.body)
+        check("logprobs over 5 refused as BadRequestError naming it", e.status_code == 400 and param == "logprobs",
+              e.body)
     try:
         client.completions.create(model="gpt-17", prompt="x")
         check("unknown model refused", False, "accepted")

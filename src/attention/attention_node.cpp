@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <iterator>
 #include <thread>
 
 #include "tandem/common/grpc_status.h"
@@ -39,6 +40,10 @@ class EventQueue {
     tokens_.push_back(t);
     cv_.notify_one();
   }
+  void logprobs(const engine::TokenLogprobs& lp) {  // before its token
+    std::lock_guard<std::mutex> l(mu_);
+    logprobs_.push_back(lp);
+  }
   void finish(const Status& st, engine::FinishReason r) {
     std::lock_guard<std::mutex> l(mu_);
     done_ = true;
@@ -46,13 +51,15 @@ class EventQueue {
     reason_ = r;
     cv_.notify_one();
   }
-  // Waits up to `timeout` for news; moves pending tokens out.
-  bool wait(std::chrono::milliseconds timeout, std::vector<int32_t>& out, bool& done, Status& st,
-            engine::FinishReason& r) {
+  // Waits up to `timeout` for news; moves pending tokens (and their log-probabilities) out.
+  bool wait(std::chrono::milliseconds timeout, std::vector<int32_t>& out, std::vector<engine::TokenLogprobs>& lps,
+            bool& done, Status& st, engine::FinishReason& r) {
     std::unique_lock<std::mutex> l(mu_);
     cv_.wait_for(l, timeout, [&] { return !tokens_.empty() || done_; });
     out.assign(tokens_.begin(), tokens_.end());
     tokens_.clear();
+    lps.assign(std::make_move_iterator(logprobs_.begin()), std::make_move_iterator(logprobs_.end()));
+    logprobs_.clear();
     done = done_;
     st = status_;
     r = reason_;
@@ -63,6 +70,7 @@ class EventQueue {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<int32_t> tokens_;
+  std::deque<engine::TokenLogprobs> logprobs_;
   bool done_ = false;
   Status status_;
   engine::FinishReason reason_ = engine::FinishReason::kLength;
@@ -170,17 +178,21 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     g.sampling = {req->temperature(), req->top_k(), req->top_p()};
     g.seed = req->seed();
     g.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
+    if (req->has_logprobs()) g.logprobs = req->logprobs();
     auto q = std::make_shared<EventQueue>();
-    auto id = sched_->submit(std::move(g), {[q](int32_t t) { q->token(t); },
-                                            [q](const Status& st, engine::FinishReason r) { q->finish(st, r); }});
+    engine::SequenceCallbacks cb{[q](int32_t t) { q->token(t); },
+                                 [q](const Status& st, engine::FinishReason r) { q->finish(st, r); }};
+    if (g.logprobs >= 0) cb.on_logprobs = [q](const engine::TokenLogprobs& lp) { q->logprobs(lp); };
+    auto id = sched_->submit(std::move(g), std::move(cb));
     if (!id.is_ok()) return to_grpc(id.status());
     wake_.notify_all();
     std::vector<int32_t> toks;
+    std::vector<engine::TokenLogprobs> lps;
     bool done = false, cancelled = false;
     Status st;
     engine::FinishReason reason;
     while (!done) {
-      q->wait(std::chrono::milliseconds(20), toks, done, st, reason);
+      q->wait(std::chrono::milliseconds(20), toks, lps, done, st, reason);
       if (!cancelled && (ctx->IsCancelled() || stopping_)) {
         sched_->cancel(*id);  // frees the sequence's KV blocks at the next step
         wake_.notify_all();
@@ -190,6 +202,14 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
       if (!toks.empty() || (done && st.is_ok())) {
         pb::RunEvent ev;
         for (int32_t t : toks) ev.add_tokens(t);
+        for (const auto& lp : lps) {
+          auto* e = ev.add_logprobs();
+          e->set_logprob(lp.logprob);
+          for (const auto& [id, v] : lp.top) {
+            e->add_top_ids(id);
+            e->add_top_logprobs(v);
+          }
+        }
         ev.set_finished(done && st.is_ok());
         ev.set_stopped(done && reason == engine::FinishReason::kStop);
         if (!w->Write(ev)) {

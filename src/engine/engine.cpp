@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <numeric>
 #include <string>
 
 namespace tandem::engine {
@@ -15,6 +17,27 @@ float SamplerRng::next_uniform() {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   z ^= z >> 31;
   return static_cast<float>(z >> 40) * 0x1p-24f;
+}
+
+void token_logprobs(const float* logits, int64_t vocab, int32_t token, int32_t top, TokenLogprobs& out) {
+  out.top.clear();
+  if (vocab <= 0) return;
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0;  // in double: a 150k-token vocabulary sums many tiny terms
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  const double log_z = static_cast<double>(mx) + std::log(sum);
+  auto lp = [&](int64_t i) { return static_cast<float>(static_cast<double>(logits[i]) - log_z); };
+  out.logprob = token >= 0 && token < vocab ? lp(token) : -INFINITY;
+  const auto k = static_cast<size_t>(std::clamp<int64_t>(top, 0, vocab));
+  if (k == 0) return;
+  std::vector<int32_t> ids(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  out.top.reserve(k);
+  for (size_t i = 0; i < k; ++i) out.top.emplace_back(ids[i], lp(ids[i]));
 }
 
 Result<std::unique_ptr<Engine>> Engine::create(const model::ModelConfig& config, const model::ModelWeights& weights,
@@ -58,6 +81,8 @@ Result<std::vector<GenerationResult>> Engine::generate(const std::vector<Generat
   size_t finished = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     SequenceCallbacks cb;
+    if (requests[i].logprobs >= 0)
+      cb.on_logprobs = [&, i](const TokenLogprobs& lp) { results[i].logprobs.push_back(lp); };
     cb.on_token = [&, i](int32_t tok) {
       results[i].tokens.push_back(tok);
       if (on_token) on_token(i, tok);

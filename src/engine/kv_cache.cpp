@@ -53,6 +53,7 @@ void BlockAllocator::free(const std::vector<int32_t>& blocks) {
   // they go to the old end of the idle list and are reused first.
   for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
     BlockState& b = state_[static_cast<size_t>(*it)];
+    if (b.holds <= 0) continue;  // not held: freeing it again would hand it out twice
     if (--b.holds > 0) continue;
     if (b.content != 0) {
       b.idle = idle_.insert(idle_.end(), *it);
@@ -86,7 +87,7 @@ uint64_t BlockAllocator::publish(int32_t block, uint64_t parent, const int32_t* 
   const auto found = index_.find(key);
   if (found != index_.end()) return found->second.content;
   BlockState& b = state_[static_cast<size_t>(block)];
-  if (b.content != 0) return b.content;  // already holds other content: keep it
+  if (b.content != 0) return 0;  // holds other content: the caller's chain cannot go on
   const uint64_t id = next_content_++;
   const auto it = index_.emplace(std::move(key), Cached{block, id}).first;
   b.key = &it->first;
@@ -149,7 +150,11 @@ kernels::cpu::PagedKv KvCache::layer(int64_t l) {
 }
 
 SequenceKv::SequenceKv(SequenceKv&& o) noexcept
-    : cache_(o.cache_), blocks_(std::move(o.blocks_)), published_(o.published_), content_(o.content_) {
+    : cache_(o.cache_),
+      blocks_(std::move(o.blocks_)),
+      published_(o.published_),
+      content_(o.content_),
+      chain_broken_(o.chain_broken_) {
   o.cache_ = nullptr;
   o.blocks_.clear();
   o.published_ = 0;
@@ -163,6 +168,7 @@ SequenceKv& SequenceKv::operator=(SequenceKv&& o) noexcept {
     blocks_ = std::move(o.blocks_);
     published_ = o.published_;
     content_ = o.content_;
+    chain_broken_ = o.chain_broken_;
     o.cache_ = nullptr;
     o.blocks_.clear();
     o.published_ = 0;
@@ -188,6 +194,7 @@ void SequenceKv::release() {
   blocks_.clear();
   published_ = 0;
   content_ = 0;
+  chain_broken_ = false;
 }
 
 int64_t SequenceKv::adopt_prefix(KvCache& cache, const std::vector<int32_t>& tokens, int64_t max_tokens) {
@@ -205,9 +212,11 @@ void SequenceKv::publish(const std::vector<int32_t>& tokens, int64_t computed) {
   if (!cache_) return;
   const int64_t bs = cache_->block_size();
   const auto full = static_cast<size_t>(std::min<int64_t>(computed, static_cast<int64_t>(tokens.size())) / bs);
-  for (; published_ < full && published_ < blocks_.size(); ++published_)
+  for (; !chain_broken_ && published_ < full && published_ < blocks_.size(); ++published_) {
     content_ = cache_->allocator().publish(blocks_[published_], content_,
                                            tokens.data() + static_cast<int64_t>(published_) * bs);
+    chain_broken_ = content_ == 0;  // later blocks would be indexed under a wrong prefix
+  }
 }
 
 }  // namespace tandem::engine

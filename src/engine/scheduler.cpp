@@ -39,6 +39,9 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
   if (!(r.sampling.temperature >= 0)) return invalid_argument("temperature: must be >= 0");
   if (!(r.sampling.top_p > 0 && r.sampling.top_p <= 1)) return invalid_argument("top_p: must be in (0, 1]");
   if (r.sampling.top_k < 0) return invalid_argument("top_k: must be >= 0");
+  if (r.logprobs < -1 || r.logprobs > kMaxTopLogprobs)
+    return invalid_argument("logprobs: must be in [0, " + std::to_string(kMaxTopLogprobs) + "] (or -1: none), got " +
+                            std::to_string(r.logprobs));
   return Status::ok();
 }
 
@@ -228,7 +231,8 @@ bool Scheduler::step() {
   const auto t0 = std::chrono::steady_clock::now();
   greedy_.assign(sampled.size(), 0);
   if (options_.forward_split)
-    for (size_t r = 0; r < sampled.size(); ++r) greedy_[r] = kernels::is_greedy(sampled[r]->req.sampling) ? 1 : 0;
+    for (size_t r = 0; r < sampled.size(); ++r)  // a row whose log-probabilities are asked for needs its logits
+      greedy_[r] = kernels::is_greedy(sampled[r]->req.sampling) && sampled[r]->req.logprobs < 0 ? 1 : 0;
   Status st = options_.forward_split ? options_.forward_split(b, greedy_, logits_, argmax_)
               : options_.forward     ? options_.forward(b, logits_)
                                      : forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
@@ -249,8 +253,12 @@ bool Scheduler::step() {
       if (greedy_[r]) {
         tok = argmax_[r];
       } else {
-        tok = kernels::cpu::sample(logits_.data() + packed++ * static_cast<size_t>(config_.vocab_size),
-                                   config_.vocab_size, s.req.sampling, u, scratch_.data());
+        const float* row = logits_.data() + packed++ * static_cast<size_t>(config_.vocab_size);
+        tok = kernels::cpu::sample(row, config_.vocab_size, s.req.sampling, u, scratch_.data());
+        if (s.req.logprobs >= 0 && s.cb.on_logprobs) {
+          token_logprobs(row, config_.vocab_size, tok, s.req.logprobs, logprobs_);
+          s.cb.on_logprobs(logprobs_);
+        }
       }
       ++s.generated;
       if (s.cb.on_token) s.cb.on_token(tok);

@@ -53,8 +53,10 @@ struct Outcome {
   std::string text;
   pb::FinishReason finish = pb::FINISH_REASON_UNSPECIFIED;
   pb::Usage usage;
+  std::vector<pb::TokenLogprob> logprobs;
   void add(const pb::GenerateResponse& r) {
     text += r.text();
+    logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
     if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
       finish = r.finish_reason();
       usage = r.usage();
@@ -266,15 +268,26 @@ class Gateway final : public HttpGateway {
     Outcome out;
     pb::GenerateResponse r = call.first;
     bool more = true;
+    size_t token_bytes = 0;  // text_offset of the next token (completions' logprobs)
     while (more) {
+      const size_t logprobs_before = out.logprobs.size();
       out.add(r);
       const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
-      if (!r.text().empty() || last) {
+      // A message with tokens but no text yet (an incomplete UTF-8 character)
+      // still streams when its tokens' log-probabilities were asked for.
+      if (!r.text().empty() || last || r.logprobs_size() > 0) {
+        json logprobs;
+        if (r.logprobs_size() > 0) {
+          const std::vector<pb::TokenLogprob> mine(out.logprobs.begin() + static_cast<std::ptrdiff_t>(logprobs_before),
+                                                   out.logprobs.end());
+          logprobs = chat ? openai::chat_logprobs(mine) : openai::completion_logprobs(mine, token_bytes);
+          for (const auto& lp : mine) token_bytes += lp.token().size();
+        }
         const json chunk =
             chat ? openai::chat_chunk(id, created, served_name_,
                                       r.text().empty() ? json::object() : json{{"content", r.text()}},
-                                      r.finish_reason())
-                 : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason());
+                                      r.finish_reason(), logprobs)
+                 : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason(), logprobs);
         if (!send(openai::sse(chunk))) return false;
       }
       more = reader.Read(&r);
@@ -335,7 +348,9 @@ class Gateway final : public HttpGateway {
                       ": " + e.message;
         return send_error(res, e);
       }
-      choices.push_back({outcomes[i].text, outcomes[i].finish});
+      openai::Choice c{outcomes[i].text, outcomes[i].finish, std::nullopt};
+      if (requests[i]->sampling().has_logprobs()) c.logprobs = std::move(outcomes[i].logprobs);
+      choices.push_back(std::move(c));
       total.set_prompt_tokens(total.prompt_tokens() + outcomes[i].usage.prompt_tokens());
       total.set_completion_tokens(total.completion_tokens() + outcomes[i].usage.completion_tokens());
     }

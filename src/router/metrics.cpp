@@ -90,6 +90,11 @@ void RouterMetrics::set_node(const std::string& address, const NodeLoad& load) {
   nodes_[address] = load;
 }
 
+void RouterMetrics::set_node_down(const std::string& address) {
+  std::lock_guard<std::mutex> l(mu_);
+  nodes_[address].up = false;
+}
+
 std::string RouterMetrics::text(int64_t in_flight) const {
   std::string out;
   {

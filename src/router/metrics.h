@@ -60,6 +60,9 @@ class RouterMetrics {
     int64_t prefix_lookup_tokens = 0, prefix_hit_tokens = 0, preemptions = 0;
   };
   void set_node(const std::string& address, const NodeLoad& load);
+  // The node stopped answering: `up` 0, its last numbers kept (a counter that
+  // dropped to 0 and came back would read as a reset).
+  void set_node_down(const std::string& address);
 
   // The exposition text; `in_flight` is the router's gauge at the time.
   std::string text(int64_t in_flight) const;

@@ -61,10 +61,6 @@ json parse_object(std::string_view text) {
 void refuse_unsupported(const json& body) {
   if (const json* b = find(body, "best_of"); b && !(b->is_number_integer() && b->get<int64_t>() == 1))
     refuse("best_of", "best_of: only 1 is supported");
-  if (const json* l = find(body, "logprobs"); l && !(l->is_boolean() && !l->get<bool>()))
-    refuse("logprobs", "logprobs: not supported");
-  if (const json* l = find(body, "top_logprobs"); l && !(l->is_number_integer() && l->get<int64_t>() == 0))
-    refuse("top_logprobs", "top_logprobs: not supported");
   if (const json* e = find(body, "echo"); e && !(e->is_boolean() && !e->get<bool>()))
     refuse("echo", "echo: not supported");
   if (const json* s = find(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
@@ -211,6 +207,13 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) 
     pb::SamplingParams& sp = *call.request.mutable_sampling();
     sp.set_max_tokens(16);  // OpenAI's default for completions
     common_fields(body, call, sp);
+    // logprobs: N alternatives per token (OpenAI allows up to 5 here); false: none.
+    if (const json* l = find(body, "logprobs"); l && !(l->is_boolean() && !l->get<bool>())) {
+      if (l->is_boolean()) refuse("logprobs", "logprobs: must be an integer in [0, 5] (alternatives per token)");
+      sp.set_logprobs(static_cast<uint32_t>(integer(body, "logprobs", 0, 5)));
+    }
+    if (const json* t = find(body, "top_logprobs"); t && !(t->is_number_integer() && t->get<int64_t>() == 0))
+      refuse("top_logprobs", "top_logprobs: a chat field; /v1/completions takes logprobs: N");
     const json* prompt = find(body, "prompt");
     if (!prompt) refuse("prompt", "prompt: required");
     if (prompt->is_string()) {
@@ -248,6 +251,15 @@ std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
     const json body = parse_object(text);
     ChatCall call;
     common_fields(body, call, *call.request.mutable_sampling());
+    // logprobs: true, with top_logprobs alternatives per token (0..20).
+    const bool want_logprobs = find(body, "logprobs") && boolean(body, "logprobs");
+    if (find(body, "top_logprobs")) {
+      const int64_t top = integer(body, "top_logprobs", 0, 20);
+      if (!want_logprobs && top > 0) refuse("top_logprobs", "top_logprobs: needs logprobs: true");
+      if (want_logprobs) call.request.mutable_sampling()->set_logprobs(static_cast<uint32_t>(top));
+    } else if (want_logprobs) {
+      call.request.mutable_sampling()->set_logprobs(0);
+    }
     const json* messages = find(body, "messages");
     if (!messages || !messages->is_array() || messages->empty())
       refuse("messages", "messages: must be a non-empty array");
@@ -355,17 +367,53 @@ json usage(const pb::Usage& u) {
 
 namespace {
 // One entry of "choices": `key` ("text", "message" or "delta") holds `value`.
-json choice(size_t index, const char* key, json value, pb::FinishReason finish) {
-  return {{"index", index}, {key, std::move(value)}, {"logprobs", nullptr}, {"finish_reason", finish_reason(finish)}};
+json choice(size_t index, const char* key, json value, pb::FinishReason finish, json logprobs = nullptr) {
+  return {{"index", index},
+          {key, std::move(value)},
+          {"logprobs", std::move(logprobs)},
+          {"finish_reason", finish_reason(finish)}};
+}
+
+json byte_list(const std::string& bytes) {
+  json out = json::array();
+  for (unsigned char c : bytes) out.push_back(static_cast<int>(c));
+  return out;
 }
 }  // namespace
+
+json completion_logprobs(const std::vector<pb::TokenLogprob>& lps, size_t text_offset) {
+  json tokens = json::array(), logprobs = json::array(), top = json::array(), offsets = json::array();
+  for (const auto& lp : lps) {
+    tokens.push_back(lp.token());
+    logprobs.push_back(lp.logprob());
+    json alternatives = json::object();
+    for (const auto& alt : lp.top()) alternatives[alt.token()] = alt.logprob();
+    top.push_back(std::move(alternatives));
+    offsets.push_back(text_offset);
+    text_offset += lp.token().size();
+  }
+  return {{"tokens", tokens}, {"token_logprobs", logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+}
+
+json chat_logprobs(const std::vector<pb::TokenLogprob>& lps) {
+  json content = json::array();
+  for (const auto& lp : lps) {
+    json top = json::array();
+    for (const auto& alt : lp.top())
+      top.push_back({{"token", alt.token()}, {"logprob", alt.logprob()}, {"bytes", byte_list(alt.token())}});
+    content.push_back(
+        {{"token", lp.token()}, {"logprob", lp.logprob()}, {"bytes", byte_list(lp.token())}, {"top_logprobs", top}});
+  }
+  return {{"content", content}, {"refusal", nullptr}};
+}
 
 json completion(const std::string& id, int64_t created, const std::string& model, const std::vector<Choice>& choices,
                 const pb::Usage& u) {
   json j = base_object("text_completion", id, created, model);
   j["choices"] = json::array();
   for (size_t i = 0; i < choices.size(); ++i)
-    j["choices"].push_back(choice(i, "text", choices[i].text, choices[i].finish));
+    j["choices"].push_back(choice(i, "text", choices[i].text, choices[i].finish,
+                                  choices[i].logprobs ? completion_logprobs(*choices[i].logprobs, 0) : json()));
   j["usage"] = usage(u);
   return j;
 }
@@ -376,22 +424,23 @@ json chat_completion(const std::string& id, int64_t created, const std::string& 
   j["choices"] = json::array();
   for (size_t i = 0; i < choices.size(); ++i)
     j["choices"].push_back(
-        choice(i, "message", {{"role", "assistant"}, {"content", choices[i].text}}, choices[i].finish));
+        choice(i, "message", {{"role", "assistant"}, {"content", choices[i].text}}, choices[i].finish,
+               choices[i].logprobs ? chat_logprobs(*choices[i].logprobs) : json()));
   j["usage"] = usage(u);
   return j;
 }
 
 json completion_chunk(const std::string& id, int64_t created, const std::string& model, const std::string& text,
-                      pb::FinishReason finish) {
+                      pb::FinishReason finish, const json& logprobs) {
   json j = base_object("text_completion", id, created, model);
-  j["choices"] = json::array({choice(0, "text", text, finish)});
+  j["choices"] = json::array({choice(0, "text", text, finish, logprobs)});
   return j;
 }
 
 json chat_chunk(const std::string& id, int64_t created, const std::string& model, const json& delta,
-                pb::FinishReason finish) {
+                pb::FinishReason finish, const json& logprobs) {
   json j = base_object("chat.completion.chunk", id, created, model);
-  j["choices"] = json::array({choice(0, "delta", delta, finish)});
+  j["choices"] = json::array({choice(0, "delta", delta, finish, logprobs)});
   return j;
 }
 

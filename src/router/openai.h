@@ -7,8 +7,9 @@
 // What is taken: model, prompt (a string, token ids, or an array of either:
 // a batch, answered whole with one choice per prompt), messages (string content or text parts), max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, stream,
-// stream_options.include_usage, n (whole answers only), and the extensions
-// top_k, ignore_eos, skip_special_tokens. What cannot be honoured (logprobs, echo,
+// stream_options.include_usage, n (whole answers only), logprobs (completions:
+// 0..5 alternatives; chat: logprobs + top_logprobs 0..20), and the extensions
+// top_k, ignore_eos, skip_special_tokens. What cannot be honoured (echo,
 // penalties, logit_bias, tools, non-text content, JSON response formats) is
 // refused naming the field, never silently ignored; other unknown fields are
 // ignored, as OpenAI's own server does.
@@ -84,16 +85,26 @@ nlohmann::json usage(const tandem::v1::Usage& u);
 struct Choice {
   std::string text;
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
+  std::optional<std::vector<tandem::v1::TokenLogprob>> logprobs = std::nullopt;  // set: the request asked for them
 };
+// A choice's "logprobs" object. Completions: tokens, token_logprobs,
+// top_logprobs ({token: logprob}), text_offset (bytes, from text_offset on).
+// Chat: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}.
+// Token strings are the tokens' bytes (invalid UTF-8 replaced when dumped).
+nlohmann::json completion_logprobs(const std::vector<tandem::v1::TokenLogprob>& lps, size_t text_offset);
+nlohmann::json chat_logprobs(const std::vector<tandem::v1::TokenLogprob>& lps);
 nlohmann::json completion(const std::string& id, int64_t created, const std::string& model,
                           const std::vector<Choice>& choices, const tandem::v1::Usage& u);
 nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
                                const std::vector<Choice>& choices, const tandem::v1::Usage& u);
-// Stream chunks: text (or a chat delta) and, on the last, the finish reason.
+// Stream chunks: text (or a chat delta) and, on the last, the finish reason;
+// `logprobs` (null: none) those of the chunk's tokens.
 nlohmann::json completion_chunk(const std::string& id, int64_t created, const std::string& model,
-                                const std::string& text, tandem::v1::FinishReason finish);
+                                const std::string& text, tandem::v1::FinishReason finish,
+                                const nlohmann::json& logprobs = nullptr);
 nlohmann::json chat_chunk(const std::string& id, int64_t created, const std::string& model,
-                          const nlohmann::json& delta, tandem::v1::FinishReason finish);
+                          const nlohmann::json& delta, tandem::v1::FinishReason finish,
+                          const nlohmann::json& logprobs = nullptr);
 // The chunk after the last one when stream_options.include_usage is set:
 // no choices, the usage. `object` is "text_completion" or "chat.completion.chunk".
 nlohmann::json usage_chunk(const std::string& object, const std::string& id, int64_t created,

@@ -17,6 +17,7 @@
 #include "tandem/api/health.h"
 #include "tandem/common/grpc_status.h"
 #include "tandem/common/logging.h"
+#include "tandem/engine/engine.h"  // kMaxTopLogprobs
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/jinja.h"
@@ -53,7 +54,8 @@ struct NodeHandle {
 // its deadline without the node being gone.
 constexpr int kSlowPollsBeforeDown = 3;
 
-// Prompt prefixes the router remembers for prefix affinity (a few bytes each).
+// Prompt prefixes the router remembers for prefix affinity (about 100 bytes
+// each with the map and age-list nodes: some 25 MiB when full).
 constexpr size_t kAffinityPrefixes = size_t{1} << 18;
 
 class RouterImpl final : public Router, public pb::Generation::Service {
@@ -215,6 +217,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (sp.has_top_p() && !(sp.top_p() > 0 && sp.top_p() <= 1)) return invalid("sampling.top_p", "must be in (0, 1]");
     if (sp.has_top_k() && sp.top_k() < 0) return invalid("sampling.top_k", "must be >= 0");
     if (sp.has_max_tokens() && sp.max_tokens() == 0) return invalid("sampling.max_tokens", "must be positive");
+    if (sp.has_logprobs() && sp.logprobs() > static_cast<uint32_t>(engine::kMaxTopLogprobs))
+      return invalid("sampling.logprobs", "must be at most " + std::to_string(engine::kMaxTopLogprobs));
     const int64_t room = c.max_position_embeddings - static_cast<int64_t>(prompt.size());
     if (room <= 0)
       return invalid("prompt", std::to_string(prompt.size()) + " tokens leave no room in the model's context of " +
@@ -226,6 +230,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     run.set_top_k(sp.has_top_k() ? sp.top_k() : 0);
     run.set_seed(sp.has_seed() ? sp.seed() : std::random_device{}());
     for (uint32_t id : sp.stop_token_ids()) run.add_stop_token_ids(static_cast<int32_t>(id));
+    if (sp.has_logprobs()) run.set_logprobs(static_cast<int32_t>(sp.logprobs()));
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 
@@ -242,11 +247,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     } release{in_flight_};
 
     if (!experts_up_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "an expert node is down; retry later");
-    NodeHandle* node = pick_node(prompt);
-    if (!node) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no healthy attention node");
     const auto prompt_tokens = static_cast<int64_t>(prompt.size());
-    node->in_flight.fetch_add(1);
-    node->prompt_tokens_in_flight.fetch_add(prompt_tokens);
+    NodeHandle* node = pick_node(prompt);  // counted in flight there already
+    if (!node) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no healthy attention node");
     struct NodeRelease {
       NodeHandle* n;
       int64_t tokens;
@@ -281,7 +284,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       pb::GenerateResponse out;
       out.set_request_id(request_id);
       std::string text;
-      for (int32_t t : ev.tokens()) {
+      for (int j = 0; j < ev.tokens_size(); ++j) {
+        const int32_t t = ev.tokens(j);
+        if (sp.has_logprobs() && j < ev.logprobs_size()) add_logprobs(t, ev.logprobs(j), out);
         ++completion;
         record.f.completion_tokens = completion;
         if (completion == 1)
@@ -352,9 +357,12 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // prefix went before) plus the prompt blocks of the requests in flight there.
   // A long cached prefix keeps a conversation on its node; a short one loses
   // to a less loaded node.
+  // The choice and its counting in flight are one step, so that a burst of
+  // requests sees each other's choices instead of all taking the same node.
   NodeHandle* pick_node(const std::vector<int32_t>& prompt) {
     std::vector<int64_t> matched;
     if (affinity_) matched = affinity_->matched_tokens(prompt, static_cast<int>(nodes_.size()));
+    std::lock_guard<std::mutex> lock(pick_mu_);
     for (bool allow_suspect : {false, true}) {
       NodeHandle* best = nullptr;
       int64_t best_cost = 0;
@@ -372,11 +380,27 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         }
       }
       if (!best) continue;
+      best->in_flight.fetch_add(1);
+      best->prompt_tokens_in_flight.fetch_add(static_cast<int64_t>(prompt.size()));
       if (affinity_) affinity_->record(prompt, best->index);
       return best;
     }
     return nullptr;
   }
+  // A token's log-probabilities as the public API gives them, with token bytes.
+  void add_logprobs(int32_t token, const ipb::TokenLogprob& in, pb::GenerateResponse& out) const {
+    auto* lp = out.add_logprobs();
+    lp->set_token_id(static_cast<uint32_t>(token));
+    lp->set_logprob(in.logprob());
+    lp->set_token(ck_.tokenizer->token_bytes(token));
+    for (int k = 0; k < in.top_ids_size() && k < in.top_logprobs_size(); ++k) {
+      auto* alt = lp->add_top();
+      alt->set_token_id(static_cast<uint32_t>(in.top_ids(k)));
+      alt->set_logprob(in.top_logprobs(k));
+      alt->set_token(ck_.tokenizer->token_bytes(in.top_ids(k)));
+    }
+  }
+
   static bool usable(const NodeHandle& n, bool allow_suspect) { return n.healthy && (allow_suspect || !n.suspect); }
 
   // Polls every attention node; the router serves only while all of them answer.
@@ -403,9 +427,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         }
         n->healthy = ok;
         if (polled.ok()) n->suspect = false;
-        RouterMetrics::NodeLoad load{.up = ok};
         if (polled.ok())
-          load = {.up = true,
+          metrics_.set_node(n->address, {.up = true,
                   .running = rp.running(),
                   .waiting = rp.waiting(),
                   .free_blocks = rp.free_blocks(),
@@ -413,8 +436,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                   .cached_blocks = rp.cached_blocks(),
                   .prefix_lookup_tokens = rp.prefix_lookup_tokens(),
                   .prefix_hit_tokens = rp.prefix_hit_tokens(),
-                  .preemptions = rp.preemptions()};
-        if (polled.ok() || !ok) metrics_.set_node(n->address, load);  // a slow poll keeps the last numbers
+                                         .preemptions = rp.preemptions()});
+        else if (!ok)
+          metrics_.set_node_down(n->address);  // a merely slow poll keeps the last numbers
         all = all && ok;
       }
       // Every expert node holds experts no other node has: all must be up.
@@ -447,6 +471,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::atomic<int64_t> in_flight_{0};
   RouterMetrics metrics_;
   std::unique_ptr<PrefixAffinity> affinity_;  // null: fewest requests in flight only
+  std::mutex pick_mu_;                         // one pick_node at a time
   std::unique_ptr<grpc::Server> server_;
   std::thread monitor_;
   std::unique_ptr<HttpGateway> http_;

@@ -64,9 +64,10 @@ struct DeploymentConfig {
   Endpoint router{"127.0.0.1", 50051};
   Endpoint http{"127.0.0.1", 0};  // router.http_listen: the OpenAI-compatible HTTP API; port 0: none
   int max_queue = 256;
-  // Several attention nodes: send a prompt to the node that got its longest
-  // prefix before (its KV blocks are likely cached there) unless that node is
-  // busier than the least loaded one by more than max_running_sequences / 8.
+  // Several attention nodes: send a prompt to the node where it adds the least
+  // work in KV blocks (its blocks to compute there, fewer where its prefix went
+  // before, plus the prompt blocks in flight there) instead of the node with
+  // the fewest requests in flight.
   bool prefix_affinity = true;
   int request_timeout_s = 600;
 

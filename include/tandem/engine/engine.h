@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "tandem/common/status.h"
@@ -16,19 +17,37 @@
 
 namespace tandem::engine {
 
+// Most alternatives a request may ask log-probabilities for (OpenAI's chat limit).
+inline constexpr int32_t kMaxTopLogprobs = 20;
+
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   int32_t max_tokens = 16;
   kernels::cpu::SamplingParams sampling;
   uint64_t seed = 0;
   std::vector<int32_t> stop_token_ids;
+  // -1: none. 0..kMaxTopLogprobs: each generated token's log-probability and
+  // that many most likely alternatives.
+  int32_t logprobs = -1;
 };
+
+// A generated token's log-probability under the model's distribution (the
+// log-softmax of its logits before temperature, top-k and top-p: what the
+// model says, whatever the sampler then did), and the most likely tokens with
+// theirs, most likely first (ties: lower id first).
+struct TokenLogprobs {
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+// Fills `out` for `token` from one row of logits [vocab].
+void token_logprobs(const float* logits, int64_t vocab, int32_t token, int32_t top, TokenLogprobs& out);
 
 enum class FinishReason { kLength, kStop };
 
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens (a stop token is included)
   FinishReason finish = FinishReason::kLength;
+  std::vector<TokenLogprobs> logprobs;  // one per token when the request asked for them
 };
 
 // One forward step: logits [logits_rows, vocab] for a batch whose slots index

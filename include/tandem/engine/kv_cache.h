@@ -21,7 +21,7 @@ namespace tandem::engine {
 // them — so a later sequence that starts with the same tokens takes the block
 // instead of recomputing it. A cached block nobody holds still counts as free:
 // it is reused (least recently released first, a sequence's tail before its
-// head) only when no never-used block is left.
+// head) only when no free block without reusable content is left.
 class BlockAllocator {
  public:
   explicit BlockAllocator(int64_t num_blocks, int64_t block_size = 16);
@@ -40,7 +40,8 @@ class BlockAllocator {
   // Records that `block` holds block_size tokens that follow the content
   // `parent` (0: the start of a sequence) and returns the content id of the
   // pair. If that content is cached already (in another block), the block stays
-  // private and the existing id is returned so the caller's chain continues.
+  // private and the existing id is returned so the caller's chain continues;
+  // 0 if the block holds other content already (the chain cannot go on).
   uint64_t publish(int32_t block, uint64_t parent, const int32_t* tokens);
   // Cached blocks, held or not.
   int64_t num_cached() const;
@@ -137,6 +138,7 @@ class SequenceKv {
   std::vector<int32_t> blocks_;
   size_t published_ = 0;   // leading blocks whose content is recorded
   uint64_t content_ = 0;   // content id of the last of them
+  bool chain_broken_ = false;
 };
 
 }  // namespace tandem::engine

@@ -30,6 +30,9 @@ struct SequenceCallbacks {
   std::function<void(int32_t token)> on_token;
   // Called once, last: status is OK with a finish reason, or the error that ended it.
   std::function<void(const Status& status, FinishReason reason)> on_finish;
+  // With GenerationRequest::logprobs >= 0: called just before on_token with
+  // that token's log-probabilities.
+  std::function<void(const TokenLogprobs& logprobs)> on_logprobs = {};
 };
 
 struct SchedulerOptions {
@@ -98,6 +101,7 @@ class Scheduler {
   std::vector<float> logits_, scratch_;
   std::vector<uint8_t> greedy_;    // per sampled row, for forward_split
   std::vector<int32_t> argmax_;    // its greedy rows' tokens
+  TokenLogprobs logprobs_;
 };
 
 }  // namespace tandem::engine

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 
 #include "naive_forward.h"
 #include "tandem/engine/engine.h"
@@ -69,6 +71,57 @@ TEST_P(EngineOnPreset, PrefillLogitsMatchFullRecompute) {
     max_err = std::max(max_err, std::abs(ref[i] - logits[i]));
   }
   EXPECT_LT(max_err / max_ref, 1e-4) << "max abs error " << max_err;
+}
+
+// Each generated token's log-probability and its top alternatives are the
+// log-softmax of the model's logits as the double-precision recompute gives
+// them, for a sampled request too (before temperature and top-p).
+TEST_P(EngineOnPreset, LogprobsAreTheModelsLogSoftmax) {
+  const auto& m = tiny_model(GetParam());
+  auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, "Log probabilities, please.");
+  req.max_tokens = 5;
+  req.seed = 3;
+  req.logprobs = 3;
+  for (float temperature : {0.0f, 0.8f}) {
+    req.sampling = {.temperature = temperature, .top_k = 0, .top_p = 0.9f};
+    auto res = eng->generate({req});
+    ASSERT_TRUE(res.is_ok()) << res.status().to_string();
+    const auto& r = (*res)[0];
+    ASSERT_EQ(r.logprobs.size(), r.tokens.size());
+    std::vector<int32_t> seq = req.prompt;
+    for (size_t s = 0; s < r.tokens.size(); ++s) {
+      const auto ref = testing::naive_last_logits(m.ck.config, *m.weights, seq);
+      const double mx = *std::max_element(ref.begin(), ref.end());
+      double z = 0;
+      for (double x : ref) z += std::exp(x - mx);
+      const double log_z = mx + std::log(z);
+      const auto& lp = r.logprobs[s];
+      EXPECT_NEAR(lp.logprob, ref[static_cast<size_t>(r.tokens[s])] - log_z, 1e-3) << "step " << s;
+      ASSERT_EQ(lp.top.size(), 3u);
+      for (size_t k = 0; k < lp.top.size(); ++k) {
+        EXPECT_NEAR(lp.top[k].second, ref[static_cast<size_t>(lp.top[k].first)] - log_z, 1e-3);
+        if (k > 0) {
+          EXPECT_GE(lp.top[k - 1].second, lp.top[k].second);
+        }
+      }
+      if (temperature == 0) {
+        EXPECT_EQ(lp.top[0].first, r.tokens[s]);
+        EXPECT_EQ(lp.top[0].second, lp.logprob);
+      }
+      seq.push_back(r.tokens[s]);
+    }
+  }
+  req.logprobs = -1;
+  auto none = eng->generate({req});
+  ASSERT_TRUE(none.is_ok());
+  EXPECT_TRUE((*none)[0].logprobs.empty());
+  req.logprobs = engine::kMaxTopLogprobs + 1;
+  auto bad = eng->generate({req});
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("logprobs"), std::string::npos) << bad.status().message();
 }
 
 TEST_P(EngineOnPreset, SameSeedSameTokensDifferentSeedDifferentTokens) {

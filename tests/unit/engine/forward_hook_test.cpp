@@ -154,6 +154,23 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
   EXPECT_EQ(greedy_rows, 14u);   // requests 0 and 2, 7 tokens each
   EXPECT_EQ(sampled_rows, 14u);  // requests 1 and 3
   for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "request " << i;
+  // A greedy request that asks for log-probabilities needs its logits: its
+  // rows come back as logits, and the tokens and log-probabilities are the
+  // built-in ones.
+  greedy_rows = sampled_rows = 0;
+  reqs[0].logprobs = 2;
+  auto want_lp = (*base)->generate(reqs);
+  auto got_lp = (*eng)->generate(reqs);
+  ASSERT_TRUE(want_lp.is_ok() && got_lp.is_ok());
+  EXPECT_EQ(greedy_rows, 7u);
+  EXPECT_EQ(sampled_rows, 21u);
+  ASSERT_EQ((*got_lp)[0].logprobs.size(), 7u);
+  EXPECT_EQ((*got_lp)[0].tokens, (*want_lp)[0].tokens);
+  for (size_t s = 0; s < 7; ++s) {
+    EXPECT_FLOAT_EQ((*got_lp)[0].logprobs[s].logprob, (*want_lp)[0].logprobs[s].logprob);
+    EXPECT_EQ((*got_lp)[0].logprobs[s].top, (*want_lp)[0].logprobs[s].top);
+  }
+  reqs[0].logprobs = -1;
 
   // A split forward that fails, or answers with a token outside the
   // vocabulary or too few logits, ends the requests with an error naming it

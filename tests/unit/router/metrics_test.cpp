@@ -60,8 +60,10 @@ TEST(RouterMetrics, AttentionNodeFamilies) {
   m.set_node("127.0.0.1:50100", {.up = true, .running = 2, .waiting = 1, .free_blocks = 90, .total_blocks = 128,
                                  .cached_blocks = 12, .prefix_lookup_tokens = 400, .prefix_hit_tokens = 160,
                                  .preemptions = 3});
-  m.set_node("127.0.0.1:50101", {.up = false});
+  m.set_node("127.0.0.1:50101", {.up = true, .prefix_hit_tokens = 9});
+  m.set_node_down("127.0.0.1:50101");  // keeps its counters
   const std::string t = m.text(0);
+  EXPECT_TRUE(has_line(t, "tandem_attention_prefix_hit_tokens_total{node=\"127.0.0.1:50101\"} 9")) << t;
   EXPECT_TRUE(has_line(t, "tandem_attention_up{node=\"127.0.0.1:50100\"} 1")) << t;
   EXPECT_TRUE(has_line(t, "tandem_attention_up{node=\"127.0.0.1:50101\"} 0")) << t;
   EXPECT_TRUE(has_line(t, "tandem_attention_running_sequences{node=\"127.0.0.1:50100\"} 2")) << t;

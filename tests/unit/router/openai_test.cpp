@@ -95,7 +95,9 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "n": 0})", "n"},
       {R"({"prompt": ["a", "b"], "n": 40})", "n"},
       {R"({"prompt": "x", "best_of": 3})", "best_of"},
-      {R"({"prompt": "x", "logprobs": 5})", "logprobs"},
+      {R"({"prompt": "x", "logprobs": 6})", "logprobs"},
+      {R"({"prompt": "x", "logprobs": true})", "logprobs"},
+      {R"({"prompt": "x", "top_logprobs": 2})", "top_logprobs"},
       {R"({"prompt": "x", "echo": true})", "echo"},
       {R"({"prompt": "x", "frequency_penalty": 0.5})", "frequency_penalty"},
       {R"({"prompt": "x", "repetition_penalty": 1.2})", "repetition_penalty"},
@@ -179,6 +181,9 @@ TEST(OpenAiChat, MessagesAndContentParts) {
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
        "response_format"},
       {R"({"messages": [{"role": "user", "content": "x"}], "n": 3, "stream": true})", "n"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "top_logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "top_logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})", "logprobs"},
   };
   for (const auto& [body, param] : cases) {
     const HttpError e = chat_refused(body);
@@ -220,6 +225,64 @@ TEST(OpenAiResponses, ShapesAsOpenAiClientsReadThem) {
   const json models = model_list("m", 2);
   EXPECT_EQ(models["object"], "list");
   EXPECT_EQ(models["data"][0]["id"], "m");
+}
+
+// logprobs: asked for as OpenAI's two endpoints ask, answered in their shapes.
+TEST(OpenAiLogprobs, ParsedPerEndpointAndShaped) {
+  auto c = std::get<CompletionCall>(parse_completion(R"({"prompt": ["a", "b"], "logprobs": 3})"));
+  EXPECT_EQ(c.request.sampling().logprobs(), 3u);
+  EXPECT_EQ(c.more.at(0).sampling().logprobs(), 3u);  // every prompt of a batch
+  EXPECT_FALSE(std::get<CompletionCall>(parse_completion(R"({"prompt": "a", "logprobs": false})"))
+                   .request.sampling()
+                   .has_logprobs());
+  EXPECT_FALSE(std::get<CompletionCall>(parse_completion(R"({"prompt": "a"})")).request.sampling().has_logprobs());
+  auto chat = std::get<ChatCall>(
+      parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 4})"));
+  EXPECT_EQ(chat.request.sampling().logprobs(), 4u);
+  chat = std::get<ChatCall>(parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})"));
+  EXPECT_TRUE(chat.request.sampling().has_logprobs());
+  EXPECT_EQ(chat.request.sampling().logprobs(), 0u);
+  chat = std::get<ChatCall>(
+      parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": false, "top_logprobs": 0})"));
+  EXPECT_FALSE(chat.request.sampling().has_logprobs());
+
+  std::vector<pb::TokenLogprob> lps(2);
+  lps[0].set_token_id(7);
+  lps[0].set_token("He");
+  lps[0].set_logprob(-0.25f);
+  auto* alt = lps[0].add_top();
+  alt->set_token_id(7);
+  alt->set_token("He");
+  alt->set_logprob(-0.25f);
+  alt = lps[0].add_top();
+  alt->set_token_id(9);
+  alt->set_token("\xe2");  // part of a UTF-8 character: bytes kept, text replaced when dumped
+  alt->set_logprob(-2.0f);
+  lps[1].set_token_id(8);
+  lps[1].set_token("llo");
+  lps[1].set_logprob(-1.5f);
+  const json cl = completion_logprobs(lps, 10);
+  EXPECT_EQ(cl["tokens"], json({"He", "llo"}));
+  EXPECT_EQ(cl["token_logprobs"], json({-0.25, -1.5}));
+  EXPECT_EQ(cl["text_offset"], json({10, 12}));
+  EXPECT_EQ(cl["top_logprobs"][0]["He"], -0.25);
+  EXPECT_EQ(cl["top_logprobs"][0].size(), 2u);
+  EXPECT_TRUE(cl["top_logprobs"][1].empty());
+  EXPECT_NE(dump(cl).find("\"\xef\xbf\xbd\""), std::string::npos) << dump(cl);  // U+FFFD for the lone byte
+  const json ch = chat_logprobs(lps);
+  ASSERT_EQ(ch["content"].size(), 2u);
+  EXPECT_EQ(ch["content"][0]["token"], "He");
+  EXPECT_EQ(ch["content"][0]["bytes"], json({72, 101}));
+  EXPECT_EQ(ch["content"][0]["top_logprobs"][1]["bytes"], json({0xe2}));
+  EXPECT_TRUE(ch["refusal"].is_null());
+  pb::Usage u;
+  const json whole = completion("cmpl-1", 1, "m", {{"Hello", pb::FINISH_REASON_LENGTH, lps}, {"x", pb::FINISH_REASON_STOP}}, u);
+  EXPECT_EQ(whole["choices"][0]["logprobs"]["text_offset"], json({0, 2}));
+  EXPECT_TRUE(whole["choices"][1]["logprobs"].is_null());
+  const json chat_whole = chat_completion("chatcmpl-1", 1, "m", {{"Hello", pb::FINISH_REASON_LENGTH, lps}}, u);
+  EXPECT_EQ(chat_whole["choices"][0]["logprobs"]["content"][1]["logprob"], -1.5);
+  const json chunk = completion_chunk("cmpl-1", 1, "m", "He", pb::FINISH_REASON_UNSPECIFIED, cl);
+  EXPECT_EQ(chunk["choices"][0]["logprobs"]["tokens"][0], "He");
 }
 
 TEST(OpenAiErrors, GrpcCodesBecomeHttpStatuses) {
