@@ -11,6 +11,8 @@
 //                                   [--graphs on|off]  (cuda: decode layers as CUDA graphs)
 //                                   [--experts per-expert|batched|device]  (cuda: cuBLAS GEMMs per expert,
 //                                   grouped-batched cuBLAS, or our kernel with the routing left on the GPU)
+//                                   [--logprobs N]  (then the same requests again asking for each token's
+//                                   log-probability and N alternatives: decode tok/s against the plain run)
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -52,6 +54,7 @@ int main(int argc, char** argv) {
   std::string device = "cpu", dtype = "f32";
   bool graphs = false;
   std::string experts = "per-expert";
+  int logprobs = -1;
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
     else if (a == "--dtype") dtype = argv[i + 1];
     else if (a == "--graphs") graphs = std::string(argv[i + 1]) == "on";
     else if (a == "--experts") experts = argv[i + 1];
+    else if (a == "--logprobs") logprobs = std::atoi(argv[i + 1]);
   }
   if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
   if (dtype != "f32" && (dtype != "bf16" || device != "cuda"))
@@ -130,7 +134,7 @@ int main(int argc, char** argv) {
     }
     auto res = (*eng)->generate(reqs);
     if (!res.is_ok()) return std::fprintf(stderr, "%s\n", res.status().to_string().c_str()), 1;
-    const auto& s = (*eng)->stats();
+    const engine::EngineStats s = (*eng)->stats();  // a copy: --logprobs runs again
     const double steps = static_cast<double>(s.decode_tokens) / batch;
     const double step_s = s.decode_seconds / steps;
     // Distinct experts a batch touches per layer: at most all of them.
@@ -140,6 +144,20 @@ int main(int argc, char** argv) {
     const double gbps = bytes / step_s / 1e9;
     std::printf("%6d %14.1f %14.1f %10.2f %16.1f %11.0f%%\n", batch, s.prompt_tokens / s.prompt_seconds,
                 s.decode_tokens / s.decode_seconds, step_s * 1e3, gbps, 100.0 * gbps / bw);
+    if (logprobs >= 0) {
+      // The same requests asking for log-probabilities (their prompts now
+      // cached: only the decode steps compare). Greedy rows then bring their
+      // logits to the host, and each token takes a log-softmax and a top-N.
+      const engine::EngineStats before = (*eng)->stats();
+      for (auto& r : reqs) r.logprobs = logprobs;
+      auto with = (*eng)->generate(reqs);
+      if (!with.is_ok()) return std::fprintf(stderr, "%s\n", with.status().to_string().c_str()), 1;
+      const auto& after = (*eng)->stats();
+      const double tps = static_cast<double>(after.decode_tokens - before.decode_tokens) /
+                         (after.decode_seconds - before.decode_seconds);
+      std::printf("       with logprobs=%d: decode %.1f tok/s, %.3f of the plain run\n", logprobs, tps,
+                  tps / (s.decode_tokens / s.decode_seconds));
+    }
 #if TANDEM_HAVE_CUDA
     if (gpu && graphs)
       std::printf("       CUDA graphs replayed: %llu layer steps, %llu of them whole layers\n",

@@ -8,6 +8,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -58,8 +59,11 @@ class EventQueue {
     cv_.wait_for(l, timeout, [&] { return !tokens_.empty() || done_; });
     out.assign(tokens_.begin(), tokens_.end());
     tokens_.clear();
-    lps.assign(std::make_move_iterator(logprobs_.begin()), std::make_move_iterator(logprobs_.end()));
-    logprobs_.clear();
+    // A token's log-probabilities are pushed just before it: those of a token
+    // not yet pushed stay for the next call, so the two always pair up.
+    const auto paired = static_cast<std::ptrdiff_t>(std::min(logprobs_.size(), out.size()));
+    lps.assign(std::make_move_iterator(logprobs_.begin()), std::make_move_iterator(logprobs_.begin() + paired));
+    logprobs_.erase(logprobs_.begin(), logprobs_.begin() + paired);
     done = done_;
     st = status_;
     r = reason_;

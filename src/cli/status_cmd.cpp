@@ -3,11 +3,16 @@
 // where it runs, its load and, for attention nodes, where their forward time
 // goes (attention, dispatch, idle waiting for experts, ...). The breakdown is
 // what tells whether ping-pong hides the expert time: `wait` should be small.
+// For expert nodes, how many token slots the gate sent each expert, and how
+// far the hottest expert and the busiest node are above the mean.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "commands.h"
 #include "tandem/api/deployment.h"
@@ -69,6 +74,10 @@ int run_status(const StatusArgs& a) {
                 percent(p.attend_s(), p.total_s()), percent(p.dispatch_s(), p.total_s()),
                 percent(p.wait_s(), p.total_s()), percent(p.land_s(), p.total_s()), percent(p.head_s(), p.total_s()));
   }
+  // Expert parallelism is as fast as its busiest expert node: how evenly the
+  // gate spread the token slots over experts and over nodes.
+  std::vector<std::pair<int64_t, uint64_t>> expert_tokens;  // (expert, tokens)
+  std::vector<uint64_t> node_tokens;
   for (int j = 0; j < cfg->expert_nodes; ++j) {
     const std::string addr = cfg->expert_endpoint(j).to_string();
     const std::string name = "expert" + std::to_string(j);
@@ -85,9 +94,35 @@ int run_status(const StatusArgs& a) {
       std::printf(", %llu requests in %llu passes (%.2f per pass), busy %.2f s", static_cast<unsigned long long>(r.requests()),
                   static_cast<unsigned long long>(r.passes()),
                   static_cast<double>(r.requests()) / static_cast<double>(r.passes()), r.busy_s());
+    uint64_t mine = 0;
+    for (int k = 0; k < r.expert_tokens_size(); ++k) {
+      expert_tokens.emplace_back(r.first_expert() + k, r.expert_tokens(k));
+      mine += r.expert_tokens(k);
+    }
+    if (r.expert_tokens_size() > 0) {
+      node_tokens.push_back(mine);
+      std::printf(", %llu token slots", static_cast<unsigned long long>(mine));
+    }
     std::printf("\n");
   }
   std::printf("attend/dispatch/wait/land/head: shares of the attention nodes' step time (wait: idle for experts)\n");
+  auto max_over_mean = [](const std::vector<uint64_t>& v) {
+    double sum = 0, mx = 0;
+    for (uint64_t x : v) {
+      sum += static_cast<double>(x);
+      mx = std::max(mx, static_cast<double>(x));
+    }
+    return sum > 0 ? mx * static_cast<double>(v.size()) / sum : 0.0;
+  };
+  std::vector<uint64_t> per_expert;
+  for (const auto& [e, t] : expert_tokens) per_expert.push_back(t);
+  if (!per_expert.empty() && max_over_mean(per_expert) > 0) {
+    const auto hottest = *std::max_element(expert_tokens.begin(), expert_tokens.end(),
+                                           [](const auto& a, const auto& b) { return a.second < b.second; });
+    std::printf("expert load (token slots, all layers): hottest expert %lld at %.2fx the mean expert; busiest node "
+                "at %.2fx the mean node\n",
+                static_cast<long long>(hottest.first), max_over_mean(per_expert), max_over_mean(node_tokens));
+  }
   return unreachable == 0 ? 0 : 1;
 }
 }  // namespace

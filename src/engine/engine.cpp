@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <numeric>
 #include <string>
 
 namespace tandem::engine {
@@ -24,20 +23,25 @@ void token_logprobs(const float* logits, int64_t vocab, int32_t token, int32_t t
   if (vocab <= 0) return;
   float mx = -INFINITY;
   for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, logits[i]);
-  double sum = 0;  // in double: a 150k-token vocabulary sums many tiny terms
-  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  double sum = 0;  // float terms, a double sum: a 150k-token vocabulary adds many tiny ones
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(logits[i] - mx);
   const double log_z = static_cast<double>(mx) + std::log(sum);
   auto lp = [&](int64_t i) { return static_cast<float>(static_cast<double>(logits[i]) - log_z); };
   out.logprob = token >= 0 && token < vocab ? lp(token) : -INFINITY;
   const auto k = static_cast<size_t>(std::clamp<int64_t>(top, 0, vocab));
   if (k == 0) return;
-  std::vector<int32_t> ids(static_cast<size_t>(vocab));
-  std::iota(ids.begin(), ids.end(), 0);
-  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(), [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
-  out.top.reserve(k);
-  for (size_t i = 0; i < k; ++i) out.top.emplace_back(ids[i], lp(ids[i]));
+  // The k best in one pass, kept sorted (k is at most kMaxTopLogprobs): ids
+  // come in increasing order, so an equal logit never displaces an earlier id.
+  auto& best = out.top;
+  for (int64_t i = 0; i < vocab; ++i) {
+    const float v = logits[i];
+    if (best.size() == k && !(v > logits[best.back().first])) continue;
+    size_t at = best.size();
+    while (at > 0 && v > logits[best[at - 1].first]) --at;
+    if (best.size() == k) best.pop_back();
+    best.insert(best.begin() + static_cast<std::ptrdiff_t>(at), {static_cast<int32_t>(i), 0.0f});
+  }
+  for (auto& [id, value] : best) value = lp(id);
 }
 
 Result<std::unique_ptr<Engine>> Engine::create(const model::ModelConfig& config, const model::ModelWeights& weights,

@@ -7,7 +7,7 @@
 namespace tandem::expert {
 
 ExpertBatcher::ExpertBatcher(const model::ModelConfig& config, const model::ModelWeights& weights)
-    : config_(config), cpu_runner_(std::make_unique<engine::ModelRunner>(config, weights, nullptr)) {
+    : config_(config), expert_tokens_(static_cast<size_t>(config.moe.num_experts), 0), cpu_runner_(std::make_unique<engine::ModelRunner>(config, weights, nullptr)) {
   compute_ = [this](int64_t layer, const float* x, int64_t n, const int32_t* ids, const float* w, float* out) {
     std::fill(out, out + n * config_.hidden_size, 0.0f);
     cpu_runner_->experts(layer, x, n, ids, w, out);
@@ -17,7 +17,10 @@ ExpertBatcher::ExpertBatcher(const model::ModelConfig& config, const model::Mode
 }
 
 ExpertBatcher::ExpertBatcher(const model::ModelConfig& config, ExpertCompute compute)
-    : config_(config), compute_(std::move(compute)), thread_([this] { loop(); }) {}
+    : config_(config),
+      expert_tokens_(static_cast<size_t>(config.moe.num_experts), 0),
+      compute_(std::move(compute)),
+      thread_([this] { loop(); }) {}
 
 ExpertBatcher::~ExpertBatcher() {
   {
@@ -39,7 +42,9 @@ Status ExpertBatcher::run(int64_t layer, const float* x, int64_t n, const int32_
 
 ExpertBatcher::Stats ExpertBatcher::stats() const {
   std::lock_guard<std::mutex> l(mu_);
-  return stats_;
+  Stats s = stats_;
+  s.expert_tokens = expert_tokens_;
+  return s;
 }
 
 void ExpertBatcher::loop() {
@@ -62,6 +67,11 @@ void ExpertBatcher::loop() {
     const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     l.lock();
     stats_.busy_s += took;
+    for (const Request* r : group)  // before the callers, whose ids these are, are let go
+      for (int64_t i = 0; i < r->n * config_.moe.top_k; ++i) {
+        const int32_t e = r->ids[i];
+        if (e >= 0 && static_cast<size_t>(e) < expert_tokens_.size()) ++expert_tokens_[static_cast<size_t>(e)];
+      }
     for (Request* r : group) {
       r->status = st;
       r->done = true;

@@ -98,6 +98,8 @@ class Node final : public ExpertNode, public pb::ExpertNode::Service {
       reply->set_requests(st.requests);
       reply->set_passes(st.launches);
       reply->set_busy_s(st.busy_s);
+      for (int64_t e = range_.first; e < range_.second && static_cast<size_t>(e) < st.expert_tokens.size(); ++e)
+        reply->add_expert_tokens(st.expert_tokens[static_cast<size_t>(e)]);
     }
     if (!transport_) {
       reply->set_backend("tcp");

@@ -23,7 +23,7 @@ namespace {
 
 namespace pb = tandem::v1;
 namespace hpb = grpc::health::v1;
-using nlohmann::json;
+using json = nlohmann::ordered_json;  // as openai::Json
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -53,10 +53,10 @@ struct Outcome {
   std::string text;
   pb::FinishReason finish = pb::FINISH_REASON_UNSPECIFIED;
   pb::Usage usage;
-  std::vector<pb::TokenLogprob> logprobs;
-  void add(const pb::GenerateResponse& r) {
+  std::vector<pb::TokenLogprob> logprobs;  // whole answers only: a stream sends them as they come
+  void add(const pb::GenerateResponse& r, bool keep_logprobs = true) {
     text += r.text();
-    logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
+    if (keep_logprobs) logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
     if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
       finish = r.finish_reason();
       usage = r.usage();
@@ -270,16 +270,14 @@ class Gateway final : public HttpGateway {
     bool more = true;
     size_t token_bytes = 0;  // text_offset of the next token (completions' logprobs)
     while (more) {
-      const size_t logprobs_before = out.logprobs.size();
-      out.add(r);
+      out.add(r, /*keep_logprobs=*/false);
       const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
       // A message with tokens but no text yet (an incomplete UTF-8 character)
       // still streams when its tokens' log-probabilities were asked for.
       if (!r.text().empty() || last || r.logprobs_size() > 0) {
         json logprobs;
         if (r.logprobs_size() > 0) {
-          const std::vector<pb::TokenLogprob> mine(out.logprobs.begin() + static_cast<std::ptrdiff_t>(logprobs_before),
-                                                   out.logprobs.end());
+          const std::vector<pb::TokenLogprob> mine(r.logprobs().begin(), r.logprobs().end());
           logprobs = chat ? openai::chat_logprobs(mine) : openai::completion_logprobs(mine, token_bytes);
           for (const auto& lp : mine) token_bytes += lp.token().size();
         }

@@ -1,5 +1,7 @@
 #include "openai.h"
 
+#include <cmath>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <utility>
@@ -7,7 +9,7 @@
 namespace tandem::router::openai {
 
 namespace pb = tandem::v1;
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -379,15 +381,52 @@ json byte_list(const std::string& bytes) {
   for (unsigned char c : bytes) out.push_back(static_cast<int>(c));
   return out;
 }
+
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    for (size_t k = 1; k < len; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    i += len;
+  }
+  return true;
+}
+
+// A token as text: itself when it is whole UTF-8; otherwise "bytes:\xNN..."
+// as OpenAI writes a piece of a character, so that distinct tokens stay
+// distinct strings.
+std::string token_text(const std::string& bytes) {
+  if (valid_utf8(bytes)) return bytes;
+  std::string out = "bytes:";
+  char hex[8];
+  for (unsigned char c : bytes) {
+    std::snprintf(hex, sizeof hex, "\\x%02x", c);
+    out += hex;
+  }
+  return out;
+}
+
+// A log-probability as a JSON number: -inf and NaN (degenerate logits) as
+// -9999, as vLLM does, never null.
+double finite_logprob(float v) { return std::isfinite(v) ? static_cast<double>(v) : -9999.0; }
 }  // namespace
 
 json completion_logprobs(const std::vector<pb::TokenLogprob>& lps, size_t text_offset) {
   json tokens = json::array(), logprobs = json::array(), top = json::array(), offsets = json::array();
   for (const auto& lp : lps) {
-    tokens.push_back(lp.token());
-    logprobs.push_back(lp.logprob());
+    tokens.push_back(token_text(lp.token()));
+    logprobs.push_back(finite_logprob(lp.logprob()));
+    // Most likely first, as OpenAI lists them; a string already there (two
+    // ids that read the same) keeps its likelier value; the chosen token is in.
     json alternatives = json::object();
-    for (const auto& alt : lp.top()) alternatives[alt.token()] = alt.logprob();
+    for (const auto& alt : lp.top()) {
+      const std::string key = token_text(alt.token());
+      if (!alternatives.contains(key)) alternatives[key] = finite_logprob(alt.logprob());
+    }
+    if (const std::string chosen = token_text(lp.token()); !alternatives.contains(chosen))
+      alternatives[chosen] = finite_logprob(lp.logprob());
     top.push_back(std::move(alternatives));
     offsets.push_back(text_offset);
     text_offset += lp.token().size();
@@ -400,9 +439,13 @@ json chat_logprobs(const std::vector<pb::TokenLogprob>& lps) {
   for (const auto& lp : lps) {
     json top = json::array();
     for (const auto& alt : lp.top())
-      top.push_back({{"token", alt.token()}, {"logprob", alt.logprob()}, {"bytes", byte_list(alt.token())}});
-    content.push_back(
-        {{"token", lp.token()}, {"logprob", lp.logprob()}, {"bytes", byte_list(lp.token())}, {"top_logprobs", top}});
+      top.push_back({{"token", token_text(alt.token())},
+                     {"logprob", finite_logprob(alt.logprob())},
+                     {"bytes", byte_list(alt.token())}});
+    content.push_back({{"token", token_text(lp.token())},
+                       {"logprob", finite_logprob(lp.logprob())},
+                       {"bytes", byte_list(lp.token())},
+                       {"top_logprobs", top}});
   }
   return {{"content", content}, {"refusal", nullptr}};
 }

@@ -29,6 +29,10 @@
 
 namespace tandem::router::openai {
 
+// Responses keep their keys in the order written (OpenAI's order; most likely
+// first in a completion's top_logprobs).
+using Json = nlohmann::ordered_json;
+
 // An error answered as HTTP `status` with {"error": {...}} in OpenAI's shape.
 struct HttpError {
   int status = 400;
@@ -73,11 +77,11 @@ std::string error_body(const HttpError& e);
 // The same as a server-sent event, for an error after a stream has started.
 std::string error_event(const HttpError& e);
 // JSON text; invalid UTF-8 in strings is replaced, never thrown.
-std::string dump(const nlohmann::json& j);
+std::string dump(const Json& j);
 
 // "stop" | "length" | null.
-nlohmann::json finish_reason(tandem::v1::FinishReason r);
-nlohmann::json usage(const tandem::v1::Usage& u);
+Json finish_reason(tandem::v1::FinishReason r);
+Json usage(const tandem::v1::Usage& u);
 
 // Responses. `id` is the response id ("cmpl-..." / "chatcmpl-..."), `created`
 // Unix seconds, `model` the served name.
@@ -91,29 +95,29 @@ struct Choice {
 // top_logprobs ({token: logprob}), text_offset (bytes, from text_offset on).
 // Chat: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}.
 // Token strings are the tokens' bytes (invalid UTF-8 replaced when dumped).
-nlohmann::json completion_logprobs(const std::vector<tandem::v1::TokenLogprob>& lps, size_t text_offset);
-nlohmann::json chat_logprobs(const std::vector<tandem::v1::TokenLogprob>& lps);
-nlohmann::json completion(const std::string& id, int64_t created, const std::string& model,
+Json completion_logprobs(const std::vector<tandem::v1::TokenLogprob>& lps, size_t text_offset);
+Json chat_logprobs(const std::vector<tandem::v1::TokenLogprob>& lps);
+Json completion(const std::string& id, int64_t created, const std::string& model,
                           const std::vector<Choice>& choices, const tandem::v1::Usage& u);
-nlohmann::json chat_completion(const std::string& id, int64_t created, const std::string& model,
+Json chat_completion(const std::string& id, int64_t created, const std::string& model,
                                const std::vector<Choice>& choices, const tandem::v1::Usage& u);
 // Stream chunks: text (or a chat delta) and, on the last, the finish reason;
 // `logprobs` (null: none) those of the chunk's tokens.
-nlohmann::json completion_chunk(const std::string& id, int64_t created, const std::string& model,
+Json completion_chunk(const std::string& id, int64_t created, const std::string& model,
                                 const std::string& text, tandem::v1::FinishReason finish,
-                                const nlohmann::json& logprobs = nullptr);
-nlohmann::json chat_chunk(const std::string& id, int64_t created, const std::string& model,
-                          const nlohmann::json& delta, tandem::v1::FinishReason finish,
-                          const nlohmann::json& logprobs = nullptr);
+                                const Json& logprobs = nullptr);
+Json chat_chunk(const std::string& id, int64_t created, const std::string& model,
+                          const Json& delta, tandem::v1::FinishReason finish,
+                          const Json& logprobs = nullptr);
 // The chunk after the last one when stream_options.include_usage is set:
 // no choices, the usage. `object` is "text_completion" or "chat.completion.chunk".
-nlohmann::json usage_chunk(const std::string& object, const std::string& id, int64_t created,
+Json usage_chunk(const std::string& object, const std::string& id, int64_t created,
                            const std::string& model, const tandem::v1::Usage& u);
 // One server-sent event: "data: <json>\n\n".
-std::string sse(const nlohmann::json& j);
+std::string sse(const Json& j);
 inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
 
 // GET /v1/models.
-nlohmann::json model_list(const std::string& served_name, int64_t created);
+Json model_list(const std::string& served_name, int64_t created);
 
 }  // namespace tandem::router::openai

@@ -284,9 +284,15 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       pb::GenerateResponse out;
       out.set_request_id(request_id);
       std::string text;
+      if (sp.has_logprobs() && ev.logprobs_size() != ev.tokens_size()) {
+        down->TryCancel();
+        return grpc::Status(grpc::StatusCode::INTERNAL,
+                            "attention node " + node->address + " answered " + std::to_string(ev.logprobs_size()) +
+                                " log-probabilities for " + std::to_string(ev.tokens_size()) + " tokens");
+      }
       for (int j = 0; j < ev.tokens_size(); ++j) {
         const int32_t t = ev.tokens(j);
-        if (sp.has_logprobs() && j < ev.logprobs_size()) add_logprobs(t, ev.logprobs(j), out);
+        if (sp.has_logprobs()) add_logprobs(t, ev.logprobs(j), out);
         ++completion;
         record.f.completion_tokens = completion;
         if (completion == 1)

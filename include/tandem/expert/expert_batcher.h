@@ -48,6 +48,9 @@ class ExpertBatcher {
     uint64_t requests = 0;  // run() calls served
     uint64_t launches = 0;  // grouped-GEMM passes they took
     double busy_s = 0;      // wall time of those passes
+    // Token slots routed to each expert (index: the model's expert id), every
+    // layer summed: how the gate spread the work, hot experts included.
+    std::vector<uint64_t> expert_tokens;
   };
   Stats stats() const;
 
@@ -68,6 +71,7 @@ class ExpertBatcher {
   Status run_group(const std::vector<Request*>& group);
 
   const model::ModelConfig& config_;
+  std::vector<uint64_t> expert_tokens_;  // Stats::expert_tokens; guarded by mu_
   std::unique_ptr<engine::ModelRunner> cpu_runner_;  // the CPU flavour's experts
   ExpertCompute compute_;
   std::vector<float> x_, out_, w_;

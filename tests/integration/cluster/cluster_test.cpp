@@ -553,7 +553,8 @@ TEST(ClusterStatus, ShowsEveryNodeAndTheStepBreakdown) {
   std::string out;
   EXPECT_EQ(status(out), 0) << out;
   for (const char* want : {"attention0", "attention1", "expert0", "expert1", "experts [0, 4)", "experts [4, 8)",
-                           "data plane ucx", "cpu", "requests in", "per pass"})
+                           "data plane ucx", "cpu", "requests in", "per pass", "token slots",
+                           "expert load (token slots, all layers): hottest expert", "the mean node"})
     EXPECT_NE(out.find(want), std::string::npos) << want << " in:\n" << out;
   // Steps were taken, and their time split: the wait column has a percentage.
   EXPECT_EQ(out.find("unreachable"), std::string::npos) << out;

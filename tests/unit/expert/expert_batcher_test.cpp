@@ -98,6 +98,12 @@ TEST_F(ExpertBatcherTest, ConcurrentRequestsAreMergedAndEachGetsItsOwnResult) {
   EXPECT_EQ(stats.requests, static_cast<uint64_t>(kThreads * kPerThread));
   EXPECT_LT(stats.launches, stats.requests) << "no two concurrent requests of a layer were merged";
   EXPECT_GT(stats.busy_s, 0.0);
+  // Every (token, slot) of every request counted once, at its expert.
+  std::vector<uint64_t> want(static_cast<size_t>(E), 0);
+  for (const auto& mine : cases)
+    for (const Case& k : mine)
+      for (int32_t id : k.ids) ++want[static_cast<size_t>(id)];
+  EXPECT_EQ(stats.expert_tokens, want);
 }
 
 // A failing pass (a GPU error on a GPU expert node) fails each request it

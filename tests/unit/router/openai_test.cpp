@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace tandem::router::openai {
 namespace {
 
@@ -267,13 +269,25 @@ TEST(OpenAiLogprobs, ParsedPerEndpointAndShaped) {
   EXPECT_EQ(cl["text_offset"], json({10, 12}));
   EXPECT_EQ(cl["top_logprobs"][0]["He"], -0.25);
   EXPECT_EQ(cl["top_logprobs"][0].size(), 2u);
-  EXPECT_TRUE(cl["top_logprobs"][1].empty());
-  EXPECT_NE(dump(cl).find("\"\xef\xbf\xbd\""), std::string::npos) << dump(cl);  // U+FFFD for the lone byte
+  // A piece of a character is written as its bytes; the chosen token is
+  // always among the alternatives; most likely first (not sorted by key).
+  EXPECT_EQ(cl["top_logprobs"][0]["bytes:\\xe2"], -2.0);
+  EXPECT_EQ(cl["top_logprobs"][1].size(), 1u);
+  EXPECT_EQ(cl["top_logprobs"][1]["llo"], -1.5);
+  lps[1].add_top()->CopyFrom(lps[0].top(1));  // "bytes:\xe2" (-2) first, then
+  auto* same = lps[1].add_top();             // another id that reads the same, less likely
+  same->set_token("\xe2");
+  same->set_logprob(-3.0f);
+  lps[1].add_top()->set_token("Zz");
+  lps[1].mutable_top(2)->set_logprob(-std::numeric_limits<float>::infinity());
+  const std::string ordered = dump(completion_logprobs(lps, 0)["top_logprobs"][1]);
+  EXPECT_EQ(ordered, R"({"bytes:\\xe2":-2.0,"Zz":-9999.0,"llo":-1.5})") << ordered;
   const json ch = chat_logprobs(lps);
   ASSERT_EQ(ch["content"].size(), 2u);
   EXPECT_EQ(ch["content"][0]["token"], "He");
   EXPECT_EQ(ch["content"][0]["bytes"], json({72, 101}));
   EXPECT_EQ(ch["content"][0]["top_logprobs"][1]["bytes"], json({0xe2}));
+  EXPECT_EQ(ch["content"][0]["top_logprobs"][1]["token"], "bytes:\\xe2");
   EXPECT_TRUE(ch["refusal"].is_null());
   pb::Usage u;
   const json whole = completion("cmpl-1", 1, "m", {{"Hello", pb::FINISH_REASON_LENGTH, lps}, {"x", pb::FINISH_REASON_STOP}}, u);
