@@ -104,7 +104,8 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                    }},
                                   {"max_queue", num(c.max_queue, 1, kBig)},
                                   {"prefix_affinity", r.field(c.prefix_affinity)},
-                                  {"request_timeout_s", num(c.request_timeout_s, 1, 86400)}});
+                                  {"request_timeout_s", num(c.request_timeout_s, 1, 86400)},
+                                  {"drain_timeout_s", num(c.drain_timeout_s, 0, 3600)}});
         }},
        {"attention", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"base_port", num(c.attention_base_port, 1, 65535)},
@@ -282,6 +283,7 @@ std::string DeploymentConfig::to_yaml() const {
     << "request_timeout_s" << YAML::Value << request_timeout_s;
   if (http.port != 0) e << YAML::Key << "http_listen" << YAML::Value << http.to_string();
   if (!prefix_affinity) e << YAML::Key << "prefix_affinity" << YAML::Value << false;
+  if (drain_timeout_s != 30) e << YAML::Key << "drain_timeout_s" << YAML::Value << drain_timeout_s;
   e << YAML::EndMap;
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << attention_base_port << YAML::Key << "max_running_sequences" << YAML::Value << max_running_sequences

@@ -170,7 +170,8 @@ int run_serve(const std::string& config_path) {
   };
   std::vector<Child*> router, nodes;
   for (auto& c : children) (c.role == "router" ? router : nodes).push_back(&c);
-  stop(router, std::chrono::seconds(10));
+  // The router drains its requests in flight first (router.drain_timeout_s).
+  stop(router, std::chrono::seconds(cfg->drain_timeout_s + 10));
   stop(nodes, std::chrono::seconds(10));
   return 0;
 }

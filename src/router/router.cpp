@@ -110,8 +110,16 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       cv_.notify_all();
     }
     if (server_) {
+      // Drain: NOT_SERVING, new requests refused with UNAVAILABLE (a client
+      // retries elsewhere), those in flight given router.drain_timeout_s to
+      // finish; then the server stops, cancelling what is left.
       server_->GetHealthCheckService()->SetServingStatus(false);
-      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
+      draining_ = true;
+      TANDEM_LOG_INFO("router draining: {} requests in flight, up to {} s", in_flight_.load(), cfg_.drain_timeout_s);
+      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(cfg_.drain_timeout_s);
+      while (in_flight_.load() > 0 && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     }
     // After the gRPC server: its shutdown ends the streams HTTP requests are
     // waiting on, so the gateway's workers can finish.
@@ -137,12 +145,17 @@ class RouterImpl final : public Router, public pb::Generation::Service {
 
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    if (draining_) return counted(draining_refusal());
     return counted(generate(ctx, req, w));
   }
 
   grpc::Status Chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
                     grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    if (draining_) return counted(draining_refusal());
     return counted(chat(ctx, req, w));
+  }
+  static grpc::Status draining_refusal() {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is shutting down (draining); retry elsewhere");
   }
 
   std::string metrics_text() const { return metrics_.text(in_flight_.load()); }
@@ -482,6 +495,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::thread monitor_;
   std::unique_ptr<HttpGateway> http_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> draining_{false};  // shutdown() began: refuse new requests
   std::atomic<bool> repoll_{false};  // a request failed on a node: poll before the period is up
   std::mutex mu_;
   std::condition_variable cv_;

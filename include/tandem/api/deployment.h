@@ -70,6 +70,9 @@ struct DeploymentConfig {
   // the fewest requests in flight.
   bool prefix_affinity = true;
   int request_timeout_s = 600;
+  // On SIGTERM/SIGINT the router stops taking requests and gives the ones in
+  // flight this long to finish before it cancels them.
+  int drain_timeout_s = 30;
 
   // attention nodes
   int attention_base_port = 50100;  // node i listens on base + i

@@ -63,6 +63,9 @@ struct ClusterShape {
   std::string attention_device = "cpu", expert_device = "cpu";  // attention.device / expert.device
   std::string gpu_tuning{};  // extra `cluster:` keys for GPU nodes, e.g. "cuda_graphs: true, expert_gemm: device"
   bool http = false;         // router.http_listen on http_port()
+  // router.drain_timeout_s: short by default, so that a test that leaves a
+  // stream open does not hold its cluster's ports long after it ends.
+  int drain_timeout_s = 5;
 };
 
 class Cluster {
@@ -83,7 +86,9 @@ class Cluster {
                            << ", micro_batches: " << s.micro_batches
                            << (s.gpu_tuning.empty() ? "" : ", " + s.gpu_tuning) << "}\n"
                            << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue
-                           << (s.http ? ", http_listen: 127.0.0.1:" + std::to_string(base_ + 9) : "") << "}\n"
+                           << (s.http ? ", http_listen: 127.0.0.1:" + std::to_string(base_ + 9) : "")
+                           << ", drain_timeout_s: " << s.drain_timeout_s
+                           << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences
                            << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'")
@@ -123,6 +128,20 @@ class Cluster {
   std::string expert_address(int j) const { return "127.0.0.1:" + std::to_string(base_ + 5 + j); }
   tandem::v1::Generation::Stub& stub() { return *stub_; }
   pid_t serve_pid() const { return pid_; }
+  // Waits up to `timeout` for `tandem serve` to exit (after a signal the test
+  // sent); true, and the process reaped, if it did.
+  bool wait_exit(std::chrono::seconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    int st = 0;
+    while (pid_ > 0 && std::chrono::steady_clock::now() < end) {
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return pid_ <= 0;
+  }
   const std::string& config() const { return config_; }
 
   // The pid of a role's process (a child of serve), found by its command line.

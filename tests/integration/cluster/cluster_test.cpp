@@ -494,6 +494,51 @@ TEST(ClusterAdmission, FullQueueIsResourceExhausted) {
   EXPECT_GT(ok, 0);
 }
 
+// SIGTERM to `tandem serve` drains: the router refuses new requests at once,
+// lets the stream in flight run to its end (router.drain_timeout_s), then
+// everything stops.
+TEST(ClusterDrain, SigtermFinishesRequestsInFlightAndRefusesNewOnes) {
+  Cluster cluster(cluster_model("tiny-mixtral"), {.drain_timeout_s = 60});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  // Streams as long as the model's context allows (max_tokens is clamped to
+  // it), several at once so that draining them takes seconds.
+  constexpr int kStreams = 4;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<tandem::v1::GenerateResponse>>> readers;
+  std::vector<uint32_t> tokens(kStreams, 0);
+  std::vector<tandem::v1::FinishReason> finish(kStreams, tandem::v1::FINISH_REASON_UNSPECIFIED);
+  for (int i = 0; i < kStreams; ++i) {
+    auto req = greedy("Drain me slowly, stream " + std::to_string(i), 100000);
+    req.mutable_sampling()->set_ignore_eos(true);
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(cluster.stub().Generate(contexts.back().get(), req));
+  }
+  tandem::v1::GenerateResponse r;
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(readers[i]->Read(&r));
+    tokens[i] += static_cast<uint32_t>(r.token_ids_size());
+  }
+  const auto signalled = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(cluster.serve_pid(), SIGTERM), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto late = tandem::v1::Generation::NewStub(
+      grpc::CreateChannel(cluster.router_address(), grpc::InsecureChannelCredentials()));
+  EXPECT_EQ(generate(*late, greedy("too late", 4)).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  for (int i = 0; i < kStreams; ++i) {
+    while (readers[i]->Read(&r)) {
+      tokens[i] += static_cast<uint32_t>(r.token_ids_size());
+      if (r.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) finish[i] = r.finish_reason();
+    }
+    const grpc::Status st = readers[i]->Finish();
+    const double drained_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
+    EXPECT_TRUE(st.ok()) << "stream " << i << ": " << st.error_message() << " after " << drained_s << " s of draining";
+    EXPECT_EQ(finish[i], tandem::v1::FINISH_REASON_LENGTH) << "stream " << i;
+    GTEST_LOG_(INFO) << "stream " << i << ": " << tokens[i] << " tokens, ended " << drained_s << " s after SIGTERM";
+  }
+  // Then serve stops its roles and exits.
+  EXPECT_TRUE(cluster.wait_exit(std::chrono::seconds(30))) << "tandem serve did not exit after draining";
+}
+
 TEST(ClusterConfig, BadYamlIsRefusedWithKeyPath) {
   const std::string path = ::testing::TempDir() + "/bad_cluster.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\ncluster: {expert_nodes: 99}\n";

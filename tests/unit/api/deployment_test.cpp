@@ -48,6 +48,21 @@ TEST(Deployment, PrefixCachingKeys) {
   EXPECT_NE(bad.status().message().find("attention.prefix_caching"), std::string::npos) << bad.status().message();
 }
 
+TEST(Deployment, DrainTimeout) {
+  auto d = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
+  ASSERT_TRUE(d.is_ok());
+  EXPECT_EQ(d->drain_timeout_s, 30);
+  auto set = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {drain_timeout_s: 0}\n", "b.yaml");
+  ASSERT_TRUE(set.is_ok()) << set.status().to_string();
+  EXPECT_EQ(set->drain_timeout_s, 0);
+  auto again = DeploymentConfig::from_yaml(set->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_EQ(again->drain_timeout_s, 0);
+  auto bad = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {drain_timeout_s: -1}\n", "bad.yaml");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("router.drain_timeout_s"), std::string::npos) << bad.status().message();
+}
+
 void expect_refused(const std::string& yaml, const std::string& key_path, const std::string& what = "") {
   auto c = DeploymentConfig::from_yaml(yaml, "bad.yaml");
   ASSERT_FALSE(c.is_ok()) << yaml;
