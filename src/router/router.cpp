@@ -77,7 +77,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       n->stub = ipb::AttentionNode::NewStub(grpc::CreateChannel(n->address, grpc::InsecureChannelCredentials()));
       nodes_.push_back(std::move(n));
     }
-    for (int j = 0; j < cfg.expert_nodes; ++j) expert_addresses_.push_back(cfg.expert_endpoint(j).to_string());
+    for (int j = 0; j < cfg.expert_nodes; ++j)
+      experts_.push_back({std::make_unique<api::HealthProbe>(cfg.expert_endpoint(j).to_string())});
     capacity_ = static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue;
     if (cfg.prefix_affinity && cfg.prefix_caching && cfg.attention_nodes > 1) {
       affinity_ = std::make_unique<PrefixAffinity>(cfg.kv_block_size, kAffinityPrefixes);
@@ -461,17 +462,26 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         all = all && ok;
       }
       // Every expert node holds experts no other node has: all must be up.
-      for (size_t j = 0; j < expert_addresses_.size(); ++j) {
-        const bool ok = api::check_health(expert_addresses_[j]).is_ok();
-        if (expert_up_.size() <= j) expert_up_.push_back(!ok);
-        if (ok != expert_up_[j] && !stopping_) {
-          if (ok) TANDEM_LOG_INFO("expert node {} is up", expert_addresses_[j]);
-          else TANDEM_LOG_WARN("expert node {} is down", expert_addresses_[j]);
-          expert_up_[j] = ok;
+      // A slow answer is tolerated as for attention nodes (a busy machine);
+      // a refused one is a node down at once.
+      bool experts_ok = true;
+      for (ExpertHealth& e : experts_) {
+        const Status h = e.probe->check(std::chrono::milliseconds(500));
+        bool ok = h.is_ok();
+        if (ok) {
+          e.slow_polls = 0;
+        } else if (h.code() == StatusCode::kDeadlineExceeded && e.up && ++e.slow_polls < kSlowPollsBeforeDown) {
+          ok = true;
         }
-        all = all && ok;
+        if (ok != e.up && !stopping_) {
+          if (ok) TANDEM_LOG_INFO("expert node {} is up", e.probe->address());
+          else TANDEM_LOG_WARN("expert node {} is down: {}", e.probe->address(), h.message());
+        }
+        e.up = ok;
+        experts_ok = experts_ok && ok;
       }
-      experts_up_ = std::all_of(expert_up_.begin(), expert_up_.end(), [](bool b) { return b; });
+      all = all && experts_ok;
+      experts_up_ = experts_ok;
       if (!stopping_) server_->GetHealthCheckService()->SetServingStatus(all);
       std::unique_lock<std::mutex> l(mu_);
       cv_.wait_for(l, std::chrono::milliseconds(200), [this] { return stopping_.load() || repoll_.exchange(false); });
@@ -483,8 +493,12 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::unique_ptr<model::JinjaTemplate> chat_template_;
   std::string chat_template_error_;
   std::vector<std::unique_ptr<NodeHandle>> nodes_;
-  std::vector<std::string> expert_addresses_;
-  std::vector<bool> expert_up_;  // monitor thread only
+  struct ExpertHealth {
+    std::unique_ptr<api::HealthProbe> probe;
+    bool up = false;
+    int slow_polls = 0;
+  };
+  std::vector<ExpertHealth> experts_;  // monitor thread only
   std::atomic<bool> experts_up_{true};
   int64_t capacity_ = 0;
   std::atomic<int64_t> in_flight_{0};
