@@ -6,6 +6,8 @@
 #include <limits>
 #include <utility>
 
+#include "tandem/model/tokenizer.h"  // is_valid_utf8
+
 namespace tandem::router::openai {
 
 namespace pb = tandem::v1;
@@ -382,23 +384,11 @@ json byte_list(const std::string& bytes) {
   return out;
 }
 
-bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    if (len == 0 || i + len > s.size()) return false;
-    for (size_t k = 1; k < len; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
-    i += len;
-  }
-  return true;
-}
-
 // A token as text: itself when it is whole UTF-8; otherwise "bytes:\xNN..."
 // as OpenAI writes a piece of a character, so that distinct tokens stay
 // distinct strings.
 std::string token_text(const std::string& bytes) {
-  if (valid_utf8(bytes)) return bytes;
+  if (model::is_valid_utf8(bytes)) return bytes;
   std::string out = "bytes:";
   char hex[8];
   for (unsigned char c : bytes) {

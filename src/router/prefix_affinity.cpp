@@ -22,9 +22,8 @@ std::vector<uint64_t> PrefixAffinity::prefix_hashes(const std::vector<int32_t>& 
   return out;
 }
 
-std::vector<int64_t> PrefixAffinity::matched_tokens(const std::vector<int32_t>& prompt, int nodes) const {
+std::vector<int64_t> PrefixAffinity::matched_tokens(const std::vector<uint64_t>& hashes, int nodes) const {
   std::vector<int64_t> matched(static_cast<size_t>(std::max(0, nodes)), 0);
-  const auto hashes = prefix_hashes(prompt);
   std::lock_guard<std::mutex> l(mu_);
   for (size_t b = 0; b < hashes.size(); ++b) {
     const auto it = by_prefix_.find(hashes[b]);
@@ -42,10 +41,9 @@ std::vector<int64_t> PrefixAffinity::matched_tokens(const std::vector<int32_t>& 
   return matched;
 }
 
-void PrefixAffinity::record(const std::vector<int32_t>& prompt, int node) {
+void PrefixAffinity::record(const std::vector<uint64_t>& hashes, int node) {
   if (node < 0 || node >= kMaxNodes) return;
   const uint64_t bit = uint64_t{1} << node;
-  const auto hashes = prefix_hashes(prompt);
   std::lock_guard<std::mutex> l(mu_);
   // Longest first, so the shortest (most shared) prefixes are the most recent
   // and the last forgotten: lookups walk from the shortest.

@@ -21,21 +21,20 @@ class PrefixAffinity {
   // cached); capacity: prefixes remembered, least recently sent forgotten first.
   PrefixAffinity(int64_t block_size, size_t capacity);
 
-  // For each of `nodes` nodes, how many leading tokens of the prompt it got in
-  // whole blocks, not counting the last token (a node always computes that one).
-  std::vector<int64_t> matched_tokens(const std::vector<int32_t>& prompt, int nodes) const;
+  // A prompt's prefixes as the map knows them: chained hashes of
+  // prompt[0, (i + 1) * block_size) for every whole block before the last
+  // token (a node always computes that one). Computed once per request.
+  std::vector<uint64_t> prefix_hashes(const std::vector<int32_t>& prompt) const;
+  // For each of `nodes` nodes, how many leading tokens of the prompt it got in whole blocks.
+  std::vector<int64_t> matched_tokens(const std::vector<uint64_t>& prefixes, int nodes) const;
   // The prompt's whole-block prefixes went to `node` (0 <= node < kMaxNodes).
-  void record(const std::vector<int32_t>& prompt, int node);
+  void record(const std::vector<uint64_t>& prefixes, int node);
   // The node lost its cache (it restarted): forget what it got.
   void forget_node(int node);
   size_t size() const;
   int64_t block_size() const { return block_size_; }
 
  private:
-  // Chained hashes of prompt[0, (i + 1) * block_size) for every whole block
-  // before the last token.
-  std::vector<uint64_t> prefix_hashes(const std::vector<int32_t>& prompt) const;
-
   struct Entry {
     uint64_t nodes = 0;  // bit i: node i got this prefix
     std::list<uint64_t>::iterator age;

@@ -54,6 +54,16 @@ struct NodeHandle {
 // its deadline without the node being gone.
 constexpr int kSlowPollsBeforeDown = 3;
 
+// Whether a polled node counts as up: it answered, or it was up and has only
+// been slow (missed the deadline) fewer than kSlowPollsBeforeDown times in a row.
+bool still_up(bool answered, bool missed_deadline, bool was_up, int& slow_polls) {
+  if (answered) {
+    slow_polls = 0;
+    return true;
+  }
+  return missed_deadline && was_up && ++slow_polls < kSlowPollsBeforeDown;
+}
+
 // Prompt prefixes the router remembers for prefix affinity (about 100 bytes
 // each with the map and age-list nodes: some 25 MiB when full).
 constexpr size_t kAffinityPrefixes = size_t{1} << 18;
@@ -380,8 +390,12 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // The choice and its counting in flight are one step, so that a burst of
   // requests sees each other's choices instead of all taking the same node.
   NodeHandle* pick_node(const std::vector<int32_t>& prompt) {
+    std::vector<uint64_t> prefixes;
     std::vector<int64_t> matched;
-    if (affinity_) matched = affinity_->matched_tokens(prompt, static_cast<int>(nodes_.size()));
+    if (affinity_) {
+      prefixes = affinity_->prefix_hashes(prompt);
+      matched = affinity_->matched_tokens(prefixes, static_cast<int>(nodes_.size()));
+    }
     std::lock_guard<std::mutex> lock(pick_mu_);
     for (bool allow_suspect : {false, true}) {
       NodeHandle* best = nullptr;
@@ -402,7 +416,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       if (!best) continue;
       best->in_flight.fetch_add(1);
       best->prompt_tokens_in_flight.fetch_add(static_cast<int64_t>(prompt.size()));
-      if (affinity_) affinity_->record(prompt, best->index);
+      if (affinity_) affinity_->record(prefixes, best->index);
       return best;
     }
     return nullptr;
@@ -433,32 +447,28 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         ipb::LoadRequest rq;
         ipb::LoadReply rp;
         const grpc::Status polled = n->stub->Load(&ctx, rq, &rp);
-        bool ok = polled.ok();
-        if (ok) {
-          n->slow_polls = 0;
-        } else if (polled.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && n->healthy &&
-                   ++n->slow_polls < kSlowPollsBeforeDown) {
-          ok = true;  // slow, not (yet) gone
-        }
+        const bool ok =
+            still_up(polled.ok(), polled.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED, n->healthy, n->slow_polls);
         if (ok != n->healthy.load() && !stopping_) {
           if (ok && affinity_) affinity_->forget_node(n->index);  // restarted: its cache is empty
           if (ok) TANDEM_LOG_INFO("attention node {} is up", n->address);
           else TANDEM_LOG_WARN("attention node {} is down", n->address);
         }
         n->healthy = ok;
-        if (polled.ok()) n->suspect = false;
-        if (polled.ok())
+        if (polled.ok()) {
+          n->suspect = false;
           metrics_.set_node(n->address, {.up = true,
-                  .running = rp.running(),
-                  .waiting = rp.waiting(),
-                  .free_blocks = rp.free_blocks(),
-                  .total_blocks = rp.total_blocks(),
-                  .cached_blocks = rp.cached_blocks(),
-                  .prefix_lookup_tokens = rp.prefix_lookup_tokens(),
-                  .prefix_hit_tokens = rp.prefix_hit_tokens(),
+                                         .running = rp.running(),
+                                         .waiting = rp.waiting(),
+                                         .free_blocks = rp.free_blocks(),
+                                         .total_blocks = rp.total_blocks(),
+                                         .cached_blocks = rp.cached_blocks(),
+                                         .prefix_lookup_tokens = rp.prefix_lookup_tokens(),
+                                         .prefix_hit_tokens = rp.prefix_hit_tokens(),
                                          .preemptions = rp.preemptions()});
-        else if (!ok)
+        } else if (!ok) {
           metrics_.set_node_down(n->address);  // a merely slow poll keeps the last numbers
+        }
         all = all && ok;
       }
       // Every expert node holds experts no other node has: all must be up.
@@ -467,12 +477,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       bool experts_ok = true;
       for (ExpertHealth& e : experts_) {
         const Status h = e.probe->check(std::chrono::milliseconds(500));
-        bool ok = h.is_ok();
-        if (ok) {
-          e.slow_polls = 0;
-        } else if (h.code() == StatusCode::kDeadlineExceeded && e.up && ++e.slow_polls < kSlowPollsBeforeDown) {
-          ok = true;
-        }
+        const bool ok = still_up(h.is_ok(), h.code() == StatusCode::kDeadlineExceeded, e.up, e.slow_polls);
         if (ok != e.up && !stopping_) {
           if (ok) TANDEM_LOG_INFO("expert node {} is up", e.probe->address());
           else TANDEM_LOG_WARN("expert node {} is down: {}", e.probe->address(), h.message());

@@ -94,4 +94,9 @@ Result<std::string> train_byte_level_bpe(const std::vector<std::string>& corpus,
 // document per line, for training tokenizers without any download.
 std::string_view builtin_tokenizer_corpus();
 
+// Whether `s` is well-formed UTF-8 (the tokenizer's strict check: no overlongs,
+// surrogates or code points past U+10FFFF). A token's bytes may not be: a
+// byte-level token can hold part of a character.
+bool is_valid_utf8(std::string_view s);
+
 }  // namespace tandem::model

@@ -234,4 +234,6 @@ bool Tokenizer::is_special(int32_t id) const {
 
 int32_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
 
+bool is_valid_utf8(std::string_view s) { return tok::is_valid_utf8(s); }
+
 }  // namespace tandem::model
