@@ -13,6 +13,9 @@
 //                                   grouped-batched cuBLAS, or our kernel with the routing left on the GPU)
 //                                   [--logprobs N]  (then the same requests again asking for each token's
 //                                   log-probability and N alternatives: decode tok/s against the plain run)
+//                                   [--prompt-logprobs N]  (then the same prompts scored, as a loglikelihood
+//                                   evaluation asks: every prompt token's log-probability, max_tokens 0;
+//                                   prefill tok/s against the plain run's)
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -54,7 +57,7 @@ int main(int argc, char** argv) {
   std::string device = "cpu", dtype = "f32";
   bool graphs = false;
   std::string experts = "per-expert";
-  int logprobs = -1;
+  int logprobs = -1, prompt_logprobs = -1;
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -71,6 +74,7 @@ int main(int argc, char** argv) {
     else if (a == "--graphs") graphs = std::string(argv[i + 1]) == "on";
     else if (a == "--experts") experts = argv[i + 1];
     else if (a == "--logprobs") logprobs = std::atoi(argv[i + 1]);
+    else if (a == "--prompt-logprobs") prompt_logprobs = std::atoi(argv[i + 1]);
   }
   if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
   if (dtype != "f32" && (dtype != "bf16" || device != "cuda"))
@@ -157,6 +161,23 @@ int main(int argc, char** argv) {
                          (after.decode_seconds - before.decode_seconds);
       std::printf("       with logprobs=%d: decode %.1f tok/s, %.3f of the plain run\n", logprobs, tps,
                   tps / (s.decode_tokens / s.decode_seconds));
+    }
+    if (prompt_logprobs >= 0) {
+      // Scored prompts are computed whole (the cache holds K/V, not logits),
+      // and every prompt row goes through the LM head and a log-softmax.
+      const engine::EngineStats before = (*eng)->stats();
+      for (auto& r : reqs) {
+        r.logprobs = -1;
+        r.prompt_logprobs = prompt_logprobs;
+        r.max_tokens = 0;
+      }
+      auto scored = (*eng)->generate(reqs);
+      if (!scored.is_ok()) return std::fprintf(stderr, "%s\n", scored.status().to_string().c_str()), 1;
+      const auto& after = (*eng)->stats();
+      const double tps = static_cast<double>(after.prompt_tokens - before.prompt_tokens) /
+                         (after.prompt_seconds - before.prompt_seconds);
+      std::printf("       scoring prompts (prompt_logprobs=%d): prefill %.1f tok/s, %.3f of the plain run\n",
+                  prompt_logprobs, tps, tps / (s.prompt_tokens / s.prompt_seconds));
     }
 #if TANDEM_HAVE_CUDA
     if (gpu && graphs)

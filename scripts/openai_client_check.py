@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives a running Tandem router's HTTP API with the official `openai` Python
 client (pip install openai), as users do: models, completions (whole, streamed,
-batched), chat completions (whole, streamed with usage), and the errors the
+batched, echo-scored), chat completions (whole, streamed with usage), and the errors the
 client maps to its exception types. Exits 0 when every check passes, 1 with the
 failed checks listed, 2 when the `openai` package is missing.
 
@@ -76,6 +76,12 @@ def main():
     check("completions logprobs", c is not None and len(c.tokens) == lp.usage.completion_tokens
           and len(c.token_logprobs) == len(c.tokens) and all(x <= 0 for x in c.token_logprobs)
           and all(len(t) == 2 for t in c.top_logprobs) and c.text_offset[0] == 0, lp)
+    # Loglikelihood scoring as lm-eval's local-completions asks for it: echo, logprobs, no new tokens.
+    ll = client.completions.create(model=served, prompt="The quick brown fox", max_tokens=0, echo=True, logprobs=1)
+    e = ll.choices[0].logprobs
+    check("completions echo scoring", ll.choices[0].text == "The quick brown fox" and e is not None
+          and len(e.tokens) == ll.usage.prompt_tokens and e.token_logprobs[0] is None
+          and all(x <= 0 for x in e.token_logprobs[1:]) and ll.usage.completion_tokens == 0, ll)
     clp = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi there"}],
                                          max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
     content = clp.choices[0].logprobs.content if clp.choices[0].logprobs else None

@@ -45,6 +45,12 @@ class EventQueue {
     std::lock_guard<std::mutex> l(mu_);
     logprobs_.push_back(lp);
   }
+  void prompt_logprobs(int64_t index, const engine::TokenLogprobs& lp) {  // in order, before any token
+    std::lock_guard<std::mutex> l(mu_);
+    if (prompt_.empty()) prompt_first_ = index;
+    prompt_.push_back(lp);
+    cv_.notify_one();
+  }
   void finish(const Status& st, engine::FinishReason r) {
     std::lock_guard<std::mutex> l(mu_);
     done_ = true;
@@ -52,11 +58,17 @@ class EventQueue {
     reason_ = r;
     cv_.notify_one();
   }
-  // Waits up to `timeout` for news; moves pending tokens (and their log-probabilities) out.
+  // Waits up to `timeout` for news; moves pending tokens (and their
+  // log-probabilities) out, and the prompt's log-probabilities from prompt
+  // token `prompt_first` on.
   bool wait(std::chrono::milliseconds timeout, std::vector<int32_t>& out, std::vector<engine::TokenLogprobs>& lps,
-            bool& done, Status& st, engine::FinishReason& r) {
+            std::vector<engine::TokenLogprobs>& prompt, int64_t& prompt_first, bool& done, Status& st,
+            engine::FinishReason& r) {
     std::unique_lock<std::mutex> l(mu_);
-    cv_.wait_for(l, timeout, [&] { return !tokens_.empty() || done_; });
+    cv_.wait_for(l, timeout, [&] { return !tokens_.empty() || !prompt_.empty() || done_; });
+    prompt.assign(std::make_move_iterator(prompt_.begin()), std::make_move_iterator(prompt_.end()));
+    prompt_.clear();
+    prompt_first = prompt_first_;
     out.assign(tokens_.begin(), tokens_.end());
     tokens_.clear();
     // A token's log-probabilities are pushed just before it: those of a token
@@ -67,7 +79,7 @@ class EventQueue {
     done = done_;
     st = status_;
     r = reason_;
-    return !out.empty() || done;
+    return !out.empty() || !prompt.empty() || done;
   }
 
  private:
@@ -75,6 +87,8 @@ class EventQueue {
   std::condition_variable cv_;
   std::deque<int32_t> tokens_;
   std::deque<engine::TokenLogprobs> logprobs_;
+  std::vector<engine::TokenLogprobs> prompt_;
+  int64_t prompt_first_ = 0;
   bool done_ = false;
   Status status_;
   engine::FinishReason reason_ = engine::FinishReason::kLength;
@@ -183,37 +197,43 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     g.seed = req->seed();
     g.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
     if (req->has_logprobs()) g.logprobs = req->logprobs();
+    if (req->has_prompt_logprobs()) g.prompt_logprobs = req->prompt_logprobs();
     auto q = std::make_shared<EventQueue>();
     engine::SequenceCallbacks cb{[q](int32_t t) { q->token(t); },
                                  [q](const Status& st, engine::FinishReason r) { q->finish(st, r); }};
     if (g.logprobs >= 0) cb.on_logprobs = [q](const engine::TokenLogprobs& lp) { q->logprobs(lp); };
+    if (g.prompt_logprobs >= 0)
+      cb.on_prompt_logprobs = [q](int64_t i, const engine::TokenLogprobs& lp) { q->prompt_logprobs(i, lp); };
     auto id = sched_->submit(std::move(g), std::move(cb));
     if (!id.is_ok()) return to_grpc(id.status());
     wake_.notify_all();
     std::vector<int32_t> toks;
-    std::vector<engine::TokenLogprobs> lps;
+    std::vector<engine::TokenLogprobs> lps, prompt_lps;
+    int64_t prompt_first = 0;
     bool done = false, cancelled = false;
     Status st;
     engine::FinishReason reason;
     while (!done) {
-      q->wait(std::chrono::milliseconds(20), toks, lps, done, st, reason);
+      q->wait(std::chrono::milliseconds(20), toks, lps, prompt_lps, prompt_first, done, st, reason);
       if (!cancelled && (ctx->IsCancelled() || stopping_)) {
         sched_->cancel(*id);  // frees the sequence's KV blocks at the next step
         wake_.notify_all();
         cancelled = true;
       }
       if (cancelled) continue;
-      if (!toks.empty() || (done && st.is_ok())) {
+      if (!toks.empty() || !prompt_lps.empty() || (done && st.is_ok())) {
         pb::RunEvent ev;
         for (int32_t t : toks) ev.add_tokens(t);
-        for (const auto& lp : lps) {
-          auto* e = ev.add_logprobs();
+        auto add = [](const engine::TokenLogprobs& lp, pb::TokenLogprob* e) {
           e->set_logprob(lp.logprob);
           for (const auto& [id, v] : lp.top) {
             e->add_top_ids(id);
             e->add_top_logprobs(v);
           }
-        }
+        };
+        for (const auto& lp : lps) add(lp, ev.add_logprobs());
+        for (const auto& lp : prompt_lps) add(lp, ev.add_prompt_logprobs());
+        if (!prompt_lps.empty()) ev.set_first_prompt_index(static_cast<uint32_t>(prompt_first));
         ev.set_finished(done && st.is_ok());
         ev.set_stopped(done && reason == engine::FinishReason::kStop);
         if (!w->Write(ev)) {

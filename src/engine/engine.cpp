@@ -87,6 +87,8 @@ Result<std::vector<GenerationResult>> Engine::generate(const std::vector<Generat
     SequenceCallbacks cb;
     if (requests[i].logprobs >= 0)
       cb.on_logprobs = [&, i](const TokenLogprobs& lp) { results[i].logprobs.push_back(lp); };
+    if (requests[i].prompt_logprobs >= 0)
+      cb.on_prompt_logprobs = [&, i](int64_t, const TokenLogprobs& lp) { results[i].prompt_logprobs.push_back(lp); };
     cb.on_token = [&, i](int32_t tok) {
       results[i].tokens.push_back(tok);
       if (on_token) on_token(i, tok);

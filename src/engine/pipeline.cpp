@@ -48,7 +48,8 @@ std::vector<ForwardBatch> split_micro_batches(const ForwardBatch& b, int m) {
       mb.block_tables.insert(mb.block_tables.end(), b.block_tables.begin() + q.row * b.max_blocks_per_seq,
                              b.block_tables.begin() + (q.row + 1) * b.max_blocks_per_seq);
       for (int64_t t = q.begin; t < q.end; ++t) {
-        if (std::find(b.logits_rows.begin(), b.logits_rows.end(), static_cast<int32_t>(t)) != b.logits_rows.end())
+        // logits_rows is increasing; a step scoring a prompt has hundreds of them.
+        if (std::binary_search(b.logits_rows.begin(), b.logits_rows.end(), static_cast<int32_t>(t)))
           mb.logits_rows.push_back(static_cast<int32_t>(mb.tokens.size()));
         mb.tokens.push_back(b.tokens[t]);
         mb.positions.push_back(b.positions[t]);

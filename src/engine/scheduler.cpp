@@ -13,6 +13,7 @@ struct Scheduler::Seq {
   std::vector<int32_t> tokens;  // prompt + generated (the last sampled token is not yet computed)
   int64_t generated = 0;
   int64_t computed = 0;         // tokens whose K/V are in the cache
+  int64_t prompt_lp_next = 1;   // next prompt token whose log-probabilities are owed
   SequenceKv kv;
   SamplerRng rng{0};
   bool cancelled = false;  // asked to stop by the client
@@ -26,7 +27,12 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
     if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size)
       return invalid_argument("prompt[" + std::to_string(i) + "]: token id " + std::to_string(r.prompt[i]) +
                               " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
-  if (r.max_tokens <= 0) return invalid_argument("max_tokens: must be positive");
+  if (r.prompt_logprobs < -1 || r.prompt_logprobs > kMaxTopLogprobs)
+    return invalid_argument("prompt_logprobs: must be in [0, " + std::to_string(kMaxTopLogprobs) +
+                            "] (or -1: none), got " + std::to_string(r.prompt_logprobs));
+  if (r.max_tokens < 0 || (r.max_tokens == 0 && r.prompt_logprobs < 0))
+    return invalid_argument("max_tokens: must be positive (0 only with prompt_logprobs), got " +
+                            std::to_string(r.max_tokens));
   const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
   if (total > c.max_position_embeddings)
     return invalid_argument("prompt (" + std::to_string(r.prompt.size()) + " tokens) + max_tokens (" +
@@ -132,8 +138,11 @@ void Scheduler::admit() {
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
     Seq& s = *waiting_.front();
     const auto len = static_cast<int64_t>(s.tokens.size());
-    // The last token is always computed: its logits give the next one.
-    if (options_.prefix_caching && s.computed == 0) s.computed = s.kv.adopt_prefix(cache_, s.tokens, len - 1);
+    // The last token is always computed: its logits give the next one. So is
+    // every token whose logits give a prompt log-probability still owed.
+    int64_t reusable = len - 1;
+    if (s.req.prompt_logprobs >= 0) reusable = std::min(reusable, s.prompt_lp_next - 1);
+    if (options_.prefix_caching && s.computed == 0) s.computed = s.kv.adopt_prefix(cache_, s.tokens, reusable);
     const int64_t need = (len + 1 + bs - 1) / bs - static_cast<int64_t>(s.kv.blocks().size());
     if (need > cache_.allocator().num_free() && !running_.empty()) {
       s.kv.release();  // its cached blocks stay cached
@@ -182,12 +191,28 @@ bool Scheduler::step() {
   // most recently admitted other one.
   const int64_t bs = cache_.block_size();
   ForwardBatch b;
-  std::vector<Seq*> in_batch, sampled;
-  int64_t budget = options_.max_batch_tokens, prefill_tokens = 0;
+  std::vector<Seq*> in_batch, scored;  // scored: all prompt tokens scored, nothing to sample (max_tokens 0)
+  // What each logits row is for: the next token of `seq` (prompt_index -1)
+  // or the log-probabilities of its prompt token prompt_index.
+  struct RowUse {
+    Seq* seq;
+    int64_t prompt_index;
+  };
+  std::vector<RowUse> rows;
+  int64_t budget = options_.max_batch_tokens, prefill_tokens = 0, sampled_rows = 0;
+  int64_t prompt_rows_left = std::max<int64_t>(1, options_.max_prompt_logprob_rows);
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Seq& s = *running_[i];
+    const int64_t prompt_len = static_cast<int64_t>(s.req.prompt.size());
     const int64_t pending = static_cast<int64_t>(s.tokens.size()) - s.computed;
-    const int64_t take = std::min(pending, budget);
+    int64_t take = std::min(pending, budget);
+    // Positions [first_scored, prompt_len - 1) give owed prompt log-probabilities.
+    const int64_t first_scored =
+        s.req.prompt_logprobs >= 0 ? std::max(s.computed, s.prompt_lp_next - 1) : prompt_len;
+    if (first_scored < std::min(s.computed + take, prompt_len - 1)) {
+      take = std::min(take, first_scored - s.computed + prompt_rows_left);
+      if (take == 0) continue;  // this step's rows are spent: next step
+    }
     Status st = s.kv.reserve(cache_, s.computed + take);
     while (!st.is_ok() && running_.size() > i + 1) {
       Seq& victim = *running_.back();
@@ -199,7 +224,6 @@ bool Scheduler::step() {
     if (!st.is_ok()) break;  // nothing left to preempt: try again next step
     in_batch.push_back(&s);
     budget -= take;
-    const int64_t prompt_len = static_cast<int64_t>(s.req.prompt.size());
     prefill_tokens += std::max<int64_t>(0, std::min(prompt_len, s.computed + take) - s.computed);
     const int32_t row = static_cast<int32_t>(in_batch.size() - 1);
     for (int64_t p = s.computed; p < s.computed + take; ++p) {
@@ -208,10 +232,20 @@ bool Scheduler::step() {
       b.seq_of_token.push_back(row);
       b.slots.push_back(s.kv.slot(p, bs));
       b.ctx_len.push_back(static_cast<int32_t>(p + 1));
+      if (p >= first_scored && p < prompt_len - 1) {
+        b.logits_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
+        rows.push_back({&s, p + 1});
+        --prompt_rows_left;
+      }
     }
     if (s.computed + take == static_cast<int64_t>(s.tokens.size())) {
-      b.logits_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
-      sampled.push_back(&s);
+      if (s.req.max_tokens > 0) {
+        b.logits_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
+        rows.push_back({&s, -1});
+        ++sampled_rows;
+      } else {
+        scored.push_back(&s);
+      }
     }
     s.computed += take;
   }
@@ -229,14 +263,16 @@ bool Scheduler::step() {
               b.block_tables.begin() + static_cast<int64_t>(r) * b.max_blocks_per_seq);
 
   const auto t0 = std::chrono::steady_clock::now();
-  greedy_.assign(sampled.size(), 0);
+  greedy_.assign(rows.size(), 0);
   if (options_.forward_split)
-    for (size_t r = 0; r < sampled.size(); ++r)  // a row whose log-probabilities are asked for needs its logits
-      greedy_[r] = kernels::is_greedy(sampled[r]->req.sampling) && sampled[r]->req.logprobs < 0 ? 1 : 0;
+    for (size_t r = 0; r < rows.size(); ++r) {  // a row whose log-probabilities are asked for needs its logits
+      const Seq& s = *rows[r].seq;
+      greedy_[r] = rows[r].prompt_index < 0 && kernels::is_greedy(s.req.sampling) && s.req.logprobs < 0 ? 1 : 0;
+    }
   Status st = options_.forward_split ? options_.forward_split(b, greedy_, logits_, argmax_)
               : options_.forward     ? options_.forward(b, logits_)
                                      : forward_pipelined(runner_, b, options_.micro_batches, experts_, logits_);
-  if (st.is_ok()) st = check_step_output(sampled.size());
+  if (st.is_ok()) st = check_step_output(rows.size());
   if (st.is_ok() && options_.prefix_caching)
     for (Seq* s : in_batch) s->kv.publish(s->tokens, s->computed);
   if (!st.is_ok()) {
@@ -244,8 +280,17 @@ bool Scheduler::step() {
     for (Seq* s : in_batch) finish(*s, st, FinishReason::kStop);
   } else {
     size_t packed = 0;  // logits rows come packed when the greedy ones are split off
-    for (size_t r = 0; r < sampled.size(); ++r) {
-      Seq& s = *sampled[r];
+    const auto V = static_cast<size_t>(config_.vocab_size);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Seq& s = *rows[r].seq;
+      if (const int64_t index = rows[r].prompt_index; index >= 0) {
+        const float* row = logits_.data() + packed++ * V;
+        const int32_t token = s.req.prompt[static_cast<size_t>(index)];
+        token_logprobs(row, config_.vocab_size, token, s.req.prompt_logprobs, logprobs_);
+        if (s.cb.on_prompt_logprobs) s.cb.on_prompt_logprobs(index, logprobs_);
+        s.prompt_lp_next = index + 1;
+        continue;
+      }
       // Drawn for every row, greedy or not, so a sequence's random stream does
       // not depend on how its rows came back.
       const float u = s.rng.next_uniform();
@@ -253,7 +298,7 @@ bool Scheduler::step() {
       if (greedy_[r]) {
         tok = argmax_[r];
       } else {
-        const float* row = logits_.data() + packed++ * static_cast<size_t>(config_.vocab_size);
+        const float* row = logits_.data() + packed++ * V;
         tok = kernels::cpu::sample(row, config_.vocab_size, s.req.sampling, u, scratch_.data());
         if (s.req.logprobs >= 0 && s.cb.on_logprobs) {
           token_logprobs(row, config_.vocab_size, tok, s.req.logprobs, logprobs_);
@@ -270,6 +315,7 @@ bool Scheduler::step() {
         s.tokens.push_back(tok);
       }
     }
+    for (Seq* s : scored) finish(*s, Status::ok(), FinishReason::kLength);
   }
   drop_finished(running_);
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -279,7 +325,7 @@ bool Scheduler::step() {
     tokens_.prompt_tokens += prefill_tokens;
   } else {
     tokens_.decode_seconds += dt;
-    tokens_.decode_tokens += static_cast<int64_t>(sampled.size());
+    tokens_.decode_tokens += sampled_rows;
   }
   waiting_count_ = static_cast<int64_t>(waiting_.size());
   running_count_ = static_cast<int64_t>(running_.size());

@@ -53,10 +53,15 @@ struct Outcome {
   std::string text;
   pb::FinishReason finish = pb::FINISH_REASON_UNSPECIFIED;
   pb::Usage usage;
-  std::vector<pb::TokenLogprob> logprobs;  // whole answers only: a stream sends them as they come
+  // Whole answers only (a stream sends them as they come): an echoed
+  // prompt's tokens (with prompt_logprobs), then the generated ones.
+  std::vector<pb::TokenLogprob> logprobs;
   void add(const pb::GenerateResponse& r, bool keep_logprobs = true) {
     text += r.text();
-    if (keep_logprobs) logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
+    if (keep_logprobs) {
+      logprobs.insert(logprobs.end(), r.prompt_logprobs().begin(), r.prompt_logprobs().end());
+      logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
+    }
     if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
       finish = r.finish_reason();
       usage = r.usage();
@@ -274,10 +279,11 @@ class Gateway final : public HttpGateway {
       const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
       // A message with tokens but no text yet (an incomplete UTF-8 character)
       // still streams when its tokens' log-probabilities were asked for.
-      if (!r.text().empty() || last || r.logprobs_size() > 0) {
+      if (!r.text().empty() || last || r.logprobs_size() > 0 || r.prompt_logprobs_size() > 0) {
         json logprobs;
-        if (r.logprobs_size() > 0) {
-          const std::vector<pb::TokenLogprob> mine(r.logprobs().begin(), r.logprobs().end());
+        if (r.logprobs_size() > 0 || r.prompt_logprobs_size() > 0) {
+          std::vector<pb::TokenLogprob> mine(r.prompt_logprobs().begin(), r.prompt_logprobs().end());
+          mine.insert(mine.end(), r.logprobs().begin(), r.logprobs().end());
           logprobs = chat ? openai::chat_logprobs(mine) : openai::completion_logprobs(mine, token_bytes);
           for (const auto& lp : mine) token_bytes += lp.token().size();
         }

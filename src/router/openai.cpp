@@ -65,8 +65,6 @@ json parse_object(std::string_view text) {
 void refuse_unsupported(const json& body) {
   if (const json* b = find(body, "best_of"); b && !(b->is_number_integer() && b->get<int64_t>() == 1))
     refuse("best_of", "best_of: only 1 is supported");
-  if (const json* e = find(body, "echo"); e && !(e->is_boolean() && !e->get<bool>()))
-    refuse("echo", "echo: not supported");
   if (const json* s = find(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
     refuse("suffix", "suffix: not supported");
   // Each penalty's neutral value: 0 for OpenAI's, 1 for vLLM's repetition_penalty.
@@ -114,7 +112,8 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
   }
   for (const char* key : {"max_completion_tokens", "max_tokens"})
     if (find(body, key)) {
-      sp.set_max_tokens(static_cast<uint32_t>(integer(body, key, 1, std::numeric_limits<int32_t>::max())));
+      // 0 is checked by the endpoint: only a completion that echoes may ask for no tokens.
+      sp.set_max_tokens(static_cast<uint32_t>(integer(body, key, 0, std::numeric_limits<int32_t>::max())));
       break;
     }
   if (const json* stop = find(body, "stop")) {
@@ -218,6 +217,17 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) 
     }
     if (const json* t = find(body, "top_logprobs"); t && !(t->is_number_integer() && t->get<int64_t>() == 0))
       refuse("top_logprobs", "top_logprobs: a chat field; /v1/completions takes logprobs: N");
+    // echo: the prompt before the completion, and with logprobs its tokens'
+    // log-probabilities before the completion's (the first has none): how
+    // evaluation harnesses score a text's likelihood, with max_tokens 0.
+    if (find(body, "echo") && boolean(body, "echo")) {
+      sp.set_echo(true);
+      if (sp.has_logprobs()) sp.set_prompt_logprobs(sp.logprobs());
+    }
+    if (sp.max_tokens() == 0 && !sp.echo()) {
+      const std::string key = find(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+      refuse(key, key + ": must be at least 1 (0 only with echo)");
+    }
     const json* prompt = find(body, "prompt");
     if (!prompt) refuse("prompt", "prompt: required");
     if (prompt->is_string()) {
@@ -255,6 +265,12 @@ std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
     const json body = parse_object(text);
     ChatCall call;
     common_fields(body, call, *call.request.mutable_sampling());
+    if (const json* e = find(body, "echo"); e && !(e->is_boolean() && !e->get<bool>()))
+      refuse("echo", "echo: a /v1/completions field");
+    if (call.request.sampling().has_max_tokens() && call.request.sampling().max_tokens() == 0) {
+      const std::string key = find(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+      refuse(key, key + ": must be at least 1");
+    }
     // logprobs: true, with top_logprobs alternatives per token (0..20).
     const bool want_logprobs = find(body, "logprobs") && boolean(body, "logprobs");
     if (find(body, "top_logprobs")) {
@@ -407,6 +423,13 @@ json completion_logprobs(const std::vector<pb::TokenLogprob>& lps, size_t text_o
   json tokens = json::array(), logprobs = json::array(), top = json::array(), offsets = json::array();
   for (const auto& lp : lps) {
     tokens.push_back(token_text(lp.token()));
+    if (!lp.has_logprob()) {  // an echoed prompt's first token: nothing to condition it on
+      logprobs.push_back(nullptr);
+      top.push_back(nullptr);
+      offsets.push_back(text_offset);
+      text_offset += lp.token().size();
+      continue;
+    }
     logprobs.push_back(finite_logprob(lp.logprob()));
     // Most likely first, as OpenAI lists them; a string already there (two
     // ids that read the same) keeps its likelier value; the chosen token is in.

@@ -8,9 +8,10 @@
 // a batch, answered whole with one choice per prompt), messages (string content or text parts), max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, stream,
 // stream_options.include_usage, n (whole answers only), logprobs (completions:
-// 0..5 alternatives; chat: logprobs + top_logprobs 0..20), and the extensions
-// top_k, ignore_eos, skip_special_tokens. What cannot be honoured (echo,
-// penalties, logit_bias, tools, non-text content, JSON response formats) is
+// 0..5 alternatives; chat: logprobs + top_logprobs 0..20), echo (completions:
+// the prompt first, with logprobs its tokens' too; max_tokens 0 scores only),
+// and the extensions top_k, ignore_eos, skip_special_tokens. What cannot be
+// honoured (penalties, logit_bias, tools, non-text content, JSON response formats) is
 // refused naming the field, never silently ignored; other unknown fields are
 // ignored, as OpenAI's own server does.
 #pragma once
@@ -93,6 +94,8 @@ struct Choice {
 };
 // A choice's "logprobs" object. Completions: tokens, token_logprobs,
 // top_logprobs ({token: logprob}), text_offset (bytes, from text_offset on).
+// An entry without a logprob (an echoed prompt's first token) has null
+// token_logprobs and top_logprobs, as OpenAI answers.
 // Chat: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}.
 // Token strings are the tokens' bytes (invalid UTF-8 replaced when dumped).
 Json completion_logprobs(const std::vector<tandem::v1::TokenLogprob>& lps, size_t text_offset);

@@ -203,7 +203,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       default:
         return invalid("input", "set text or token_ids");
     }
-    return run(ctx, req->request_id(), prompt, req->sampling(), w);
+    return run(ctx, req->request_id(), prompt, req->sampling(), w,
+               req->input_case() == pb::GenerateRequest::kText ? &req->text() : nullptr);
   }
 
   grpc::Status chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
@@ -231,8 +232,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return run(ctx, req->request_id(), *ids, req->sampling(), w);
   }
 
+  // `prompt_text`: the prompt as the client wrote it (echoed as sent); null:
+  // echo decodes the prompt's tokens.
   grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
-                   const pb::SamplingParams& sp, grpc::ServerWriter<pb::GenerateResponse>* w) {
+                   const pb::SamplingParams& sp, grpc::ServerWriter<pb::GenerateResponse>* w,
+                   const std::string* prompt_text = nullptr) {
     const auto& c = ck_.config;
     ipb::RunRequest run;
     for (int32_t t : prompt) run.add_prompt(t);
@@ -240,13 +244,30 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       return invalid("sampling.temperature", "must be in [0, 100]");
     if (sp.has_top_p() && !(sp.top_p() > 0 && sp.top_p() <= 1)) return invalid("sampling.top_p", "must be in (0, 1]");
     if (sp.has_top_k() && sp.top_k() < 0) return invalid("sampling.top_k", "must be >= 0");
-    if (sp.has_max_tokens() && sp.max_tokens() == 0) return invalid("sampling.max_tokens", "must be positive");
+    const bool score_only = sp.has_max_tokens() && sp.max_tokens() == 0;
+    if (score_only && !sp.has_prompt_logprobs() && !sp.echo())
+      return invalid("sampling.max_tokens", "must be positive (0 only with prompt_logprobs or echo)");
     if (sp.has_logprobs() && sp.logprobs() > static_cast<uint32_t>(engine::kMaxTopLogprobs))
       return invalid("sampling.logprobs", "must be at most " + std::to_string(engine::kMaxTopLogprobs));
+    if (sp.has_prompt_logprobs() && sp.prompt_logprobs() > static_cast<uint32_t>(engine::kMaxTopLogprobs))
+      return invalid("sampling.prompt_logprobs", "must be at most " + std::to_string(engine::kMaxTopLogprobs));
     const int64_t room = c.max_position_embeddings - static_cast<int64_t>(prompt.size());
-    if (room <= 0)
+    if (room < 0 || (room == 0 && !score_only))
       return invalid("prompt", std::to_string(prompt.size()) + " tokens leave no room in the model's context of " +
                                    std::to_string(c.max_position_embeddings));
+    const bool skip_special = !sp.has_skip_special_tokens() || sp.skip_special_tokens();
+    std::string echo;
+    if (sp.echo()) echo = prompt_text ? *prompt_text : ck_.tokenizer->decode(prompt, skip_special);
+    if (score_only && !sp.has_prompt_logprobs()) {
+      // Echo alone, nothing to generate or score: the answer needs no node.
+      pb::GenerateResponse out;
+      out.set_request_id(request_id);
+      out.set_text(echo);
+      out.set_finish_reason(pb::FINISH_REASON_LENGTH);
+      out.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
+      w->Write(out);
+      return grpc::Status::OK;
+    }
     run.set_max_tokens(static_cast<uint32_t>(
         std::min<int64_t>(sp.has_max_tokens() ? sp.max_tokens() : kDefaultMaxTokens, room)));
     run.set_temperature(sp.has_temperature() ? sp.temperature() : 1.0f);
@@ -255,6 +276,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     run.set_seed(sp.has_seed() ? sp.seed() : std::random_device{}());
     for (uint32_t id : sp.stop_token_ids()) run.add_stop_token_ids(static_cast<int32_t>(id));
     if (sp.has_logprobs()) run.set_logprobs(static_cast<int32_t>(sp.logprobs()));
+    if (sp.has_prompt_logprobs()) run.set_prompt_logprobs(static_cast<int32_t>(sp.prompt_logprobs()));
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 
@@ -299,24 +321,46 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       }
     } record{metrics_, admitted_at, {}};
     record.f.prompt_tokens = static_cast<uint32_t>(prompt.size());
-    model::StreamingDetokenizer detok(*ck_.tokenizer, !sp.has_skip_special_tokens() || sp.skip_special_tokens());
+    model::StreamingDetokenizer detok(*ck_.tokenizer, skip_special);
     StopStringFilter stops({sp.stop().begin(), sp.stop().end()});
     uint32_t completion = 0;
-    bool finished = false, stopped_by_token = false, stopped_by_string = false;
+    bool finished = false, stopped_by_token = false, stopped_by_string = false, first_message = true;
+    size_t prompt_scored = 1;  // the prompt tokens whose log-probabilities came (the first has none)
     ipb::RunEvent ev;
     while (!stopped_by_string && reader->Read(&ev)) {
       pb::GenerateResponse out;
       out.set_request_id(request_id);
       std::string text;
-      if (sp.has_logprobs() && ev.logprobs_size() != ev.tokens_size()) {
+      auto broken = [&](const std::string& what) {
         down->TryCancel();
-        return grpc::Status(grpc::StatusCode::INTERNAL,
-                            "attention node " + node->address + " answered " + std::to_string(ev.logprobs_size()) +
-                                " log-probabilities for " + std::to_string(ev.tokens_size()) + " tokens");
+        return grpc::Status(grpc::StatusCode::INTERNAL, "attention node " + node->address + " answered " + what);
+      };
+      if (sp.has_logprobs() && ev.logprobs_size() != ev.tokens_size())
+        return broken(std::to_string(ev.logprobs_size()) + " log-probabilities for " +
+                      std::to_string(ev.tokens_size()) + " tokens");
+      if (sp.has_prompt_logprobs()) {
+        if (first_message) {  // nothing precedes the first prompt token: no log-probability
+          auto* first = out.add_prompt_logprobs();
+          first->set_token_id(static_cast<uint32_t>(prompt[0]));
+          first->set_token(ck_.tokenizer->token_bytes(prompt[0]));
+        }
+        if (ev.prompt_logprobs_size() > 0 &&
+            (ev.first_prompt_index() != prompt_scored ||
+             prompt_scored + static_cast<size_t>(ev.prompt_logprobs_size()) > prompt.size()))
+          return broken("prompt log-probabilities from token " + std::to_string(ev.first_prompt_index()) + " (" +
+                        std::to_string(ev.prompt_logprobs_size()) + " of them) where token " +
+                        std::to_string(prompt_scored) + " of " + std::to_string(prompt.size()) + " was next");
+        for (const auto& lp : ev.prompt_logprobs())
+          add_logprobs(prompt[prompt_scored++], lp, out.add_prompt_logprobs());
+        if (ev.tokens_size() > 0 || ev.finished()) {
+          if (prompt_scored != prompt.size())
+            return broken("a token before the log-probabilities of prompt tokens " + std::to_string(prompt_scored) +
+                          " .. " + std::to_string(prompt.size() - 1));
+        }
       }
       for (int j = 0; j < ev.tokens_size(); ++j) {
         const int32_t t = ev.tokens(j);
-        if (sp.has_logprobs()) add_logprobs(t, ev.logprobs(j), out);
+        if (sp.has_logprobs()) add_logprobs(t, ev.logprobs(j), out.add_logprobs());
         ++completion;
         record.f.completion_tokens = completion;
         if (completion == 1)
@@ -340,7 +384,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           if (!hit) text += stops.flush();
         }
       }
-      out.set_text(text);
+      out.set_text(first_message ? echo + text : text);
+      first_message = false;
       if (finished || stopped_by_string) {
         out.set_finish_reason(stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP : pb::FINISH_REASON_LENGTH);
         record.f.finish_reason = out.finish_reason() == pb::FINISH_REASON_STOP ? "stop" : "length";
@@ -422,8 +467,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return nullptr;
   }
   // A token's log-probabilities as the public API gives them, with token bytes.
-  void add_logprobs(int32_t token, const ipb::TokenLogprob& in, pb::GenerateResponse& out) const {
-    auto* lp = out.add_logprobs();
+  void add_logprobs(int32_t token, const ipb::TokenLogprob& in, pb::TokenLogprob* lp) const {
     lp->set_token_id(static_cast<uint32_t>(token));
     lp->set_logprob(in.logprob());
     lp->set_token(ck_.tokenizer->token_bytes(token));

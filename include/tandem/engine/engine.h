@@ -29,6 +29,11 @@ struct GenerationRequest {
   // -1: none. 0..kMaxTopLogprobs: each generated token's log-probability and
   // that many most likely alternatives.
   int32_t logprobs = -1;
+  // -1: none. 0..kMaxTopLogprobs: the log-probability of every prompt token
+  // after the first (given the tokens before it) and that many alternatives:
+  // what evaluation harnesses score. Such a prompt is computed whole, never
+  // taken from the prefix cache. With them max_tokens may be 0 (score only).
+  int32_t prompt_logprobs = -1;
 };
 
 // A generated token's log-probability under the model's distribution (the
@@ -48,6 +53,8 @@ struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens (a stop token is included)
   FinishReason finish = FinishReason::kLength;
   std::vector<TokenLogprobs> logprobs;  // one per token when the request asked for them
+  // With prompt_logprobs: one per prompt token from the second on (entry i is prompt token i + 1's).
+  std::vector<TokenLogprobs> prompt_logprobs;
 };
 
 // One forward step: logits [logits_rows, vocab] for a batch whose slots index

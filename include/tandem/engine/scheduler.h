@@ -33,6 +33,10 @@ struct SequenceCallbacks {
   // With GenerationRequest::logprobs >= 0: called just before on_token with
   // that token's log-probabilities.
   std::function<void(const TokenLogprobs& logprobs)> on_logprobs = {};
+  // With GenerationRequest::prompt_logprobs >= 0: prompt token `index`'s
+  // log-probabilities, for index 1, 2, ... in order, each once (also when the
+  // sequence is preempted and recomputed), all before its first token.
+  std::function<void(int64_t index, const TokenLogprobs& logprobs)> on_prompt_logprobs = {};
 };
 
 struct SchedulerOptions {
@@ -40,6 +44,10 @@ struct SchedulerOptions {
   int64_t max_batch_tokens = 2048;
   int micro_batches = 1;
   bool prefix_caching = true;
+  // Logits rows a step may carry for prompt log-probabilities (each a row of
+  // vocab floats brought to the host): a long prompt asking for them is
+  // prefilled in chunks of at most this many tokens.
+  int64_t max_prompt_logprob_rows = 512;
   ForwardFn forward{};  // set: replaces the pipelined CPU forward (engine.h)
   SplitForwardFn forward_split{};  // set: replaces both (engine.h)
 };
@@ -99,7 +107,7 @@ class Scheduler {
   int64_t prefix_lookup_tokens_ = 0, prefix_hit_tokens_ = 0;  // guarded by mu_
   EngineStats tokens_;
   std::vector<float> logits_, scratch_;
-  std::vector<uint8_t> greedy_;    // per sampled row, for forward_split
+  std::vector<uint8_t> greedy_;    // per logits row, for forward_split
   std::vector<int32_t> argmax_;    // its greedy rows' tokens
   TokenLogprobs logprobs_;
 };

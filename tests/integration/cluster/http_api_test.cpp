@@ -17,7 +17,9 @@
 
 #include "cluster_harness.h"
 #include "tandem/internal/v1/node.grpc.pb.h"
+#include "tandem/engine/engine.h"
 #include "tandem/model/checkpoint.h"
+#include "tandem/model/weights.h"
 
 namespace tandem {
 namespace {
@@ -205,7 +207,7 @@ TEST_F(HttpApi, ErrorsHaveOpenAiShapeAndFittingStatus) {
   };
   const std::vector<Case> cases = {
       {"/v1/completions", "{not json", 400, "", "not valid JSON"},
-      {"/v1/completions", R"({"prompt": "x", "echo": true})", 400, "echo", "not supported"},
+      {"/v1/completions", R"({"prompt": "x", "suffix": "y"})", 400, "suffix", "not supported"},
       {"/v1/completions", R"({"prompt": "x", "n": 2, "stream": true})", 400, "n", "not with stream"},
       {"/v1/completions", R"({"prompt": "x", "model": "gpt-17"})", 404, "", "gpt-17"},
       {"/v1/completions", R"({"prompt": "x", "temperature": -1})", 400, "temperature", "outside"},
@@ -363,6 +365,119 @@ TEST_F(HttpApi, LogprobsOverGrpcAndHttp) {
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 400);
   EXPECT_EQ(json::parse(res->body)["error"]["param"], "logprobs");
+}
+
+// Loglikelihood scoring as evaluation harnesses ask for it (lm-eval's
+// local-completions: echo, logprobs, max_tokens 0): the prompt comes back as
+// sent, its tokens scored as the single-process engine scores them, the
+// first with nulls; over gRPC the same numbers in prompt_logprobs. With
+// tokens to generate, the prompt's entries come before the completion's,
+// whole and streamed. Chat has no echo.
+TEST_F(HttpApi, EchoScoresThePromptAsEvaluationHarnessesAsk) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const std::string text = "The quick brown fox jumps over the lazy dog";
+  auto ck = model::Checkpoint::open(cluster_model("tiny-mixtral"));
+  ASSERT_TRUE(ck.is_ok());
+  auto w = model::ModelWeights::load(ck->config, *ck->weights);
+  ASSERT_TRUE(w.is_ok());
+  auto eng = engine::Engine::create(ck->config, **w, {});
+  ASSERT_TRUE(eng.is_ok());
+  engine::GenerationRequest ref_req;
+  ref_req.prompt = *ck->tokenizer->encode(text, true);
+  ref_req.prompt_logprobs = 2;
+  ref_req.max_tokens = 0;
+  auto ref = (*eng)->generate({ref_req});
+  ASSERT_TRUE(ref.is_ok()) << ref.status().to_string();
+  const auto& want = (*ref)[0].prompt_logprobs;
+  const size_t n = ref_req.prompt.size();
+  ASSERT_EQ(want.size(), n - 1);
+
+  tandem::v1::GenerateRequest req;
+  req.set_text(text);
+  req.mutable_sampling()->set_max_tokens(0);
+  req.mutable_sampling()->set_prompt_logprobs(2);
+  req.mutable_sampling()->set_echo(true);
+  grpc::ClientContext ctx;
+  auto reader = cluster_->stub().Generate(&ctx, req);
+  tandem::v1::GenerateResponse r;
+  std::vector<tandem::v1::TokenLogprob> prompt_lps;
+  std::string echoed;
+  tandem::v1::GenerateResponse last;
+  while (reader->Read(&r)) {
+    EXPECT_EQ(r.token_ids_size(), 0);
+    echoed += r.text();
+    prompt_lps.insert(prompt_lps.end(), r.prompt_logprobs().begin(), r.prompt_logprobs().end());
+    last = r;
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(echoed, text);
+  EXPECT_EQ(last.finish_reason(), tandem::v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(last.usage().completion_tokens(), 0u);
+  ASSERT_EQ(prompt_lps.size(), n);
+  EXPECT_FALSE(prompt_lps[0].has_logprob());
+  EXPECT_EQ(prompt_lps[0].token_id(), static_cast<uint32_t>(ref_req.prompt[0]));
+  for (size_t i = 1; i < n; ++i) {
+    EXPECT_EQ(prompt_lps[i].token_id(), static_cast<uint32_t>(ref_req.prompt[i]));
+    EXPECT_NEAR(prompt_lps[i].logprob(), want[i - 1].logprob, 1e-4) << "prompt token " << i;
+    ASSERT_EQ(prompt_lps[i].top_size(), 2);
+    EXPECT_EQ(static_cast<int32_t>(prompt_lps[i].top(0).token_id()), want[i - 1].top[0].first);
+  }
+  auto over = req;
+  over.mutable_sampling()->set_prompt_logprobs(21);
+  EXPECT_EQ(generate(cluster_->stub(), over).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // Score only, over HTTP.
+  const json scored = post_ok("/v1/completions", {{"prompt", text}, {"echo", true}, {"logprobs", 1}, {"max_tokens", 0}});
+  const json& choice = scored["choices"][0];
+  EXPECT_EQ(choice["text"], text);
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_EQ(scored["usage"]["completion_tokens"], 0);
+  EXPECT_EQ(scored["usage"]["prompt_tokens"], n);
+  const json& l = choice["logprobs"];
+  ASSERT_EQ(l["token_logprobs"].size(), n) << scored.dump();
+  EXPECT_TRUE(l["token_logprobs"][0].is_null());
+  EXPECT_TRUE(l["top_logprobs"][0].is_null());
+  for (size_t i = 1; i < n; ++i) {
+    EXPECT_NEAR(l["token_logprobs"][i].get<double>(), want[i - 1].logprob, 1e-4) << "prompt token " << i;
+    EXPECT_GE(l["top_logprobs"][i].size(), 1u);
+  }
+
+  // Scored and continued: the prompt's entries, then the completion's; the
+  // text is the prompt and then what a plain request generates.
+  const json plain = post_ok("/v1/completions", {{"prompt", text}, {"max_tokens", 3}, {"temperature", 0},
+                                                 {"ignore_eos", true}});
+  json body = {{"prompt", text}, {"echo", true}, {"logprobs", 1}, {"max_tokens", 3}, {"temperature", 0},
+               {"ignore_eos", true}};
+  const json both = post_ok("/v1/completions", body);
+  EXPECT_EQ(both["choices"][0]["text"], text + plain["choices"][0]["text"].get<std::string>());
+  ASSERT_EQ(both["choices"][0]["logprobs"]["token_logprobs"].size(), n + 3);
+  EXPECT_NEAR(both["choices"][0]["logprobs"]["token_logprobs"][n - 1].get<double>(), want[n - 2].logprob, 1e-4);
+  body["stream"] = true;
+  std::string streamed_text;
+  size_t streamed_entries = 0;
+  for (const std::string& e : events("/v1/completions", body)) {
+    if (e == "[DONE]") continue;
+    const json chunk = json::parse(e);
+    streamed_text += chunk["choices"][0]["text"].get<std::string>();
+    const json& cl = chunk["choices"][0]["logprobs"];
+    if (!cl.is_null()) streamed_entries += cl["token_logprobs"].size();
+  }
+  EXPECT_EQ(streamed_text, both["choices"][0]["text"]);
+  EXPECT_EQ(streamed_entries, n + 3);
+
+  // Echo alone of token ids: the prompt decoded, nothing computed.
+  json ids = json::array();
+  for (int32_t t : ref_req.prompt) ids.push_back(t);
+  const json echo_only = post_ok("/v1/completions", {{"prompt", ids}, {"echo", true}, {"max_tokens", 0}});
+  EXPECT_EQ(echo_only["choices"][0]["text"], ck->tokenizer->decode(ref_req.prompt, true));
+  EXPECT_TRUE(echo_only["choices"][0]["logprobs"].is_null());
+
+  auto res = client().Post("/v1/chat/completions",
+                           json{{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"echo", true}}.dump(),
+                           "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_EQ(json::parse(res->body)["error"]["param"], "echo");
 }
 
 // GET /metrics: Prometheus text of what the router answered, whichever API

@@ -124,6 +124,67 @@ TEST_P(EngineOnPreset, LogprobsAreTheModelsLogSoftmax) {
   EXPECT_NE(bad.status().message().find("logprobs"), std::string::npos) << bad.status().message();
 }
 
+// Prompt log-probabilities (what lm-eval's loglikelihood scores) are the
+// log-softmax of the logits at the position before each prompt token, as a
+// whole-prompt forward gives them, also when the prompt is prefilled in
+// chunks smaller than itself and a step's logits rows are bounded; with
+// max_tokens 0 nothing is generated.
+TEST_P(EngineOnPreset, PromptLogprobsAreTheModelsLogSoftmax) {
+  const auto& m = tiny_model(GetParam());
+  const auto& c = m.ck.config;
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, "Score every token of this prompt, from the second to the last one.");
+  ASSERT_GE(req.prompt.size(), 10u);
+  req.prompt_logprobs = 2;
+  req.max_tokens = 0;
+  const auto ref = testing::prefill_logits(c, *m.weights, req.prompt, /*all_rows=*/true);
+  const auto V = static_cast<size_t>(c.vocab_size);
+  for (int64_t chunk : {int64_t{2048}, int64_t{3}}) {
+    SCOPED_TRACE("max_batch_tokens " + std::to_string(chunk));
+    auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4, .max_batch_tokens = chunk});
+    auto res = eng->generate({req});
+    ASSERT_TRUE(res.is_ok()) << res.status().to_string();
+    const auto& r = (*res)[0];
+    EXPECT_TRUE(r.tokens.empty());
+    EXPECT_EQ(r.finish, engine::FinishReason::kLength);
+    ASSERT_EQ(r.prompt_logprobs.size(), req.prompt.size() - 1);
+    for (size_t i = 1; i < req.prompt.size(); ++i) {
+      const float* row = ref.data() + (i - 1) * V;
+      const double mx = *std::max_element(row, row + V);
+      double z = 0;
+      for (size_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
+      const double log_z = mx + std::log(z);
+      const auto& lp = r.prompt_logprobs[i - 1];
+      EXPECT_NEAR(lp.logprob, row[static_cast<size_t>(req.prompt[i])] - log_z, 1e-3) << "prompt token " << i;
+      ASSERT_EQ(lp.top.size(), 2u);
+      EXPECT_NEAR(lp.top[0].second, *std::max_element(row, row + V) - log_z, 1e-3);
+    }
+  }
+  // Scoring and generating in one request: the same scores, then the tokens a
+  // plain request gets.
+  auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
+  engine::GenerationRequest plain = req;
+  plain.prompt_logprobs = -1;
+  plain.max_tokens = 4;
+  plain.sampling.temperature = 0;
+  req.max_tokens = 4;
+  req.sampling.temperature = 0;
+  auto both = eng->generate({req, plain});
+  ASSERT_TRUE(both.is_ok()) << both.status().to_string();
+  EXPECT_EQ((*both)[0].tokens, (*both)[1].tokens);
+  EXPECT_EQ((*both)[0].prompt_logprobs.size(), req.prompt.size() - 1);
+  EXPECT_TRUE((*both)[1].prompt_logprobs.empty());
+  // max_tokens 0 means nothing without scores to return.
+  plain.max_tokens = 0;
+  auto bad = eng->generate({plain});
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("max_tokens"), std::string::npos) << bad.status().message();
+  req.prompt_logprobs = engine::kMaxTopLogprobs + 1;
+  bad = eng->generate({req});
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("prompt_logprobs"), std::string::npos) << bad.status().message();
+}
+
 TEST_P(EngineOnPreset, SameSeedSameTokensDifferentSeedDifferentTokens) {
   const auto& m = tiny_model(GetParam());
   engine::GenerationRequest req;

@@ -76,6 +76,26 @@ TEST_P(HfParity, TokensPrefillLogitsAndGreedyDecodeMatchTransformers) {
     auto res = (*eng)->generate({req});
     ASSERT_TRUE(res.is_ok()) << res.status().to_string();
     EXPECT_EQ((*res)[0].tokens, hf_tokens);
+
+    // Prompt log-probabilities (a loglikelihood evaluation's scores) are the
+    // log-softmax of transformers' logits at the position before each token.
+    req.prompt_logprobs = 0;
+    req.max_tokens = 0;
+    auto scored = (*eng)->generate({req});
+    ASSERT_TRUE(scored.is_ok()) << scored.status().to_string();
+    ASSERT_EQ((*scored)[0].prompt_logprobs.size(), hf_ids.size() - 1);
+    const auto V = static_cast<size_t>(c.vocab_size);
+    double worst = 0;
+    for (size_t t = 1; t < hf_ids.size(); ++t) {
+      const float* row = ref.data() + (t - 1) * V;
+      const double mx = *std::max_element(row, row + V);
+      double z = 0;
+      for (size_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
+      const double want = row[static_cast<size_t>(hf_ids[t])] - mx - std::log(z);
+      worst = std::max(worst, std::abs((*scored)[0].prompt_logprobs[t - 1].logprob - want));
+    }
+    std::printf("[ parity ] %s prompt %zu: prompt logprobs max abs err %.3g\n", GetParam().c_str(), i, worst);
+    EXPECT_LT(worst, 1e-3);
   }
 }
 

@@ -251,5 +251,73 @@ TEST(Scheduler, PrefixCachingPublishesOnlyAfterASuccessfulForward) {
   EXPECT_EQ(h.sched->stats().cached_blocks, 2);  // 9 prompt + 2 fed-back tokens computed: 2 whole blocks
 }
 
+// A prompt whose tokens are to be scored is computed whole, even when its
+// prefix is cached (the cached blocks hold K/V, not logits), and gives the
+// same scores as without the cache; a step carries at most
+// max_prompt_logprob_rows of them; preempted and recomputed, each prompt
+// token is still scored exactly once, in order.
+TEST(Scheduler, PromptLogprobsComputeCachedPrefixesAndCountEachTokenOnce) {
+  const auto& m = testing::tiny_model("tiny-mixtral");
+  const auto prompt = *m.ck.tokenizer->encode("a prompt to be scored token by token, twice over, on a small cache");
+  ASSERT_GE(prompt.size(), 12u);
+  struct Scores {
+    std::vector<int64_t> index;
+    std::vector<float> logprob;
+  };
+  auto scoring = [&](Collected& c, Scores& s) {
+    auto cb = collect(c);
+    cb.on_prompt_logprobs = [&s](int64_t i, const engine::TokenLogprobs& lp) {
+      s.index.push_back(i);
+      s.logprob.push_back(lp.logprob);
+    };
+    return cb;
+  };
+  auto req = with_prompt(prompt, 3);
+  req.prompt_logprobs = 0;
+  std::vector<int64_t> all(prompt.size() - 1);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i) + 1;
+
+  int64_t widest = 0;
+  Harness h(64, 4);
+  h.sched = std::make_unique<engine::Scheduler>(
+      m.ck.config, *h.runner, *h.cache, *h.local,
+      engine::SchedulerOptions{.max_prompt_logprob_rows = 5,
+                               .forward = [&](const engine::ForwardBatch& b, std::vector<float>& logits) {
+                                 widest = std::max<int64_t>(widest, static_cast<int64_t>(b.logits_rows.size()));
+                                 return engine::forward_pipelined(*h.runner, b, 1, *h.local, logits);
+                               }});
+  run_alone(h, with_prompt(prompt, 3));  // caches the prompt's blocks
+  const int64_t hits = h.sched->stats().prefix_hit_tokens;
+  Collected c;
+  Scores first;
+  ASSERT_TRUE(h.sched->submit(req, scoring(c, first)).is_ok());
+  while (h.sched->step()) {
+  }
+  ASSERT_TRUE(c.finished && c.status.is_ok()) << c.status.to_string();
+  EXPECT_EQ(first.index, all);
+  EXPECT_EQ(h.sched->stats().prefix_hit_tokens, hits) << "a scored prompt took cached blocks";
+  EXPECT_LE(widest, 5 + 1);  // the scored rows plus the row that samples
+
+  // Preempted by memory pressure: a 7-block cache holds one of these (19 + 8 tokens) at a time.
+  Harness tight(7, 4, {.max_batch_tokens = 4});
+  std::vector<Collected> got(3);
+  std::vector<Scores> scores(3);
+  for (int i = 0; i < 3; ++i) {
+    auto r = req;
+    r.max_tokens = 8;
+    ASSERT_TRUE(tight.sched->submit(r, scoring(got[static_cast<size_t>(i)], scores[static_cast<size_t>(i)])).is_ok());
+  }
+  while (tight.sched->step()) {
+  }
+  EXPECT_GT(tight.sched->stats().preemptions, 0);
+  for (int i = 0; i < 3; ++i) {
+    const auto& g = got[static_cast<size_t>(i)];
+    EXPECT_TRUE(g.finished && g.status.is_ok()) << g.status.to_string();
+    EXPECT_EQ(scores[static_cast<size_t>(i)].index, all) << "request " << i;
+    for (size_t k = 0; k < all.size(); ++k)
+      EXPECT_NEAR(scores[static_cast<size_t>(i)].logprob[k], first.logprob[k], 1e-4) << "request " << i;
+  }
+}
+
 }  // namespace
 }  // namespace tandem

@@ -171,6 +171,22 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
     EXPECT_EQ((*got_lp)[0].logprobs[s].top, (*want_lp)[0].logprobs[s].top);
   }
   reqs[0].logprobs = -1;
+  // Rows that score a greedy request's prompt come back as logits too.
+  greedy_rows = sampled_rows = 0;
+  reqs[2].prompt_logprobs = 1;
+  want_lp = (*base)->generate(reqs);
+  got_lp = (*eng)->generate(reqs);
+  ASSERT_TRUE(want_lp.is_ok() && got_lp.is_ok());
+  const size_t scored = reqs[2].prompt.size() - 1;
+  EXPECT_EQ(greedy_rows, 14u);
+  EXPECT_EQ(sampled_rows, 14u + scored);
+  ASSERT_EQ((*got_lp)[2].prompt_logprobs.size(), scored);
+  EXPECT_EQ((*got_lp)[2].tokens, (*want_lp)[2].tokens);
+  for (size_t s = 0; s < scored; ++s) {
+    EXPECT_FLOAT_EQ((*got_lp)[2].prompt_logprobs[s].logprob, (*want_lp)[2].prompt_logprobs[s].logprob);
+    EXPECT_EQ((*got_lp)[2].prompt_logprobs[s].top, (*want_lp)[2].prompt_logprobs[s].top);
+  }
+  reqs[2].prompt_logprobs = -1;
 
   // A split forward that fails, or answers with a token outside the
   // vocabulary or too few logits, ends the requests with an error naming it

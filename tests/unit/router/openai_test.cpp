@@ -100,7 +100,9 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "logprobs": 6})", "logprobs"},
       {R"({"prompt": "x", "logprobs": true})", "logprobs"},
       {R"({"prompt": "x", "top_logprobs": 2})", "top_logprobs"},
-      {R"({"prompt": "x", "echo": true})", "echo"},
+      {R"({"prompt": "x", "echo": 1})", "echo"},
+      {R"({"prompt": "x", "max_tokens": 0, "echo": false})", "max_tokens"},
+      {R"({"prompt": "x", "max_completion_tokens": 0})", "max_completion_tokens"},
       {R"({"prompt": "x", "frequency_penalty": 0.5})", "frequency_penalty"},
       {R"({"prompt": "x", "repetition_penalty": 1.2})", "repetition_penalty"},
       {R"({"prompt": "x", "logit_bias": {"50256": -100}})", "logit_bias"},
@@ -186,6 +188,8 @@ TEST(OpenAiChat, MessagesAndContentParts) {
       {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "top_logprobs"},
       {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "top_logprobs"},
       {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})", "logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "echo": true})", "echo"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", "max_tokens"},
   };
   for (const auto& [body, param] : cases) {
     const HttpError e = chat_refused(body);
@@ -297,6 +301,39 @@ TEST(OpenAiLogprobs, ParsedPerEndpointAndShaped) {
   EXPECT_EQ(chat_whole["choices"][0]["logprobs"]["content"][1]["logprob"], -1.5);
   const json chunk = completion_chunk("cmpl-1", 1, "m", "He", pb::FINISH_REASON_UNSPECIFIED, cl);
   EXPECT_EQ(chunk["choices"][0]["logprobs"]["tokens"][0], "He");
+}
+
+// echo: the prompt comes back first (max_tokens 0: only it), and with logprobs
+// its tokens are scored with as many alternatives as the completion's; the
+// first prompt token, conditioned on nothing, has null entries (OpenAI's shape).
+TEST(OpenAiLogprobs, EchoScoresThePrompt) {
+  auto c = completion_ok(R"({"prompt": [[1, 2, 3], "abc"], "echo": true, "logprobs": 2, "max_tokens": 0})");
+  for (const auto* r : {&c.request, &c.more.at(0)}) {
+    EXPECT_TRUE(r->sampling().echo());
+    EXPECT_EQ(r->sampling().prompt_logprobs(), 2u);
+    EXPECT_EQ(r->sampling().logprobs(), 2u);
+    EXPECT_EQ(r->sampling().max_tokens(), 0u);
+  }
+  c = completion_ok(R"({"prompt": "abc", "echo": true})");
+  EXPECT_TRUE(c.request.sampling().echo());
+  EXPECT_FALSE(c.request.sampling().has_prompt_logprobs());
+  EXPECT_EQ(c.request.sampling().max_tokens(), 16u);
+  c = completion_ok(R"({"prompt": "abc", "echo": false, "logprobs": 1})");
+  EXPECT_FALSE(c.request.sampling().echo());
+  EXPECT_FALSE(c.request.sampling().has_prompt_logprobs());
+
+  std::vector<pb::TokenLogprob> lps(2);
+  lps[0].set_token_id(1);
+  lps[0].set_token("<s>");
+  lps[1].set_token_id(8);
+  lps[1].set_token("Hi");
+  lps[1].set_logprob(-4.0f);
+  const json cl = completion_logprobs(lps, 0);
+  EXPECT_EQ(cl["tokens"], json({"<s>", "Hi"}));
+  EXPECT_EQ(cl["token_logprobs"], json({nullptr, -4.0}));
+  EXPECT_TRUE(cl["top_logprobs"][0].is_null());
+  EXPECT_EQ(cl["top_logprobs"][1]["Hi"], -4.0);
+  EXPECT_EQ(cl["text_offset"], json({0, 3}));
 }
 
 TEST(OpenAiErrors, GrpcCodesBecomeHttpStatuses) {
