@@ -13,6 +13,8 @@
 //                                   grouped-batched cuBLAS, or our kernel with the routing left on the GPU)
 //                                   [--logprobs N]  (then the same requests again asking for each token's
 //                                   log-probability and N alternatives: decode tok/s against the plain run)
+//                                   [--penalties on]  (then the same requests again with presence, frequency and
+//                                   repetition penalties and a logit bias: decode tok/s against the plain run)
 //                                   [--prompt-logprobs N]  (then the same prompts scored, as a loglikelihood
 //                                   evaluation asks: every prompt token's log-probability, max_tokens 0;
 //                                   prefill tok/s against the plain run's)
@@ -58,6 +60,7 @@ int main(int argc, char** argv) {
   bool graphs = false;
   std::string experts = "per-expert";
   int logprobs = -1, prompt_logprobs = -1;
+  bool penalties = false;
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -75,6 +78,7 @@ int main(int argc, char** argv) {
     else if (a == "--experts") experts = argv[i + 1];
     else if (a == "--logprobs") logprobs = std::atoi(argv[i + 1]);
     else if (a == "--prompt-logprobs") prompt_logprobs = std::atoi(argv[i + 1]);
+    else if (a == "--penalties") penalties = std::string(argv[i + 1]) == "on";
   }
   if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
   if (dtype != "f32" && (dtype != "bf16" || device != "cuda"))
@@ -161,6 +165,26 @@ int main(int argc, char** argv) {
                          (after.decode_seconds - before.decode_seconds);
       std::printf("       with logprobs=%d: decode %.1f tok/s, %.3f of the plain run\n", logprobs, tps,
                   tps / (s.decode_tokens / s.decode_seconds));
+    }
+    if (penalties) {
+      // Each sampled row is copied, biased and penalised over the tokens seen
+      // so far; greedy rows then need their logits (on a GPU, at the host).
+      const engine::EngineStats before = (*eng)->stats();
+      for (auto& r : reqs) {
+        r.logprobs = -1;
+        r.adjust = {.logit_bias = {{7, 0.5f}, {11, -0.5f}},
+                    .presence_penalty = 0.2f,
+                    .frequency_penalty = 0.1f,
+                    .repetition_penalty = 1.1f};
+      }
+      auto with = (*eng)->generate(reqs);
+      if (!with.is_ok()) return std::fprintf(stderr, "%s\n", with.status().to_string().c_str()), 1;
+      const auto& after = (*eng)->stats();
+      const double tps = static_cast<double>(after.decode_tokens - before.decode_tokens) /
+                         (after.decode_seconds - before.decode_seconds);
+      std::printf("       with penalties and bias: decode %.1f tok/s, %.3f of the plain run\n", tps,
+                  tps / (s.decode_tokens / s.decode_seconds));
+      for (auto& r : reqs) r.adjust = {};
     }
     if (prompt_logprobs >= 0) {
       // Scored prompts are computed whole (the cache holds K/V, not logits),

@@ -82,6 +82,11 @@ def main():
     check("completions echo scoring", ll.choices[0].text == "The quick brown fox" and e is not None
           and len(e.tokens) == ll.usage.prompt_tokens and e.token_logprobs[0] is None
           and all(x <= 0 for x in e.token_logprobs[1:]) and ll.usage.completion_tokens == 0, ll)
+    biased = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                            temperature=0, logit_bias={"100": 100}, frequency_penalty=0.5,
+                                            presence_penalty=0.5, logprobs=True)
+    toks = [t.token for t in biased.choices[0].logprobs.content]
+    check("chat logit_bias and penalties", len(toks) == 3 and len(set(toks)) == 1, biased)
     clp = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi there"}],
                                          max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
     content = clp.choices[0].logprobs.content if clp.choices[0].logprobs else None

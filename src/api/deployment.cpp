@@ -114,6 +114,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"kv_blocks", num(c.kv_blocks, 1, kBig)},
                                   {"kv_block_size", num(c.kv_block_size, 1, 1024)},
                                   {"prefix_caching", r.field(c.prefix_caching)},
+                                  {"max_prompt_logprob_rows", num(c.max_prompt_logprob_rows, 1, kBig)},
                                   {"cpus", cpus(c.attention_cpus)},
                                   {"device", str(c.attention_device)}});
         }},
@@ -290,6 +291,8 @@ std::string DeploymentConfig::to_yaml() const {
     << YAML::Key << "max_batch_tokens" << YAML::Value << max_batch_tokens << YAML::Key << "kv_blocks"
     << YAML::Value << kv_blocks << YAML::Key << "kv_block_size" << YAML::Value << kv_block_size;
   if (!prefix_caching) e << YAML::Key << "prefix_caching" << YAML::Value << false;
+  if (max_prompt_logprob_rows != 512)
+    e << YAML::Key << "max_prompt_logprob_rows" << YAML::Value << max_prompt_logprob_rows;
   if (!attention_cpus.empty()) e << YAML::Key << "cpus" << YAML::Value << format_cpu_list(attention_cpus);
   if (attention_on() != device) e << YAML::Key << "device" << YAML::Value << attention_device;
   e << YAML::EndMap;

@@ -49,7 +49,8 @@ class EventQueue {
     std::lock_guard<std::mutex> l(mu_);
     if (prompt_.empty()) prompt_first_ = index;
     prompt_.push_back(lp);
-    cv_.notify_one();
+    // No wake-up per row (a step may score hundreds): the next token, the
+    // finish or the sender's 20 ms poll sends them together.
   }
   void finish(const Status& st, engine::FinishReason r) {
     std::lock_guard<std::mutex> l(mu_);
@@ -152,6 +153,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
                                  .max_batch_tokens = cfg.max_batch_tokens,
                                  .micro_batches = cfg.micro_batches,
                                  .prefix_caching = cfg.prefix_caching,
+                                 .max_prompt_logprob_rows = cfg.max_prompt_logprob_rows,
                                  .forward = std::move(forward),
                                  .forward_split = std::move(forward_split)});
 
@@ -198,6 +200,11 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     g.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
     if (req->has_logprobs()) g.logprobs = req->logprobs();
     if (req->has_prompt_logprobs()) g.prompt_logprobs = req->prompt_logprobs();
+    if (req->has_presence_penalty()) g.adjust.presence_penalty = req->presence_penalty();
+    if (req->has_frequency_penalty()) g.adjust.frequency_penalty = req->frequency_penalty();
+    if (req->has_repetition_penalty()) g.adjust.repetition_penalty = req->repetition_penalty();
+    for (const auto& [token, bias] : req->logit_bias()) g.adjust.logit_bias.emplace_back(token, bias);
+    std::sort(g.adjust.logit_bias.begin(), g.adjust.logit_bias.end());  // a map's order is not fixed
     auto q = std::make_shared<EventQueue>();
     engine::SequenceCallbacks cb{[q](int32_t t) { q->token(t); },
                                  [q](const Status& st, engine::FinishReason r) { q->finish(st, r); }};

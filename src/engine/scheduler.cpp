@@ -16,6 +16,7 @@ struct Scheduler::Seq {
   int64_t prompt_lp_next = 1;   // next prompt token whose log-probabilities are owed
   SequenceKv kv;
   SamplerRng rng{0};
+  PenaltyState penalties;
   bool cancelled = false;  // asked to stop by the client
   bool done = false;       // on_finish was called
 };
@@ -45,6 +46,20 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
   if (!(r.sampling.temperature >= 0)) return invalid_argument("temperature: must be >= 0");
   if (!(r.sampling.top_p > 0 && r.sampling.top_p <= 1)) return invalid_argument("top_p: must be in (0, 1]");
   if (r.sampling.top_k < 0) return invalid_argument("top_k: must be >= 0");
+  const LogitsAdjustments& a = r.adjust;
+  if (!(a.presence_penalty >= -2 && a.presence_penalty <= 2))
+    return invalid_argument("presence_penalty: must be in [-2, 2]");
+  if (!(a.frequency_penalty >= -2 && a.frequency_penalty <= 2))
+    return invalid_argument("frequency_penalty: must be in [-2, 2]");
+  if (!(a.repetition_penalty > 0 && a.repetition_penalty <= 100))
+    return invalid_argument("repetition_penalty: must be in (0, 100]");
+  for (const auto& [token, bias] : a.logit_bias) {
+    if (token < 0 || token >= c.vocab_size)
+      return invalid_argument("logit_bias: token id " + std::to_string(token) + " is outside the vocabulary [0, " +
+                              std::to_string(c.vocab_size) + ")");
+    if (!(bias >= -100 && bias <= 100))
+      return invalid_argument("logit_bias: the bias of token " + std::to_string(token) + " must be in [-100, 100]");
+  }
   if (r.logprobs < -1 || r.logprobs > kMaxTopLogprobs)
     return invalid_argument("logprobs: must be in [0, " + std::to_string(kMaxTopLogprobs) + "] (or -1: none), got " +
                             std::to_string(r.logprobs));
@@ -87,6 +102,7 @@ Result<SequenceId> Scheduler::submit(GenerationRequest request, SequenceCallback
   auto s = std::make_unique<Seq>();
   s->tokens = request.prompt;
   s->rng = SamplerRng(request.seed);
+  if (request.adjust.any()) s->penalties = PenaltyState(request.adjust, request.prompt);
   s->req = std::move(request);
   s->cb = std::move(callbacks);
   std::lock_guard<std::mutex> lock(mu_);
@@ -141,7 +157,8 @@ void Scheduler::admit() {
     // The last token is always computed: its logits give the next one. So is
     // every token whose logits give a prompt log-probability still owed.
     int64_t reusable = len - 1;
-    if (s.req.prompt_logprobs >= 0) reusable = std::min(reusable, s.prompt_lp_next - 1);
+    if (s.req.prompt_logprobs >= 0 && s.prompt_lp_next < static_cast<int64_t>(s.req.prompt.size()))
+      reusable = std::min(reusable, s.prompt_lp_next - 1);
     if (options_.prefix_caching && s.computed == 0) s.computed = s.kv.adopt_prefix(cache_, s.tokens, reusable);
     const int64_t need = (len + 1 + bs - 1) / bs - static_cast<int64_t>(s.kv.blocks().size());
     if (need > cache_.allocator().num_free() && !running_.empty()) {
@@ -267,7 +284,10 @@ bool Scheduler::step() {
   if (options_.forward_split)
     for (size_t r = 0; r < rows.size(); ++r) {  // a row whose log-probabilities are asked for needs its logits
       const Seq& s = *rows[r].seq;
-      greedy_[r] = rows[r].prompt_index < 0 && kernels::is_greedy(s.req.sampling) && s.req.logprobs < 0 ? 1 : 0;
+      greedy_[r] = rows[r].prompt_index < 0 && kernels::is_greedy(s.req.sampling) && s.req.logprobs < 0 &&
+                           !s.req.adjust.any()
+                       ? 1
+                       : 0;
     }
   Status st = options_.forward_split ? options_.forward_split(b, greedy_, logits_, argmax_)
               : options_.forward     ? options_.forward(b, logits_)
@@ -299,13 +319,20 @@ bool Scheduler::step() {
         tok = argmax_[r];
       } else {
         const float* row = logits_.data() + packed++ * V;
-        tok = kernels::cpu::sample(row, config_.vocab_size, s.req.sampling, u, scratch_.data());
+        if (s.req.adjust.any()) {  // on a copy: log-probabilities stay the model's
+          adjusted_.assign(row, row + V);
+          s.penalties.apply(s.req.adjust, adjusted_.data(), config_.vocab_size);
+          tok = kernels::cpu::sample(adjusted_.data(), config_.vocab_size, s.req.sampling, u, scratch_.data());
+        } else {
+          tok = kernels::cpu::sample(row, config_.vocab_size, s.req.sampling, u, scratch_.data());
+        }
         if (s.req.logprobs >= 0 && s.cb.on_logprobs) {
           token_logprobs(row, config_.vocab_size, tok, s.req.logprobs, logprobs_);
           s.cb.on_logprobs(logprobs_);
         }
       }
       ++s.generated;
+      if (s.req.adjust.any()) s.penalties.add_generated(tok);
       if (s.cb.on_token) s.cb.on_token(tok);
       const bool stop =
           std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), tok) != s.req.stop_token_ids.end();

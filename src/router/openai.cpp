@@ -1,5 +1,6 @@
 #include "openai.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -67,13 +68,6 @@ void refuse_unsupported(const json& body) {
     refuse("best_of", "best_of: only 1 is supported");
   if (const json* s = find(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
     refuse("suffix", "suffix: not supported");
-  // Each penalty's neutral value: 0 for OpenAI's, 1 for vLLM's repetition_penalty.
-  for (auto [penalty, neutral] : {std::pair{"presence_penalty", 0.0}, std::pair{"frequency_penalty", 0.0},
-                                  std::pair{"repetition_penalty", 1.0}})
-    if (const json* p = find(body, penalty); p && !(p->is_number() && p->get<double>() == neutral))
-      refuse(penalty, std::string(penalty) + ": penalties are not supported");
-  if (const json* b = find(body, "logit_bias"); b && !(b->is_object() && b->empty()))
-    refuse("logit_bias", "logit_bias: not supported");
   for (const char* key : {"tools", "functions"})
     if (const json* t = find(body, key); t && !(t->is_array() && t->empty()))
       refuse(key, std::string(key) + ": tool calling is not supported");
@@ -109,6 +103,30 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
     const json& s = body.at("seed");
     if (!s.is_number_integer()) refuse("seed", "seed: must be an integer");
     sp.set_seed(s.is_number_unsigned() ? s.get<uint64_t>() : static_cast<uint64_t>(s.get<int64_t>()));
+  }
+  // Penalties and bias (engine/penalties.h): OpenAI's ranges; repetition_penalty is vLLM's.
+  for (const char* key : {"presence_penalty", "frequency_penalty"})
+    if (const json* p = find(body, key); p && !p->is_null()) {
+      const auto v = static_cast<float>(number(body, key, -2.0, 2.0));
+      key[0] == 'p' ? sp.set_presence_penalty(v) : sp.set_frequency_penalty(v);
+    }
+  if (const json* p = find(body, "repetition_penalty"); p && !p->is_null()) {
+    const double v = number(body, "repetition_penalty", 0.0, 100.0);
+    if (v == 0) refuse("repetition_penalty", "repetition_penalty: must be greater than 0");
+    sp.set_repetition_penalty(static_cast<float>(v));
+  }
+  if (const json* b = find(body, "logit_bias"); b && !b->is_null()) {
+    // {"token id": bias}: ids as decimal strings, as OpenAI's tokenizer-independent map has them.
+    if (!b->is_object()) refuse("logit_bias", "logit_bias: must be an object of token id -> bias");
+    for (const auto& [key, value] : b->items()) {
+      uint32_t id = 0;
+      const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (ec != std::errc() || end != key.data() + key.size() || key.empty())
+        refuse("logit_bias", "logit_bias: key '" + key + "' is not a token id");
+      if (!value.is_number() || !(value.template get<double>() >= -100 && value.template get<double>() <= 100))
+        refuse("logit_bias", "logit_bias: the bias of token " + key + " must be a number in [-100, 100]");
+      (*sp.mutable_logit_bias())[id] = value.template get<float>();
+    }
   }
   for (const char* key : {"max_completion_tokens", "max_tokens"})
     if (find(body, key)) {

@@ -10,8 +10,9 @@
 // stream_options.include_usage, n (whole answers only), logprobs (completions:
 // 0..5 alternatives; chat: logprobs + top_logprobs 0..20), echo (completions:
 // the prompt first, with logprobs its tokens' too; max_tokens 0 scores only),
-// and the extensions top_k, ignore_eos, skip_special_tokens. What cannot be
-// honoured (penalties, logit_bias, tools, non-text content, JSON response formats) is
+// presence_penalty, frequency_penalty, logit_bias, and the extensions top_k,
+// repetition_penalty, ignore_eos, skip_special_tokens. What cannot be
+// honoured (best_of, suffix, tools, non-text content, JSON response formats) is
 // refused naming the field, never silently ignored; other unknown fields are
 // ignored, as OpenAI's own server does.
 #pragma once

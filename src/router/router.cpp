@@ -251,6 +251,19 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       return invalid("sampling.logprobs", "must be at most " + std::to_string(engine::kMaxTopLogprobs));
     if (sp.has_prompt_logprobs() && sp.prompt_logprobs() > static_cast<uint32_t>(engine::kMaxTopLogprobs))
       return invalid("sampling.prompt_logprobs", "must be at most " + std::to_string(engine::kMaxTopLogprobs));
+    if (sp.has_presence_penalty() && !(sp.presence_penalty() >= -2 && sp.presence_penalty() <= 2))
+      return invalid("sampling.presence_penalty", "must be in [-2, 2]");
+    if (sp.has_frequency_penalty() && !(sp.frequency_penalty() >= -2 && sp.frequency_penalty() <= 2))
+      return invalid("sampling.frequency_penalty", "must be in [-2, 2]");
+    if (sp.has_repetition_penalty() && !(sp.repetition_penalty() > 0 && sp.repetition_penalty() <= 100))
+      return invalid("sampling.repetition_penalty", "must be in (0, 100]");
+    for (const auto& [token, bias] : sp.logit_bias()) {
+      if (token >= static_cast<uint32_t>(c.vocab_size))
+        return invalid("sampling.logit_bias", "token id " + std::to_string(token) + " is outside the vocabulary [0, " +
+                                                  std::to_string(c.vocab_size) + ")");
+      if (!(bias >= -100 && bias <= 100))
+        return invalid("sampling.logit_bias", "the bias of token " + std::to_string(token) + " must be in [-100, 100]");
+    }
     const int64_t room = c.max_position_embeddings - static_cast<int64_t>(prompt.size());
     if (room < 0 || (room == 0 && !score_only))
       return invalid("prompt", std::to_string(prompt.size()) + " tokens leave no room in the model's context of " +
@@ -277,6 +290,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     for (uint32_t id : sp.stop_token_ids()) run.add_stop_token_ids(static_cast<int32_t>(id));
     if (sp.has_logprobs()) run.set_logprobs(static_cast<int32_t>(sp.logprobs()));
     if (sp.has_prompt_logprobs()) run.set_prompt_logprobs(static_cast<int32_t>(sp.prompt_logprobs()));
+    if (sp.has_presence_penalty()) run.set_presence_penalty(sp.presence_penalty());
+    if (sp.has_frequency_penalty()) run.set_frequency_penalty(sp.frequency_penalty());
+    if (sp.has_repetition_penalty()) run.set_repetition_penalty(sp.repetition_penalty());
+    for (const auto& [token, bias] : sp.logit_bias()) (*run.mutable_logit_bias())[static_cast<int32_t>(token)] = bias;
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 
@@ -321,7 +338,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       }
     } record{metrics_, admitted_at, {}};
     record.f.prompt_tokens = static_cast<uint32_t>(prompt.size());
-    model::StreamingDetokenizer detok(*ck_.tokenizer, skip_special);
+    model::StreamingDetokenizer detok(*ck_.tokenizer, skip_special, /*continues_text=*/!echo.empty());
     StopStringFilter stops({sp.stop().begin(), sp.stop().end()});
     uint32_t completion = 0;
     bool finished = false, stopped_by_token = false, stopped_by_string = false, first_message = true;

@@ -82,6 +82,9 @@ struct DeploymentConfig {
   int kv_block_size = 16;
   // Reuse the KV blocks of a prompt's longest cached whole-block prefix.
   bool prefix_caching = true;
+  // Logits rows one step may score for prompt log-probabilities (each a row
+  // of vocab floats brought to the host): bounds that memory.
+  int max_prompt_logprob_rows = 512;
   // CPUs every attention node runs on (and as many OpenMP threads); empty: all.
   std::vector<int> attention_cpus;
   std::string attention_device;  // cpu | cuda; empty: cluster.device (see attention_on())

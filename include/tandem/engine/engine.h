@@ -13,6 +13,7 @@
 #include "tandem/engine/expert_executor.h"
 #include "tandem/engine/kv_cache.h"
 #include "tandem/engine/model_runner.h"
+#include "tandem/engine/penalties.h"
 #include "tandem/kernels/cpu.h"
 
 namespace tandem::engine {
@@ -24,6 +25,7 @@ struct GenerationRequest {
   std::vector<int32_t> prompt;
   int32_t max_tokens = 16;
   kernels::cpu::SamplingParams sampling;
+  LogitsAdjustments adjust;  // bias and penalties, before sampling (penalties.h)
   uint64_t seed = 0;
   std::vector<int32_t> stop_token_ids;
   // -1: none. 0..kMaxTopLogprobs: each generated token's log-probability and

@@ -106,7 +106,7 @@ class Scheduler {
   int64_t preemptions_ = 0;  // guarded by mu_
   int64_t prefix_lookup_tokens_ = 0, prefix_hit_tokens_ = 0;  // guarded by mu_
   EngineStats tokens_;
-  std::vector<float> logits_, scratch_;
+  std::vector<float> logits_, scratch_, adjusted_;
   std::vector<uint8_t> greedy_;    // per logits row, for forward_split
   std::vector<int32_t> argmax_;    // its greedy rows' tokens
   TokenLogprobs logprobs_;

@@ -57,7 +57,10 @@ class Tokenizer {
 // incomplete trailing bytes are held back until the next token completes them.
 class StreamingDetokenizer {
  public:
-  explicit StreamingDetokenizer(const Tokenizer& tok, bool skip_special_tokens = true);
+  // `continues_text`: the tokens follow text already shown (an echoed
+  // prompt), so the first is decoded as mid-sequence (a SentencePiece
+  // tokenizer keeps its leading space).
+  explicit StreamingDetokenizer(const Tokenizer& tok, bool skip_special_tokens = true, bool continues_text = false);
   // Text that became complete with this token (may be empty).
   std::string push(int32_t id);
   // Whatever is still held back, with invalid bytes replaced by U+FFFD.

@@ -3,8 +3,8 @@
 
 namespace tandem::model {
 
-StreamingDetokenizer::StreamingDetokenizer(const Tokenizer& tok, bool skip_special_tokens)
-    : tok_(tok), skip_special_(skip_special_tokens) {}
+StreamingDetokenizer::StreamingDetokenizer(const Tokenizer& tok, bool skip_special_tokens, bool continues_text)
+    : tok_(tok), skip_special_(skip_special_tokens), first_(!continues_text) {}
 
 std::string StreamingDetokenizer::push(int32_t id) {
   if (skip_special_ && tok_.is_special(id)) return {};

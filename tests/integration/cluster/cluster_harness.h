@@ -63,6 +63,7 @@ struct ClusterShape {
   std::string attention_device = "cpu", expert_device = "cpu";  // attention.device / expert.device
   std::string gpu_tuning{};  // extra `cluster:` keys for GPU nodes, e.g. "cuda_graphs: true, expert_gemm: device"
   bool http = false;         // router.http_listen on http_port()
+  std::string attention_tuning{};  // extra `attention:` keys, e.g. "max_prompt_logprob_rows: 4"
   // router.drain_timeout_s: short by default, so that a test that leaves a
   // stream open does not hold its cluster's ports long after it ends.
   int drain_timeout_s = 5;
@@ -92,7 +93,8 @@ class Cluster {
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences
                            << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'")
-                           << ", device: " << s.attention_device << "}\n"
+                           << ", device: " << s.attention_device
+                           << (s.attention_tuning.empty() ? "" : ", " + s.attention_tuning) << "}\n"
                            << "expert: {base_port: " << base_ + 5
                            << (s.expert_cpus.empty() ? "" : ", cpus: '" + s.expert_cpus + "'")
                            << ", device: " << s.expert_device << "}\n"

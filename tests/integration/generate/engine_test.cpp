@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <map>
 #include <numeric>
+#include <set>
 
 #include "naive_forward.h"
 #include "tandem/engine/engine.h"
@@ -24,6 +27,15 @@ std::vector<int32_t> prompt_ids(const testing::LoadedModel& m, const std::string
   auto ids = m.ck.tokenizer->encode(text);
   EXPECT_TRUE(ids.is_ok()) << ids.status().to_string();
   return *ids;
+}
+
+// log Σ exp(row), in double precision: a log-softmax's normaliser.
+template <typename T>
+double log_normaliser(const T* row, size_t n) {
+  const double mx = *std::max_element(row, row + n);
+  double z = 0;
+  for (size_t v = 0; v < n; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
+  return mx + std::log(z);
 }
 
 class EngineOnPreset : public ::testing::TestWithParam<std::string> {};
@@ -93,10 +105,7 @@ TEST_P(EngineOnPreset, LogprobsAreTheModelsLogSoftmax) {
     std::vector<int32_t> seq = req.prompt;
     for (size_t s = 0; s < r.tokens.size(); ++s) {
       const auto ref = testing::naive_last_logits(m.ck.config, *m.weights, seq);
-      const double mx = *std::max_element(ref.begin(), ref.end());
-      double z = 0;
-      for (double x : ref) z += std::exp(x - mx);
-      const double log_z = mx + std::log(z);
+      const double log_z = log_normaliser(ref.data(), ref.size());
       const auto& lp = r.logprobs[s];
       EXPECT_NEAR(lp.logprob, ref[static_cast<size_t>(r.tokens[s])] - log_z, 1e-3) << "step " << s;
       ASSERT_EQ(lp.top.size(), 3u);
@@ -150,10 +159,7 @@ TEST_P(EngineOnPreset, PromptLogprobsAreTheModelsLogSoftmax) {
     ASSERT_EQ(r.prompt_logprobs.size(), req.prompt.size() - 1);
     for (size_t i = 1; i < req.prompt.size(); ++i) {
       const float* row = ref.data() + (i - 1) * V;
-      const double mx = *std::max_element(row, row + V);
-      double z = 0;
-      for (size_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
-      const double log_z = mx + std::log(z);
+      const double log_z = log_normaliser(row, V);
       const auto& lp = r.prompt_logprobs[i - 1];
       EXPECT_NEAR(lp.logprob, row[static_cast<size_t>(req.prompt[i])] - log_z, 1e-3) << "prompt token " << i;
       ASSERT_EQ(lp.top.size(), 2u);
@@ -183,6 +189,71 @@ TEST_P(EngineOnPreset, PromptLogprobsAreTheModelsLogSoftmax) {
   bad = eng->generate({req});
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.status().message().find("prompt_logprobs"), std::string::npos) << bad.status().message();
+}
+
+// Bias and penalties steer greedy decoding exactly as their definitions say
+// (checked against the double-precision recompute with the definitions
+// applied here), and the reported log-probabilities stay the model's own.
+TEST_P(EngineOnPreset, BiasAndPenaltiesSteerSamplingNotLogprobs) {
+  const auto& m = tiny_model(GetParam());
+  auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, "Penalties, penalties, penalties.");
+  req.max_tokens = 10;
+  req.sampling.temperature = 0;
+  req.logprobs = 0;
+  auto plain = eng->generate({req});
+  ASSERT_TRUE(plain.is_ok());
+  const int32_t first = (*plain)[0].tokens[0];
+  req.adjust.logit_bias = {{first, -100.0f}, {7, 1.5f}};
+  req.adjust.presence_penalty = 0.4f;
+  req.adjust.frequency_penalty = 0.3f;
+  req.adjust.repetition_penalty = 1.5f;
+  auto res = eng->generate({req});
+  ASSERT_TRUE(res.is_ok()) << res.status().to_string();
+  const auto& got = (*res)[0].tokens;
+  ASSERT_EQ(got.size(), 10u);
+  EXPECT_NE(got[0], first) << "a banned token was generated";
+
+  std::vector<int32_t> seq = req.prompt;
+  std::map<int32_t, int> generated;
+  size_t compared = 0;
+  for (size_t step = 0; step < got.size(); ++step, ++compared) {
+    const auto raw = testing::naive_last_logits(m.ck.config, *m.weights, seq);
+    auto logits = raw;
+    for (const auto& [t, b] : req.adjust.logit_bias) logits[static_cast<size_t>(t)] += b;
+    std::set<int32_t> seen(req.prompt.begin(), req.prompt.end());
+    for (const auto& [t, n] : generated) seen.insert(t);
+    for (int32_t t : seen) {
+      double& x = logits[static_cast<size_t>(t)];
+      x = x > 0 ? x / 1.5 : x * 1.5;
+    }
+    for (const auto& [t, n] : generated) logits[static_cast<size_t>(t)] -= 0.3 * n + 0.4;
+    std::vector<size_t> order(logits.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + 2, order.end(),
+                      [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+    if (logits[order[0]] - logits[order[1]] < 1e-4) break;  // a tie: either is right
+    ASSERT_EQ(got[step], static_cast<int32_t>(order[0])) << "step " << step;
+    // The log-probability is the unadjusted model's.
+    EXPECT_NEAR((*res)[0].logprobs[step].logprob,
+                raw[static_cast<size_t>(got[step])] - log_normaliser(raw.data(), raw.size()), 1e-3);
+    ++generated[got[step]];
+    seq.push_back(got[step]);
+  }
+  EXPECT_GE(compared, 6u) << "too few steps before a tie to tell";
+
+  // Out of range: refused naming the field.
+  for (auto bad : {std::function<void(engine::GenerationRequest&)>([](auto& r) { r.adjust.presence_penalty = 2.5f; }),
+                   std::function<void(engine::GenerationRequest&)>([](auto& r) { r.adjust.repetition_penalty = 0; }),
+                   std::function<void(engine::GenerationRequest&)>(
+                       [&](auto& r) { r.adjust.logit_bias = {{static_cast<int32_t>(m.ck.config.vocab_size), 1.0f}}; })}) {
+    auto r = req;
+    bad(r);
+    auto refused = eng->generate({r});
+    ASSERT_FALSE(refused.is_ok());
+    EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status().to_string();
+  }
 }
 
 TEST_P(EngineOnPreset, SameSeedSameTokensDifferentSeedDifferentTokens) {

@@ -63,6 +63,21 @@ TEST(Deployment, DrainTimeout) {
   EXPECT_NE(bad.status().message().find("router.drain_timeout_s"), std::string::npos) << bad.status().message();
 }
 
+TEST(Deployment, MaxPromptLogprobRows) {
+  auto d = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
+  ASSERT_TRUE(d.is_ok());
+  EXPECT_EQ(d->max_prompt_logprob_rows, 512);
+  auto set = DeploymentConfig::from_yaml("model: {path: m}\nattention: {max_prompt_logprob_rows: 64}\n", "b.yaml");
+  ASSERT_TRUE(set.is_ok()) << set.status().to_string();
+  auto again = DeploymentConfig::from_yaml(set->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_EQ(again->max_prompt_logprob_rows, 64);
+  auto bad = DeploymentConfig::from_yaml("model: {path: m}\nattention: {max_prompt_logprob_rows: 0}\n", "bad.yaml");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("attention.max_prompt_logprob_rows"), std::string::npos)
+      << bad.status().message();
+}
+
 void expect_refused(const std::string& yaml, const std::string& key_path, const std::string& what = "") {
   auto c = DeploymentConfig::from_yaml(yaml, "bad.yaml");
   ASSERT_FALSE(c.is_ok()) << yaml;

@@ -103,9 +103,12 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "echo": 1})", "echo"},
       {R"({"prompt": "x", "max_tokens": 0, "echo": false})", "max_tokens"},
       {R"({"prompt": "x", "max_completion_tokens": 0})", "max_completion_tokens"},
-      {R"({"prompt": "x", "frequency_penalty": 0.5})", "frequency_penalty"},
-      {R"({"prompt": "x", "repetition_penalty": 1.2})", "repetition_penalty"},
-      {R"({"prompt": "x", "logit_bias": {"50256": -100}})", "logit_bias"},
+      {R"({"prompt": "x", "frequency_penalty": 2.5})", "frequency_penalty"},
+      {R"({"prompt": "x", "presence_penalty": "a"})", "presence_penalty"},
+      {R"({"prompt": "x", "repetition_penalty": 0})", "repetition_penalty"},
+      {R"({"prompt": "x", "logit_bias": {"abc": 1}})", "logit_bias"},
+      {R"({"prompt": "x", "logit_bias": {"5": 101}})", "logit_bias"},
+      {R"({"prompt": "x", "logit_bias": [1]})", "logit_bias"},
       {R"({"prompt": "x", "temperature": "hot"})", "temperature"},
       {R"({"prompt": "x", "temperature": -1})", "temperature"},
       {R"({"prompt": "x", "top_p": 0})", "top_p"},
@@ -301,6 +304,29 @@ TEST(OpenAiLogprobs, ParsedPerEndpointAndShaped) {
   EXPECT_EQ(chat_whole["choices"][0]["logprobs"]["content"][1]["logprob"], -1.5);
   const json chunk = completion_chunk("cmpl-1", 1, "m", "He", pb::FINISH_REASON_UNSPECIFIED, cl);
   EXPECT_EQ(chunk["choices"][0]["logprobs"]["tokens"][0], "He");
+}
+
+// Penalties and bias reach the router's request on both endpoints; neutral
+// values and nulls stay unset-equivalent.
+TEST(OpenAiSampling, PenaltiesAndLogitBias) {
+  const auto c = completion_ok(R"({"prompt": "x", "presence_penalty": 0.5, "frequency_penalty": -1,
+      "repetition_penalty": 1.3, "logit_bias": {"17": -100, "4": 2.5}})");
+  const pb::SamplingParams& s = c.request.sampling();
+  EXPECT_FLOAT_EQ(s.presence_penalty(), 0.5f);
+  EXPECT_FLOAT_EQ(s.frequency_penalty(), -1.0f);
+  EXPECT_FLOAT_EQ(s.repetition_penalty(), 1.3f);
+  ASSERT_EQ(s.logit_bias_size(), 2);
+  EXPECT_FLOAT_EQ(s.logit_bias().at(17), -100.0f);
+  EXPECT_FLOAT_EQ(s.logit_bias().at(4), 2.5f);
+  auto chat = parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 1.5,
+      "logit_bias": {"3": 1}, "presence_penalty": null})");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(chat)) << std::get<HttpError>(chat).message;
+  const auto& cs = std::get<ChatCall>(chat).request.sampling();
+  EXPECT_FLOAT_EQ(cs.frequency_penalty(), 1.5f);
+  EXPECT_FALSE(cs.has_presence_penalty());
+  EXPECT_EQ(cs.logit_bias().at(3), 1.0f);
+  EXPECT_EQ(chat_refused(R"({"messages": [{"role": "user", "content": "x"}], "presence_penalty": -3})").param,
+            "presence_penalty");
 }
 
 // echo: the prompt comes back first (max_tokens 0: only it), and with logprobs

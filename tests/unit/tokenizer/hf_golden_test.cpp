@@ -66,6 +66,31 @@ TEST_P(HfGolden, StreamingConcatenatesToDecode) {
   }
 }
 
+// Text that continues an echoed prompt: the prompt's decode followed by the
+// rest streamed as mid-sequence tokens reads as the whole sequence's decode
+// (a SentencePiece tokenizer keeps the continuation's leading space).
+TEST_P(HfGolden, StreamingAContinuationOfDecodedText) {
+  const auto& cases = golden_encodings()["tokenizers"][GetParam()];
+  Tokenizer tok = load_fixture(GetParam());
+  int checked = 0;
+  for (const auto& c : cases) {
+    if (c.value("decode_differs_by_design", false)) continue;
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    if (ids.size() < 2) continue;
+    const size_t cut = ids.size() / 2;
+    const std::string head = tok.decode({ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(cut)}, true);
+    // A cut inside a character decodes as replacement characters: not a prompt a client sent.
+    if (head.find("\xEF\xBF\xBD") != std::string::npos) continue;
+    StreamingDetokenizer detok(tok, /*skip_special_tokens=*/true, /*continues_text=*/true);
+    std::string streamed = head;
+    for (size_t i = cut; i < ids.size(); ++i) streamed += detok.push(ids[i]);
+    streamed += detok.flush();
+    EXPECT_EQ(streamed, c["decoded_skip_special"].get<std::string>()) << describe(c) << " cut at " << cut;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
 std::vector<std::string> fixture_names() {
   std::vector<std::string> names;
   for (const auto& [name, cases] : golden_encodings()["tokenizers"].items()) names.push_back(name);

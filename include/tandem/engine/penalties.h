@@ -1,0 +1,46 @@
+// What a request changes in the logits before its next token is sampled:
+// OpenAI's logit_bias, presence and frequency penalties, and the repetition
+// penalty of HF transformers and vLLM. They steer sampling only: the
+// log-probabilities a request asks for stay the model's own.
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace tandem::engine {
+
+struct LogitsAdjustments {
+  // Added to the logits of these tokens (OpenAI: -100 bans, 100 forces).
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  // Subtracted once from the logit of every token generated so far (OpenAI; 0: off).
+  float presence_penalty = 0;
+  // Subtracted per time a token was generated so far (OpenAI; 0: off).
+  float frequency_penalty = 0;
+  // For a token in the prompt or generated so far: a positive logit divided
+  // by it, a negative one multiplied (HF transformers, vLLM; 1: off).
+  float repetition_penalty = 1;
+
+  bool any() const {
+    return !logit_bias.empty() || presence_penalty != 0 || frequency_penalty != 0 || repetition_penalty != 1;
+  }
+};
+
+// One sequence's history as the penalties see it. Survives a preemption:
+// generation resumes where it was, so the counts stay right.
+class PenaltyState {
+ public:
+  PenaltyState() = default;
+  PenaltyState(const LogitsAdjustments& adjust, const std::vector<int32_t>& prompt);
+  void add_generated(int32_t token);
+  // Applies bias, then the repetition penalty, then frequency and presence
+  // (vLLM's order) to one row of logits [vocab], in place.
+  void apply(const LogitsAdjustments& adjust, float* logits, int64_t vocab) const;
+
+ private:
+  std::unordered_map<int32_t, int32_t> generated_;  // token -> times generated
+  std::vector<int32_t> prompt_tokens_;              // distinct, only with a repetition penalty
+};
+
+}  // namespace tandem::engine
