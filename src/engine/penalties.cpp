@@ -14,10 +14,15 @@ PenaltyState::PenaltyState(const LogitsAdjustments& adjust, const std::vector<in
 void PenaltyState::add_generated(int32_t token) { ++generated_[token]; }
 
 void PenaltyState::apply(const LogitsAdjustments& adjust, float* logits, int64_t vocab) const {
+  // Ids outside the row are skipped, never written (requests are validated
+  // before they get here; this keeps a bad one from writing out of bounds).
+  auto in_row = [vocab](int32_t t) { return t >= 0 && t < vocab; };
   for (const auto& [token, bias] : adjust.logit_bias)
-    if (token >= 0 && token < vocab) logits[token] += bias;
+    if (in_row(token)) logits[token] += bias;
   if (const float p = adjust.repetition_penalty; p != 1) {
-    auto penalise = [&](int32_t t) { logits[t] = logits[t] > 0 ? logits[t] / p : logits[t] * p; };
+    auto penalise = [&](int32_t t) {
+      if (in_row(t)) logits[t] = logits[t] > 0 ? logits[t] / p : logits[t] * p;
+    };
     for (int32_t t : prompt_tokens_) penalise(t);
     // A token in both the prompt and the output is penalised once.
     for (const auto& [t, n] : generated_)
@@ -25,7 +30,7 @@ void PenaltyState::apply(const LogitsAdjustments& adjust, float* logits, int64_t
   }
   if (adjust.frequency_penalty != 0 || adjust.presence_penalty != 0)
     for (const auto& [t, n] : generated_)
-      logits[t] -= adjust.frequency_penalty * static_cast<float>(n) + adjust.presence_penalty;
+      if (in_row(t)) logits[t] -= adjust.frequency_penalty * static_cast<float>(n) + adjust.presence_penalty;
 }
 
 }  // namespace tandem::engine

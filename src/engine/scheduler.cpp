@@ -51,8 +51,8 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
     return invalid_argument("presence_penalty: must be in [-2, 2]");
   if (!(a.frequency_penalty >= -2 && a.frequency_penalty <= 2))
     return invalid_argument("frequency_penalty: must be in [-2, 2]");
-  if (!(a.repetition_penalty > 0 && a.repetition_penalty <= 100))
-    return invalid_argument("repetition_penalty: must be in (0, 100]");
+  if (!(a.repetition_penalty >= 0.01f && a.repetition_penalty <= 100))
+    return invalid_argument("repetition_penalty: must be in [0.01, 100]");
   for (const auto& [token, bias] : a.logit_bias) {
     if (token < 0 || token >= c.vocab_size)
       return invalid_argument("logit_bias: token id " + std::to_string(token) + " is outside the vocabulary [0, " +

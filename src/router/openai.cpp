@@ -111,9 +111,7 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
       key[0] == 'p' ? sp.set_presence_penalty(v) : sp.set_frequency_penalty(v);
     }
   if (const json* p = find(body, "repetition_penalty"); p && !p->is_null()) {
-    const double v = number(body, "repetition_penalty", 0.0, 100.0);
-    if (v == 0) refuse("repetition_penalty", "repetition_penalty: must be greater than 0");
-    sp.set_repetition_penalty(static_cast<float>(v));
+    sp.set_repetition_penalty(static_cast<float>(number(body, "repetition_penalty", 0.01, 100.0)));
   }
   if (const json* b = find(body, "logit_bias"); b && !b->is_null()) {
     // {"token id": bias}: ids as decimal strings, as OpenAI's tokenizer-independent map has them.

@@ -255,8 +255,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       return invalid("sampling.presence_penalty", "must be in [-2, 2]");
     if (sp.has_frequency_penalty() && !(sp.frequency_penalty() >= -2 && sp.frequency_penalty() <= 2))
       return invalid("sampling.frequency_penalty", "must be in [-2, 2]");
-    if (sp.has_repetition_penalty() && !(sp.repetition_penalty() > 0 && sp.repetition_penalty() <= 100))
-      return invalid("sampling.repetition_penalty", "must be in (0, 100]");
+    if (sp.has_repetition_penalty() && !(sp.repetition_penalty() >= 0.01f && sp.repetition_penalty() <= 100))
+      return invalid("sampling.repetition_penalty", "must be in [0.01, 100]");
     for (const auto& [token, bias] : sp.logit_bias()) {
       if (token >= static_cast<uint32_t>(c.vocab_size))
         return invalid("sampling.logit_bias", "token id " + std::to_string(token) + " is outside the vocabulary [0, " +

@@ -19,7 +19,8 @@ struct LogitsAdjustments {
   // Subtracted per time a token was generated so far (OpenAI; 0: off).
   float frequency_penalty = 0;
   // For a token in the prompt or generated so far: a positive logit divided
-  // by it, a negative one multiplied (HF transformers, vLLM; 1: off).
+  // by it, a negative one multiplied (HF transformers, vLLM; 1: off). In
+  // [0.01, 100]: a smaller one would turn logits into infinities.
   float repetition_penalty = 1;
 
   bool any() const {

@@ -187,6 +187,17 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
     EXPECT_EQ((*got_lp)[2].prompt_logprobs[s].top, (*want_lp)[2].prompt_logprobs[s].top);
   }
   reqs[2].prompt_logprobs = -1;
+  // A greedy request with a logit bias needs its logits too (a device
+  // argmax would not see the bias): its rows come back as logits and the
+  // forced token wins.
+  greedy_rows = sampled_rows = 0;
+  reqs[0].adjust.logit_bias = {{42, 100.0f}};
+  auto biased = (*eng)->generate(reqs);
+  ASSERT_TRUE(biased.is_ok()) << biased.status().to_string();
+  EXPECT_EQ(greedy_rows, 7u);    // request 2 only
+  EXPECT_EQ(sampled_rows, 21u);  // requests 0, 1 and 3
+  EXPECT_EQ((*biased)[0].tokens, std::vector<int32_t>(7, 42));
+  reqs[0].adjust = {};
 
   // A split forward that fails, or answers with a token outside the
   // vocabulary or too few logits, ends the requests with an error naming it

@@ -31,6 +31,21 @@ TEST(Penalties, FollowTheirDefinitions) {
   EXPECT_FLOAT_EQ(logits[6], -97.0f);                      // banned
 }
 
+// The bias comes before the repetition penalty (vLLM's order); ids outside
+// the row are skipped.
+TEST(Penalties, BiasFirstAndOnlyInsideTheRow) {
+  LogitsAdjustments a;
+  a.logit_bias = {{0, 1.0f}, {3, 5.0f}, {-1, 5.0f}};
+  a.repetition_penalty = 2.0f;
+  PenaltyState st(a, /*prompt=*/{0, 7});
+  st.add_generated(9);
+  std::vector<float> logits = {1.0f, 1.0f, 1.0f};
+  st.apply(a, logits.data(), 3);
+  EXPECT_FLOAT_EQ(logits[0], 1.0f);  // (1 + 1) / 2, not 1 / 2 + 1
+  EXPECT_FLOAT_EQ(logits[1], 1.0f);
+  EXPECT_FLOAT_EQ(logits[2], 1.0f);
+}
+
 TEST(Penalties, NeutralValuesChangeNothing) {
   LogitsAdjustments a;
   EXPECT_FALSE(a.any());
