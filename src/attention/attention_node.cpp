@@ -204,6 +204,8 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     if (req->has_frequency_penalty()) g.adjust.frequency_penalty = req->frequency_penalty();
     if (req->has_repetition_penalty()) g.adjust.repetition_penalty = req->repetition_penalty();
     for (const auto& [token, bias] : req->logit_bias()) g.adjust.logit_bias.emplace_back(token, bias);
+    if (req->has_min_p()) g.adjust.min_p = req->min_p();
+    if (req->has_min_tokens()) g.adjust.min_tokens = req->min_tokens();
     std::sort(g.adjust.logit_bias.begin(), g.adjust.logit_bias.end());  // a map's order is not fixed
     auto q = std::make_shared<EventQueue>();
     engine::SequenceCallbacks cb{[q](int32_t t) { q->token(t); },

@@ -1,6 +1,7 @@
 #include "tandem/engine/penalties.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace tandem::engine {
 
@@ -31,6 +32,19 @@ void PenaltyState::apply(const LogitsAdjustments& adjust, float* logits, int64_t
   if (adjust.frequency_penalty != 0 || adjust.presence_penalty != 0)
     for (const auto& [t, n] : generated_)
       if (in_row(t)) logits[t] -= adjust.frequency_penalty * static_cast<float>(n) + adjust.presence_penalty;
+}
+
+void ban_tokens(const std::vector<int32_t>& tokens, float* logits, int64_t vocab) {
+  for (int32_t t : tokens)
+    if (t >= 0 && t < vocab) logits[t] = -INFINITY;
+}
+
+void apply_min_p(float min_p, float temperature, float* logits, int64_t vocab) {
+  if (!(min_p > 0) || !(temperature > 0) || vocab <= 0) return;
+  const float top = *std::max_element(logits, logits + vocab);
+  const float floor = top + temperature * std::log(min_p);
+  for (int64_t i = 0; i < vocab; ++i)
+    if (logits[i] < floor) logits[i] = -INFINITY;
 }
 
 }  // namespace tandem::engine

@@ -53,6 +53,10 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
     return invalid_argument("frequency_penalty: must be in [-2, 2]");
   if (!(a.repetition_penalty >= 0.01f && a.repetition_penalty <= 100))
     return invalid_argument("repetition_penalty: must be in [0.01, 100]");
+  if (!(a.min_p >= 0 && a.min_p <= 1)) return invalid_argument("min_p: must be in [0, 1]");
+  if (a.min_tokens < 0 || a.min_tokens > r.max_tokens)
+    return invalid_argument("min_tokens: must be in [0, max_tokens = " + std::to_string(r.max_tokens) + "], got " +
+                            std::to_string(a.min_tokens));
   for (const auto& [token, bias] : a.logit_bias) {
     if (token < 0 || token >= c.vocab_size)
       return invalid_argument("logit_bias: token id " + std::to_string(token) + " is outside the vocabulary [0, " +
@@ -285,7 +289,7 @@ bool Scheduler::step() {
     for (size_t r = 0; r < rows.size(); ++r) {  // a row whose log-probabilities are asked for needs its logits
       const Seq& s = *rows[r].seq;
       greedy_[r] = rows[r].prompt_index < 0 && kernels::is_greedy(s.req.sampling) && s.req.logprobs < 0 &&
-                           !s.req.adjust.any()
+                           !s.req.adjust.changes_argmax()
                        ? 1
                        : 0;
     }
@@ -322,6 +326,9 @@ bool Scheduler::step() {
         if (s.req.adjust.any()) {  // on a copy: log-probabilities stay the model's
           adjusted_.assign(row, row + V);
           s.penalties.apply(s.req.adjust, adjusted_.data(), config_.vocab_size);
+          if (s.generated < s.req.adjust.min_tokens) ban_tokens(s.req.stop_token_ids, adjusted_.data(), config_.vocab_size);
+          if (!kernels::is_greedy(s.req.sampling))
+            apply_min_p(s.req.adjust.min_p, s.req.sampling.temperature, adjusted_.data(), config_.vocab_size);
           tok = kernels::cpu::sample(adjusted_.data(), config_.vocab_size, s.req.sampling, u, scratch_.data());
         } else {
           tok = kernels::cpu::sample(row, config_.vocab_size, s.req.sampling, u, scratch_.data());

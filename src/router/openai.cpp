@@ -126,6 +126,11 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
       (*sp.mutable_logit_bias())[id] = value.template get<float>();
     }
   }
+  // vLLM's sampling extensions.
+  if (const json* p = find(body, "min_p"); p && !p->is_null())
+    sp.set_min_p(static_cast<float>(number(body, "min_p", 0.0, 1.0)));
+  if (const json* p = find(body, "min_tokens"); p && !p->is_null())
+    sp.set_min_tokens(static_cast<uint32_t>(integer(body, "min_tokens", 0, std::numeric_limits<int32_t>::max())));
   for (const char* key : {"max_completion_tokens", "max_tokens"})
     if (find(body, key)) {
       // 0 is checked by the endpoint: only a completion that echoes may ask for no tokens.

@@ -257,6 +257,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       return invalid("sampling.frequency_penalty", "must be in [-2, 2]");
     if (sp.has_repetition_penalty() && !(sp.repetition_penalty() >= 0.01f && sp.repetition_penalty() <= 100))
       return invalid("sampling.repetition_penalty", "must be in [0.01, 100]");
+    if (sp.has_min_p() && !(sp.min_p() >= 0 && sp.min_p() <= 1)) return invalid("sampling.min_p", "must be in [0, 1]");
     for (const auto& [token, bias] : sp.logit_bias()) {
       if (token >= static_cast<uint32_t>(c.vocab_size))
         return invalid("sampling.logit_bias", "token id " + std::to_string(token) + " is outside the vocabulary [0, " +
@@ -294,6 +295,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (sp.has_frequency_penalty()) run.set_frequency_penalty(sp.frequency_penalty());
     if (sp.has_repetition_penalty()) run.set_repetition_penalty(sp.repetition_penalty());
     for (const auto& [token, bias] : sp.logit_bias()) (*run.mutable_logit_bias())[static_cast<int32_t>(token)] = bias;
+    if (sp.has_min_p()) run.set_min_p(sp.min_p());
+    if (sp.min_tokens() > run.max_tokens())
+      return invalid("sampling.min_tokens", std::to_string(sp.min_tokens()) + " is more than max_tokens (" +
+                                                std::to_string(run.max_tokens()) + ")");
+    if (sp.min_tokens() > 0) run.set_min_tokens(static_cast<int32_t>(sp.min_tokens()));
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 
@@ -385,7 +391,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - admitted_at).count();
         out.add_token_ids(static_cast<uint32_t>(t));
         bool hit = false;
-        text += stops.push(detok.push(t), hit);
+        // vLLM's min_tokens: stop strings count from the min_tokens-th token's text on.
+        text += completion < sp.min_tokens() ? stops.pass(detok.push(t)) : stops.push(detok.push(t), hit);
         if (hit) {
           stopped_by_string = true;
           break;

@@ -29,6 +29,11 @@ std::string StopStringFilter::push(const std::string& text, bool& stopped) {
   return out;
 }
 
+std::string StopStringFilter::pass(const std::string& text) {
+  std::string out = flush();
+  return out + text;
+}
+
 std::string StopStringFilter::flush() {
   std::string out;
   out.swap(pending_);

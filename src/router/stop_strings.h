@@ -14,6 +14,9 @@ class StopStringFilter {
   // Adds text; returns what can be released now. Sets `stopped` when a stop
   // string appeared (the returned text ends right before it).
   std::string push(const std::string& text, bool& stopped);
+  // Text that may not end the answer (before min_tokens): released at once,
+  // after anything held back, and never matched.
+  std::string pass(const std::string& text);
   // The held-back tail, at the end of generation.
   std::string flush();
 

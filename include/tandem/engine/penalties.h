@@ -1,7 +1,8 @@
 // What a request changes in the logits before its next token is sampled:
-// OpenAI's logit_bias, presence and frequency penalties, and the repetition
-// penalty of HF transformers and vLLM. They steer sampling only: the
-// log-probabilities a request asks for stay the model's own.
+// OpenAI's logit_bias, presence and frequency penalties, the repetition
+// penalty of HF transformers and vLLM, and vLLM's min_tokens and min_p. They
+// steer sampling only: the log-probabilities a request asks for stay the
+// model's own.
 #pragma once
 
 #include <cstdint>
@@ -22,11 +23,26 @@ struct LogitsAdjustments {
   // by it, a negative one multiplied (HF transformers, vLLM; 1: off). In
   // [0.01, 100]: a smaller one would turn logits into infinities.
   float repetition_penalty = 1;
+  // The request's stop tokens are banned until this many tokens were
+  // generated (vLLM; 0: off).
+  int32_t min_tokens = 0;
+  // When sampling: tokens less likely than min_p × the most likely one (at the
+  // request's temperature) are dropped before top-k and top-p (vLLM; 0: off).
+  float min_p = 0;
 
-  bool any() const {
-    return !logit_bias.empty() || presence_penalty != 0 || frequency_penalty != 0 || repetition_penalty != 1;
+  // Whether greedy decoding still picks the plain argmax (min_p never drops it).
+  bool changes_argmax() const {
+    return !logit_bias.empty() || presence_penalty != 0 || frequency_penalty != 0 || repetition_penalty != 1 ||
+           min_tokens > 0;
   }
+  bool any() const { return changes_argmax() || min_p > 0; }
 };
+
+// Sets these tokens' logits to -inf (ids outside the row skipped).
+void ban_tokens(const std::vector<int32_t>& tokens, float* logits, int64_t vocab);
+// min_p at `temperature` (> 0): logits more than -ln(min_p)·temperature below
+// the largest set to -inf, i.e. probabilities below min_p × the largest.
+void apply_min_p(float min_p, float temperature, float* logits, int64_t vocab);
 
 // One sequence's history as the penalties see it. Survives a preemption:
 // generation resumes where it was, so the counts stay right.

@@ -538,6 +538,44 @@ TEST_F(HttpApi, LogitBiasAndPenaltiesReachTheSampler) {
   EXPECT_NE(json::parse(res->body)["error"]["message"].get<std::string>().find("logit_bias"), std::string::npos);
 }
 
+// min_tokens: neither a stop token (node) nor a stop string (router) ends
+// the answer before that many tokens; min_p reaches the sampler (at 1 a
+// sampled request is greedy).
+TEST_F(HttpApi, MinTokensAndMinPReachTheCluster) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  auto req = greedy("Minimum lengths", 8);
+  req.mutable_sampling()->set_ignore_eos(true);
+  const auto plain = generate(cluster_->stub(), req);
+  ASSERT_TRUE(plain.status.ok());
+  ASSERT_EQ(plain.tokens.size(), 8u);
+  auto by_token = req;
+  by_token.mutable_sampling()->add_stop_token_ids(static_cast<uint32_t>(plain.tokens[0]));
+  EXPECT_EQ(generate(cluster_->stub(), by_token).tokens.size(), 1u);
+  by_token.mutable_sampling()->set_min_tokens(3);
+  const auto held = generate(cluster_->stub(), by_token);
+  ASSERT_TRUE(held.status.ok()) << held.status.error_message();
+  ASSERT_GE(held.tokens.size(), 3u);
+  EXPECT_NE(held.tokens[0], plain.tokens[0]);
+
+  const json first = post_ok("/v1/completions", {{"prompt", "Minimum lengths"}, {"max_tokens", 1}, {"temperature", 0}});
+  const std::string stop = first["choices"][0]["text"];
+  ASSERT_FALSE(stop.empty());
+  json body = {{"prompt", "Minimum lengths"}, {"max_tokens", 8}, {"temperature", 0}, {"ignore_eos", true},
+               {"stop", stop}};
+  EXPECT_EQ(post_ok("/v1/completions", body)["usage"]["completion_tokens"], 1);
+  body["min_tokens"] = 4;
+  EXPECT_GE(post_ok("/v1/completions", body)["usage"]["completion_tokens"].get<int>(), 4);
+
+  auto top_only = greedy("Minimum lengths", 8);
+  top_only.mutable_sampling()->set_ignore_eos(true);
+  top_only.mutable_sampling()->set_temperature(1.0f);
+  top_only.mutable_sampling()->set_min_p(1.0f);
+  EXPECT_EQ(generate(cluster_->stub(), top_only).tokens, plain.tokens);
+  auto too_many = req;
+  too_many.mutable_sampling()->set_min_tokens(9);
+  EXPECT_EQ(generate(cluster_->stub(), too_many).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 // GET /metrics: Prometheus text of what the router answered, whichever API
 // a request came through; read before and after, so other tests' traffic in
 // the same process does not matter.

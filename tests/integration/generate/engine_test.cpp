@@ -256,6 +256,61 @@ TEST_P(EngineOnPreset, BiasAndPenaltiesSteerSamplingNotLogprobs) {
   }
 }
 
+// min_tokens keeps the stop tokens out until that many tokens are out (then
+// they stop the sequence again); min_p at 1 keeps only the most likely token
+// (sampling becomes greedy), and below 1 every sampled token is at least
+// min_p as likely as the most likely one.
+TEST_P(EngineOnPreset, MinTokensAndMinP) {
+  const auto& m = tiny_model(GetParam());
+  auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, "Minimum lengths and minimum probabilities.");
+  req.max_tokens = 8;
+  req.sampling.temperature = 0;
+  auto plain = eng->generate({req});
+  ASSERT_TRUE(plain.is_ok());
+  const auto greedy_tokens = (*plain)[0].tokens;
+  const int32_t stop = greedy_tokens[1];
+  req.stop_token_ids = {stop};
+  auto stopped = eng->generate({req});
+  ASSERT_TRUE(stopped.is_ok());
+  EXPECT_EQ((*stopped)[0].tokens.size(), 2u);
+  req.adjust.min_tokens = 4;
+  auto longer = eng->generate({req});
+  ASSERT_TRUE(longer.is_ok()) << longer.status().to_string();
+  const auto& got = (*longer)[0].tokens;
+  ASSERT_GE(got.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_NE(got[i], stop) << "a stop token before min_tokens, at " << i;
+  if (got.size() < 8u) {
+    EXPECT_EQ(got.back(), stop);
+    EXPECT_EQ((*longer)[0].finish, engine::FinishReason::kStop);
+  }
+  req.adjust.min_tokens = 9;
+  EXPECT_EQ(eng->generate({req}).status().code(), StatusCode::kInvalidArgument);
+
+  req = {};
+  req.prompt = prompt_ids(m, "Minimum lengths and minimum probabilities.");
+  req.max_tokens = 8;
+  req.sampling = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f};
+  req.seed = 11;
+  req.adjust.min_p = 1.0f;
+  auto only_top = eng->generate({req});
+  ASSERT_TRUE(only_top.is_ok());
+  EXPECT_EQ((*only_top)[0].tokens, greedy_tokens);
+  req.adjust.min_p = 0.3f;
+  req.logprobs = 1;
+  req.sampling.temperature = 1.5f;
+  for (uint64_t seed = 0; seed < 4; ++seed) {
+    req.seed = seed;
+    auto r = eng->generate({req});
+    ASSERT_TRUE(r.is_ok());
+    for (const auto& lp : (*r)[0].logprobs)  // p >= 0.3 p_max at T = 1.5: logprob >= top + 1.5 ln 0.3
+      EXPECT_GE(lp.logprob, lp.top[0].second + 1.5 * std::log(0.3) - 1e-4);
+  }
+  req.adjust.min_p = 1.5f;
+  EXPECT_EQ(eng->generate({req}).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST_P(EngineOnPreset, SameSeedSameTokensDifferentSeedDifferentTokens) {
   const auto& m = tiny_model(GetParam());
   engine::GenerationRequest req;

@@ -109,6 +109,8 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "logit_bias": {"abc": 1}})", "logit_bias"},
       {R"({"prompt": "x", "logit_bias": {"5": 101}})", "logit_bias"},
       {R"({"prompt": "x", "logit_bias": [1]})", "logit_bias"},
+      {R"({"prompt": "x", "min_p": 1.5})", "min_p"},
+      {R"({"prompt": "x", "min_tokens": -1})", "min_tokens"},
       {R"({"prompt": "x", "temperature": "hot"})", "temperature"},
       {R"({"prompt": "x", "temperature": -1})", "temperature"},
       {R"({"prompt": "x", "top_p": 0})", "top_p"},
@@ -310,8 +312,10 @@ TEST(OpenAiLogprobs, ParsedPerEndpointAndShaped) {
 // values and nulls stay unset-equivalent.
 TEST(OpenAiSampling, PenaltiesAndLogitBias) {
   const auto c = completion_ok(R"({"prompt": "x", "presence_penalty": 0.5, "frequency_penalty": -1,
-      "repetition_penalty": 1.3, "logit_bias": {"17": -100, "4": 2.5}})");
+      "repetition_penalty": 1.3, "logit_bias": {"17": -100, "4": 2.5}, "min_p": 0.1, "min_tokens": 3})");
   const pb::SamplingParams& s = c.request.sampling();
+  EXPECT_FLOAT_EQ(s.min_p(), 0.1f);
+  EXPECT_EQ(s.min_tokens(), 3u);
   EXPECT_FLOAT_EQ(s.presence_penalty(), 0.5f);
   EXPECT_FLOAT_EQ(s.frequency_penalty(), -1.0f);
   EXPECT_FLOAT_EQ(s.repetition_penalty(), 1.3f);
