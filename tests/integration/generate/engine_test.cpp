@@ -38,6 +38,14 @@ double log_normaliser(const T* row, size_t n) {
   return mx + std::log(z);
 }
 
+engine::GenerationRequest greedy_request(const testing::LoadedModel& m, const std::string& text, int32_t max_tokens) {
+  engine::GenerationRequest req;
+  req.prompt = prompt_ids(m, text);
+  req.max_tokens = max_tokens;
+  req.sampling.temperature = 0;
+  return req;
+}
+
 class EngineOnPreset : public ::testing::TestWithParam<std::string> {};
 
 // Greedy decode through the paged KV cache equals recomputing the whole sequence
@@ -45,10 +53,7 @@ class EngineOnPreset : public ::testing::TestWithParam<std::string> {};
 TEST_P(EngineOnPreset, GreedyDecodeMatchesFullRecompute) {
   const auto& m = tiny_model(GetParam());
   auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
-  engine::GenerationRequest req;
-  req.prompt = prompt_ids(m, "The quick brown fox jumps over the lazy dog.");
-  req.max_tokens = 12;
-  req.sampling.temperature = 0;
+  engine::GenerationRequest req = greedy_request(m, "The quick brown fox jumps over the lazy dog.", 12);
   auto res = eng->generate({req});
   ASSERT_TRUE(res.is_ok()) << res.status().to_string();
   const auto& got = (*res)[0].tokens;
@@ -197,10 +202,7 @@ TEST_P(EngineOnPreset, PromptLogprobsAreTheModelsLogSoftmax) {
 TEST_P(EngineOnPreset, BiasAndPenaltiesSteerSamplingNotLogprobs) {
   const auto& m = tiny_model(GetParam());
   auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
-  engine::GenerationRequest req;
-  req.prompt = prompt_ids(m, "Penalties, penalties, penalties.");
-  req.max_tokens = 10;
-  req.sampling.temperature = 0;
+  engine::GenerationRequest req = greedy_request(m, "Penalties, penalties, penalties.", 10);
   req.logprobs = 0;
   auto plain = eng->generate({req});
   ASSERT_TRUE(plain.is_ok());
@@ -263,10 +265,7 @@ TEST_P(EngineOnPreset, BiasAndPenaltiesSteerSamplingNotLogprobs) {
 TEST_P(EngineOnPreset, MinTokensAndMinP) {
   const auto& m = tiny_model(GetParam());
   auto eng = make_engine(m, {.num_blocks = 64, .block_size = 4});
-  engine::GenerationRequest req;
-  req.prompt = prompt_ids(m, "Minimum lengths and minimum probabilities.");
-  req.max_tokens = 8;
-  req.sampling.temperature = 0;
+  engine::GenerationRequest req = greedy_request(m, "Minimum lengths and minimum probabilities.", 8);
   auto plain = eng->generate({req});
   ASSERT_TRUE(plain.is_ok());
   const auto greedy_tokens = (*plain)[0].tokens;
@@ -361,10 +360,7 @@ INSTANTIATE_TEST_SUITE_P(Presets, EngineOnPreset, ::testing::Values("tiny-mixtra
 
 TEST(Engine, StopsAtStopTokenAndReportsFinishReason) {
   const auto& m = tiny_model("tiny-mixtral");
-  engine::GenerationRequest req;
-  req.prompt = prompt_ids(m, "Stop here");
-  req.max_tokens = 8;
-  req.sampling.temperature = 0;
+  engine::GenerationRequest req = greedy_request(m, "Stop here", 8);
   auto free_run = make_engine(m)->generate({req});
   ASSERT_TRUE(free_run.is_ok());
   req.stop_token_ids = {(*free_run)[0].tokens[2]};
