@@ -289,7 +289,7 @@ bool Scheduler::step() {
     for (size_t r = 0; r < rows.size(); ++r) {  // a row whose log-probabilities are asked for needs its logits
       const Seq& s = *rows[r].seq;
       greedy_[r] = rows[r].prompt_index < 0 && kernels::is_greedy(s.req.sampling) && s.req.logprobs < 0 &&
-                           !s.req.adjust.changes_argmax()
+                           !s.req.adjust.changes_argmax(s.generated)
                        ? 1
                        : 0;
     }

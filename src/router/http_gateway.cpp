@@ -148,6 +148,22 @@ class Gateway final : public HttpGateway {
       answer(res, openai::parse_chat(req.body), /*chat=*/true,
              [this](grpc::ClientContext* ctx, const pb::ChatRequest& r) { return generation_->Chat(ctx, r); });
     });
+    // vLLM's tokenizer routes: unary, quick, not counted against generation capacity.
+    server_.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+      unary<pb::TokenizeResponse>(res, openai::parse_tokenize(req.body),
+                                  [this](grpc::ClientContext* ctx, const pb::TokenizeRequest& r, pb::TokenizeResponse* out) {
+                                    return generation_->Tokenize(ctx, r, out);
+                                  },
+                                  [](const pb::TokenizeResponse& r) { return openai::tokenize_response(r); });
+    });
+    server_.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+      unary<pb::DetokenizeResponse>(
+          res, openai::parse_detokenize(req.body),
+          [this](grpc::ClientContext* ctx, const pb::DetokenizeRequest& r, pb::DetokenizeResponse* out) {
+            return generation_->Detokenize(ctx, r, out);
+          },
+          [](const pb::DetokenizeResponse& r) { return openai::detokenize_response(r); });
+    });
     // Unknown routes, and any other error without a body of its own, in OpenAI's error shape.
     server_.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
                                                                        httplib::Response& res) {
@@ -224,6 +240,19 @@ class Gateway final : public HttpGateway {
     if (!admitted) return send_error(res, busy());
     if (call.stream) return serve_stream(res, call.request, call.include_usage, chat, open);
     serve_whole(res, call.request, call.more, call.n, chat, open);
+  }
+
+  // One unary call to the router: its answer as JSON, or its error.
+  template <typename Response, typename Request, typename Call, typename Shape>
+  void unary(httplib::Response& res, const std::variant<Request, openai::HttpError>& parsed, const Call& call,
+             const Shape& shape) {
+    if (const auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    Response out;
+    const grpc::Status st = call(&ctx, std::get<Request>(parsed), &out);
+    if (!st.ok()) return send_error(res, openai::from_grpc(st));
+    res.set_content(openai::dump(shape(out)), "application/json");
   }
 
   // A streamed answer: the first message is awaited before answering, so a

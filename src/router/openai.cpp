@@ -61,6 +61,14 @@ json parse_object(std::string_view text) {
   return body;
 }
 
+// "model": the served name asked for; "" when absent (the only one).
+std::string model_field(const json& body) {
+  const json* m = find(body, "model");
+  if (!m) return {};
+  if (!m->is_string()) refuse("model", "model: must be a string");
+  return m->get<std::string>();
+}
+
 // Fields that would change the answer in ways this server does not implement:
 // refused when set to anything but their neutral value.
 void refuse_unsupported(const json& body) {
@@ -84,10 +92,7 @@ void refuse_unsupported(const json& body) {
 template <typename Call>
 void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
   refuse_unsupported(body);
-  if (const json* m = find(body, "model")) {
-    if (!m->is_string()) refuse("model", "model: must be a string");
-    call.request.set_model(m->get<std::string>());
-  }
+  call.request.set_model(model_field(body));
   if (find(body, "temperature")) sp.set_temperature(static_cast<float>(number(body, "temperature", 0.0, 100.0)));
   if (find(body, "top_p")) {
     const double p = number(body, "top_p", 0.0, 1.0);
@@ -188,6 +193,8 @@ void expand_choices(Request& first, std::vector<Request>& more, int n) {
   first = all.front();
   more.assign(all.begin() + 1, all.end());
 }
+
+void chat_messages(const json& body, google::protobuf::RepeatedPtrField<pb::ChatMessage>& out);
 
 // A token-id array of the prompt, or nothing when `v` is not one.
 bool token_ids(const json& v, pb::TokenIds& out) {
@@ -301,6 +308,61 @@ std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
     } else if (want_logprobs) {
       call.request.mutable_sampling()->set_logprobs(0);
     }
+    chat_messages(body, *call.request.mutable_messages());
+    expand_choices(call.request, call.more, call.n);
+    return call;
+  });
+}
+
+std::variant<tandem::v1::TokenizeRequest, HttpError> parse_tokenize(std::string_view text) {
+  return guarded<pb::TokenizeRequest>([&] {
+    const json body = parse_object(text);
+    pb::TokenizeRequest r;
+    r.set_model(model_field(body));
+    const json* prompt = find(body, "prompt");
+    if (prompt && find(body, "messages")) refuse("prompt", "prompt: give prompt or messages, not both");
+    if (find(body, "add_special_tokens")) r.set_add_special_tokens(boolean(body, "add_special_tokens"));
+    if (prompt) {
+      if (!prompt->is_string()) refuse("prompt", "prompt: must be a string");
+      r.set_text(prompt->get<std::string>());
+    } else {
+      chat_messages(body, *r.mutable_messages());
+      if (find(body, "add_generation_prompt")) r.set_add_generation_prompt(boolean(body, "add_generation_prompt"));
+    }
+    return r;
+  });
+}
+
+std::variant<tandem::v1::DetokenizeRequest, HttpError> parse_detokenize(std::string_view text) {
+  return guarded<pb::DetokenizeRequest>([&] {
+    const json body = parse_object(text);
+    pb::DetokenizeRequest r;
+    r.set_model(model_field(body));
+    const json* tokens = find(body, "tokens");
+    if (!tokens) refuse("tokens", "tokens: required");
+    if (!tokens->is_array()) refuse("tokens", "tokens: must be an array of token ids");
+    for (const json& id : *tokens) {
+      if (!id.is_number_unsigned() || id.get<uint64_t>() > std::numeric_limits<uint32_t>::max())
+        refuse("tokens", "tokens: " + id.dump() + " is not a token id");
+      r.add_token_ids(static_cast<uint32_t>(id.get<uint64_t>()));
+    }
+    if (find(body, "skip_special_tokens")) r.set_skip_special_tokens(boolean(body, "skip_special_tokens"));
+    return r;
+  });
+}
+
+Json tokenize_response(const tandem::v1::TokenizeResponse& r) {
+  json tokens = json::array();
+  for (uint32_t id : r.token_ids()) tokens.push_back(id);
+  return {{"count", r.token_ids_size()}, {"max_model_len", r.max_context()}, {"tokens", tokens}};
+}
+
+Json detokenize_response(const tandem::v1::DetokenizeResponse& r) { return {{"prompt", r.text()}}; }
+
+namespace {
+
+// "messages" (string content or text parts) into the router's chat messages.
+void chat_messages(const json& body, google::protobuf::RepeatedPtrField<pb::ChatMessage>& out) {
     const json* messages = find(body, "messages");
     if (!messages || !messages->is_array() || messages->empty())
       refuse("messages", "messages: must be a non-empty array");
@@ -330,14 +392,13 @@ std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
       }
       if (const json* t = find(m, "tool_calls"); t && !(t->is_array() && t->empty()))
         refuse(at + ".tool_calls", at + ".tool_calls: tool calling is not supported");
-      auto* msg = call.request.add_messages();
+      auto* msg = out.Add();
       msg->set_role(role->get<std::string>());
       msg->set_content(content);
     }
-    expand_choices(call.request, call.more, call.n);
-    return call;
-  });
 }
+
+}  // namespace
 
 HttpError from_grpc(const grpc::Status& status) {
   HttpError e;

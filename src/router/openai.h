@@ -71,6 +71,15 @@ struct ChatCall {
 std::variant<CompletionCall, HttpError> parse_completion(std::string_view body);
 std::variant<ChatCall, HttpError> parse_chat(std::string_view body);
 
+// POST /tokenize and /detokenize (vLLM's shapes): {"prompt"} or
+// {"messages", "add_generation_prompt"}, with "add_special_tokens";
+// {"tokens": [ids], "skip_special_tokens"}.
+std::variant<tandem::v1::TokenizeRequest, HttpError> parse_tokenize(std::string_view body);
+std::variant<tandem::v1::DetokenizeRequest, HttpError> parse_detokenize(std::string_view body);
+// {"count", "max_model_len", "tokens"} and {"prompt"}.
+Json tokenize_response(const tandem::v1::TokenizeResponse& r);
+Json detokenize_response(const tandem::v1::DetokenizeResponse& r);
+
 // The router's gRPC status as an HTTP error (INVALID_ARGUMENT 400, NOT_FOUND
 // 404, RESOURCE_EXHAUSTED 429, UNAVAILABLE and CANCELLED 503,
 // DEADLINE_EXCEEDED 504, others 500).

@@ -154,6 +154,41 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status Tokenize(grpc::ServerContext*, const pb::TokenizeRequest* req, pb::TokenizeResponse* r) override {
+    if (auto st = check_model(req->model()); !st.ok()) return st;
+    std::vector<int32_t> ids;
+    if (req->messages_size() > 0) {
+      if (!req->text().empty()) return invalid("text", "set text or messages, not both");
+      if (auto st = chat_prompt(req->messages(), !req->has_add_generation_prompt() || req->add_generation_prompt(),
+                                req->has_add_special_tokens() && req->add_special_tokens(), ids);
+          !st.ok())
+        return st;
+    } else {
+      auto encoded = ck_.tokenizer->encode(req->text(), !req->has_add_special_tokens() || req->add_special_tokens());
+      if (!encoded.is_ok()) return invalid("text", encoded.status().message());
+      ids = std::move(encoded).value();
+    }
+    for (int32_t id : ids) {
+      r->add_token_ids(static_cast<uint32_t>(id));
+      r->add_tokens(ck_.tokenizer->token_bytes(id));
+    }
+    r->set_max_context(static_cast<uint32_t>(ck_.config.max_position_embeddings));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Detokenize(grpc::ServerContext*, const pb::DetokenizeRequest* req, pb::DetokenizeResponse* r) override {
+    if (auto st = check_model(req->model()); !st.ok()) return st;
+    std::vector<int32_t> ids;
+    for (uint32_t id : req->token_ids()) {
+      if (id >= static_cast<uint32_t>(ck_.config.vocab_size))
+        return invalid("token_ids", "id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                                        std::to_string(ck_.config.vocab_size) + ")");
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    r->set_text(ck_.tokenizer->decode(ids, !req->has_skip_special_tokens() || req->skip_special_tokens()));
+    return grpc::Status::OK;
+  }
+
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* w) override {
     if (draining_) return counted(draining_refusal());
@@ -179,9 +214,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
 
   grpc::Status generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* w) {
-    if (!req->model().empty() && req->model() != cfg_.served_name)
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, "model: '" + req->model() + "' is not served here (serving '" +
-                                                           cfg_.served_name + "')");
+    if (auto st = check_model(req->model()); !st.ok()) return st;
     std::vector<int32_t> prompt;
     switch (req->input_case()) {
       case pb::GenerateRequest::kText: {
@@ -209,27 +242,45 @@ class RouterImpl final : public Router, public pb::Generation::Service {
 
   grpc::Status chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
                     grpc::ServerWriter<pb::GenerateResponse>* w) {
-    if (!req->model().empty() && req->model() != cfg_.served_name)
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, "model: '" + req->model() + "' is not served here");
+    if (auto st = check_model(req->model()); !st.ok()) return st;
+    std::vector<int32_t> ids;
+    if (auto st = chat_prompt(req->messages(), !req->has_add_generation_prompt() || req->add_generation_prompt(),
+                              /*add_special_tokens=*/false, ids);
+        !st.ok())
+      return st;
+    return run(ctx, req->request_id(), ids, req->sampling(), w);
+  }
+
+  grpc::Status check_model(const std::string& model) const {
+    if (model.empty() || model == cfg_.served_name) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        "model: '" + model + "' is not served here (serving '" + cfg_.served_name + "')");
+  }
+
+  // A conversation through the model's chat template, as token ids.
+  grpc::Status chat_prompt(const google::protobuf::RepeatedPtrField<pb::ChatMessage>& messages,
+                           bool add_generation_prompt, bool add_special_tokens, std::vector<int32_t>& ids) const {
     if (!chat_template_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "Chat: " + chat_template_error_);
-    if (req->messages_size() == 0) return invalid("messages", "must hold at least one message");
+    if (messages.empty()) return invalid("messages", "must hold at least one message");
     nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
-    for (int i = 0; i < req->messages_size(); ++i) {
-      const auto& m = req->messages(i);
+    for (int i = 0; i < messages.size(); ++i) {
+      const auto& m = messages[i];
       if (m.role().empty()) return invalid("messages[" + std::to_string(i) + "].role", "must be set");
       msgs.push_back({{"role", m.role()}, {"content", m.content()}});
     }
     nlohmann::ordered_json vars = {{"messages", msgs},
-                                   {"add_generation_prompt", !req->has_add_generation_prompt() || req->add_generation_prompt()},
+                                   {"add_generation_prompt", add_generation_prompt},
                                    {"bos_token", ck_.tokenizer_config.bos_token},
                                    {"eos_token", ck_.tokenizer_config.eos_token}};
     auto text = chat_template_->render(vars);
     if (!text.is_ok()) return invalid("messages", text.status().message());
-    // The template already holds any BOS: no post-processor specials on top (as transformers does).
-    auto ids = ck_.tokenizer->encode(*text, /*add_special_tokens=*/false);
-    if (!ids.is_ok()) return invalid("messages", ids.status().message());
-    if (ids->empty()) return invalid("messages", "the chat template rendered nothing");
-    return run(ctx, req->request_id(), *ids, req->sampling(), w);
+    // The template already holds any BOS: no post-processor specials on top
+    // (as transformers does), unless asked for.
+    auto encoded = ck_.tokenizer->encode(*text, add_special_tokens);
+    if (!encoded.is_ok()) return invalid("messages", encoded.status().message());
+    if (encoded->empty()) return invalid("messages", "the chat template rendered nothing");
+    ids = std::move(encoded).value();
+    return grpc::Status::OK;
   }
 
   // `prompt_text`: the prompt as the client wrote it (echoed as sent); null:
@@ -269,6 +320,14 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (room < 0 || (room == 0 && !score_only))
       return invalid("prompt", std::to_string(prompt.size()) + " tokens leave no room in the model's context of " +
                                    std::to_string(c.max_position_embeddings));
+    const int64_t wanted = sp.has_max_tokens() ? sp.max_tokens() : kDefaultMaxTokens;
+    if (sp.min_tokens() > wanted)
+      return invalid("sampling.min_tokens",
+                     std::to_string(sp.min_tokens()) + " is more than max_tokens (" + std::to_string(wanted) + ")");
+    if (sp.min_tokens() > room)
+      return invalid("sampling.min_tokens", std::to_string(sp.min_tokens()) + " tokens do not fit: the prompt (" +
+                                                std::to_string(prompt.size()) + " tokens) leaves room for " +
+                                                std::to_string(room) + " in the model's context");
     const bool skip_special = !sp.has_skip_special_tokens() || sp.skip_special_tokens();
     std::string echo;
     if (sp.echo()) echo = prompt_text ? *prompt_text : ck_.tokenizer->decode(prompt, skip_special);
@@ -282,8 +341,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       w->Write(out);
       return grpc::Status::OK;
     }
-    run.set_max_tokens(static_cast<uint32_t>(
-        std::min<int64_t>(sp.has_max_tokens() ? sp.max_tokens() : kDefaultMaxTokens, room)));
+    run.set_max_tokens(static_cast<uint32_t>(std::min<int64_t>(wanted, room)));
     run.set_temperature(sp.has_temperature() ? sp.temperature() : 1.0f);
     run.set_top_p(sp.has_top_p() ? sp.top_p() : 1.0f);
     run.set_top_k(sp.has_top_k() ? sp.top_k() : 0);
@@ -296,9 +354,6 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (sp.has_repetition_penalty()) run.set_repetition_penalty(sp.repetition_penalty());
     for (const auto& [token, bias] : sp.logit_bias()) (*run.mutable_logit_bias())[static_cast<int32_t>(token)] = bias;
     if (sp.has_min_p()) run.set_min_p(sp.min_p());
-    if (sp.min_tokens() > run.max_tokens())
-      return invalid("sampling.min_tokens", std::to_string(sp.min_tokens()) + " is more than max_tokens (" +
-                                                std::to_string(run.max_tokens()) + ")");
     if (sp.min_tokens() > 0) run.set_min_tokens(static_cast<int32_t>(sp.min_tokens()));
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
@@ -391,8 +446,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - admitted_at).count();
         out.add_token_ids(static_cast<uint32_t>(t));
         bool hit = false;
-        // vLLM's min_tokens: stop strings count from the min_tokens-th token's text on.
-        text += completion < sp.min_tokens() ? stops.pass(detok.push(t)) : stops.push(detok.push(t), hit);
+        // vLLM's min_tokens: a stop string ends the answer only in text after
+        // the first min_tokens tokens, as a stop token does.
+        text += completion <= sp.min_tokens() ? stops.pass(detok.push(t)) : stops.push(detok.push(t), hit);
         if (hit) {
           stopped_by_string = true;
           break;
@@ -403,7 +459,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         stopped_by_token = ev.stopped();
         if (!stopped_by_string) {
           bool hit = false;
-          text += stops.push(detok.flush(), hit);
+          text += completion <= sp.min_tokens() ? stops.pass(detok.flush()) : stops.push(detok.flush(), hit);
           stopped_by_string = hit;
           if (!hit) text += stops.flush();
         }

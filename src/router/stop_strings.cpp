@@ -13,30 +13,42 @@ std::string StopStringFilter::push(const std::string& text, bool& stopped) {
   stopped = false;
   pending_ += text;
   size_t first = std::string::npos;
-  for (const auto& s : stops_) first = std::min(first, pending_.find(s));
+  for (const auto& s : stops_) {
+    // Only a match ending after the passed text counts.
+    const size_t from = passed_ >= s.size() ? passed_ - s.size() + 1 : 0;
+    first = std::min(first, pending_.find(s, from));
+  }
   if (first != std::string::npos) {
     stopped = true;
     std::string out = pending_.substr(0, first);
     pending_.clear();
+    passed_ = 0;
     return out;
   }
+  return release_all_but_hold();
+}
+
+std::string StopStringFilter::pass(const std::string& text) {
+  pending_ += text;
+  passed_ = pending_.size();
+  return release_all_but_hold();
+}
+
+std::string StopStringFilter::release_all_but_hold() {
   if (pending_.size() <= hold_) return {};
   size_t cut = pending_.size() - hold_;
   // Never split a UTF-8 character: back up to a lead byte.
   while (cut > 0 && cut < pending_.size() && (static_cast<unsigned char>(pending_[cut]) & 0xC0) == 0x80) --cut;
   std::string out = pending_.substr(0, cut);
   pending_.erase(0, cut);
+  passed_ = passed_ > cut ? passed_ - cut : 0;
   return out;
-}
-
-std::string StopStringFilter::pass(const std::string& text) {
-  std::string out = flush();
-  return out + text;
 }
 
 std::string StopStringFilter::flush() {
   std::string out;
   out.swap(pending_);
+  passed_ = 0;
   return out;
 }
 

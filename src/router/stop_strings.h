@@ -14,8 +14,9 @@ class StopStringFilter {
   // Adds text; returns what can be released now. Sets `stopped` when a stop
   // string appeared (the returned text ends right before it).
   std::string push(const std::string& text, bool& stopped);
-  // Text that may not end the answer (before min_tokens): released at once,
-  // after anything held back, and never matched.
+  // Text that may not end the answer (up to min_tokens): never matched on its
+  // own, but its tail is held back as usual, so a stop string that starts in
+  // it and ends in text pushed later still stops the answer.
   std::string pass(const std::string& text);
   // The held-back tail, at the end of generation.
   std::string flush();
@@ -24,6 +25,8 @@ class StopStringFilter {
   std::vector<std::string> stops_;
   size_t hold_ = 0;  // longest stop string - 1
   std::string pending_;
+  size_t passed_ = 0;  // pending_[0, passed_) came through pass(): a match must end after it
+  std::string release_all_but_hold();
 };
 
 }  // namespace tandem::router

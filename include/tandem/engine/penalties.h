@@ -30,12 +30,13 @@ struct LogitsAdjustments {
   // request's temperature) are dropped before top-k and top-p (vLLM; 0: off).
   float min_p = 0;
 
-  // Whether greedy decoding still picks the plain argmax (min_p never drops it).
-  bool changes_argmax() const {
+  // Whether greedy decoding of the next token (after `generated` tokens)
+  // may pick another token than the plain argmax (min_p never drops it).
+  bool changes_argmax(int64_t generated) const {
     return !logit_bias.empty() || presence_penalty != 0 || frequency_penalty != 0 || repetition_penalty != 1 ||
-           min_tokens > 0;
+           generated < min_tokens;
   }
-  bool any() const { return changes_argmax() || min_p > 0; }
+  bool any() const { return changes_argmax(0) || min_p > 0; }
 };
 
 // Sets these tokens' logits to -inf (ids outside the row skipped).

@@ -563,6 +563,8 @@ TEST_F(HttpApi, MinTokensAndMinPReachTheCluster) {
   json body = {{"prompt", "Minimum lengths"}, {"max_tokens", 8}, {"temperature", 0}, {"ignore_eos", true},
                {"stop", stop}};
   EXPECT_EQ(post_ok("/v1/completions", body)["usage"]["completion_tokens"], 1);
+  body["min_tokens"] = 1;  // the first token's text may not end the answer
+  EXPECT_GE(post_ok("/v1/completions", body)["usage"]["completion_tokens"].get<int>(), 2);
   body["min_tokens"] = 4;
   EXPECT_GE(post_ok("/v1/completions", body)["usage"]["completion_tokens"].get<int>(), 4);
 
@@ -574,6 +576,53 @@ TEST_F(HttpApi, MinTokensAndMinPReachTheCluster) {
   auto too_many = req;
   too_many.mutable_sampling()->set_min_tokens(9);
   EXPECT_EQ(generate(cluster_->stub(), too_many).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// The tokenizer routes count what Generate and Chat would: the token ids of
+// a text prompt, and of a conversation through the chat template; decoding
+// gives the text back. Over gRPC and over HTTP (vLLM's /tokenize, /detokenize).
+TEST_F(HttpApi, TokenizeCountsWhatGenerationSees) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const std::string text = "Count these tokens, please.";
+  const auto gen = generate(cluster_->stub(), greedy(text, 1));
+  ASSERT_TRUE(gen.status.ok());
+  tandem::v1::TokenizeRequest tr;
+  tr.set_text(text);
+  tandem::v1::TokenizeResponse tk;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(cluster_->stub().Tokenize(&ctx, tr, &tk).ok());
+  }
+  EXPECT_EQ(static_cast<uint32_t>(tk.token_ids_size()), gen.prompt_tokens);
+  EXPECT_EQ(tk.tokens_size(), tk.token_ids_size());
+  EXPECT_GT(tk.max_context(), 0u);
+  tandem::v1::DetokenizeRequest dr;
+  dr.mutable_token_ids()->CopyFrom(tk.token_ids());
+  tandem::v1::DetokenizeResponse dt;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(cluster_->stub().Detokenize(&ctx, dr, &dt).ok());
+  }
+  EXPECT_EQ(dt.text(), text);
+  dr.add_token_ids(1u << 30);
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(cluster_->stub().Detokenize(&ctx, dr, &dt).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+
+  const json counted = post_ok("/tokenize", {{"prompt", text}});
+  EXPECT_EQ(counted["count"], tk.token_ids_size());
+  EXPECT_EQ(counted["tokens"].size(), static_cast<size_t>(tk.token_ids_size()));
+  EXPECT_EQ(post_ok("/detokenize", {{"tokens", counted["tokens"]}})["prompt"], text);
+  const json messages = {{{"role", "user"}, {"content", "Hello there"}}};
+  const json chat = post_ok("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 1}});
+  EXPECT_EQ(post_ok("/tokenize", {{"messages", messages}})["count"], chat["usage"]["prompt_tokens"]);
+  auto res = client().Post("/tokenize", json{{"prompt", "x"}, {"model", "other"}}.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  res = client().Post("/detokenize", json{{"tokens", "x"}}.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
 }
 
 // GET /metrics: Prometheus text of what the router answered, whichever API

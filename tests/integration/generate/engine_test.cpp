@@ -284,6 +284,15 @@ TEST_P(EngineOnPreset, MinTokensAndMinP) {
     EXPECT_EQ(got.back(), stop);
     EXPECT_EQ((*longer)[0].finish, engine::FinishReason::kStop);
   }
+  // The boundary, whatever the model: with the stop token forced, it comes
+  // right after the first min_tokens tokens.
+  req.adjust.logit_bias = {{stop, 100.0f}};
+  auto forced = eng->generate({req});
+  ASSERT_TRUE(forced.is_ok());
+  ASSERT_EQ((*forced)[0].tokens.size(), 5u);
+  EXPECT_EQ((*forced)[0].tokens.back(), stop);
+  EXPECT_EQ((*forced)[0].finish, engine::FinishReason::kStop);
+  req.adjust.logit_bias.clear();
   req.adjust.min_tokens = 9;
   EXPECT_EQ(eng->generate({req}).status().code(), StatusCode::kInvalidArgument);
 

@@ -198,6 +198,16 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
   EXPECT_EQ(sampled_rows, 21u);  // requests 0, 1 and 3
   EXPECT_EQ((*biased)[0].tokens, std::vector<int32_t>(7, 42));
   reqs[0].adjust = {};
+  // With min_tokens only its first rows need logits (the stop tokens are
+  // banned there); after them the device argmax serves again.
+  greedy_rows = sampled_rows = 0;
+  reqs[0].adjust.min_tokens = 3;
+  reqs[0].stop_token_ids = {42};
+  ASSERT_TRUE((*eng)->generate(reqs).is_ok());
+  EXPECT_EQ(greedy_rows, 7u + 4u);
+  EXPECT_EQ(sampled_rows, 14u + 3u);
+  reqs[0].adjust = {};
+  reqs[0].stop_token_ids.clear();
 
   // A split forward that fails, or answers with a token outside the
   // vocabulary or too few logits, ends the requests with an error naming it

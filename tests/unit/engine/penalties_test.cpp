@@ -7,6 +7,8 @@
 
 #include "tandem/engine/penalties.h"
 
+#include <cmath>
+
 namespace tandem::engine {
 namespace {
 
@@ -44,6 +46,29 @@ TEST(Penalties, BiasFirstAndOnlyInsideTheRow) {
   EXPECT_FLOAT_EQ(logits[0], 1.0f);  // (1 + 1) / 2, not 1 / 2 + 1
   EXPECT_FLOAT_EQ(logits[1], 1.0f);
   EXPECT_FLOAT_EQ(logits[2], 1.0f);
+}
+
+// min_p keeps tokens at least min_p as likely as the most likely one at the
+// temperature given; banned tokens get -inf.
+TEST(Penalties, MinPAndBans) {
+  std::vector<float> logits = {0.0f, std::log(0.5f), std::log(0.2f)};
+  apply_min_p(0.3f, 1.0f, logits.data(), 3);
+  EXPECT_FLOAT_EQ(logits[1], std::log(0.5f));
+  EXPECT_TRUE(std::isinf(logits[2]) && logits[2] < 0);
+  logits = {0.0f, std::log(0.5f), std::log(0.2f)};
+  apply_min_p(0.3f, 2.0f, logits.data(), 3);  // flatter at T = 2: 0.2^(1/2) = 0.45 >= 0.3
+  EXPECT_FLOAT_EQ(logits[2], std::log(0.2f));
+  apply_min_p(0.3f, 0.0f, logits.data(), 3);  // greedy: nothing to drop
+  EXPECT_FLOAT_EQ(logits[2], std::log(0.2f));
+  ban_tokens({2, 7, -1}, logits.data(), 3);
+  EXPECT_TRUE(std::isinf(logits[2]));
+  EXPECT_FLOAT_EQ(logits[0], 0.0f);
+  LogitsAdjustments a;
+  a.min_tokens = 2;
+  EXPECT_TRUE(a.changes_argmax(1));
+  EXPECT_FALSE(a.changes_argmax(2));
+  a.min_p = 0.5f;
+  EXPECT_TRUE(a.any());
 }
 
 TEST(Penalties, NeutralValuesChangeNothing) {

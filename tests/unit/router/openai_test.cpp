@@ -366,6 +366,45 @@ TEST(OpenAiLogprobs, EchoScoresThePrompt) {
   EXPECT_EQ(cl["text_offset"], json({0, 3}));
 }
 
+// /tokenize and /detokenize in vLLM's shapes.
+TEST(OpenAiTokenizer, RequestsAndAnswers) {
+  auto t = parse_tokenize(R"({"model": "m", "prompt": "Hello", "add_special_tokens": false})");
+  ASSERT_TRUE(std::holds_alternative<pb::TokenizeRequest>(t));
+  EXPECT_EQ(std::get<pb::TokenizeRequest>(t).text(), "Hello");
+  EXPECT_FALSE(std::get<pb::TokenizeRequest>(t).add_special_tokens());
+  t = parse_tokenize(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                         "add_generation_prompt": false})");
+  ASSERT_TRUE(std::holds_alternative<pb::TokenizeRequest>(t));
+  const auto& chat = std::get<pb::TokenizeRequest>(t);
+  ASSERT_EQ(chat.messages_size(), 1);
+  EXPECT_EQ(chat.messages(0).content(), "Hi");
+  EXPECT_FALSE(chat.add_generation_prompt());
+  EXPECT_FALSE(chat.has_add_special_tokens());
+  for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({})", "messages"},
+           {R"({"prompt": 5})", "prompt"},
+           {R"({"prompt": "x", "messages": [{"role": "user", "content": "x"}]})", "prompt"},
+           {R"({"messages": [{"content": "x"}]})", "messages[0].role"}}) {
+    EXPECT_EQ(refused(parse_tokenize(body), body).param, param) << body;
+  }
+  auto d = parse_detokenize(R"({"tokens": [1, 2, 3], "skip_special_tokens": false})");
+  ASSERT_TRUE(std::holds_alternative<pb::DetokenizeRequest>(d));
+  EXPECT_EQ(std::get<pb::DetokenizeRequest>(d).token_ids_size(), 3);
+  EXPECT_FALSE(std::get<pb::DetokenizeRequest>(d).skip_special_tokens());
+  EXPECT_TRUE(std::holds_alternative<pb::DetokenizeRequest>(parse_detokenize(R"({"tokens": []})")));
+  for (const char* body : {R"({})", R"({"tokens": "1 2"})", R"({"tokens": [1, -2]})"})
+    EXPECT_EQ(refused(parse_detokenize(body), body).param, "tokens") << body;
+
+  pb::TokenizeResponse r;
+  r.add_token_ids(5);
+  r.add_token_ids(9);
+  r.set_max_context(4096);
+  EXPECT_EQ(tokenize_response(r), Json::parse(R"({"count": 2, "max_model_len": 4096, "tokens": [5, 9]})"));
+  pb::DetokenizeResponse dr;
+  dr.set_text("Hi");
+  EXPECT_EQ(detokenize_response(dr), Json::parse(R"({"prompt": "Hi"})"));
+}
+
 TEST(OpenAiErrors, GrpcCodesBecomeHttpStatuses) {
   const std::pair<grpc::StatusCode, int> cases[] = {
       {grpc::StatusCode::INVALID_ARGUMENT, 400}, {grpc::StatusCode::FAILED_PRECONDITION, 400},
