@@ -326,6 +326,7 @@ std::variant<tandem::v1::TokenizeRequest, HttpError> parse_tokenize(std::string_
       if (!prompt->is_string()) refuse("prompt", "prompt: must be a string");
       r.set_text(prompt->get<std::string>());
     } else {
+      if (!find(body, "messages")) refuse("prompt", "prompt: give prompt (a text) or messages (a conversation)");
       chat_messages(body, *r.mutable_messages());
       if (find(body, "add_generation_prompt")) r.set_add_generation_prompt(boolean(body, "add_generation_prompt"));
     }

@@ -616,7 +616,14 @@ TEST_F(HttpApi, TokenizeCountsWhatGenerationSees) {
   EXPECT_EQ(post_ok("/detokenize", {{"tokens", counted["tokens"]}})["prompt"], text);
   const json messages = {{{"role", "user"}, {"content", "Hello there"}}};
   const json chat = post_ok("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 1}});
-  EXPECT_EQ(post_ok("/tokenize", {{"messages", messages}})["count"], chat["usage"]["prompt_tokens"]);
+  const json chat_tokens = post_ok("/tokenize", {{"messages", messages}});
+  EXPECT_EQ(chat_tokens["count"], chat["usage"]["prompt_tokens"]);
+  // The template's special tokens are skipped unless asked for.
+  const std::string plain = post_ok("/detokenize", {{"tokens", chat_tokens["tokens"]}})["prompt"];
+  const std::string raw =
+      post_ok("/detokenize", {{"tokens", chat_tokens["tokens"]}, {"skip_special_tokens", false}})["prompt"];
+  EXPECT_NE(plain.find("Hello there"), std::string::npos);
+  EXPECT_GT(raw.size(), plain.size()) << raw;
   auto res = client().Post("/tokenize", json{{"prompt", "x"}, {"model", "other"}}.dump(), "application/json");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 404);

@@ -203,7 +203,11 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
   greedy_rows = sampled_rows = 0;
   reqs[0].adjust.min_tokens = 3;
   reqs[0].stop_token_ids = {42};
-  ASSERT_TRUE((*eng)->generate(reqs).is_ok());
+  auto want_min = (*base)->generate(reqs);
+  auto got_min = (*eng)->generate(reqs);
+  ASSERT_TRUE(want_min.is_ok() && got_min.is_ok());
+  ASSERT_EQ((*got_min)[0].tokens.size(), 7u) << "request 0 met its stop token: pick another";
+  EXPECT_EQ((*got_min)[0].tokens, (*want_min)[0].tokens);
   EXPECT_EQ(greedy_rows, 7u + 4u);
   EXPECT_EQ(sampled_rows, 14u + 3u);
   reqs[0].adjust = {};

@@ -381,7 +381,7 @@ TEST(OpenAiTokenizer, RequestsAndAnswers) {
   EXPECT_FALSE(chat.add_generation_prompt());
   EXPECT_FALSE(chat.has_add_special_tokens());
   for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
-           {R"({})", "messages"},
+           {R"({})", "prompt"},
            {R"({"prompt": 5})", "prompt"},
            {R"({"prompt": "x", "messages": [{"role": "user", "content": "x"}]})", "prompt"},
            {R"({"messages": [{"content": "x"}]})", "messages[0].role"}}) {
