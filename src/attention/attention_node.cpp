@@ -206,6 +206,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     for (const auto& [token, bias] : req->logit_bias()) g.adjust.logit_bias.emplace_back(token, bias);
     if (req->has_min_p()) g.adjust.min_p = req->min_p();
     if (req->has_min_tokens()) g.adjust.min_tokens = req->min_tokens();
+    g.priority = req->priority();
     std::sort(g.adjust.logit_bias.begin(), g.adjust.logit_bias.end());  // a map's order is not fixed
     auto q = std::make_shared<EventQueue>();
     engine::SequenceCallbacks cb{[q](int32_t t) { q->token(t); },

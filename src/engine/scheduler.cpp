@@ -152,11 +152,37 @@ void Scheduler::preempt(Seq& victim) {
   ++preemptions_;
 }
 
+bool Scheduler::serves_before(const Seq& a, const Seq& b) {
+  return a.req.priority != b.req.priority ? a.req.priority < b.req.priority : a.id < b.id;
+}
+
+void Scheduler::insert_waiting(std::unique_ptr<Seq> s) {
+  auto at = std::upper_bound(waiting_.begin(), waiting_.end(), s,
+                             [](const auto& a, const auto& b) { return serves_before(*a, *b); });
+  waiting_.insert(at, std::move(s));
+}
+
+void Scheduler::preempt_last() {
+  preempt(*running_.back());
+  std::unique_ptr<Seq> victim = std::move(running_.back());
+  running_.pop_back();
+  insert_waiting(std::move(victim));
+}
+
 void Scheduler::admit() {
-  // Admit in arrival order while the prompt fits with a block to spare for decode.
+  // Admit in (priority, arrival) order while the prompt fits with a block to
+  // spare for decode; a more urgent sequence makes room by preempting less
+  // urgent running ones (never ones of its own priority: those keep FCFS).
   const int64_t bs = cache_.block_size();
-  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running_sequences) {
+  auto outranks_last = [&](const Seq& s) {
+    return !running_.empty() && s.req.priority < running_.back()->req.priority;
+  };
+  while (!waiting_.empty()) {
     Seq& s = *waiting_.front();
+    if (static_cast<int64_t>(running_.size()) >= options_.max_running_sequences) {
+      if (!outranks_last(s)) break;
+      preempt_last();  // goes behind s: it is less urgent
+    }
     const auto len = static_cast<int64_t>(s.tokens.size());
     // The last token is always computed: its logits give the next one. So is
     // every token whose logits give a prompt log-probability still owed.
@@ -165,6 +191,7 @@ void Scheduler::admit() {
       reusable = std::min(reusable, s.prompt_lp_next - 1);
     if (options_.prefix_caching && s.computed == 0) s.computed = s.kv.adopt_prefix(cache_, s.tokens, reusable);
     const int64_t need = (len + 1 + bs - 1) / bs - static_cast<int64_t>(s.kv.blocks().size());
+    while (need > cache_.allocator().num_free() && outranks_last(s)) preempt_last();
     if (need > cache_.allocator().num_free() && !running_.empty()) {
       s.kv.release();  // its cached blocks stay cached
       s.computed = 0;
@@ -175,8 +202,11 @@ void Scheduler::admit() {
       prefix_lookup_tokens_ += options_.prefix_caching ? len : 0;
       prefix_hit_tokens_ += s.computed;
     }
-    running_.push_back(std::move(waiting_.front()));
+    std::unique_ptr<Seq> admitted = std::move(waiting_.front());
     waiting_.pop_front();
+    auto at = std::upper_bound(running_.begin(), running_.end(), admitted,
+                               [](const auto& a, const auto& b) { return serves_before(*a, *b); });
+    running_.insert(at, std::move(admitted));
   }
 }
 
@@ -184,7 +214,7 @@ bool Scheduler::step() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     while (!incoming_.empty()) {
-      waiting_.push_back(std::move(incoming_.front()));
+      insert_waiting(std::move(incoming_.front()));
       incoming_.pop_front();
     }
     for (SequenceId id : cancelled_) {
@@ -208,8 +238,8 @@ bool Scheduler::step() {
   admit();
 
   // Build the step: every running sequence contributes its uncomputed tokens
-  // within the token budget; a sequence that cannot get KV blocks preempts the
-  // most recently admitted other one.
+  // within the token budget, most urgent first; a sequence that cannot get KV
+  // blocks preempts the least urgent other one.
   const int64_t bs = cache_.block_size();
   ForwardBatch b;
   std::vector<Seq*> in_batch, scored;  // scored: all prompt tokens scored, nothing to sample (max_tokens 0)
@@ -236,10 +266,7 @@ bool Scheduler::step() {
     }
     Status st = s.kv.reserve(cache_, s.computed + take);
     while (!st.is_ok() && running_.size() > i + 1) {
-      Seq& victim = *running_.back();
-      preempt(victim);
-      waiting_.push_front(std::move(running_.back()));
-      running_.pop_back();
+      preempt_last();
       st = s.kv.reserve(cache_, s.computed + take);
     }
     if (!st.is_ok()) break;  // nothing left to preempt: try again next step

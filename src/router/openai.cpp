@@ -167,6 +167,10 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
     }
   }
   if (const json* u = find(body, "user"); u && u->is_string()) call.request.set_request_id(u->get<std::string>());
+  // vLLM's extension: lower is served first.
+  if (const json* p = find(body, "priority"); p && !p->is_null())
+    call.request.set_priority(static_cast<int32_t>(
+        integer(body, "priority", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())));
   if (find(body, "n")) {
     call.n = static_cast<int>(integer(body, "n", 1, static_cast<int64_t>(kMaxBatch)));
     if (call.n > 1 && call.stream) refuse("n", "n: several choices are answered whole; not with stream");

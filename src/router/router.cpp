@@ -236,7 +236,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       default:
         return invalid("input", "set text or token_ids");
     }
-    return run(ctx, req->request_id(), prompt, req->sampling(), w,
+    return run(ctx, req->request_id(), prompt, req->sampling(), req->priority(), w,
                req->input_case() == pb::GenerateRequest::kText ? &req->text() : nullptr);
   }
 
@@ -248,7 +248,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                               /*add_special_tokens=*/false, ids);
         !st.ok())
       return st;
-    return run(ctx, req->request_id(), ids, req->sampling(), w);
+    return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w);
   }
 
   grpc::Status check_model(const std::string& model) const {
@@ -286,7 +286,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // `prompt_text`: the prompt as the client wrote it (echoed as sent); null:
   // echo decodes the prompt's tokens.
   grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
-                   const pb::SamplingParams& sp, grpc::ServerWriter<pb::GenerateResponse>* w,
+                   const pb::SamplingParams& sp, int32_t priority, grpc::ServerWriter<pb::GenerateResponse>* w,
                    const std::string* prompt_text = nullptr) {
     const auto& c = ck_.config;
     ipb::RunRequest run;
@@ -355,6 +355,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     for (const auto& [token, bias] : sp.logit_bias()) (*run.mutable_logit_bias())[static_cast<int32_t>(token)] = bias;
     if (sp.has_min_p()) run.set_min_p(sp.min_p());
     if (sp.min_tokens() > 0) run.set_min_tokens(static_cast<int32_t>(sp.min_tokens()));
+    run.set_priority(priority);
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 

@@ -36,6 +36,10 @@ struct GenerationRequest {
   // what evaluation harnesses score. Such a prompt is computed whole, never
   // taken from the prefix cache. With them max_tokens may be 0 (score only).
   int32_t prompt_logprobs = -1;
+  // Lower is served first (vLLM's convention); equal priorities in arrival
+  // order. A waiting request preempts running ones of a strictly higher
+  // value when the batch or the KV cache is full.
+  int32_t priority = 0;
 };
 
 // A generated token's log-probability under the model's distribution (the

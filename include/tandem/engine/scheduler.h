@@ -2,13 +2,16 @@
 // from any thread; step() (one thread) admits waiting sequences while their
 // prompts fit in the cache, builds one forward batch of at most max_batch_tokens
 // (chunked prefill plus one decode token per running sequence), runs it and
-// samples. A decode that finds the cache full preempts the most recently
-// admitted sequence (its blocks are freed and it is recomputed later), so no
+// samples. A decode that finds the cache full preempts the least urgent
+// running sequence, of equal urgency the latest to arrive (its blocks are
+// freed and it is recomputed later), so no
 // request is lost and outputs do not change. With prefix caching a sequence is
 // admitted holding the cached blocks of its longest whole-block prefix (a
 // shared system prompt, an earlier turn of the chat, its own tokens before a
 // preemption) and computes only the rest; every block it fills becomes
-// reusable once its forward has succeeded.
+// reusable once its forward has succeeded. Sequences are served in
+// (priority, arrival) order: a more urgent one is admitted first and, when
+// the batch or the cache is full, preempts the least urgent running ones.
 #pragma once
 
 #include <cstdint>
@@ -86,6 +89,11 @@ class Scheduler {
   void finish(Seq& s, const Status& st, FinishReason reason);
   void admit();
   void preempt(Seq& victim);
+  // (priority, arrival) order: the order of admission, and of the budget within a step.
+  static bool serves_before(const Seq& a, const Seq& b);
+  // Preempts the least urgent running sequence (running_.back()) back into waiting_.
+  void preempt_last();
+  void insert_waiting(std::unique_ptr<Seq> s);
   Status check_step_output(size_t rows) const;
 
   const model::ModelConfig& config_;
@@ -102,7 +110,7 @@ class Scheduler {
 
   // Owned by the step thread.
   std::deque<std::unique_ptr<Seq>> waiting_;
-  std::vector<std::unique_ptr<Seq>> running_;  // in admission order
+  std::vector<std::unique_ptr<Seq>> running_;  // in (priority, arrival) order, as waiting_
   int64_t preemptions_ = 0;  // guarded by mu_
   int64_t prefix_lookup_tokens_ = 0, prefix_hit_tokens_ = 0;  // guarded by mu_
   EngineStats tokens_;

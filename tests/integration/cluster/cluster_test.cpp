@@ -539,6 +539,36 @@ TEST(ClusterDrain, SigtermFinishesRequestsInFlightAndRefusesNewOnes) {
   EXPECT_TRUE(cluster.wait_exit(std::chrono::seconds(30))) << "tandem serve did not exit after draining";
 }
 
+// Priority through the whole cluster: with one sequence at a time on the
+// attention node, an urgent request preempts a long stream already running
+// and is answered while that stream still runs (without priorities it would
+// wait for the stream's end); the preempted stream then finishes whole.
+TEST(ClusterPriority, UrgentRequestOvertakesARunningStream) {
+  Cluster cluster(cluster_model("tiny-mixtral"), {.max_running_sequences = 1});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  auto slow = greedy("A long, unimportant stream", 100000);  // clamped to the context
+  slow.mutable_sampling()->set_ignore_eos(true);
+  slow.set_priority(5);
+  grpc::ClientContext ctx;
+  auto reader = cluster.stub().Generate(&ctx, slow);
+  tandem::v1::GenerateResponse r;
+  ASSERT_TRUE(reader->Read(&r));  // the stream is running
+  auto urgent = greedy("Urgent", 4);
+  urgent.mutable_sampling()->set_ignore_eos(true);
+  urgent.set_priority(-1);
+  const auto answered = generate(cluster.stub(), urgent);
+  ASSERT_TRUE(answered.status.ok()) << answered.status.error_message();
+  EXPECT_EQ(answered.tokens.size(), 4u);
+  uint32_t slow_tokens = static_cast<uint32_t>(r.token_ids_size());
+  while (reader->Read(&r)) {
+    slow_tokens += static_cast<uint32_t>(r.token_ids_size());
+    if (r.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) EXPECT_EQ(r.finish_reason(), tandem::v1::FINISH_REASON_LENGTH);
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_GT(slow_tokens, 100u);
+  EXPECT_GE(node_load(cluster, 0).preemptions(), 1) << "the urgent request did not preempt the stream";
+}
+
 TEST(ClusterConfig, BadYamlIsRefusedWithKeyPath) {
   const std::string path = ::testing::TempDir() + "/bad_cluster.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\ncluster: {expert_nodes: 99}\n";

@@ -319,5 +319,80 @@ TEST(Scheduler, PromptLogprobsComputeCachedPrefixesAndCountEachTokenOnce) {
   }
 }
 
+// Priorities (lower first): with one sequence at a time, a more urgent
+// arrival preempts the running one and finishes first; equal priorities keep
+// arrival order; every output is what the request gives alone.
+TEST(Scheduler, MoreUrgentRequestsPreemptAndFinishFirst) {
+  const auto& m = testing::tiny_model("tiny-mixtral");
+  Harness h(64, 4, {.max_running_sequences = 1});
+  std::vector<engine::GenerationRequest> reqs;
+  for (int i = 0; i < 4; ++i) reqs.push_back(request(m, "urgency " + std::to_string(i), 6));
+  reqs[1].priority = 1;   // less urgent than 0 and 3
+  reqs[2].priority = -1;  // the most urgent: preempts 0
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& r : reqs) {
+    Harness one(64);
+    alone.push_back(run_alone(one, r));
+  }
+  std::vector<Collected> got(reqs.size());
+  std::vector<int> finished_order;
+  auto submit = [&](size_t i) {
+    auto cb = collect(got[i]);
+    auto inner = cb.on_finish;
+    cb.on_finish = [&, i, inner](const Status& st, engine::FinishReason r) {
+      finished_order.push_back(static_cast<int>(i));
+      inner(st, r);
+    };
+    ASSERT_TRUE(h.sched->submit(reqs[i], std::move(cb)).is_ok());
+  };
+  submit(0);
+  h.sched->step();
+  h.sched->step();  // request 0 is decoding
+  submit(1);
+  submit(2);
+  submit(3);
+  int steps = 0;
+  while (h.sched->step()) ASSERT_LT(++steps, 1000);
+  EXPECT_EQ(finished_order, (std::vector<int>{2, 0, 3, 1}));
+  EXPECT_GE(h.sched->stats().preemptions, 1);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_TRUE(got[i].finished && got[i].status.is_ok());
+    EXPECT_EQ(got[i].tokens, alone[i]) << "request " << i;
+  }
+}
+
+// When the KV cache is full, a more urgent request takes the blocks of a less
+// urgent running one instead of waiting for it to finish.
+TEST(Scheduler, MoreUrgentRequestsTakeKvBlocksFromLessUrgentOnes) {
+  Harness h(8, 4);  // 32 slots: one request of ~27 tokens at a time
+  std::vector<int32_t> prompt(20, 5);
+  auto low = with_prompt(prompt, 6);
+  low.priority = 3;
+  auto high = with_prompt(std::vector<int32_t>(20, 9), 6);
+  Collected a, b;
+  std::vector<char> order;
+  auto cb_a = collect(a);
+  cb_a.on_finish = [&](const Status& st, engine::FinishReason) {
+    order.push_back('a');
+    a.finished = true;
+    a.status = st;
+  };
+  auto cb_b = collect(b);
+  cb_b.on_finish = [&](const Status& st, engine::FinishReason) {
+    order.push_back('b');
+    b.finished = true;
+    b.status = st;
+  };
+  ASSERT_TRUE(h.sched->submit(low, std::move(cb_a)).is_ok());
+  h.sched->step();
+  ASSERT_TRUE(h.sched->submit(high, std::move(cb_b)).is_ok());
+  int steps = 0;
+  while (h.sched->step()) ASSERT_LT(++steps, 1000);
+  EXPECT_EQ(order, (std::vector<char>{'b', 'a'}));
+  EXPECT_TRUE(a.status.is_ok() && b.status.is_ok());
+  EXPECT_EQ(a.tokens.size(), 6u);
+  EXPECT_GE(h.sched->stats().preemptions, 1);
+}
+
 }  // namespace
 }  // namespace tandem

@@ -111,6 +111,7 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "logit_bias": [1]})", "logit_bias"},
       {R"({"prompt": "x", "min_p": 1.5})", "min_p"},
       {R"({"prompt": "x", "min_tokens": -1})", "min_tokens"},
+      {R"({"prompt": "x", "priority": "high"})", "priority"},
       {R"({"prompt": "x", "temperature": "hot"})", "temperature"},
       {R"({"prompt": "x", "temperature": -1})", "temperature"},
       {R"({"prompt": "x", "top_p": 0})", "top_p"},
@@ -315,6 +316,7 @@ TEST(OpenAiSampling, PenaltiesAndLogitBias) {
       "repetition_penalty": 1.3, "logit_bias": {"17": -100, "4": 2.5}, "min_p": 0.1, "min_tokens": 3})");
   const pb::SamplingParams& s = c.request.sampling();
   EXPECT_FLOAT_EQ(s.min_p(), 0.1f);
+  EXPECT_EQ(completion_ok(R"({"prompt": "x", "priority": -5})").request.priority(), -5);
   EXPECT_EQ(s.min_tokens(), 3u);
   EXPECT_FLOAT_EQ(s.presence_penalty(), 0.5f);
   EXPECT_FLOAT_EQ(s.frequency_penalty(), -1.0f);
