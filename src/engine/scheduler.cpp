@@ -171,18 +171,30 @@ void Scheduler::preempt_last() {
 
 void Scheduler::admit() {
   // Admit in (priority, arrival) order while the prompt fits with a block to
-  // spare for decode; a more urgent sequence makes room by preempting less
-  // urgent running ones (never ones of its own priority: those keep FCFS).
+  // spare for decode. A more urgent sequence makes room by preempting
+  // strictly less urgent running ones, least urgent first, and only when that
+  // makes it fit; a request never preempts one of its own priority here.
   const int64_t bs = cache_.block_size();
   auto outranks_last = [&](const Seq& s) {
     return !running_.empty() && s.req.priority < running_.back()->req.priority;
   };
+  std::vector<const Seq*> preempted;  // here, to make room: not admitted again in this call
+  auto preempt_for = [&] {
+    preempted.push_back(running_.back().get());
+    preempt_last();  // goes behind the sequence it makes room for: it is less urgent
+  };
   while (!waiting_.empty()) {
     Seq& s = *waiting_.front();
-    if (static_cast<int64_t>(running_.size()) >= options_.max_running_sequences) {
-      if (!outranks_last(s)) break;
-      preempt_last();  // goes behind s: it is less urgent
+    if (std::find(preempted.begin(), preempted.end(), &s) != preempted.end()) break;
+    // What preempting every running sequence less urgent than s would free.
+    size_t outranked = 0;
+    int64_t reclaimable = 0;
+    for (auto it = running_.rbegin(); it != running_.rend() && s.req.priority < (*it)->req.priority; ++it) {
+      ++outranked;
+      reclaimable += static_cast<int64_t>((*it)->kv.blocks().size());
     }
+    const bool full = static_cast<int64_t>(running_.size()) >= options_.max_running_sequences;
+    if (full && outranked == 0) break;
     const auto len = static_cast<int64_t>(s.tokens.size());
     // The last token is always computed: its logits give the next one. So is
     // every token whose logits give a prompt log-probability still owed.
@@ -191,8 +203,15 @@ void Scheduler::admit() {
       reusable = std::min(reusable, s.prompt_lp_next - 1);
     if (options_.prefix_caching && s.computed == 0) s.computed = s.kv.adopt_prefix(cache_, s.tokens, reusable);
     const int64_t need = (len + 1 + bs - 1) / bs - static_cast<int64_t>(s.kv.blocks().size());
-    while (need > cache_.allocator().num_free() && outranks_last(s)) preempt_last();
-    if (need > cache_.allocator().num_free() && !running_.empty()) {
+    const int64_t free = cache_.allocator().num_free();
+    // Preempting is futile when s would still not fit (and still not run alone).
+    const bool futile = need > free + reclaimable && outranked < running_.size();
+    if ((full || need > free) && !futile) {
+      if (full) preempt_for();
+      while (need > cache_.allocator().num_free() && outranks_last(s)) preempt_for();
+    }
+    if (static_cast<int64_t>(running_.size()) >= options_.max_running_sequences ||
+        (need > cache_.allocator().num_free() && !running_.empty())) {
       s.kv.release();  // its cached blocks stay cached
       s.computed = 0;
       break;
