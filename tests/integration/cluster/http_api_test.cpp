@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -576,6 +577,41 @@ TEST_F(HttpApi, MinTokensAndMinPReachTheCluster) {
   auto too_many = req;
   too_many.mutable_sampling()->set_min_tokens(9);
   EXPECT_EQ(generate(cluster_->stub(), too_many).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// `tandem client --score` prints every prompt token's log-probability (the
+// first without one) and the log-likelihood they sum to, as gRPC gives them.
+TEST_F(HttpApi, ClientScoresAPrompt) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const std::string text = "Score me with the command line";
+  tandem::v1::GenerateRequest req;
+  req.set_text(text);
+  req.mutable_sampling()->set_max_tokens(0);
+  req.mutable_sampling()->set_prompt_logprobs(0);
+  grpc::ClientContext ctx;
+  auto reader = cluster_->stub().Generate(&ctx, req);
+  tandem::v1::GenerateResponse r;
+  double total = 0;
+  size_t entries = 0;
+  while (reader->Read(&r))
+    for (const auto& lp : r.prompt_logprobs()) {
+      ++entries;
+      total += lp.has_logprob() ? lp.logprob() : 0.0;
+    }
+  ASSERT_TRUE(reader->Finish().ok());
+  const std::string cmd = testing::tandem_bin() + " client --server " + cluster_->router_address() + " --prompt '" +
+                          text + "' --score 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  ASSERT_EQ(pclose(p), 0) << out;
+  EXPECT_EQ(static_cast<size_t>(std::count(out.begin(), out.end(), '\n')), entries + 1) << out;
+  const size_t at = out.find("log-likelihood ");
+  ASSERT_NE(at, std::string::npos) << out;
+  EXPECT_NEAR(std::stod(out.substr(at + 15)), total, 1e-3) << out;
+  EXPECT_NE(out.find("over " + std::to_string(entries - 1) + " tokens, perplexity "), std::string::npos) << out;
 }
 
 // The tokenizer routes count what Generate and Chat would: the token ids of
