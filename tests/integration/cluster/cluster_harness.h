@@ -179,6 +179,18 @@ inline tandem::internal::v1::LoadReply node_load(const Cluster& cluster, int ran
   return rp;
 }
 
+// Runs `cmd` through the shell, stderr merged into stdout: its output, and
+// its exit status in `rc`.
+inline std::string shell(const std::string& cmd, int& rc) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return rc = -1, out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  rc = pclose(p);
+  return out;
+}
+
 // A greedy request for `max_tokens` tokens of `text`.
 inline tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_tokens) {
   tandem::v1::GenerateRequest req;

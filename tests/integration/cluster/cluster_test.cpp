@@ -572,12 +572,8 @@ TEST(ClusterPriority, UrgentRequestOvertakesARunningStream) {
 TEST(ClusterConfig, BadYamlIsRefusedWithKeyPath) {
   const std::string path = ::testing::TempDir() + "/bad_cluster.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\ncluster: {expert_nodes: 99}\n";
-  const std::string cmd = testing::tandem_bin() + " serve --config " + path + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  const int rc = pclose(p);
+  int rc = 0;
+  const std::string out = testing::shell(testing::tandem_bin() + " serve --config " + path, rc);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("cluster.expert_nodes"), std::string::npos) << out;
   EXPECT_NE(out.find("99 expert nodes"), std::string::npos) << out;
@@ -619,11 +615,9 @@ TEST(ClusterStatus, ShowsEveryNodeAndTheStepBreakdown) {
   ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(generate(cluster.stub(), greedy("status " + std::to_string(i), 6)).status.ok());
   auto status = [&](std::string& out) {
-    FILE* p = popen((testing::tandem_bin() + " status --config " + cluster.config() + " 2>&1").c_str(), "r");
-    out.clear();
-    char buf[512];
-    while (fgets(buf, sizeof buf, p)) out += buf;
-    return pclose(p);
+    int rc = 0;
+    out = testing::shell(testing::tandem_bin() + " status --config " + cluster.config(), rc);
+    return rc;
   };
   std::string out;
   EXPECT_EQ(status(out), 0) << out;
@@ -664,11 +658,9 @@ TEST(ClusterConfig, CudaNodesWithoutAGpuAreRefusedNamingTheKey) {
   const std::string path = ::testing::TempDir() + "/cuda_cluster.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\ncluster: {device: cuda}\n";
   auto run = [](const std::string& args, std::string& out) {
-    FILE* p = popen((testing::tandem_bin() + " " + args + " 2>&1").c_str(), "r");
-    out.clear();
-    char buf[512];
-    while (fgets(buf, sizeof buf, p)) out += buf;
-    return pclose(p);
+    int rc = 0;
+    out = testing::shell(testing::tandem_bin() + " " + args, rc);
+    return rc;
   };
   std::string out;
   for (const std::string role : {"serve", "expert --rank 0", "attention --rank 0"}) {
@@ -693,14 +685,6 @@ TEST(ClusterConfig, CudaNodesWithoutAGpuAreRefusedNamingTheKey) {
   EXPECT_NE(out.find("--dtype bf16 needs --device cuda"), std::string::npos) << out;
 }
 
-std::string shell(const std::string& cmd, int* rc) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  *rc = pclose(p);
-  return out;
-}
 
 // What `tandem plan` writes, `tandem serve` runs as it is: profile this
 // machine, plan on the measured profile, serve the plan, answer a request.
@@ -710,13 +694,13 @@ TEST(ClusterConfig, PlannedDeploymentServesAsWritten) {
   const std::string model = cluster_model("tiny-mixtral");
   std::ofstream(dir + "/probe.yaml") << "model: {path: " << model << "}\n";
   int rc = 0;
-  std::string out = shell(testing::tandem_bin() + " profile --config " + dir + "/probe.yaml --reps 1 --threads 1 --out " +
-                              dir + "/measured.yaml",
-                          &rc);
+  std::string out = testing::shell(testing::tandem_bin() + " profile --config " + dir +
+                                       "/probe.yaml --reps 1 --threads 1 --out " + dir + "/measured.yaml",
+                                   rc);
   ASSERT_EQ(rc, 0) << out;
-  out = shell(testing::tandem_bin() + " plan --model " + model + " --attention-hw " + dir +
-                  "/measured.yaml --tpot-slo-ms 1000 --gpus 3 --out " + dir + "/plan.yaml",
-              &rc);
+  out = testing::shell(testing::tandem_bin() + " plan --model " + model + " --attention-hw " + dir +
+                           "/measured.yaml --tpot-slo-ms 1000 --gpus 3 --out " + dir + "/plan.yaml",
+                       rc);
   ASSERT_EQ(rc, 0) << out;
   auto planned = api::DeploymentConfig::from_file(dir + "/plan.yaml");
   ASSERT_TRUE(planned.is_ok()) << planned.status().to_string();
@@ -749,7 +733,7 @@ TEST(ClusterConfig, PlannedDeploymentServesAsWritten) {
 TEST(ClusterNccl, ServesAcrossGpusOrSaysWhyNot) {
   const std::string& dir = cluster_model("tiny-mixtral");
   int rc = 0;
-  const std::string listed = std::filesystem::exists("/dev/nvidiactl") ? shell("nvidia-smi -L", &rc) : "";
+  const std::string listed = std::filesystem::exists("/dev/nvidiactl") ? testing::shell("nvidia-smi -L", rc) : "";
   int gpus = 0;
   for (size_t at = listed.find("GPU "); at != std::string::npos; at = listed.find("\nGPU ", at + 1)) ++gpus;
   if (gpus >= 2) {
@@ -768,7 +752,7 @@ TEST(ClusterNccl, ServesAcrossGpusOrSaysWhyNot) {
   }
   const std::string path = ::testing::TempDir() + "/nccl_cluster.yaml";
   std::ofstream(path) << "model: {path: " << dir << "}\ncluster: {device: cuda}\ntransport: {backend: nccl}\n";
-  const std::string out = shell(testing::tandem_bin() + " serve --config " + path, &rc);
+  const std::string out = testing::shell(testing::tandem_bin() + " serve --config " + path, rc);
   EXPECT_NE(rc, 0) << out;
   if (gpus == 1) {
     EXPECT_NE(out.find("transport.backend: nccl, but attention node 0 and expert node 0 would share GPU 0"),
@@ -782,11 +766,9 @@ TEST(ClusterNccl, ServesAcrossGpusOrSaysWhyNot) {
 TEST(ClusterConfig, UnavailableCpuIsRefusedAtStart) {
   const std::string path = ::testing::TempDir() + "/bad_cpus.yaml";
   std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral") << "}\nexpert: {cpus: '4000'}\n";
-  FILE* p = popen((testing::tandem_bin() + " serve --config " + path + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  EXPECT_NE(pclose(p), 0);
+  int rc = 0;
+  const std::string out = testing::shell(testing::tandem_bin() + " serve --config " + path, rc);
+  EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("expert.cpus: CPU 4000 is not available"), std::string::npos) << out;
 }
 

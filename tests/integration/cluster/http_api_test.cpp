@@ -599,14 +599,10 @@ TEST_F(HttpApi, ClientScoresAPrompt) {
       total += lp.has_logprob() ? lp.logprob() : 0.0;
     }
   ASSERT_TRUE(reader->Finish().ok());
-  const std::string cmd = testing::tandem_bin() + " client --server " + cluster_->router_address() + " --prompt '" +
-                          text + "' --score 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  ASSERT_EQ(pclose(p), 0) << out;
+  int rc = 0;
+  const std::string out = testing::shell(
+      testing::tandem_bin() + " client --server " + cluster_->router_address() + " --prompt '" + text + "' --score", rc);
+  ASSERT_EQ(rc, 0) << out;
   EXPECT_EQ(static_cast<size_t>(std::count(out.begin(), out.end(), '\n')), entries + 1) << out;
   const size_t at = out.find("log-likelihood ");
   ASSERT_NE(at, std::string::npos) << out;
@@ -731,26 +727,15 @@ TEST_F(HttpApi, OfficialOpenAiPythonClientWorks) {
   ASSERT_TRUE(cluster_->ready().is_ok());
   if (std::system("python3 -c 'import openai' >/dev/null 2>&1") != 0)
     GTEST_SKIP() << "the `openai` Python package is not installed (pip install openai to run this check)";
-  const std::string cmd = "python3 " + std::string(TANDEM_SOURCE_DIR) + "/scripts/openai_client_check.py http://127.0.0.1:" +
-                          std::to_string(cluster_->http_port()) + "/v1 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  EXPECT_EQ(pclose(p), 0) << out;
+  int rc = 0;
+  const std::string out = testing::shell("python3 " + std::string(TANDEM_SOURCE_DIR) +
+                                             "/scripts/openai_client_check.py http://127.0.0.1:" +
+                                             std::to_string(cluster_->http_port()) + "/v1",
+                                         rc);
+  EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("all passed"), std::string::npos) << out;
 }
 
-std::string run_command(const std::string& cmd, int& rc) {
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  if (!p) return rc = -1, out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  rc = pclose(p);
-  return out;
-}
 
 // `tandem bench --api both` sends the same requests over gRPC and HTTP and
 // reports both and their ratio; every request must succeed on both. With
@@ -760,11 +745,11 @@ TEST_F(HttpApi, BenchComparesHttpWithGrpc) {
   ASSERT_TRUE(cluster_->ready().is_ok());
   const int64_t hits_before = testing::node_load(*cluster_, 0).prefix_hit_tokens();
   int rc = 0;
-  const std::string out = run_command(testing::tandem_bin() + " bench --api both --server " +
+  const std::string out = testing::shell(testing::tandem_bin() + " bench --api both --server " +
                                           cluster_->router_address() + " --http 127.0.0.1:" +
                                           std::to_string(cluster_->http_port()) +
                                           " --requests 6 --concurrency 3 --prompt-tokens 40 --shared-prefix 32"
-                                          " --output-tokens 5 2>&1",
+                                          " --output-tokens 5",
                                       rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("prompt 40 tokens (32 shared in 1 group)"), std::string::npos) << out;
@@ -772,8 +757,8 @@ TEST_F(HttpApi, BenchComparesHttpWithGrpc) {
   // 4; the passes have different prompts): at most the first 3 of a pass,
   // running side by side, miss.
   EXPECT_GE(testing::node_load(*cluster_, 0).prefix_hit_tokens() - hits_before, 6 * 32);
-  const std::string refused = run_command(testing::tandem_bin() + " bench --server " + cluster_->router_address() +
-                                              " --prompt-tokens 8 --shared-prefix 9 2>&1",
+  const std::string refused = testing::shell(testing::tandem_bin() + " bench --server " + cluster_->router_address() +
+                                              " --prompt-tokens 8 --shared-prefix 9",
                                           rc);
   EXPECT_NE(rc, 0);
   EXPECT_NE(refused.find("--shared-prefix (9) is longer than --prompt-tokens (8)"), std::string::npos) << refused;
