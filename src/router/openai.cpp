@@ -132,6 +132,16 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
     }
   }
   // vLLM's sampling extensions.
+  if (const json* ids = find(body, "stop_token_ids"); ids && !ids->is_null()) {
+    if (!ids->is_array()) refuse("stop_token_ids", "stop_token_ids: must be an array of token ids");
+    for (const json& id : *ids) {
+      if (!id.is_number_unsigned() || id.get<uint64_t>() > std::numeric_limits<uint32_t>::max())
+        refuse("stop_token_ids", "stop_token_ids: " + id.dump() + " is not a token id");
+      sp.add_stop_token_ids(static_cast<uint32_t>(id.get<uint64_t>()));
+    }
+  }
+  if (find(body, "include_stop_str_in_output"))
+    sp.set_include_stop_str_in_output(boolean(body, "include_stop_str_in_output"));
   if (const json* p = find(body, "min_p"); p && !p->is_null())
     sp.set_min_p(static_cast<float>(number(body, "min_p", 0.0, 1.0)));
   if (const json* p = find(body, "min_tokens"); p && !p->is_null())

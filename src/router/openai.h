@@ -11,7 +11,8 @@
 // 0..5 alternatives; chat: logprobs + top_logprobs 0..20), echo (completions:
 // the prompt first, with logprobs its tokens' too; max_tokens 0 scores only),
 // presence_penalty, frequency_penalty, logit_bias, and the extensions top_k,
-// min_p, min_tokens, repetition_penalty, priority, ignore_eos, skip_special_tokens. What cannot be
+// min_p, min_tokens, repetition_penalty, priority, stop_token_ids,
+// include_stop_str_in_output, ignore_eos, skip_special_tokens. What cannot be
 // honoured (best_of, suffix, tools, non-text content, JSON response formats) is
 // refused naming the field, never silently ignored; other unknown fields are
 // ignored, as OpenAI's own server does.

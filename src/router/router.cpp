@@ -401,7 +401,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     } record{metrics_, admitted_at, {}};
     record.f.prompt_tokens = static_cast<uint32_t>(prompt.size());
     model::StreamingDetokenizer detok(*ck_.tokenizer, skip_special, /*continues_text=*/!echo.empty());
-    StopStringFilter stops({sp.stop().begin(), sp.stop().end()});
+    StopStringFilter stops({sp.stop().begin(), sp.stop().end()}, sp.include_stop_str_in_output());
     uint32_t completion = 0;
     bool finished = false, stopped_by_token = false, stopped_by_string = false, first_message = true;
     size_t prompt_scored = 1;  // the prompt tokens whose log-probabilities came (the first has none)

@@ -4,7 +4,8 @@
 
 namespace tandem::router {
 
-StopStringFilter::StopStringFilter(std::vector<std::string> stops) : stops_(std::move(stops)) {
+StopStringFilter::StopStringFilter(std::vector<std::string> stops, bool keep_stop)
+    : stops_(std::move(stops)), keep_stop_(keep_stop) {
   stops_.erase(std::remove(stops_.begin(), stops_.end(), std::string()), stops_.end());
   for (const auto& s : stops_) hold_ = std::max(hold_, s.size() - 1);
 }
@@ -12,15 +13,18 @@ StopStringFilter::StopStringFilter(std::vector<std::string> stops) : stops_(std:
 std::string StopStringFilter::push(const std::string& text, bool& stopped) {
   stopped = false;
   pending_ += text;
-  size_t first = std::string::npos;
+  size_t first = std::string::npos, matched = 0;
   for (const auto& s : stops_) {
     // Only a match ending after the passed text counts.
     const size_t from = passed_ >= s.size() ? passed_ - s.size() + 1 : 0;
-    first = std::min(first, pending_.find(s, from));
+    if (const size_t at = pending_.find(s, from); at < first) {
+      first = at;
+      matched = s.size();
+    }
   }
   if (first != std::string::npos) {
     stopped = true;
-    std::string out = pending_.substr(0, first);
+    std::string out = pending_.substr(0, keep_stop_ ? first + matched : first);
     pending_.clear();
     passed_ = 0;
     return out;

@@ -564,6 +564,9 @@ TEST_F(HttpApi, MinTokensAndMinPReachTheCluster) {
   json body = {{"prompt", "Minimum lengths"}, {"max_tokens", 8}, {"temperature", 0}, {"ignore_eos", true},
                {"stop", stop}};
   EXPECT_EQ(post_ok("/v1/completions", body)["usage"]["completion_tokens"], 1);
+  body["include_stop_str_in_output"] = true;
+  EXPECT_EQ(post_ok("/v1/completions", body)["choices"][0]["text"], stop);
+  body.erase("include_stop_str_in_output");
   body["min_tokens"] = 1;  // the first token's text may not end the answer
   EXPECT_GE(post_ok("/v1/completions", body)["usage"]["completion_tokens"].get<int>(), 2);
   body["min_tokens"] = 4;

@@ -112,6 +112,8 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "min_p": 1.5})", "min_p"},
       {R"({"prompt": "x", "min_tokens": -1})", "min_tokens"},
       {R"({"prompt": "x", "priority": "high"})", "priority"},
+      {R"({"prompt": "x", "stop_token_ids": [-1]})", "stop_token_ids"},
+      {R"({"prompt": "x", "include_stop_str_in_output": 1})", "include_stop_str_in_output"},
       {R"({"prompt": "x", "temperature": "hot"})", "temperature"},
       {R"({"prompt": "x", "temperature": -1})", "temperature"},
       {R"({"prompt": "x", "top_p": 0})", "top_p"},
@@ -317,6 +319,9 @@ TEST(OpenAiSampling, PenaltiesAndLogitBias) {
   const pb::SamplingParams& s = c.request.sampling();
   EXPECT_FLOAT_EQ(s.min_p(), 0.1f);
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "priority": -5})").request.priority(), -5);
+  const auto stops = completion_ok(R"({"prompt": "x", "stop_token_ids": [7, 9], "include_stop_str_in_output": true})");
+  EXPECT_EQ(stops.request.sampling().stop_token_ids_size(), 2);
+  EXPECT_TRUE(stops.request.sampling().include_stop_str_in_output());
   EXPECT_EQ(s.min_tokens(), 3u);
   EXPECT_FLOAT_EQ(s.presence_penalty(), 0.5f);
   EXPECT_FLOAT_EQ(s.frequency_penalty(), -1.0f);

@@ -29,6 +29,11 @@ TEST(StopStrings, HoldsBackCutsAndPassesTextBeforeMinTokens) {
   EXPECT_EQ(inside.push("q", hit), "");
   EXPECT_FALSE(hit);
   EXPECT_EQ(inside.flush(), "aENDq");
+  // include_stop_str_in_output: the answer ends with the stop string; the
+  // earliest match wins, on a tie the first given.
+  StopStringFilter keep({"ND", "EN", "END"}, /*keep_stop=*/true);
+  EXPECT_EQ(keep.push("xxEND tail", hit), "xxEN");
+  EXPECT_TRUE(hit);
   StopStringFilter none({});
   EXPECT_EQ(none.push("anything", hit), "anything");
   EXPECT_FALSE(hit);
