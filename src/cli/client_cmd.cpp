@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <optional>
 #include <string>
 
 #include "commands.h"
@@ -60,7 +59,7 @@ int run_client(const ClientArgs& a) {
   s->set_top_k(a.top_k);
   s->set_seed(a.seed);
   if (a.min_p > 0) s->set_min_p(a.min_p);
-  if (a.min_tokens > 0) s->set_min_tokens(a.min_tokens);
+  if (a.min_tokens > 0 && !a.score) s->set_min_tokens(a.min_tokens);  // nothing is generated when scoring
   if (a.presence_penalty != 0) s->set_presence_penalty(a.presence_penalty);
   if (a.frequency_penalty != 0) s->set_frequency_penalty(a.frequency_penalty);
   if (a.repetition_penalty != 1) s->set_repetition_penalty(a.repetition_penalty);

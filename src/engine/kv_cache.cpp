@@ -105,6 +105,14 @@ int64_t BlockAllocator::num_cached() const {
   return static_cast<int64_t>(index_.size());
 }
 
+int64_t BlockAllocator::freed_by_release(const std::vector<int32_t>& blocks) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t n = 0;
+  for (int32_t b : blocks)
+    if (b >= 0 && b < num_blocks_ && state_[static_cast<size_t>(b)].holds == 1) ++n;
+  return n;
+}
+
 size_t KvCacheShape::bytes() const {
   return static_cast<size_t>(num_layers) * 2 * static_cast<size_t>(num_blocks) * static_cast<size_t>(block_size) *
          static_cast<size_t>(kv_heads) * static_cast<size_t>(head_dim) * sizeof(float);

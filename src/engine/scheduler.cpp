@@ -186,13 +186,8 @@ void Scheduler::admit() {
   while (!waiting_.empty()) {
     Seq& s = *waiting_.front();
     if (std::find(preempted.begin(), preempted.end(), &s) != preempted.end()) break;
-    // What preempting every running sequence less urgent than s would free.
-    size_t outranked = 0;
-    int64_t reclaimable = 0;
-    for (auto it = running_.rbegin(); it != running_.rend() && s.req.priority < (*it)->req.priority; ++it) {
-      ++outranked;
-      reclaimable += static_cast<int64_t>((*it)->kv.blocks().size());
-    }
+    size_t outranked = 0;  // running sequences less urgent than s, at the back
+    for (auto it = running_.rbegin(); it != running_.rend() && s.req.priority < (*it)->req.priority; ++it) ++outranked;
     const bool full = static_cast<int64_t>(running_.size()) >= options_.max_running_sequences;
     if (full && outranked == 0) break;
     const auto len = static_cast<int64_t>(s.tokens.size());
@@ -204,6 +199,12 @@ void Scheduler::admit() {
     if (options_.prefix_caching && s.computed == 0) s.computed = s.kv.adopt_prefix(cache_, s.tokens, reusable);
     const int64_t need = (len + 1 + bs - 1) / bs - static_cast<int64_t>(s.kv.blocks().size());
     const int64_t free = cache_.allocator().num_free();
+    // What preempting them would free: blocks only they hold (a shared
+    // prefix, or blocks s just adopted, stay held).
+    int64_t reclaimable = 0;
+    if (outranked > 0 && (full || need > free))
+      for (size_t k = running_.size() - outranked; k < running_.size(); ++k)
+        reclaimable += cache_.allocator().freed_by_release(running_[k]->kv.blocks());
     // Preempting is futile when s would still not fit (and still not run alone).
     const bool futile = need > free + reclaimable && outranked < running_.size();
     if ((full || need > free) && !futile) {
@@ -218,7 +219,8 @@ void Scheduler::admit() {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      prefix_lookup_tokens_ += options_.prefix_caching ? len : 0;
+      // Tokens it could have taken from the cache (a scored prompt: few), and its last.
+      prefix_lookup_tokens_ += options_.prefix_caching ? reusable + 1 : 0;
       prefix_hit_tokens_ += s.computed;
     }
     std::unique_ptr<Seq> admitted = std::move(waiting_.front());

@@ -76,6 +76,8 @@ void refuse_unsupported(const json& body) {
     refuse("best_of", "best_of: only 1 is supported");
   if (const json* s = find(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
     refuse("suffix", "suffix: not supported");
+  // vLLM's per-choice prompt_logprobs shape is not served: echo with logprobs gives the same numbers.
+  if (find(body, "prompt_logprobs")) refuse("prompt_logprobs", "prompt_logprobs: use echo: true with logprobs: N");
   for (const char* key : {"tools", "functions"})
     if (const json* t = find(body, key); t && !(t->is_array() && t->empty()))
       refuse(key, std::string(key) + ": tool calling is not supported");
@@ -111,14 +113,14 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
   }
   // Penalties and bias (engine/penalties.h): OpenAI's ranges; repetition_penalty is vLLM's.
   for (const char* key : {"presence_penalty", "frequency_penalty"})
-    if (const json* p = find(body, key); p && !p->is_null()) {
+    if (const json* p = find(body, key); p) {
       const auto v = static_cast<float>(number(body, key, -2.0, 2.0));
       key[0] == 'p' ? sp.set_presence_penalty(v) : sp.set_frequency_penalty(v);
     }
-  if (const json* p = find(body, "repetition_penalty"); p && !p->is_null()) {
+  if (const json* p = find(body, "repetition_penalty"); p) {
     sp.set_repetition_penalty(static_cast<float>(number(body, "repetition_penalty", 0.01, 100.0)));
   }
-  if (const json* b = find(body, "logit_bias"); b && !b->is_null()) {
+  if (const json* b = find(body, "logit_bias"); b) {
     // {"token id": bias}: ids as decimal strings, as OpenAI's tokenizer-independent map has them.
     if (!b->is_object()) refuse("logit_bias", "logit_bias: must be an object of token id -> bias");
     for (const auto& [key, value] : b->items()) {
@@ -132,7 +134,7 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
     }
   }
   // vLLM's sampling extensions.
-  if (const json* ids = find(body, "stop_token_ids"); ids && !ids->is_null()) {
+  if (const json* ids = find(body, "stop_token_ids"); ids) {
     if (!ids->is_array()) refuse("stop_token_ids", "stop_token_ids: must be an array of token ids");
     for (const json& id : *ids) {
       if (!id.is_number_unsigned() || id.get<uint64_t>() > std::numeric_limits<uint32_t>::max())
@@ -142,9 +144,9 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
   }
   if (find(body, "include_stop_str_in_output"))
     sp.set_include_stop_str_in_output(boolean(body, "include_stop_str_in_output"));
-  if (const json* p = find(body, "min_p"); p && !p->is_null())
+  if (const json* p = find(body, "min_p"); p)
     sp.set_min_p(static_cast<float>(number(body, "min_p", 0.0, 1.0)));
-  if (const json* p = find(body, "min_tokens"); p && !p->is_null())
+  if (const json* p = find(body, "min_tokens"); p)
     sp.set_min_tokens(static_cast<uint32_t>(integer(body, "min_tokens", 0, std::numeric_limits<int32_t>::max())));
   for (const char* key : {"max_completion_tokens", "max_tokens"})
     if (find(body, key)) {
@@ -178,7 +180,7 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
   }
   if (const json* u = find(body, "user"); u && u->is_string()) call.request.set_request_id(u->get<std::string>());
   // vLLM's extension: lower is served first.
-  if (const json* p = find(body, "priority"); p && !p->is_null())
+  if (const json* p = find(body, "priority"); p)
     call.request.set_priority(static_cast<int32_t>(
         integer(body, "priority", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())));
   if (find(body, "n")) {

@@ -164,6 +164,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           !st.ok())
         return st;
     } else {
+      if (req->text().empty()) return invalid("text", "set text or messages");
       auto encoded = ck_.tokenizer->encode(req->text(), !req->has_add_special_tokens() || req->add_special_tokens());
       if (!encoded.is_ok()) return invalid("text", encoded.status().message());
       ids = std::move(encoded).value();
@@ -309,6 +310,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (sp.has_repetition_penalty() && !(sp.repetition_penalty() >= 0.01f && sp.repetition_penalty() <= 100))
       return invalid("sampling.repetition_penalty", "must be in [0.01, 100]");
     if (sp.has_min_p() && !(sp.min_p() >= 0 && sp.min_p() <= 1)) return invalid("sampling.min_p", "must be in [0, 1]");
+    for (uint32_t id : sp.stop_token_ids())
+      if (id >= static_cast<uint32_t>(c.vocab_size))
+        return invalid("sampling.stop_token_ids", "token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                                                      std::to_string(c.vocab_size) + ")");
     for (const auto& [token, bias] : sp.logit_bias()) {
       if (token >= static_cast<uint32_t>(c.vocab_size))
         return invalid("sampling.logit_bias", "token id " + std::to_string(token) + " is outside the vocabulary [0, " +

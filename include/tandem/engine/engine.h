@@ -33,8 +33,9 @@ struct GenerationRequest {
   int32_t logprobs = -1;
   // -1: none. 0..kMaxTopLogprobs: the log-probability of every prompt token
   // after the first (given the tokens before it) and that many alternatives:
-  // what evaluation harnesses score. Such a prompt is computed whole, never
-  // taken from the prefix cache. With them max_tokens may be 0 (score only).
+  // what evaluation harnesses score. The tokens still to score are computed,
+  // not taken from the prefix cache (it holds no logits). With them
+  // max_tokens may be 0 (score only).
   int32_t prompt_logprobs = -1;
   // Lower is served first (vLLM's convention); equal priorities in arrival
   // order. A waiting request preempts running ones of a strictly higher

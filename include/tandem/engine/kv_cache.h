@@ -45,6 +45,8 @@ class BlockAllocator {
   uint64_t publish(int32_t block, uint64_t parent, const int32_t* tokens);
   // Cached blocks, held or not.
   int64_t num_cached() const;
+  // Of these blocks, those that dropping one hold would make free (held once).
+  int64_t freed_by_release(const std::vector<int32_t>& blocks) const;
 
  private:
   struct Key {

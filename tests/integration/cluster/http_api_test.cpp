@@ -580,6 +580,11 @@ TEST_F(HttpApi, MinTokensAndMinPReachTheCluster) {
   auto too_many = req;
   too_many.mutable_sampling()->set_min_tokens(9);
   EXPECT_EQ(generate(cluster_->stub(), too_many).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  auto bad_stop = req;
+  bad_stop.mutable_sampling()->add_stop_token_ids(1u << 30);
+  const auto refused = generate(cluster_->stub(), bad_stop);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("sampling.stop_token_ids"), std::string::npos);
 }
 
 // `tandem client --score` prints every prompt token's log-probability (the
@@ -639,6 +644,11 @@ TEST_F(HttpApi, TokenizeCountsWhatGenerationSees) {
     ASSERT_TRUE(cluster_->stub().Detokenize(&ctx, dr, &dt).ok());
   }
   EXPECT_EQ(dt.text(), text);
+  {
+    grpc::ClientContext ctx;
+    tandem::v1::TokenizeRequest empty;
+    EXPECT_EQ(cluster_->stub().Tokenize(&ctx, empty, &tk).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
   dr.add_token_ids(1u << 30);
   {
     grpc::ClientContext ctx;

@@ -413,6 +413,30 @@ TEST(Scheduler, MoreUrgentRequestsTakeKvBlocksFromLessUrgentOnes) {
   while (room.sched->step()) {
   }
   EXPECT_TRUE(c.finished && d.finished && e.finished);
+
+  // Nor one whose would-be victim holds only blocks the urgent request shares
+  // (its cached prefix): preempting it would free nothing.
+  Harness shared(8, 4);
+  std::vector<int32_t> prefix(16);
+  for (size_t i = 0; i < prefix.size(); ++i) prefix[i] = static_cast<int32_t>(20 + i);
+  auto holder = with_prompt(prefix, 4);  // 4 whole blocks, cached after its first step
+  holder.priority = 3;
+  auto other = with_prompt(std::vector<int32_t>(7, 5), 2);  // 2 blocks, as urgent as it gets here
+  Collected f, g, u;
+  ASSERT_TRUE(shared.sched->submit(other, collect(f)).is_ok());
+  ASSERT_TRUE(shared.sched->submit(holder, collect(g)).is_ok());
+  shared.sched->step();  // 6 blocks held, 2 free
+  auto extends = prefix;
+  for (int i = 0; i < 12; ++i) extends.push_back(60 + i);
+  auto wants_more = with_prompt(extends, 1);  // 8 blocks: the 4 cached ones + 4
+  wants_more.priority = 1;
+  ASSERT_TRUE(shared.sched->submit(wants_more, collect(u)).is_ok());
+  shared.sched->step();
+  EXPECT_EQ(shared.sched->stats().preemptions, 0) << "preempted a sequence whose blocks the request shares";
+  while (shared.sched->step()) {
+  }
+  EXPECT_TRUE(f.finished && g.finished && u.finished);
+  EXPECT_TRUE(u.status.is_ok()) << u.status.to_string();
 }
 
 }  // namespace

@@ -113,6 +113,7 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "min_tokens": -1})", "min_tokens"},
       {R"({"prompt": "x", "priority": "high"})", "priority"},
       {R"({"prompt": "x", "stop_token_ids": [-1]})", "stop_token_ids"},
+      {R"({"prompt": "x", "prompt_logprobs": 1})", "prompt_logprobs"},
       {R"({"prompt": "x", "include_stop_str_in_output": 1})", "include_stop_str_in_output"},
       {R"({"prompt": "x", "temperature": "hot"})", "temperature"},
       {R"({"prompt": "x", "temperature": -1})", "temperature"},
