@@ -41,6 +41,7 @@ struct BenchArgs {
   int output_tokens = 64;
   int shared_prefix = 0;  // leading prompt tokens every request of a group has in common
   int prefix_groups = 1;  // request i is in group i % prefix_groups
+  int urgent_every = 0;   // every k-th request has priority -1 (0: none)
   uint64_t seed = 0;
 };
 
@@ -99,6 +100,7 @@ RunOne http_runner(const std::string& server) {
                            {"ignore_eos", req.sampling().ignore_eos()},
                            {"stream", true},
                            {"stream_options", {{"include_usage", true}}}};
+    if (req.priority() != 0) body["priority"] = req.priority();
     for (uint32_t id : req.token_ids().ids()) body["prompt"].push_back(id);
     httplib::Client client(host, port);
     client.set_read_timeout(600, 0);
@@ -149,6 +151,7 @@ struct Report {
   int ok = 0, failures = 0;
   double duration = 0, out_tokens = 0;
   std::vector<double> ttft, tpot, itl, e2e;  // ms
+  std::vector<double> urgent_ttft, urgent_e2e, other_ttft, other_e2e;  // ms, with --urgent-every
   std::string first_error;
   double throughput() const { return duration > 0 ? out_tokens / duration : 0; }
 };
@@ -180,6 +183,9 @@ Report measure(const std::vector<tandem::v1::GenerateRequest>& reqs, int concurr
     rep.out_tokens += s.tokens;
     rep.ttft.push_back(s.ttft * 1e3);
     rep.e2e.push_back(s.e2e * 1e3);
+    const bool urgent = reqs[static_cast<size_t>(&s - samples.data())].priority() < 0;
+    (urgent ? rep.urgent_ttft : rep.other_ttft).push_back(s.ttft * 1e3);
+    (urgent ? rep.urgent_e2e : rep.other_e2e).push_back(s.e2e * 1e3);
     if (s.tokens > 1) rep.tpot.push_back((s.e2e - s.ttft) / (s.tokens - 1) * 1e3);
     for (double x : s.itl) rep.itl.push_back(x * 1e3);
   }
@@ -205,6 +211,15 @@ void print_report(const char* api, const std::string& server, const BenchArgs& a
   row("TPOT", r.tpot);
   row("ITL", r.itl);
   row("E2E", r.e2e);
+  if (!r.urgent_ttft.empty() && !r.other_ttft.empty()) {
+    // Priority's effect: the urgent requests against the others of the same run.
+    row("TTFT urg", r.urgent_ttft);
+    row("TTFT rest", r.other_ttft);
+    row("E2E urg", r.urgent_e2e);
+    row("E2E rest", r.other_e2e);
+    std::printf("urgent / rest (every %d-th request at priority -1): TTFT p50 %.3f, E2E p50 %.3f\n", a.urgent_every,
+                pct(r.urgent_ttft, 50) / pct(r.other_ttft, 50), pct(r.urgent_e2e, 50) / pct(r.other_e2e, 50));
+  }
 }
 
 int run_bench(const BenchArgs& a) {
@@ -247,6 +262,8 @@ int run_bench(const BenchArgs& a) {
       s->set_temperature(0.8f);
       s->set_seed(rng());
       s->set_ignore_eos(true);
+      if (a.urgent_every > 0 && i % static_cast<size_t>(a.urgent_every) == static_cast<size_t>(a.urgent_every) - 1)
+        r.set_priority(-1);
     }
     return reqs;
   };
@@ -299,6 +316,10 @@ void register_bench(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   b->add_option("--seed", a.seed, "Seed for prompts and sampling")->capture_default_str();
+  b->add_option("--urgent-every", a.urgent_every,
+                "Send every k-th request at priority -1 (more urgent) and compare its latency with the rest")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
 }
 
 }  // namespace tandem::cli

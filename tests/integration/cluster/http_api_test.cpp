@@ -775,6 +775,15 @@ TEST_F(HttpApi, BenchComparesHttpWithGrpc) {
                                           rc);
   EXPECT_NE(rc, 0);
   EXPECT_NE(refused.find("--shared-prefix (9) is longer than --prompt-tokens (8)"), std::string::npos) << refused;
+  // --urgent-every: those requests go at priority -1 (over HTTP too) and are reported apart.
+  const std::string urgent = testing::shell(testing::tandem_bin() + " bench --api http --http 127.0.0.1:" +
+                                                std::to_string(cluster_->http_port()) + " --server " +
+                                                cluster_->router_address() +
+                                                " --requests 4 --concurrency 2 --prompt-tokens 8 --output-tokens 3"
+                                                " --urgent-every 2",
+                                            rc);
+  EXPECT_EQ(rc, 0) << urgent;
+  EXPECT_NE(urgent.find("urgent / rest (every 2-th request at priority -1)"), std::string::npos) << urgent;
   EXPECT_NE(out.find("tandem bench (grpc)"), std::string::npos) << out;
   EXPECT_NE(out.find("tandem bench (http)"), std::string::npos) << out;
   size_t all_ok = 0;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Request priority under load: a cluster whose attention node runs at most
+# MAX_RUNNING sequences at a time, CONCURRENCY requests in flight, every
+# URGENT_EVERY-th at priority -1; `tandem bench` prints the urgent requests'
+# TTFT / E2E against the rest of the same run (the baseline).
+#   scripts/priority_bench.sh [model dir]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TANDEM=${TANDEM:-build/src/cli/tandem}
+MODEL=${1:-models/small-mixtral}
+pid=
+cfg=$(mktemp --suffix=.yaml)
+trap '[ -n "$pid" ] && kill -INT $pid 2>/dev/null; wait 2>/dev/null || true; rm -f "$cfg"' EXIT  # never leave a cluster running
+[ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
+cat >"$cfg" <<YAML
+model: {path: $MODEL}
+cluster: {attention_nodes: 1, expert_nodes: 2, micro_batches: 2}
+router: {listen: 127.0.0.1:53851}
+attention: {base_port: 53900, max_running_sequences: ${MAX_RUNNING:-4}}
+expert: {base_port: 53950}
+transport: {backend: ucx}
+YAML
+"$TANDEM" serve --config "$cfg" >/dev/null &
+pid=$!
+for _ in $(seq ${READY_TRIES:-100}); do "$TANDEM" bench --server 127.0.0.1:53851 --requests 1 --concurrency 1 --output-tokens 2 --seed 1 >/dev/null 2>&1 && break; sleep 0.3; done
+"$TANDEM" bench --server 127.0.0.1:53851 --concurrency ${CONCURRENCY:-16} --requests ${REQUESTS:-48} \
+  --prompt-tokens ${PROMPT:-64} --output-tokens ${OUTPUT:-32} --urgent-every ${URGENT_EVERY:-4}
