@@ -152,57 +152,48 @@ int main(int argc, char** argv) {
     const double gbps = bytes / step_s / 1e9;
     std::printf("%6d %14.1f %14.1f %10.2f %16.1f %11.0f%%\n", batch, s.prompt_tokens / s.prompt_seconds,
                 s.decode_tokens / s.decode_seconds, step_s * 1e3, gbps, 100.0 * gbps / bw);
-    if (logprobs >= 0) {
-      // The same requests asking for log-probabilities (their prompts now
-      // cached: only the decode steps compare). Greedy rows then bring their
-      // logits to the host, and each token takes a log-softmax and a top-N.
+    // The same requests again, changed by `change`, on the same engine (their
+    // prompts now cached, unless scored): decode or prefill tok/s against the
+    // plain run above.
+    auto rerun = [&](const std::string& label, bool prefill, const auto& change) {
+      auto changed = reqs;
+      for (auto& r : changed) change(r);
       const engine::EngineStats before = (*eng)->stats();
-      for (auto& r : reqs) r.logprobs = logprobs;
-      auto with = (*eng)->generate(reqs);
-      if (!with.is_ok()) return std::fprintf(stderr, "%s\n", with.status().to_string().c_str()), 1;
+      auto out = (*eng)->generate(changed);
+      if (!out.is_ok()) return std::fprintf(stderr, "%s\n", out.status().to_string().c_str()), false;
       const auto& after = (*eng)->stats();
-      const double tps = static_cast<double>(after.decode_tokens - before.decode_tokens) /
-                         (after.decode_seconds - before.decode_seconds);
-      std::printf("       with logprobs=%d: decode %.1f tok/s, %.3f of the plain run\n", logprobs, tps,
-                  tps / (s.decode_tokens / s.decode_seconds));
-    }
-    if (penalties) {
-      // Each sampled row is copied, biased and penalised over the tokens seen
-      // so far; greedy rows then need their logits (on a GPU, at the host).
-      const engine::EngineStats before = (*eng)->stats();
-      for (auto& r : reqs) {
-        r.logprobs = -1;
-        r.adjust = {.logit_bias = {{7, 0.5f}, {11, -0.5f}},
-                    .presence_penalty = 0.2f,
-                    .frequency_penalty = 0.1f,
-                    .repetition_penalty = 1.1f};
-      }
-      auto with = (*eng)->generate(reqs);
-      if (!with.is_ok()) return std::fprintf(stderr, "%s\n", with.status().to_string().c_str()), 1;
-      const auto& after = (*eng)->stats();
-      const double tps = static_cast<double>(after.decode_tokens - before.decode_tokens) /
-                         (after.decode_seconds - before.decode_seconds);
-      std::printf("       with penalties and bias: decode %.1f tok/s, %.3f of the plain run\n", tps,
-                  tps / (s.decode_tokens / s.decode_seconds));
-      for (auto& r : reqs) r.adjust = {};
-    }
-    if (prompt_logprobs >= 0) {
-      // Scored prompts are computed whole (the cache holds K/V, not logits),
-      // and every prompt row goes through the LM head and a log-softmax.
-      const engine::EngineStats before = (*eng)->stats();
-      for (auto& r : reqs) {
-        r.logprobs = -1;
-        r.prompt_logprobs = prompt_logprobs;
-        r.max_tokens = 0;
-      }
-      auto scored = (*eng)->generate(reqs);
-      if (!scored.is_ok()) return std::fprintf(stderr, "%s\n", scored.status().to_string().c_str()), 1;
-      const auto& after = (*eng)->stats();
-      const double tps = static_cast<double>(after.prompt_tokens - before.prompt_tokens) /
-                         (after.prompt_seconds - before.prompt_seconds);
-      std::printf("       scoring prompts (prompt_logprobs=%d): prefill %.1f tok/s, %.3f of the plain run\n",
-                  prompt_logprobs, tps, tps / (s.prompt_tokens / s.prompt_seconds));
-    }
+      const double tps =
+          prefill ? static_cast<double>(after.prompt_tokens - before.prompt_tokens) /
+                        (after.prompt_seconds - before.prompt_seconds)
+                  : static_cast<double>(after.decode_tokens - before.decode_tokens) /
+                        (after.decode_seconds - before.decode_seconds);
+      const double plain = prefill ? s.prompt_tokens / s.prompt_seconds : s.decode_tokens / s.decode_seconds;
+      std::printf("       %s: %s %.1f tok/s, %.3f of the plain run\n", label.c_str(), prefill ? "prefill" : "decode",
+                  tps, tps / plain);
+      return true;
+    };
+    // Greedy rows then bring their logits to the host, and each token takes a
+    // log-softmax and a top-N.
+    if (logprobs >= 0 && !rerun("with logprobs=" + std::to_string(logprobs), false,
+                                [&](engine::GenerationRequest& r) { r.logprobs = logprobs; }))
+      return 1;
+    // Each sampled row is copied, biased and penalised over the tokens seen
+    // so far; greedy rows then need their logits (on a GPU, at the host).
+    if (penalties && !rerun("with penalties and bias", false, [](engine::GenerationRequest& r) {
+          r.adjust = {.logit_bias = {{7, 0.5f}, {11, -0.5f}},
+                      .presence_penalty = 0.2f,
+                      .frequency_penalty = 0.1f,
+                      .repetition_penalty = 1.1f};
+        }))
+      return 1;
+    // Scored prompts are computed (the cache holds K/V, not logits), and
+    // every prompt row goes through the LM head and a log-softmax.
+    if (prompt_logprobs >= 0 && !rerun("scoring prompts (prompt_logprobs=" + std::to_string(prompt_logprobs) + ")",
+                                       true, [&](engine::GenerationRequest& r) {
+                                         r.prompt_logprobs = prompt_logprobs;
+                                         r.max_tokens = 0;
+                                       }))
+      return 1;
 #if TANDEM_HAVE_CUDA
     if (gpu && graphs)
       std::printf("       CUDA graphs replayed: %llu layer steps, %llu of them whole layers\n",

@@ -28,9 +28,13 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
     if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size)
       return invalid_argument("prompt[" + std::to_string(i) + "]: token id " + std::to_string(r.prompt[i]) +
                               " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
-  if (r.prompt_logprobs < -1 || r.prompt_logprobs > kMaxTopLogprobs)
-    return invalid_argument("prompt_logprobs: must be in [0, " + std::to_string(kMaxTopLogprobs) +
-                            "] (or -1: none), got " + std::to_string(r.prompt_logprobs));
+  // logprobs and prompt_logprobs: -1 (none) or 0..kMaxTopLogprobs alternatives.
+  auto alternatives = [](const char* field, int32_t v) {
+    if (v >= -1 && v <= kMaxTopLogprobs) return Status::ok();
+    return invalid_argument(std::string(field) + ": must be in [0, " + std::to_string(kMaxTopLogprobs) +
+                            "] (or -1: none), got " + std::to_string(v));
+  };
+  TANDEM_RETURN_IF_ERROR(alternatives("prompt_logprobs", r.prompt_logprobs));
   if (r.max_tokens < 0 || (r.max_tokens == 0 && r.prompt_logprobs < 0))
     return invalid_argument("max_tokens: must be positive (0 only with prompt_logprobs), got " +
                             std::to_string(r.max_tokens));
@@ -64,10 +68,7 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
     if (!(bias >= -100 && bias <= 100))
       return invalid_argument("logit_bias: the bias of token " + std::to_string(token) + " must be in [-100, 100]");
   }
-  if (r.logprobs < -1 || r.logprobs > kMaxTopLogprobs)
-    return invalid_argument("logprobs: must be in [0, " + std::to_string(kMaxTopLogprobs) + "] (or -1: none), got " +
-                            std::to_string(r.logprobs));
-  return Status::ok();
+  return alternatives("logprobs", r.logprobs);
 }
 
 Scheduler::Scheduler(const model::ModelConfig& config, ModelRunner& runner, KvCache& cache, ExpertExecutor& experts,
@@ -156,17 +157,18 @@ bool Scheduler::serves_before(const Seq& a, const Seq& b) {
   return a.req.priority != b.req.priority ? a.req.priority < b.req.priority : a.id < b.id;
 }
 
-void Scheduler::insert_waiting(std::unique_ptr<Seq> s) {
-  auto at = std::upper_bound(waiting_.begin(), waiting_.end(), s,
+template <typename List>
+void Scheduler::insert_in_order(List& list, std::unique_ptr<Seq> s) {
+  auto at = std::upper_bound(list.begin(), list.end(), s,
                              [](const auto& a, const auto& b) { return serves_before(*a, *b); });
-  waiting_.insert(at, std::move(s));
+  list.insert(at, std::move(s));
 }
 
 void Scheduler::preempt_last() {
   preempt(*running_.back());
   std::unique_ptr<Seq> victim = std::move(running_.back());
   running_.pop_back();
-  insert_waiting(std::move(victim));
+  insert_in_order(waiting_, std::move(victim));
 }
 
 void Scheduler::admit() {
@@ -225,9 +227,7 @@ void Scheduler::admit() {
     }
     std::unique_ptr<Seq> admitted = std::move(waiting_.front());
     waiting_.pop_front();
-    auto at = std::upper_bound(running_.begin(), running_.end(), admitted,
-                               [](const auto& a, const auto& b) { return serves_before(*a, *b); });
-    running_.insert(at, std::move(admitted));
+    insert_in_order(running_, std::move(admitted));
   }
 }
 
@@ -235,7 +235,7 @@ bool Scheduler::step() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     while (!incoming_.empty()) {
-      insert_waiting(std::move(incoming_.front()));
+      insert_in_order(waiting_, std::move(incoming_.front()));
       incoming_.pop_front();
     }
     for (SequenceId id : cancelled_) {

@@ -61,6 +61,19 @@ json parse_object(std::string_view text) {
   return body;
 }
 
+// One token id (a non-negative integer below 2^32); refused naming `param`.
+uint32_t token_id(const json& v, const std::string& param) {
+  if (!v.is_number_unsigned() || v.get<uint64_t>() > std::numeric_limits<uint32_t>::max())
+    refuse(param, param + ": token ids must be non-negative integers, got " + v.dump());
+  return static_cast<uint32_t>(v.get<uint64_t>());
+}
+
+// A JSON array of token ids into `out`; refused naming `param`.
+void token_id_array(const json& v, const std::string& param, google::protobuf::RepeatedField<uint32_t>& out) {
+  if (!v.is_array()) refuse(param, param + ": must be an array of token ids");
+  for (const json& id : v) out.Add(token_id(id, param));
+}
+
 // "model": the served name asked for; "" when absent (the only one).
 std::string model_field(const json& body) {
   const json* m = find(body, "model");
@@ -112,15 +125,12 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
     sp.set_seed(s.is_number_unsigned() ? s.get<uint64_t>() : static_cast<uint64_t>(s.get<int64_t>()));
   }
   // Penalties and bias (engine/penalties.h): OpenAI's ranges; repetition_penalty is vLLM's.
-  for (const char* key : {"presence_penalty", "frequency_penalty"})
-    if (const json* p = find(body, key); p) {
-      const auto v = static_cast<float>(number(body, key, -2.0, 2.0));
-      key[0] == 'p' ? sp.set_presence_penalty(v) : sp.set_frequency_penalty(v);
-    }
-  if (const json* p = find(body, "repetition_penalty"); p) {
+  if (find(body, "presence_penalty")) sp.set_presence_penalty(static_cast<float>(number(body, "presence_penalty", -2.0, 2.0)));
+  if (find(body, "frequency_penalty"))
+    sp.set_frequency_penalty(static_cast<float>(number(body, "frequency_penalty", -2.0, 2.0)));
+  if (find(body, "repetition_penalty"))
     sp.set_repetition_penalty(static_cast<float>(number(body, "repetition_penalty", 0.01, 100.0)));
-  }
-  if (const json* b = find(body, "logit_bias"); b) {
+  if (const json* b = find(body, "logit_bias")) {
     // {"token id": bias}: ids as decimal strings, as OpenAI's tokenizer-independent map has them.
     if (!b->is_object()) refuse("logit_bias", "logit_bias: must be an object of token id -> bias");
     for (const auto& [key, value] : b->items()) {
@@ -134,19 +144,11 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
     }
   }
   // vLLM's sampling extensions.
-  if (const json* ids = find(body, "stop_token_ids"); ids) {
-    if (!ids->is_array()) refuse("stop_token_ids", "stop_token_ids: must be an array of token ids");
-    for (const json& id : *ids) {
-      if (!id.is_number_unsigned() || id.get<uint64_t>() > std::numeric_limits<uint32_t>::max())
-        refuse("stop_token_ids", "stop_token_ids: " + id.dump() + " is not a token id");
-      sp.add_stop_token_ids(static_cast<uint32_t>(id.get<uint64_t>()));
-    }
-  }
+  if (const json* ids = find(body, "stop_token_ids")) token_id_array(*ids, "stop_token_ids", *sp.mutable_stop_token_ids());
   if (find(body, "include_stop_str_in_output"))
     sp.set_include_stop_str_in_output(boolean(body, "include_stop_str_in_output"));
-  if (const json* p = find(body, "min_p"); p)
-    sp.set_min_p(static_cast<float>(number(body, "min_p", 0.0, 1.0)));
-  if (const json* p = find(body, "min_tokens"); p)
+  if (find(body, "min_p")) sp.set_min_p(static_cast<float>(number(body, "min_p", 0.0, 1.0)));
+  if (find(body, "min_tokens"))
     sp.set_min_tokens(static_cast<uint32_t>(integer(body, "min_tokens", 0, std::numeric_limits<int32_t>::max())));
   for (const char* key : {"max_completion_tokens", "max_tokens"})
     if (find(body, key)) {
@@ -180,7 +182,7 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
   }
   if (const json* u = find(body, "user"); u && u->is_string()) call.request.set_request_id(u->get<std::string>());
   // vLLM's extension: lower is served first.
-  if (const json* p = find(body, "priority"); p)
+  if (find(body, "priority"))
     call.request.set_priority(static_cast<int32_t>(
         integer(body, "priority", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())));
   if (find(body, "n")) {
@@ -215,11 +217,7 @@ void chat_messages(const json& body, google::protobuf::RepeatedPtrField<pb::Chat
 // A token-id array of the prompt, or nothing when `v` is not one.
 bool token_ids(const json& v, pb::TokenIds& out) {
   if (!v.is_array() || v.empty() || !v.front().is_number()) return false;
-  for (const json& t : v) {
-    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > std::numeric_limits<uint32_t>::max())
-      refuse("prompt", "prompt: token ids must be non-negative integers");
-    out.add_ids(static_cast<uint32_t>(t.get<int64_t>()));
-  }
+  token_id_array(v, "prompt", *out.mutable_ids());
   return true;
 }
 
@@ -357,12 +355,7 @@ std::variant<tandem::v1::DetokenizeRequest, HttpError> parse_detokenize(std::str
     r.set_model(model_field(body));
     const json* tokens = find(body, "tokens");
     if (!tokens) refuse("tokens", "tokens: required");
-    if (!tokens->is_array()) refuse("tokens", "tokens: must be an array of token ids");
-    for (const json& id : *tokens) {
-      if (!id.is_number_unsigned() || id.get<uint64_t>() > std::numeric_limits<uint32_t>::max())
-        refuse("tokens", "tokens: " + id.dump() + " is not a token id");
-      r.add_token_ids(static_cast<uint32_t>(id.get<uint64_t>()));
-    }
+    token_id_array(*tokens, "tokens", *r.mutable_token_ids());
     if (find(body, "skip_special_tokens")) r.set_skip_special_tokens(boolean(body, "skip_special_tokens"));
     return r;
   });

@@ -181,9 +181,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (auto st = check_model(req->model()); !st.ok()) return st;
     std::vector<int32_t> ids;
     for (uint32_t id : req->token_ids()) {
-      if (id >= static_cast<uint32_t>(ck_.config.vocab_size))
-        return invalid("token_ids", "id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                                        std::to_string(ck_.config.vocab_size) + ")");
+      if (auto st = in_vocabulary("token_ids", id); !st.ok()) return st;
       ids.push_back(static_cast<int32_t>(id));
     }
     r->set_text(ck_.tokenizer->decode(ids, !req->has_skip_special_tokens() || req->skip_special_tokens()));
@@ -227,9 +225,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       }
       case pb::GenerateRequest::kTokenIds:
         for (uint32_t id : req->token_ids().ids()) {
-          if (id >= static_cast<uint32_t>(ck_.config.vocab_size))
-            return invalid("token_ids", "id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                                            std::to_string(ck_.config.vocab_size) + ")");
+          if (auto st = in_vocabulary("token_ids", id); !st.ok()) return st;
           prompt.push_back(static_cast<int32_t>(id));
         }
         if (prompt.empty()) return invalid("token_ids", "must not be empty");
@@ -250,6 +246,12 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         !st.ok())
       return st;
     return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w);
+  }
+
+  grpc::Status in_vocabulary(const std::string& field, uint32_t id) const {
+    if (id < static_cast<uint32_t>(ck_.config.vocab_size)) return grpc::Status::OK;
+    return invalid(field, "token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                              std::to_string(ck_.config.vocab_size) + ")");
   }
 
   grpc::Status check_model(const std::string& model) const {
@@ -311,13 +313,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       return invalid("sampling.repetition_penalty", "must be in [0.01, 100]");
     if (sp.has_min_p() && !(sp.min_p() >= 0 && sp.min_p() <= 1)) return invalid("sampling.min_p", "must be in [0, 1]");
     for (uint32_t id : sp.stop_token_ids())
-      if (id >= static_cast<uint32_t>(c.vocab_size))
-        return invalid("sampling.stop_token_ids", "token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                                                      std::to_string(c.vocab_size) + ")");
+      if (auto st = in_vocabulary("sampling.stop_token_ids", id); !st.ok()) return st;
     for (const auto& [token, bias] : sp.logit_bias()) {
-      if (token >= static_cast<uint32_t>(c.vocab_size))
-        return invalid("sampling.logit_bias", "token id " + std::to_string(token) + " is outside the vocabulary [0, " +
-                                                  std::to_string(c.vocab_size) + ")");
+      if (auto st = in_vocabulary("sampling.logit_bias", token); !st.ok()) return st;
       if (!(bias >= -100 && bias <= 100))
         return invalid("sampling.logit_bias", "the bias of token " + std::to_string(token) + " must be in [-100, 100]");
     }

@@ -93,7 +93,9 @@ class Scheduler {
   static bool serves_before(const Seq& a, const Seq& b);
   // Preempts the least urgent running sequence (running_.back()) back into waiting_.
   void preempt_last();
-  void insert_waiting(std::unique_ptr<Seq> s);
+  // Inserts `s` into waiting_ or running_ at its place in that order.
+  template <typename List>
+  static void insert_in_order(List& list, std::unique_ptr<Seq> s);
   Status check_step_output(size_t rows) const;
 
   const model::ModelConfig& config_;
