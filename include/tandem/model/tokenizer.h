@@ -39,6 +39,9 @@ class Tokenizer {
   // the first token's leading space (SentencePiece, Metaspace) leave it here.
   // Added tokens give their content. Unknown ids give "".
   std::string token_bytes(int32_t id) const;
+  // The same as the first token of a text: a decoder that strips a leading
+  // space (SentencePiece) strips it here.
+  std::string token_bytes(int32_t id, bool first) const;
 
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::optional<std::string> id_to_token(int32_t id) const;

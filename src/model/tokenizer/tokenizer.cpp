@@ -215,6 +215,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
 }
 
 std::string Tokenizer::token_bytes(int32_t id) const { return impl_->stream_piece(id, false); }
+std::string Tokenizer::token_bytes(int32_t id, bool first) const { return impl_->stream_piece(id, first); }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   if (auto it = impl_->added_by_content.find(token); it != impl_->added_by_content.end()) return it->second;

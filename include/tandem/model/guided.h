@@ -1,0 +1,140 @@
+// Guided (structured) decoding: the output is held to a regular expression, a
+// JSON schema, a list of choices, or any JSON object. A grammar becomes a byte
+// automaton over the UTF-8 text the user will read; a TokenGuide walks the
+// tokenizer's vocabulary through it to say which tokens may come next. The
+// engine masks the others out of the logits before sampling.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/model/tokenizer.h"
+
+namespace tandem::model {
+
+// A deterministic automaton over bytes, built lazily as it is walked (a
+// schema's full automaton can be far larger than the part a generation
+// visits). Not thread-safe: TokenGuide serialises its use.
+class ByteAutomaton {
+ public:
+  static constexpr int32_t kDead = -1;
+  virtual ~ByteAutomaton() = default;
+  virtual int32_t start() = 0;
+  // The state after `byte`, or kDead when no accepted text continues this way.
+  // An error (too many states) is reported by error() and gives kDead.
+  virtual int32_t next(int32_t state, uint8_t byte) = 0;
+  virtual bool accepting(int32_t state) = 0;
+  // The first error met while building states; OK while there is none.
+  virtual Status error() const = 0;
+  // Accepting, and no byte leads on: the text is complete.
+  bool complete(int32_t state);
+};
+
+// `pattern` must match the whole text (leading ^ and trailing $ are allowed
+// and change nothing). Syntax: the common subset of Python's and
+// ECMAScript's: literals, escapes (\d \w \s and their negations, \n \t \r \f
+// \v \0 \xHH \uHHHH, escaped punctuation), classes with ranges and negation,
+// `.` (any character but a newline), groups (capturing, (?:...), (?P<n>...)),
+// alternation, and the quantifiers * + ? {n} {n,} {n,m} (lazy forms accepted,
+// matching the same texts). Backreferences, lookaround, anchors inside the
+// pattern and inline flags are INVALID_ARGUMENT naming them.
+Result<std::unique_ptr<ByteAutomaton>> compile_regex(std::string_view pattern);
+
+// Any JSON object (RFC 8259), nested up to kMaxJsonDepth containers, with at
+// most kMaxJsonWhitespace whitespace bytes in a row (a model can otherwise
+// pad forever).
+inline constexpr int kMaxJsonDepth = 32;
+inline constexpr int kMaxJsonWhitespace = 16;
+std::unique_ptr<ByteAutomaton> json_object_automaton();
+
+// A regular expression for the JSON texts a schema allows (see
+// docs/configuration.md for the supported keywords). Objects list their
+// properties in the schema's order, required ones always and optional ones
+// when the model writes them, and nothing else; whitespace is one optional
+// space after `{`, `[`, `:` and `,` and before `}` and `]`. Keywords that
+// would change what is valid and are not supported are INVALID_ARGUMENT
+// naming them; annotations (title, description, default, examples, ...) are
+// ignored.
+Result<std::string> json_schema_to_regex(std::string_view schema_json);
+// A regular expression matching exactly one of `choices`.
+std::string choice_regex(const std::vector<std::string>& choices);
+// `text` with every regex metacharacter escaped.
+std::string regex_escape(std::string_view text);
+
+// What a request's output is held to.
+struct GuideSpec {
+  enum class Kind { kNone, kRegex, kJsonObject };
+  Kind kind = Kind::kNone;
+  std::string regex;  // with kRegex (schemas and choices arrive as their regex)
+  bool empty() const { return kind == Kind::kNone; }
+  std::string key() const;  // identifies the grammar (a compile cache key)
+};
+// The automaton for a spec (kNone: INVALID_ARGUMENT).
+Result<std::unique_ptr<ByteAutomaton>> compile_guide(const GuideSpec& spec);
+
+// The model's vocabulary as text: each token's bytes as they extend the
+// output, in a trie. Special tokens and tokens with no text are left out (a
+// guide never allows them; stop tokens are the engine's business). Built once
+// per tokenizer and shared by every guide.
+class TokenVocabulary {
+ public:
+  // `model_vocab`: the logits' width (may differ from the tokenizer's).
+  static std::shared_ptr<const TokenVocabulary> build(const Tokenizer& tokenizer, int32_t model_vocab);
+  int32_t size() const { return vocab_; }
+  const std::string& bytes(int32_t token, bool first) const;
+  // Whether some token's text at the start of the output differs from its
+  // text later (a decoder that strips the first leading space).
+  bool first_differs() const { return !first_bytes_.empty(); }
+
+  struct Node {
+    std::vector<std::pair<uint8_t, int32_t>> children;  // sorted by byte
+    std::vector<int32_t> tokens;                         // tokens whose text ends here
+  };
+  const std::vector<Node>& trie(bool first) const { return first && first_differs() ? first_trie_ : trie_; }
+
+ private:
+  int32_t vocab_ = 0;
+  std::vector<std::string> bytes_;
+  std::vector<std::string> first_bytes_;  // empty unless some token differs
+  std::vector<Node> trie_, first_trie_;
+};
+
+// One grammar over one vocabulary, shared by every sequence that uses it.
+// Thread-safe. Masks are cached per state.
+class TokenGuide {
+ public:
+  struct State {
+    int32_t automaton = ByteAutomaton::kDead;
+    bool first = true;  // nothing generated yet
+  };
+  TokenGuide(std::unique_ptr<ByteAutomaton> automaton, std::shared_ptr<const TokenVocabulary> vocab);
+
+  State start();
+  // Text tokens that keep the output a prefix of an accepted text: a bitmask
+  // of ceil(vocab / 64) words, bit t of word t / 64. Errors: the automaton
+  // outgrew its limit.
+  Result<std::shared_ptr<const std::vector<uint64_t>>> allowed(State state);
+  // The state after `token`; automaton kDead when it was not allowed.
+  State advance(State state, int32_t token);
+  bool accepting(State state);
+  bool complete(State state);  // accepting and nothing may follow
+  int32_t vocab_size() const { return vocab_->size(); }
+
+ private:
+  std::mutex mu_;
+  std::unique_ptr<ByteAutomaton> automaton_;
+  std::shared_ptr<const TokenVocabulary> vocab_;
+  std::unordered_map<int64_t, std::shared_ptr<const std::vector<uint64_t>>> masks_;
+};
+
+inline bool mask_allows(const std::vector<uint64_t>& mask, int32_t token) {
+  return token >= 0 && static_cast<size_t>(token) / 64 < mask.size() && ((mask[static_cast<size_t>(token) / 64] >> (token % 64)) & 1u);
+}
+
+}  // namespace tandem::model

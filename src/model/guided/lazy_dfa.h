@@ -1,0 +1,52 @@
+// A ByteAutomaton whose transitions are computed once and kept in a table.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tandem/model/guided.h"
+
+namespace tandem::model::guided {
+
+// States a guide may build before it gives up: 256 transitions of 4 bytes
+// each, so 256 MiB at the limit.
+inline constexpr size_t kMaxDfaStates = 250000;
+
+class LazyDfa : public ByteAutomaton {
+ public:
+  int32_t next(int32_t state, uint8_t byte) final {
+    if (state < 0) return kDead;
+    const auto row = static_cast<size_t>(state);
+    if (table_[row][byte] != kUnknown) return table_[row][byte];
+    const int32_t t = compute_next(state, byte);  // may grow table_: no reference held across it
+    table_[row][byte] = t;
+    return t;
+  }
+  Status error() const final { return error_; }
+
+ protected:
+  static constexpr int32_t kUnknown = -2;
+  // The state after `byte` (kDead: none), built with add_state().
+  virtual int32_t compute_next(int32_t state, uint8_t byte) = 0;
+  // A new state's id, or kDead (and error()) past kMaxDfaStates.
+  int32_t add_state() {
+    if (table_.size() >= kMaxDfaStates) {
+      if (error_.is_ok())
+        error_ = resource_exhausted("guided decoding: the grammar's automaton outgrew " +
+                                    std::to_string(kMaxDfaStates) + " states");
+      return kDead;
+    }
+    std::array<int32_t, 256> row;
+    row.fill(kUnknown);
+    table_.push_back(row);
+    return static_cast<int32_t>(table_.size() - 1);
+  }
+
+ private:
+  std::vector<std::array<int32_t, 256>> table_;
+  Status error_ = Status::ok();
+};
+
+}  // namespace tandem::model::guided

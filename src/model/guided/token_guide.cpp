@@ -1,0 +1,148 @@
+// Which tokens a grammar allows next: the vocabulary's trie walked through the
+// automaton from the current state, pruned where the automaton dies. A state's
+// mask is computed once and kept.
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tandem/model/guided.h"
+
+namespace tandem::model {
+
+bool ByteAutomaton::complete(int32_t state) {
+  if (state == kDead || !accepting(state)) return false;
+  for (int b = 0; b < 256; ++b)
+    if (next(state, static_cast<uint8_t>(b)) != kDead) return false;
+  return true;
+}
+
+std::string GuideSpec::key() const {
+  switch (kind) {
+    case Kind::kNone: return "none";
+    case Kind::kJsonObject: return "json_object";
+    case Kind::kRegex: return "regex:" + regex;
+  }
+  return "";
+}
+
+Result<std::unique_ptr<ByteAutomaton>> compile_guide(const GuideSpec& spec) {
+  switch (spec.kind) {
+    case GuideSpec::Kind::kRegex: return compile_regex(spec.regex);
+    case GuideSpec::Kind::kJsonObject: return json_object_automaton();
+    case GuideSpec::Kind::kNone: break;
+  }
+  return invalid_argument("guided decoding: no grammar given");
+}
+
+namespace {
+
+void build_trie(const std::vector<std::string>& bytes, std::vector<TokenVocabulary::Node>& trie) {
+  trie.assign(1, {});
+  for (size_t id = 0; id < bytes.size(); ++id) {
+    const std::string& text = bytes[id];
+    if (text.empty()) continue;
+    int32_t node = 0;
+    for (char ch : text) {
+      const auto b = static_cast<uint8_t>(ch);
+      auto& kids = trie[static_cast<size_t>(node)].children;
+      auto it = std::lower_bound(kids.begin(), kids.end(), b,
+                                 [](const std::pair<uint8_t, int32_t>& e, uint8_t v) { return e.first < v; });
+      if (it != kids.end() && it->first == b) {
+        node = it->second;
+        continue;
+      }
+      const auto child = static_cast<int32_t>(trie.size());
+      kids.insert(it, {b, child});  // before emplace_back: `kids` refers into `trie`
+      trie.emplace_back();
+      node = child;
+    }
+    trie[static_cast<size_t>(node)].tokens.push_back(static_cast<int32_t>(id));
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const TokenVocabulary> TokenVocabulary::build(const Tokenizer& tokenizer, int32_t model_vocab) {
+  auto v = std::make_shared<TokenVocabulary>();
+  v->vocab_ = model_vocab;
+  v->bytes_.resize(static_cast<size_t>(std::max(model_vocab, 0)));
+  std::vector<std::string> first(v->bytes_.size());
+  bool differs = false;
+  const int32_t known = std::min(model_vocab, tokenizer.vocab_size());
+  for (int32_t id = 0; id < known; ++id) {
+    if (tokenizer.is_special(id)) continue;
+    v->bytes_[static_cast<size_t>(id)] = tokenizer.token_bytes(id, false);
+    first[static_cast<size_t>(id)] = tokenizer.token_bytes(id, true);
+    differs = differs || first[static_cast<size_t>(id)] != v->bytes_[static_cast<size_t>(id)];
+  }
+  build_trie(v->bytes_, v->trie_);
+  if (differs) {
+    v->first_bytes_ = std::move(first);
+    build_trie(v->first_bytes_, v->first_trie_);
+  }
+  return v;
+}
+
+const std::string& TokenVocabulary::bytes(int32_t token, bool first) const {
+  static const std::string kNone;
+  if (token < 0 || token >= vocab_) return kNone;
+  return first && first_differs() ? first_bytes_[static_cast<size_t>(token)] : bytes_[static_cast<size_t>(token)];
+}
+
+TokenGuide::TokenGuide(std::unique_ptr<ByteAutomaton> automaton, std::shared_ptr<const TokenVocabulary> vocab)
+    : automaton_(std::move(automaton)), vocab_(std::move(vocab)) {}
+
+TokenGuide::State TokenGuide::start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {automaton_->start(), true};
+}
+
+Result<std::shared_ptr<const std::vector<uint64_t>>> TokenGuide::allowed(State state) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const bool first = state.first && vocab_->first_differs();
+  const int64_t key = (static_cast<int64_t>(state.automaton) << 1) | (first ? 1 : 0);
+  if (auto it = masks_.find(key); it != masks_.end()) return it->second;
+  auto mask = std::make_shared<std::vector<uint64_t>>((static_cast<size_t>(vocab_->size()) + 63) / 64, 0);
+  if (state.automaton != ByteAutomaton::kDead) {
+    const auto& trie = vocab_->trie(first);
+    std::vector<std::pair<int32_t, int32_t>> stack = {{0, state.automaton}};  // trie node, automaton state
+    while (!stack.empty()) {
+      const auto [node, at] = stack.back();
+      stack.pop_back();
+      for (const auto& [byte, child] : trie[static_cast<size_t>(node)].children) {
+        const int32_t to = automaton_->next(at, byte);
+        if (to == ByteAutomaton::kDead) continue;
+        for (int32_t t : trie[static_cast<size_t>(child)].tokens) (*mask)[static_cast<size_t>(t) / 64] |= uint64_t{1} << (t % 64);
+        stack.push_back({child, to});
+      }
+    }
+  }
+  TANDEM_RETURN_IF_ERROR(automaton_->error());
+  std::shared_ptr<const std::vector<uint64_t>> out = std::move(mask);
+  masks_.emplace(key, out);
+  return out;
+}
+
+TokenGuide::State TokenGuide::advance(State state, int32_t token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string& text = vocab_->bytes(token, state.first);
+  int32_t at = text.empty() ? ByteAutomaton::kDead : state.automaton;
+  for (char ch : text) {
+    if (at == ByteAutomaton::kDead) break;
+    at = automaton_->next(at, static_cast<uint8_t>(ch));
+  }
+  return {at, false};
+}
+
+bool TokenGuide::accepting(State state) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return state.automaton != ByteAutomaton::kDead && automaton_->accepting(state.automaton);
+}
+
+bool TokenGuide::complete(State state) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return automaton_->complete(state.automaton);
+}
+
+}  // namespace tandem::model

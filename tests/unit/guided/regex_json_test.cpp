@@ -1,0 +1,356 @@
+// The guided-decoding automata against independent references: std::regex for
+// regular expressions, nlohmann::json for JSON, and hand-written cases for what
+// a schema allows.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tandem/model/guided.h"
+
+namespace tandem::model {
+namespace {
+
+std::unique_ptr<ByteAutomaton> regex(const std::string& pattern) {
+  auto r = compile_regex(pattern);
+  EXPECT_TRUE(r.is_ok()) << pattern << ": " << r.status().message();
+  return r.is_ok() ? std::move(r).value() : nullptr;
+}
+
+// nlohmann::json refuses numbers a double cannot hold; JSON itself does not.
+bool has_huge_exponent(const std::string& text) {
+  static const std::regex huge("[eE][+-]?[0-9]{3,}");
+  return std::regex_search(text, huge);
+}
+
+// Whether the whole of `text` is accepted; `alive`: every prefix could still grow into a match.
+bool accepts(ByteAutomaton& a, const std::string& text, bool* alive = nullptr) {
+  int32_t s = a.start();
+  for (char c : text) {
+    s = a.next(s, static_cast<uint8_t>(c));
+    if (s == ByteAutomaton::kDead) {
+      if (alive) *alive = false;
+      return false;
+    }
+  }
+  if (alive) *alive = true;
+  return a.accepting(s);
+}
+
+TEST(GuidedRegex, AgreesWithStdRegexOnRandomStrings) {
+  const std::vector<std::string> patterns = {
+      "a(b|c)*d", "[0-9]{2,4}", R"(\d+\.\d*)", "(ab|a)(bc|c)?", "[^a-c]x?", "x{3}", "(a|b){0,3}c",
+      R"([a-z]+@[a-z]+\.(com|org))", ".*z", R"(\w\s\W)", "(?:foo|bar)+", "a{2,}b?", "(a*)*b", "", "a|",
+      "[-a]+", "[a-]+", R"([\d.]+)", "(?:x|y|z){1,2}?0", R"(-?(0|[1-9][0-9]*)(\.[0-9]+)?)"};
+  const std::string alphabet = "abcdxyz019.@ -_\nfor";
+  std::mt19937 rng(7);
+  for (const std::string& p : patterns) {
+    auto a = regex(p);
+    ASSERT_TRUE(a) << p;
+    const std::regex reference(p, std::regex::ECMAScript);
+    int matched = 0;
+    for (int trial = 0; trial < 3000; ++trial) {
+      std::string s;
+      const int len = static_cast<int>(rng() % 9);
+      for (int k = 0; k < len; ++k) s += alphabet[rng() % alphabet.size()];
+      const bool want = std::regex_match(s, reference);
+      matched += want;
+      ASSERT_EQ(accepts(*a, s), want) << "pattern " << p << " on '" << s << "'";
+    }
+    // Matching strings built by hand so every pattern is tested on some.
+    (void)matched;
+  }
+  for (auto [p, s] : std::vector<std::pair<std::string, std::string>>{
+           {"a(b|c)*d", "abcbcd"}, {"[0-9]{2,4}", "2024"}, {R"([a-z]+@[a-z]+\.(com|org))", "ab@cd.org"},
+           {"(?:foo|bar)+", "foobarfoo"}, {"x{3}", "xxx"}}) {
+    auto a = regex(p);
+    EXPECT_TRUE(accepts(*a, s)) << p << " on " << s;
+  }
+}
+
+TEST(GuidedRegex, ReadsUtf8AsCharacters) {
+  auto greek = regex("[α-ω]+");
+  EXPECT_TRUE(accepts(*greek, "αβγ"));
+  EXPECT_FALSE(accepts(*greek, "abc"));
+  EXPECT_FALSE(accepts(*greek, "\xCE"));  // half a character
+  auto dot = regex(".");
+  EXPECT_TRUE(accepts(*dot, "é"));
+  EXPECT_TRUE(accepts(*dot, "😀"));
+  EXPECT_TRUE(accepts(*dot, "x"));
+  EXPECT_FALSE(accepts(*dot, "\n"));
+  EXPECT_FALSE(accepts(*dot, "\xC0\x80"));       // overlong
+  EXPECT_FALSE(accepts(*dot, "\xED\xA0\x80"));   // a surrogate
+  EXPECT_FALSE(accepts(*dot, "\xF4\x90\x80\x80"));  // past U+10FFFF
+  auto not_a = regex("[^a]");
+  EXPECT_TRUE(accepts(*not_a, "ü"));
+  EXPECT_FALSE(accepts(*not_a, "a"));
+  auto lit = regex("日本(語)?");
+  EXPECT_TRUE(accepts(*lit, "日本語"));
+  EXPECT_TRUE(accepts(*lit, "日本"));
+  auto esc = regex(R"(\u00e9\x41)");
+  EXPECT_TRUE(accepts(*esc, "éA"));
+}
+
+TEST(GuidedRegex, AnchorsAtTheEndsChangeNothing) {
+  auto a = regex("^ab$");
+  EXPECT_TRUE(accepts(*a, "ab"));
+  EXPECT_FALSE(accepts(*a, "abab"));
+}
+
+TEST(GuidedRegex, RefusesWhatItCannotMatchNamingIt) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"(a", "unterminated '('"},  {"a)", "unmatched ')'"},        {"[a", "unterminated '['"},
+      {"a{3,1}", "max below min"}, {R"((a)\1)", "backreferences"}, {"(?=a)", "lookaround"},
+      {"a^b", "'^' inside"},       {"a$b", "'$' inside"},          {"*a", "nothing to repeat"},
+      {"(?i)a", "inline flags"},   {R"(\bx)", "word boundaries"},  {"a{5000}", "above 1000"},
+      {"[z-a]", "out of order"},   {"a*+", "possessive"}};
+  for (const auto& [p, want] : cases) {
+    auto r = compile_regex(p);
+    ASSERT_FALSE(r.is_ok()) << p;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << p;
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << p << ": " << r.status().message();
+  }
+  EXPECT_FALSE(compile_regex("\xFF").is_ok());  // not UTF-8
+}
+
+TEST(GuidedRegex, ChoicesAndEscapingMatchLiterally) {
+  auto a = regex(choice_regex({"yes", "no", "a.b (c)", "x|y"}));
+  for (const char* ok : {"yes", "no", "a.b (c)", "x|y"}) EXPECT_TRUE(accepts(*a, ok)) << ok;
+  for (const char* bad : {"ye", "axb (c)", "x", "yesno", ""}) EXPECT_FALSE(accepts(*a, bad)) << bad;
+}
+
+TEST(GuidedRegex, ExposesCompleteStates) {
+  auto a = regex("ab?");
+  int32_t s = a->next(a->start(), 'a');
+  EXPECT_TRUE(a->accepting(s));
+  EXPECT_FALSE(a->complete(s));  // b may follow
+  s = a->next(s, 'b');
+  EXPECT_TRUE(a->complete(s));
+}
+
+// --- any JSON object -------------------------------------------------------
+
+nlohmann::json random_json(std::mt19937& rng, int depth) {
+  const int kind = static_cast<int>(rng() % (depth > 0 ? 7 : 5));
+  switch (kind) {
+    case 0: return nullptr;
+    case 1: return (rng() & 1) != 0;
+    case 2: return static_cast<int>(rng() % 2000) - 1000;
+    case 3: return static_cast<double>(rng() % 100000) / 64.0 - 700.0;
+    case 4: {
+      const std::vector<std::string> pieces = {"a", "é", "\"", "\\", "\n", "日本", "😀", " ", "\t", "/", "x1"};
+      std::string s;
+      for (int k = static_cast<int>(rng() % 5); k > 0; --k) s += pieces[rng() % pieces.size()];
+      return s;
+    }
+    case 5: {
+      nlohmann::json arr = nlohmann::json::array();
+      for (int k = static_cast<int>(rng() % 4); k > 0; --k) arr.push_back(random_json(rng, depth - 1));
+      return arr;
+    }
+    default: {
+      nlohmann::json obj = nlohmann::json::object();
+      for (int k = static_cast<int>(rng() % 4); k > 0; --k) obj["k" + std::to_string(rng() % 10)] = random_json(rng, depth - 1);
+      return obj;
+    }
+  }
+}
+
+TEST(GuidedJsonObject, AcceptsJsonObjectsAndEveryPrefixStaysAlive) {
+  std::mt19937 rng(11);
+  auto a = json_object_automaton();
+  for (int trial = 0; trial < 400; ++trial) {
+    nlohmann::json obj = nlohmann::json::object();
+    for (int k = static_cast<int>(rng() % 4); k > 0; --k) obj["f" + std::to_string(k)] = random_json(rng, 3);
+    for (int indent : {-1, 1}) {
+      const std::string text = obj.dump(indent);
+      bool alive = false;
+      EXPECT_TRUE(accepts(*a, text, &alive)) << text;
+      int32_t s = a->start();
+      for (char c : text) s = a->next(s, static_cast<uint8_t>(c));
+      EXPECT_TRUE(a->complete(s)) << text;  // nothing may follow the closing brace
+    }
+  }
+}
+
+TEST(GuidedJsonObject, AgreesWithAJsonParserOnMutatedTexts) {
+  std::mt19937 rng(5);
+  auto a = json_object_automaton();
+  const std::string alphabet = "{}[]:,\"\\ 0123456789.eE+-truefalsn\tx";
+  int accepted = 0;
+  for (int trial = 0; trial < 6000; ++trial) {
+    nlohmann::json obj = nlohmann::json::object();
+    for (int k = static_cast<int>(rng() % 3); k > 0; --k) obj["f" + std::to_string(k)] = random_json(rng, 2);
+    std::string text = obj.dump();
+    for (int m = static_cast<int>(rng() % 3); m > 0; --m) {
+      const size_t at = rng() % (text.size() + 1);
+      switch (rng() % 3) {
+        case 0: text.insert(at, 1, alphabet[rng() % alphabet.size()]); break;
+        case 1: if (at < text.size()) text.erase(at, 1); break;
+        default: if (at < text.size()) text[at] = alphabet[rng() % alphabet.size()]; break;
+      }
+    }
+    // The reference: valid JSON whose value is an object, with no whitespace
+    // after it (the automaton ends the text at the closing brace).
+    if (has_huge_exponent(text)) continue;
+    bool want = nlohmann::json::accept(text);
+    if (want) {
+      const auto v = nlohmann::json::parse(text);
+      const auto last = text.find_last_not_of(" \t\n\r");
+      want = v.is_object() && last == text.size() - 1;
+    }
+    accepted += want;
+    ASSERT_EQ(accepts(*a, text), want) << "'" << text << "'";
+  }
+  EXPECT_GT(accepted, 100);
+}
+
+TEST(GuidedJsonObject, BoundsWhitespaceAndDepth) {
+  auto a = json_object_automaton();
+  EXPECT_TRUE(accepts(*a, "{\"a\":" + std::string(kMaxJsonWhitespace, ' ') + "1}"));
+  EXPECT_FALSE(accepts(*a, "{\"a\":" + std::string(kMaxJsonWhitespace + 1, ' ') + "1}"));
+  std::string deep = "{\"a\":" + std::string(kMaxJsonDepth - 1, '[') + std::string(kMaxJsonDepth - 1, ']') + "}";
+  EXPECT_TRUE(accepts(*a, deep));
+  deep = "{\"a\":" + std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']') + "}";
+  EXPECT_FALSE(accepts(*a, deep));
+  EXPECT_FALSE(accepts(*a, "[1]"));
+  EXPECT_FALSE(accepts(*a, "{\"a\":\"\x01\"}"));
+  EXPECT_FALSE(accepts(*a, "{\"a\":\"\xC3\"}"));
+}
+
+// --- JSON schema -----------------------------------------------------------
+
+std::unique_ptr<ByteAutomaton> schema(const std::string& text) {
+  auto r = json_schema_to_regex(text);
+  EXPECT_TRUE(r.is_ok()) << text << ": " << r.status().message();
+  if (!r.is_ok()) return nullptr;
+  return regex(r.value());
+}
+
+TEST(GuidedJsonSchema, ObjectsFollowPropertiesRequiredAndTypes) {
+  auto a = schema(R"({"type": "object", "title": "Person",
+    "properties": {"name": {"type": "string", "maxLength": 5}, "age": {"type": "integer", "minimum": 0},
+                   "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
+                   "score": {"type": "number"}},
+    "required": ["name", "age"]})");
+  ASSERT_TRUE(a);
+  for (const char* ok : {R"({"name": "Al", "age": 3})", R"({"name":"Al","age":30,"tags":["x", "y"]})",
+                         R"({ "name": "", "age": 0, "score": -1.5e3 })", R"({"name": "Al", "age": 3, "score": 2})",
+                         R"({"name": "\"é\"", "age": 7})"})
+    EXPECT_TRUE(accepts(*a, ok)) << ok;
+  for (const char* bad : {R"({"age": 3, "name": "Al"})", R"({"name": "Al"})", R"({"name": "Al", "age": -3})",
+                          R"({"name": "Al", "age": 3, "tags": ["a", "b", "c"]})",
+                          R"({"name": "Al", "age": 3, "extra": 1})", R"({"name": "Alfred", "age": 3})",
+                          R"({"name": "Al", "age": 3.5})", R"({"name": "Al", "age": 3,})"})
+    EXPECT_FALSE(accepts(*a, bad)) << bad;
+}
+
+TEST(GuidedJsonSchema, OptionalPropertiesMayComeFirstOrNotAtAll) {
+  auto a = schema(R"({"properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}, "c": {"type": "null"}}})");
+  ASSERT_TRUE(a);
+  for (const char* ok : {"{}", R"({"a": 1})", R"({"b": true})", R"({"c": null})", R"({"a": 1, "c": null})",
+                         R"({"b": false, "c": null})", R"({"a": 1, "b": true, "c": null})"})
+    EXPECT_TRUE(accepts(*a, ok)) << ok;
+  for (const char* bad : {R"({"b": true, "a": 1})", R"({, "a": 1})", R"({"a": 1,})"})
+    EXPECT_FALSE(accepts(*a, bad)) << bad;
+}
+
+TEST(GuidedJsonSchema, EnumsConstsUnionsRefsAndFormats) {
+  auto a = schema(R"({"$defs": {"Color": {"enum": ["red", "green", 3, null]}},
+    "type": "object", "properties": {
+      "color": {"$ref": "#/$defs/Color"}, "kind": {"const": "point"},
+      "when": {"type": "string", "format": "date-time"}, "id": {"type": "string", "format": "uuid"},
+      "maybe": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+      "n": {"type": ["integer", "string"]}, "list": {"type": "array", "items": {"type": "integer"}, "minItems": 1}},
+    "required": ["color", "kind", "when", "id", "maybe", "code", "n", "list"]})");
+  ASSERT_TRUE(a);
+  const std::string ok =
+      R"({"color": "green", "kind": "point", "when": "2026-11-30T01:02:03Z", )"
+      R"("id": "123e4567-e89b-12d3-a456-426614174000", "maybe": null, "code": "ABC", "n": "x", "list": [1, 2]})";
+  EXPECT_TRUE(accepts(*a, ok));
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = ok;
+    s.replace(s.find(from), from.size(), to);
+    return s;
+  };
+  EXPECT_TRUE(accepts(*a, with(R"("green")", "3")));
+  EXPECT_FALSE(accepts(*a, with(R"("green")", R"("blue")")));
+  EXPECT_FALSE(accepts(*a, with(R"("point")", R"("line")")));
+  EXPECT_FALSE(accepts(*a, with("2026-11-30", "2026-13-30")));
+  EXPECT_FALSE(accepts(*a, with("ABC", "AB")));
+  EXPECT_FALSE(accepts(*a, with("[1, 2]", "[]")));
+  EXPECT_TRUE(accepts(*a, with(R"("maybe": null)", R"("maybe": 7)")));
+  EXPECT_TRUE(accepts(*a, with(R"("n": "x")", R"("n": 5)")));
+}
+
+TEST(GuidedJsonSchema, OpenValuesAreAnyJsonTwoLevelsDeep) {
+  auto a = schema(R"({"type": "object", "properties": {"x": {}}, "required": ["x"]})");
+  ASSERT_TRUE(a);
+  for (const char* ok : {R"({"x": 1})", R"({"x": "s"})", R"({"x": {"a": [1, 2]}})", R"({"x": [[1], {"b": null}]})"})
+    EXPECT_TRUE(accepts(*a, ok)) << ok;
+  EXPECT_FALSE(accepts(*a, R"({"x": [[[1]]]})"));
+  auto map = schema(R"({"type": "object", "additionalProperties": {"type": "integer"}})");
+  EXPECT_TRUE(accepts(*map, R"({"a": 1, "b": 2})"));
+  EXPECT_FALSE(accepts(*map, R"({"a": "1"})"));
+}
+
+TEST(GuidedJsonSchema, RefusesWhatItDoesNotSupportNamingIt) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"not": {"type": "string"}})", "'not'"},
+      {R"({"type": "object", "properties": {"a": {"$ref": "#"}}})", "recursive"},
+      {R"({"properties": {"a": {"type": "integer"}}, "required": ["b"]})", "'b'"},
+      {R"({"type": "strin"})", "unknown type 'strin'"},
+      {R"({"$ref": "#/$defs/Missing"})", "points at nothing"},
+      {R"({"type": "array", "items": [{"type": "integer"}]})", "tuples"},
+      {R"({"allOf": [{"type": "integer"}, {"minimum": 1}]})", "allOf"},
+      {"{nope", "not valid JSON"},
+      {R"J({"type": "string", "pattern": "(?=x)"})J", "lookaround"},
+      {"false", "nothing is valid"}};
+  for (const auto& [text, want] : cases) {
+    auto r = json_schema_to_regex(text);
+    ASSERT_FALSE(r.is_ok()) << text;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << text << ": " << r.status().message();
+  }
+}
+
+// Random texts the schema's automaton generates parse as JSON with the
+// required keys: the regex and the schema agree beyond the hand-picked cases.
+TEST(GuidedJsonSchema, RandomWalksProduceValidJson) {
+  auto a = schema(R"({"type": "object", "properties": {"name": {"type": "string", "maxLength": 4},
+    "n": {"type": "number"}, "ok": {"type": "boolean"}, "tags": {"type": "array", "items": {"enum": ["a", "b"]}}},
+    "required": ["name", "ok"]})");
+  ASSERT_TRUE(a);
+  std::mt19937 rng(3);
+  int done = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string text;
+    int32_t s = a->start();
+    for (int step = 0; step < 200 && !a->complete(s); ++step) {
+      if (a->accepting(s) && rng() % 4 == 0) break;
+      std::vector<uint8_t> options;
+      for (int b = 0; b < 256; ++b)
+        if (a->next(s, static_cast<uint8_t>(b)) != ByteAutomaton::kDead) options.push_back(static_cast<uint8_t>(b));
+      ASSERT_FALSE(options.empty()) << text;
+      // Prefer ASCII so walks end; a lead byte needs its continuation anyway.
+      const uint8_t b = options[rng() % options.size()];
+      text += static_cast<char>(b);
+      s = a->next(s, b);
+    }
+    if (!a->accepting(s)) continue;
+    if (has_huge_exponent(text)) continue;
+    ++done;
+    ASSERT_TRUE(nlohmann::json::accept(text)) << text;
+    const auto v = nlohmann::json::parse(text);
+    EXPECT_TRUE(v.contains("name") && v["name"].is_string()) << text;
+    EXPECT_TRUE(v.contains("ok") && v["ok"].is_boolean()) << text;
+  }
+  EXPECT_GT(done, 20);
+}
+
+}  // namespace
+}  // namespace tandem::model
