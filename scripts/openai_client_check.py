@@ -2,7 +2,7 @@
 """Drives a running Tandem router's HTTP API with the official `openai` Python
 client (pip install openai), as users do: models, completions (whole, streamed,
 batched, echo-scored), chat completions (whole, streamed with usage), and the errors the
-client maps to its exception types. Exits 0 when every check passes, 1 with the
+client maps to its exception types, and structured output. Exits 0 when every check passes, 1 with the
 failed checks listed, 2 when the `openai` package is missing.
 
     scripts/openai_client_check.py http://127.0.0.1:8000/v1
@@ -100,6 +100,25 @@ def main():
         if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
             streamed_lp += [t.logprob for t in chunk.choices[0].logprobs.content]
     check("chat stream logprobs = whole", streamed_lp == [t.logprob for t in content or []], streamed_lp)
+    # Structured output: the client's own json_schema response_format, and its parse() helper.
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                               "rank": {"type": "integer"}},
+              "required": ["city", "rank"], "additionalProperties": False}
+    shaped = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "A city as JSON"}],
+                                            max_tokens=64, temperature=0,
+                                            response_format={"type": "json_schema",
+                                                             "json_schema": {"name": "city", "schema": schema,
+                                                                             "strict": True}})
+    import json as _json
+    try:
+        value = _json.loads(shaped.choices[0].message.content)
+        ok = isinstance(value.get("city"), str) and isinstance(value.get("rank"), int)
+    except ValueError:
+        ok = False
+    check("chat response_format json_schema", ok and shaped.choices[0].finish_reason == "stop", shaped)
+    picked = client.completions.create(model=served, prompt="Yes or no?", max_tokens=4, temperature=1.0, seed=2,
+                                       extra_body={"guided_choice": ["yes", "no"]})
+    check("completions guided_choice (vLLM extra_body)", picked.choices[0].text in ("yes", "no"), picked)
     try:
         client.completions.create(model=served, prompt="x", logprobs=6)
         check("logprobs over 5 refused", False, "accepted")

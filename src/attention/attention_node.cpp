@@ -25,6 +25,7 @@
 #endif
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/model/checkpoint.h"
+#include "tandem/model/guided.h"
 #include "tandem/model/weights.h"
 
 namespace tandem::attention {
@@ -108,6 +109,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     TANDEM_ASSIGN_OR_RETURN(weights_, model::ModelWeights::load(ck_.config, *ck_.weights,
                                                                 {.attention_side = true, .expert_begin = 0, .expert_end = 0}));
     const auto& c = ck_.config;
+    guides_ = std::make_unique<model::GuideCache>(ck_.tokenizer.get(), c.vocab_size);
     const engine::KvCacheShape kv_shape{c.num_layers, cfg.kv_blocks, cfg.kv_block_size, c.num_kv_heads, c.head_dim};
     const int m = cfg.micro_batches;
     engine::ForwardFn forward;
@@ -208,6 +210,14 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
     if (req->has_min_tokens()) g.adjust.min_tokens = req->min_tokens();
     g.priority = req->priority();
     std::sort(g.adjust.logit_bias.begin(), g.adjust.logit_bias.end());  // a map's order is not fixed
+    if (req->guide_json_object() || !req->guide_regex().empty()) {
+      model::GuideSpec spec;
+      spec.kind = req->guide_json_object() ? model::GuideSpec::Kind::kJsonObject : model::GuideSpec::Kind::kRegex;
+      spec.regex = req->guide_regex();
+      auto guide = guides_->get(spec);
+      if (!guide.is_ok()) return to_grpc(guide.status().with_context("guide"));
+      g.guide = std::move(guide).value();
+    }
     auto q = std::make_shared<EventQueue>();
     engine::SequenceCallbacks cb{[q](int32_t t) { q->token(t); },
                                  [q](const Status& st, engine::FinishReason r) { q->finish(st, r); }};
@@ -342,6 +352,7 @@ class Node final : public AttentionNode, public pb::AttentionNode::Service {
   api::DeploymentConfig cfg_;
   int rank_ = 0;
   model::Checkpoint ck_;
+  std::unique_ptr<model::GuideCache> guides_;  // compiled grammars of guided requests
   std::unique_ptr<model::ModelWeights> weights_;
   std::unique_ptr<engine::KvCache> cache_;
   std::unique_ptr<engine::ModelRunner> runner_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string>
 
 namespace tandem::engine {
@@ -17,6 +18,7 @@ struct Scheduler::Seq {
   SequenceKv kv;
   SamplerRng rng{0};
   PenaltyState penalties;
+  model::TokenGuide::State guide;  // with req.guide
   bool cancelled = false;  // asked to stop by the client
   bool done = false;       // on_finish was called
 };
@@ -61,6 +63,9 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
   if (a.min_tokens < 0 || a.min_tokens > r.max_tokens)
     return invalid_argument("min_tokens: must be in [0, max_tokens = " + std::to_string(r.max_tokens) + "], got " +
                             std::to_string(a.min_tokens));
+  if (r.guide && r.guide->vocab_size() != c.vocab_size)
+    return invalid_argument("guide: built for a vocabulary of " + std::to_string(r.guide->vocab_size()) +
+                            " tokens, the model has " + std::to_string(c.vocab_size));
   for (const auto& [token, bias] : a.logit_bias) {
     if (token < 0 || token >= c.vocab_size)
       return invalid_argument("logit_bias: token id " + std::to_string(token) + " is outside the vocabulary [0, " +
@@ -102,12 +107,39 @@ Status Scheduler::check_step_output(size_t rows) const {
   return Status::ok();
 }
 
+// Masks `logits` (one row, already adjusted) to the tokens s's grammar allows
+// next. The stop tokens keep their logits only where the text is complete
+// (and min_tokens is reached); elsewhere they are masked too. A state that no
+// token can continue, or an automaton that outgrew its limit, ends the
+// sequence with an error naming it.
+Status Scheduler::apply_guide(const Seq& s, std::vector<float>& logits) {
+  model::TokenGuide& guide = *s.req.guide;
+  TANDEM_ASSIGN_OR_RETURN(auto mask, guide.allowed(s.guide));
+  const bool may_stop = guide.accepting(s.guide) && s.generated >= s.req.adjust.min_tokens;
+  stop_logits_.clear();
+  for (int32_t t : s.req.stop_token_ids)
+    if (t >= 0 && t < config_.vocab_size) stop_logits_.push_back({t, logits[static_cast<size_t>(t)]});
+  bool any = false;
+  for (int32_t t = 0; t < config_.vocab_size; ++t) {
+    float& l = logits[static_cast<size_t>(t)];
+    if (!model::mask_allows(*mask, t)) l = -INFINITY;
+  }
+  for (auto [t, l] : stop_logits_) logits[static_cast<size_t>(t)] = may_stop ? l : -INFINITY;
+  for (float l : logits) any = any || l > -INFINITY;
+  if (!any)
+    return failed_precondition(std::string("guided decoding: no token of the vocabulary can continue the output") +
+                               (guide.accepting(s.guide) ? " (it is complete but may not stop yet)" : "") + " after " +
+                               std::to_string(s.generated) + " tokens");
+  return Status::ok();
+}
+
 Result<SequenceId> Scheduler::submit(GenerationRequest request, SequenceCallbacks callbacks) {
   TANDEM_RETURN_IF_ERROR(validate_request(config_, request, cache_.shape().num_blocks, cache_.block_size()));
   auto s = std::make_unique<Seq>();
   s->tokens = request.prompt;
   s->rng = SamplerRng(request.seed);
   if (request.adjust.any()) s->penalties = PenaltyState(request.adjust, request.prompt);
+  if (request.guide) s->guide = request.guide->start();
   s->req = std::move(request);
   s->cb = std::move(callbacks);
   std::lock_guard<std::mutex> lock(mu_);
@@ -337,7 +369,7 @@ bool Scheduler::step() {
     for (size_t r = 0; r < rows.size(); ++r) {  // a row whose log-probabilities are asked for needs its logits
       const Seq& s = *rows[r].seq;
       greedy_[r] = rows[r].prompt_index < 0 && kernels::is_greedy(s.req.sampling) && s.req.logprobs < 0 &&
-                           !s.req.adjust.changes_argmax(s.generated)
+                           !s.req.adjust.changes_argmax(s.generated) && !s.req.guide
                        ? 1
                        : 0;
     }
@@ -371,10 +403,16 @@ bool Scheduler::step() {
         tok = argmax_[r];
       } else {
         const float* row = logits_.data() + packed++ * V;
-        if (s.req.adjust.any()) {  // on a copy: log-probabilities stay the model's
+        if (s.req.adjust.any() || s.req.guide) {  // on a copy: log-probabilities stay the model's
           adjusted_.assign(row, row + V);
           s.penalties.apply(s.req.adjust, adjusted_.data(), config_.vocab_size);
           if (s.generated < s.req.adjust.min_tokens) ban_tokens(s.req.stop_token_ids, adjusted_.data(), config_.vocab_size);
+          if (s.req.guide) {
+            if (Status g = apply_guide(s, adjusted_); !g.is_ok()) {
+              finish(s, g, FinishReason::kStop);
+              continue;
+            }
+          }
           if (!kernels::is_greedy(s.req.sampling))
             apply_min_p(s.req.adjust.min_p, s.req.sampling.temperature, adjusted_.data(), config_.vocab_size);
           tok = kernels::cpu::sample(adjusted_.data(), config_.vocab_size, s.req.sampling, u, scratch_.data());
@@ -391,8 +429,15 @@ bool Scheduler::step() {
       if (s.cb.on_token) s.cb.on_token(tok);
       const bool stop =
           std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), tok) != s.req.stop_token_ids.end();
-      if (stop || s.generated >= s.req.max_tokens) {
-        finish(s, Status::ok(), stop ? FinishReason::kStop : FinishReason::kLength);
+      // A guided text that nothing may extend is finished: the stop token it
+      // would have to sample next is not waited for.
+      bool complete = false;
+      if (s.req.guide && !stop) {
+        s.guide = s.req.guide->advance(s.guide, tok);
+        complete = s.req.guide->complete(s.guide);
+      }
+      if (stop || complete || s.generated >= s.req.max_tokens) {
+        finish(s, Status::ok(), stop || complete ? FinishReason::kStop : FinishReason::kLength);
       } else {
         s.tokens.push_back(tok);
       }

@@ -96,17 +96,66 @@ void refuse_unsupported(const json& body) {
       refuse(key, std::string(key) + ": tool calling is not supported");
   if (const json* t = find(body, "tool_choice"); t && !(t->is_string() && t->get<std::string>() == "none"))
     refuse("tool_choice", "tool_choice: tool calling is not supported");
-  if (const json* f = find(body, "response_format"); f) {
+  if (find(body, "guided_grammar")) refuse("guided_grammar", "guided_grammar: grammars are not supported; use guided_regex or guided_json");
+}
+
+// Structured output: OpenAI's response_format (json_object, json_schema) and
+// vLLM's guided_json / guided_regex / guided_choice; at most one.
+void structured_output(const json& body, pb::SamplingParams& sp) {
+  int kinds = 0;
+  if (const json* f = find(body, "response_format")) {
     const json* type = f->is_object() ? find(*f, "type") : nullptr;
-    if (!type || !type->is_string() || type->get<std::string>() != "text")
-      refuse("response_format", "response_format: only {\"type\": \"text\"} is supported");
+    if (!type || !type->is_string())
+      refuse("response_format", "response_format: must be an object with a type (text, json_object or json_schema)");
+    const std::string t = type->get<std::string>();
+    if (t == "json_object") {
+      sp.set_guided_json_object(true);
+      ++kinds;
+    } else if (t == "json_schema") {
+      const json* js = find(*f, "json_schema");
+      const json* schema = js && js->is_object() ? find(*js, "schema") : nullptr;
+      if (!schema || !(schema->is_object() || schema->is_boolean()))
+        refuse("response_format", "response_format: json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}");
+      sp.set_guided_json(schema->dump());
+      ++kinds;
+    } else if (t != "text") {
+      refuse("response_format", "response_format: type must be text, json_object or json_schema, got '" + t + "'");
+    }
   }
+  if (const json* g = find(body, "guided_json")) {
+    // vLLM takes the schema as an object or as its JSON text.
+    if (g->is_string()) {
+      sp.set_guided_json(g->get<std::string>());
+    } else if (g->is_object() || g->is_boolean()) {
+      sp.set_guided_json(g->dump());
+    } else {
+      refuse("guided_json", "guided_json: must be a JSON schema (an object, or its text)");
+    }
+    ++kinds;
+  }
+  if (const json* g = find(body, "guided_regex")) {
+    if (!g->is_string() || g->get<std::string>().empty())
+      refuse("guided_regex", "guided_regex: must be a non-empty string");
+    sp.set_guided_regex(g->get<std::string>());
+    ++kinds;
+  }
+  if (const json* g = find(body, "guided_choice")) {
+    if (!g->is_array() || g->empty()) refuse("guided_choice", "guided_choice: must be a non-empty array of strings");
+    for (const json& c : *g) {
+      if (!c.is_string()) refuse("guided_choice", "guided_choice: must be a non-empty array of strings");
+      sp.add_guided_choice(c.get<std::string>());
+    }
+    ++kinds;
+  }
+  if (kinds > 1)
+    refuse("response_format", "response_format, guided_json, guided_regex and guided_choice: at most one may be given");
 }
 
 // model, sampling and streaming fields shared by both endpoints.
 template <typename Call>
 void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
   refuse_unsupported(body);
+  structured_output(body, sp);
   call.request.set_model(model_field(body));
   if (find(body, "temperature")) sp.set_temperature(static_cast<float>(number(body, "temperature", 0.0, 100.0)));
   if (find(body, "top_p")) {

@@ -20,6 +20,7 @@
 #include "tandem/engine/engine.h"  // kMaxTopLogprobs
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/model/checkpoint.h"
+#include "tandem/model/guided.h"
 #include "tandem/model/jinja.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
@@ -286,6 +287,40 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
+  // Structured output: the grammar checked and compiled here, so a bad one is
+  // INVALID_ARGUMENT naming the field before any node is involved; the node
+  // gets it as one regular expression (or the JSON-object flag).
+  static grpc::Status guide(const pb::SamplingParams& sp, ipb::RunRequest& run) {
+    const int kinds = !sp.guided_regex().empty() + !sp.guided_json().empty() + (sp.guided_choice_size() > 0) +
+                      sp.guided_json_object();
+    if (kinds > 1)
+      return invalid("sampling.guided_*",
+                     "at most one of guided_regex, guided_json, guided_choice and guided_json_object may be set");
+    if (sp.guided_json_object()) {
+      run.set_guide_json_object(true);
+      return grpc::Status::OK;
+    }
+    std::string field, regex;
+    if (!sp.guided_regex().empty()) {
+      field = "sampling.guided_regex";
+      regex = sp.guided_regex();
+    } else if (!sp.guided_json().empty()) {
+      field = "sampling.guided_json";
+      auto converted = model::json_schema_to_regex(sp.guided_json());
+      if (!converted.is_ok()) return invalid(field, converted.status().message());
+      regex = std::move(converted).value();
+    } else if (sp.guided_choice_size() > 0) {
+      field = "sampling.guided_choice";
+      regex = model::choice_regex({sp.guided_choice().begin(), sp.guided_choice().end()});
+    } else {
+      return grpc::Status::OK;
+    }
+    auto compiled = model::compile_regex(regex);
+    if (!compiled.is_ok()) return invalid(field, compiled.status().message());
+    run.set_guide_regex(regex);
+    return grpc::Status::OK;
+  }
+
   // `prompt_text`: the prompt as the client wrote it (echoed as sent); null:
   // echo decodes the prompt's tokens.
   grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
@@ -359,6 +394,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (sp.has_min_p()) run.set_min_p(sp.min_p());
     if (sp.min_tokens() > 0) run.set_min_tokens(static_cast<int32_t>(sp.min_tokens()));
     run.set_priority(priority);
+    if (auto st = guide(sp, run); !st.ok()) return st;
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 

@@ -15,6 +15,7 @@
 #include "tandem/engine/model_runner.h"
 #include "tandem/engine/penalties.h"
 #include "tandem/kernels/cpu.h"
+#include "tandem/model/guided.h"
 
 namespace tandem::engine {
 
@@ -41,6 +42,12 @@ struct GenerationRequest {
   // order. A waiting request preempts running ones of a strictly higher
   // value when the batch or the KV cache is full.
   int32_t priority = 0;
+  // Set: the output is held to this grammar (model/guided.h). Tokens that
+  // would leave it are masked out before sampling (log-probabilities stay the
+  // model's); the stop tokens are allowed only where the text is complete,
+  // and the sequence ends (kStop) as soon as nothing may follow. Shared by
+  // the sequences that use the same grammar.
+  std::shared_ptr<model::TokenGuide> guide;
 };
 
 // A generated token's log-probability under the model's distribution (the

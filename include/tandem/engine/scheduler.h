@@ -97,6 +97,7 @@ class Scheduler {
   template <typename List>
   static void insert_in_order(List& list, std::unique_ptr<Seq> s);
   Status check_step_output(size_t rows) const;
+  Status apply_guide(const Seq& s, std::vector<float>& logits);
 
   const model::ModelConfig& config_;
   ModelRunner& runner_;
@@ -117,6 +118,7 @@ class Scheduler {
   int64_t prefix_lookup_tokens_ = 0, prefix_hit_tokens_ = 0;  // guarded by mu_
   EngineStats tokens_;
   std::vector<float> logits_, scratch_, adjusted_;
+  std::vector<std::pair<int32_t, float>> stop_logits_;  // apply_guide
   std::vector<uint8_t> greedy_;    // per logits row, for forward_split
   std::vector<int32_t> argmax_;    // its greedy rows' tokens
   TokenLogprobs logprobs_;

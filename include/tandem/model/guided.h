@@ -133,6 +133,25 @@ class TokenGuide {
   std::unordered_map<int64_t, std::shared_ptr<const std::vector<uint64_t>>> masks_;
 };
 
+// Compiled guides by grammar, for a server: the vocabulary is built on first
+// use, a grammar compiled once and shared while it is in use or among the
+// `capacity` most recently used. Thread-safe.
+class GuideCache {
+ public:
+  GuideCache(const Tokenizer* tokenizer, int32_t model_vocab, size_t capacity = 64)
+      : tokenizer_(tokenizer), model_vocab_(model_vocab), capacity_(capacity) {}
+  // FAILED_PRECONDITION without a tokenizer; the compile's error otherwise.
+  Result<std::shared_ptr<TokenGuide>> get(const GuideSpec& spec);
+
+ private:
+  const Tokenizer* tokenizer_;
+  int32_t model_vocab_;
+  size_t capacity_;
+  std::mutex mu_;
+  std::shared_ptr<const TokenVocabulary> vocab_;
+  std::vector<std::pair<std::string, std::shared_ptr<TokenGuide>>> recent_;  // most recent last
+};
+
 inline bool mask_allows(const std::vector<uint64_t>& mask, int32_t token) {
   return token >= 0 && static_cast<size_t>(token) / 64 < mask.size() && ((mask[static_cast<size_t>(token) / 64] >> (token % 64)) & 1u);
 }

@@ -145,4 +145,29 @@ bool TokenGuide::complete(State state) {
   return automaton_->complete(state.automaton);
 }
 
+Result<std::shared_ptr<TokenGuide>> GuideCache::get(const GuideSpec& spec) {
+  if (!tokenizer_) return failed_precondition("guided decoding: the model has no tokenizer.json");
+  const std::string key = spec.key();
+  std::shared_ptr<const TokenVocabulary> vocab;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < recent_.size(); ++i)
+      if (recent_[i].first == key) {
+        auto hit = recent_[i];
+        recent_.erase(recent_.begin() + static_cast<std::ptrdiff_t>(i));
+        recent_.push_back(hit);
+        return hit.second;
+      }
+    if (!vocab_) vocab_ = TokenVocabulary::build(*tokenizer_, model_vocab_);
+    vocab = vocab_;
+  }
+  // Compiled outside the lock: a large grammar does not hold up the others.
+  TANDEM_ASSIGN_OR_RETURN(auto automaton, compile_guide(spec));
+  auto guide = std::make_shared<TokenGuide>(std::move(automaton), std::move(vocab));
+  std::lock_guard<std::mutex> lock(mu_);
+  recent_.push_back({key, guide});
+  if (recent_.size() > capacity_) recent_.erase(recent_.begin());
+  return guide;
+}
+
 }  // namespace tandem::model

@@ -562,7 +562,9 @@ TEST(ClusterPriority, UrgentRequestOvertakesARunningStream) {
   uint32_t slow_tokens = static_cast<uint32_t>(r.token_ids_size());
   while (reader->Read(&r)) {
     slow_tokens += static_cast<uint32_t>(r.token_ids_size());
-    if (r.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) EXPECT_EQ(r.finish_reason(), tandem::v1::FINISH_REASON_LENGTH);
+    if (r.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) {
+      EXPECT_EQ(r.finish_reason(), tandem::v1::FINISH_REASON_LENGTH);
+    }
   }
   ASSERT_TRUE(reader->Finish().ok());
   EXPECT_EQ(slow_tokens, 600u);

@@ -20,6 +20,7 @@
 #include "tandem/internal/v1/node.grpc.pb.h"
 #include "tandem/engine/engine.h"
 #include "tandem/model/checkpoint.h"
+#include "tandem/model/guided.h"
 #include "tandem/model/weights.h"
 
 namespace tandem {
@@ -732,6 +733,87 @@ TEST_F(HttpApi, MetricsCountWhatTheRouterAnswered) {
   EXPECT_GT(after["tandem_attention_prefix_lookup_tokens_total" + node], 0);
   EXPECT_GE(after["tandem_attention_prefix_lookup_tokens_total" + node],
             after["tandem_attention_prefix_hit_tokens_total" + node]);
+}
+
+// Structured output through the cluster: the router compiles the grammar,
+// the attention node masks the sampler, the answer parses; bad grammars are
+// refused naming the field, over gRPC and HTTP.
+TEST_F(HttpApi, StructuredOutputHoldsTheAnswerToTheFormat) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const std::string schema = R"({"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+      "age": {"type": "integer", "minimum": 0}, "pets": {"type": "array", "items": {"enum": ["cat", "dog"]},
+      "maxItems": 2}}, "required": ["name", "age", "pets"]})";
+  auto req = greedy("Describe a person as JSON:", 80);
+  req.mutable_sampling()->set_guided_json(schema);
+  const auto person = generate(cluster_->stub(), req);
+  ASSERT_TRUE(person.status.ok()) << person.status.error_message();
+  ASSERT_TRUE(json::accept(person.text)) << person.text;
+  const json p = json::parse(person.text);
+  EXPECT_TRUE(p["name"].is_string() && p["age"].is_number_unsigned() && p["pets"].is_array()) << person.text;
+  EXPECT_EQ(person.finish, tandem::v1::FINISH_REASON_STOP);
+
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    auto choice = greedy("Pick one:", 16);
+    choice.mutable_sampling()->set_temperature(1.5f);
+    choice.mutable_sampling()->set_seed(seed);
+    for (const char* c : {"alpha", "beta", "gamma delta"}) choice.mutable_sampling()->add_guided_choice(c);
+    const auto picked = generate(cluster_->stub(), choice);
+    ASSERT_TRUE(picked.status.ok()) << picked.status.error_message();
+    EXPECT_TRUE(picked.text == "alpha" || picked.text == "beta" || picked.text == "gamma delta") << picked.text;
+  }
+
+  auto bad = greedy("x", 4);
+  bad.mutable_sampling()->set_guided_regex("(a");
+  auto refused = generate(cluster_->stub(), bad);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("sampling.guided_regex"), std::string::npos)
+      << refused.status.error_message();
+  bad.mutable_sampling()->set_guided_json_object(true);
+  refused = generate(cluster_->stub(), bad);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("at most one"), std::string::npos) << refused.status.error_message();
+
+  // HTTP: OpenAI's response_format with a schema equals the gRPC answer.
+  // (The body is written as text: json would sort the schema's properties,
+  // and their order is the order of the answer.)
+  auto answered = client().Post("/v1/completions",
+                                R"({"prompt": "Describe a person as JSON:", "max_tokens": 80, "temperature": 0,
+                                    "response_format": {"type": "json_schema", "json_schema": {"name": "person",
+                                    "schema": )" + schema + "}}}",
+                                "application/json");
+  ASSERT_TRUE(answered);
+  ASSERT_EQ(answered->status, 200) << answered->body;
+  const json chat = json::parse(answered->body);
+  EXPECT_EQ(chat["choices"][0]["text"], person.text);
+  EXPECT_EQ(chat["choices"][0]["finish_reason"], "stop");
+  // Any JSON object, streamed: every prefix a JSON object could start with.
+  std::string streamed;
+  for (const std::string& e : events("/v1/chat/completions",
+                                     {{"messages", {{{"role", "user"}, {"content", "JSON please"}}}},
+                                      {"max_tokens", 24}, {"stream", true}, {"seed", 3},
+                                      {"response_format", {{"type", "json_object"}}}})) {
+    if (e == "[DONE]") break;
+    const json chunk = json::parse(e);
+    if (chunk["choices"][0]["delta"].contains("content"))
+      streamed += chunk["choices"][0]["delta"]["content"].get<std::string>();
+  }
+  auto object = model::json_object_automaton();
+  int32_t at = object->start();
+  for (char c : streamed) at = object->next(at, static_cast<uint8_t>(c));
+  EXPECT_NE(at, model::ByteAutomaton::kDead) << streamed;
+  const json regex = post_ok("/v1/completions", {{"prompt", "Date:"}, {"max_tokens", 20}, {"temperature", 1.0},
+                                                 {"seed", 5}, {"guided_regex", "20[0-9]{2}-(0[1-9]|1[0-2])"}});
+  const std::string date = regex["choices"][0]["text"];
+  EXPECT_TRUE(date.size() == 7 && date.rfind("20", 0) == 0 && date[4] == '-') << date;
+  auto res = client().Post("/v1/chat/completions",
+                           json{{"messages", {{{"role", "user"}, {"content", "x"}}}},
+                                {"response_format", {{"type", "json_schema"},
+                                                     {"json_schema", {{"name", "n"}, {"schema", {{"not", {{"type", "string"}}}}}}}}}}
+                               .dump(),
+                           "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400) << res->body;
+  EXPECT_NE(json::parse(res->body)["error"]["message"].get<std::string>().find("'not'"), std::string::npos) << res->body;
 }
 
 // The official `openai` Python client against the gateway

@@ -8,6 +8,8 @@
 #include <numeric>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "naive_forward.h"
 #include "tandem/engine/engine.h"
 #include "test_model.h"
@@ -317,6 +319,109 @@ TEST_P(EngineOnPreset, MinTokensAndMinP) {
   }
   req.adjust.min_p = 1.5f;
   EXPECT_EQ(eng->generate({req}).status().code(), StatusCode::kInvalidArgument);
+}
+
+std::shared_ptr<model::TokenGuide> guide_for(const testing::LoadedModel& m, const model::GuideSpec& spec) {
+  static std::map<const testing::LoadedModel*, std::shared_ptr<const model::TokenVocabulary>> vocabularies;
+  auto& vocab = vocabularies[&m];
+  if (!vocab) vocab = model::TokenVocabulary::build(*m.ck.tokenizer, m.ck.config.vocab_size);
+  auto automaton = model::compile_guide(spec);
+  EXPECT_TRUE(automaton.is_ok()) << automaton.status().to_string();
+  return std::make_shared<model::TokenGuide>(std::move(automaton).value(), vocab);
+}
+
+bool matches(const std::string& pattern, const std::string& text) {
+  auto a = model::compile_regex(pattern);
+  int32_t s = (*a)->start();
+  for (char c : text) s = (*a)->next(s, static_cast<uint8_t>(c));
+  return s != model::ByteAutomaton::kDead && (*a)->accepting(s);
+}
+
+// A random model held to a grammar writes only what the grammar allows, and
+// stops as soon as the text is complete, greedy or sampled.
+TEST_P(EngineOnPreset, GuidedOutputFollowsTheGrammar) {
+  const auto& m = tiny_model(GetParam());
+  auto eng = make_engine(m, {.num_blocks = 128, .block_size = 8});
+  auto schema = model::json_schema_to_regex(R"({"type": "object", "properties": {"ok": {"type": "boolean"},
+      "n": {"enum": [1, 2, 3]}, "tag": {"type": "string", "pattern": "[a-z]{1,5}"}}, "required": ["ok", "n", "tag"]})");
+  ASSERT_TRUE(schema.is_ok());
+  const std::vector<std::string> patterns = {model::choice_regex({"red", "green", "blue"}),
+                                             R"([a-z]{3,6}@[a-z]{2,4}\.(com|org))", schema.value()};
+  for (const std::string& pattern : patterns) {
+    for (uint64_t seed = 0; seed < 4; ++seed) {
+      engine::GenerationRequest req = greedy_request(m, "Answer in the requested format:", 64);
+      if (seed > 0) {
+        req.sampling = {.temperature = 1.5f, .top_k = 0, .top_p = 1.0f};
+        req.seed = seed;
+      }
+      req.stop_token_ids = m.ck.stop_token_ids;
+      req.guide = guide_for(m, {model::GuideSpec::Kind::kRegex, pattern});
+      auto r = eng->generate({req});
+      ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+      const auto& tokens = (*r)[0].tokens;
+      const std::string text = m.ck.tokenizer->decode(tokens, true);
+      EXPECT_TRUE(matches(pattern, text)) << pattern << " seed " << seed << ": '" << text << "'";
+      EXPECT_EQ((*r)[0].finish, engine::FinishReason::kStop) << text;
+      if (pattern == schema.value()) {
+        const auto v = nlohmann::json::parse(text);
+        EXPECT_TRUE(v["ok"].is_boolean() && v["n"].is_number_integer() && v["tag"].is_string()) << text;
+      }
+    }
+  }
+}
+
+// Stop tokens come only where the text is complete; until then the grammar's
+// tokens win even over a +100 bias; and any JSON object stays a valid prefix.
+TEST_P(EngineOnPreset, GuidedStopTokensWaitForACompleteText) {
+  const auto& m = tiny_model(GetParam());
+  auto eng = make_engine(m, {.num_blocks = 128, .block_size = 8});
+  ASSERT_FALSE(m.ck.stop_token_ids.empty());
+  const int32_t eos = m.ck.stop_token_ids[0];
+  engine::GenerationRequest req = greedy_request(m, "x", 10);
+  req.stop_token_ids = {eos};
+  req.adjust.logit_bias = {{eos, 100.0f}};
+  req.guide = guide_for(m, {model::GuideSpec::Kind::kRegex, "x+"});
+  auto r = eng->generate({req});
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  ASSERT_EQ((*r)[0].tokens.size(), 2u);  // an x-token, then the forced stop token
+  EXPECT_EQ((*r)[0].tokens.back(), eos);
+  EXPECT_TRUE(matches("x+", m.ck.tokenizer->decode({(*r)[0].tokens[0]}, true)));
+
+  req = greedy_request(m, "JSON:", 40);
+  req.sampling = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f};
+  req.stop_token_ids = {eos};
+  req.logprobs = 0;
+  req.guide = guide_for(m, {model::GuideSpec::Kind::kJsonObject, ""});
+  for (uint64_t seed = 0; seed < 3; ++seed) {
+    req.seed = seed;
+    auto j = eng->generate({req});
+    ASSERT_TRUE(j.is_ok()) << j.status().to_string();
+    auto tokens = (*j)[0].tokens;
+    if (!tokens.empty() && tokens.back() == eos) tokens.pop_back();
+    const std::string text = m.ck.tokenizer->decode(tokens, true);
+    auto a = model::json_object_automaton();
+    int32_t s = a->start();
+    for (char c : text) s = a->next(s, static_cast<uint8_t>(c));
+    EXPECT_NE(s, model::ByteAutomaton::kDead) << text;
+    if ((*j)[0].finish == engine::FinishReason::kStop) {
+      EXPECT_TRUE(nlohmann::json::accept(text)) << text;
+    }
+    // Log-probabilities are the model's: masked tokens may be more likely.
+    for (const auto& lp : (*j)[0].logprobs) EXPECT_LE(lp.logprob, 0.0f);
+  }
+}
+
+// A guide whose vocabulary is not the model's is refused up front.
+TEST(Engine, RefusesAGuideForAnotherVocabulary) {
+  const auto& m = tiny_model("tiny-mixtral");
+  auto eng = make_engine(m);
+  engine::GenerationRequest req = greedy_request(m, "x", 4);
+  req.guide = std::make_shared<model::TokenGuide>(model::json_object_automaton(),
+                                                  model::TokenVocabulary::build(*m.ck.tokenizer, 7));
+  auto r = eng->generate({req});
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("guide"), std::string::npos);
 }
 
 TEST_P(EngineOnPreset, SameSeedSameTokensDifferentSeedDifferentTokens) {

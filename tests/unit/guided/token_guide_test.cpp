@@ -94,7 +94,9 @@ TEST_P(TokenGuideTest, SpecialTokensAndUnknownIdsAreNeverAllowed) {
   ASSERT_TRUE(mask.is_ok());
   int allowed = 0;
   for (int32_t t = 0; t < tok.vocab_size(); ++t) {
-    if (tok.is_special(t)) EXPECT_FALSE(mask_allows(*mask.value(), t)) << t;
+    if (tok.is_special(t)) {
+      EXPECT_FALSE(mask_allows(*mask.value(), t)) << t;
+    }
     allowed += mask_allows(*mask.value(), t);
   }
   EXPECT_GT(allowed, 0);  // '{' at least

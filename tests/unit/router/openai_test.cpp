@@ -191,8 +191,17 @@ TEST(OpenAiChat, MessagesAndContentParts) {
        "messages[0].content[0]"},
       {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})", "tools"},
       {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})", "tool_choice"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
+      {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}})", "response_format"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}})",
        "response_format"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"},
+           "guided_regex": "a+"})",
+       "response_format"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "guided_choice": []})", "guided_choice"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "guided_choice": ["a", 1]})", "guided_choice"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "guided_regex": 5})", "guided_regex"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "guided_json": 5})", "guided_json"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "guided_grammar": "root ::= x"})", "guided_grammar"},
       {R"({"messages": [{"role": "user", "content": "x"}], "n": 3, "stream": true})", "n"},
       {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "top_logprobs"},
       {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "top_logprobs"},
@@ -208,6 +217,33 @@ TEST(OpenAiChat, MessagesAndContentParts) {
   auto text_format = parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text"},
                                     "tools": [], "tool_choice": "none"})");
   EXPECT_TRUE(std::holds_alternative<ChatCall>(text_format));
+}
+
+// response_format and vLLM's guided_* fields become the request's structured-output fields.
+TEST(OpenAiRequests, StructuredOutputFields) {
+  auto sampling = [](const std::string& extra) {
+    auto c = parse_chat(R"({"messages": [{"role": "user", "content": "x"}], )" + extra + "}");
+    EXPECT_TRUE(std::holds_alternative<ChatCall>(c)) << extra;
+    return std::get<ChatCall>(c).request.sampling();
+  };
+  EXPECT_TRUE(sampling(R"("response_format": {"type": "json_object"})").guided_json_object());
+  const auto schema = sampling(R"("response_format": {"type": "json_schema", "json_schema": {"name": "p", "strict": true,
+      "schema": {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}}})");
+  // Property order survives (it is the order the answer writes them in).
+  EXPECT_EQ(schema.guided_json(), R"({"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"string"}}})");
+  EXPECT_EQ(sampling(R"("guided_json": {"type": "integer"})").guided_json(), R"({"type":"integer"})");
+  EXPECT_EQ(sampling(R"("guided_json": "{\"type\": \"integer\"}")").guided_json(), R"({"type": "integer"})");
+  EXPECT_EQ(sampling(R"("guided_regex": "[0-9]+")").guided_regex(), "[0-9]+");
+  const auto choice = sampling(R"("guided_choice": ["yes", "no"])");
+  ASSERT_EQ(choice.guided_choice_size(), 2);
+  EXPECT_EQ(choice.guided_choice(1), "no");
+  const auto text = sampling(R"("response_format": {"type": "text"})");
+  EXPECT_FALSE(text.guided_json_object());
+  EXPECT_TRUE(text.guided_json().empty());
+  // The completions endpoint takes them too.
+  auto c = parse_completion(R"({"prompt": "x", "guided_choice": ["a"]})");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(c));
+  EXPECT_EQ(std::get<CompletionCall>(c).request.sampling().guided_choice_size(), 1);
 }
 
 TEST(OpenAiResponses, ShapesAsOpenAiClientsReadThem) {
