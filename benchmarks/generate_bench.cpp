@@ -18,6 +18,9 @@
 //                                   [--prompt-logprobs N]  (then the same prompts scored, as a loglikelihood
 //                                   evaluation asks: every prompt token's log-probability, max_tokens 0;
 //                                   prefill tok/s against the plain run's)
+//                                   [--guided json|regex]  (then the same requests sampled under a grammar: any
+//                                   JSON object, or the regex [a-z ,.]+; token masks computed as states are
+//                                   met, then cached: decode tok/s against the plain run)
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -61,6 +64,7 @@ int main(int argc, char** argv) {
   std::string experts = "per-expert";
   int logprobs = -1, prompt_logprobs = -1;
   bool penalties = false;
+  std::string guided;
   std::vector<int> batches{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -79,7 +83,10 @@ int main(int argc, char** argv) {
     else if (a == "--logprobs") logprobs = std::atoi(argv[i + 1]);
     else if (a == "--prompt-logprobs") prompt_logprobs = std::atoi(argv[i + 1]);
     else if (a == "--penalties") penalties = std::string(argv[i + 1]) == "on";
+    else if (a == "--guided") guided = argv[i + 1];
   }
+  if (!guided.empty() && guided != "json" && guided != "regex")
+    return std::fprintf(stderr, "--guided must be json or regex\n"), 2;
   if (device != "cpu" && device != "cuda") return std::fprintf(stderr, "--device must be cpu or cuda\n"), 2;
   if (dtype != "f32" && (dtype != "bf16" || device != "cuda"))
     return std::fprintf(stderr, "--dtype must be f32, or bf16 with --device cuda\n"), 2;
@@ -91,9 +98,9 @@ int main(int argc, char** argv) {
   const auto& c = loaded->ck.config;
   const model::ModelWeights& weights = *loaded->weights;
 
-  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, device %s, dtype %s%s%s\n", dir.c_str(),
-              (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
-              (long long)c.moe.top_k, device.c_str(), dtype.c_str(), graphs ? ", CUDA graphs" : "",
+  std::printf("model %s: %lld layers, hidden %lld, %lld experts top-%lld, vocab %lld, device %s, dtype %s%s%s\n",
+              dir.c_str(), (long long)c.num_layers, (long long)c.hidden_size, (long long)c.moe.num_experts,
+              (long long)c.moe.top_k, (long long)c.vocab_size, device.c_str(), dtype.c_str(), graphs ? ", CUDA graphs" : "",
               (", experts " + experts).c_str());
   double bw = 0;
   if (device == "cpu") {
@@ -114,6 +121,7 @@ int main(int argc, char** argv) {
   const double attn_bytes = elem * c.num_layers * (H * c.q_dim() * 2 + H * c.kv_dim() * 2 + 2 * H + H * c.moe.num_experts);
   const double expert_bytes = elem * 3 * H * I;
   const double head_bytes = elem * c.vocab_size * H;
+  model::GuideCache guides(loaded->ck.tokenizer.get(), c.vocab_size);  // one per run: masks cached across batches
   for (int batch : batches) {
     engine::EngineOptions eo;
     eo.num_blocks = batch * ((prompt_tokens + decode_tokens) / 16 + 2);
@@ -160,7 +168,7 @@ int main(int argc, char** argv) {
       for (auto& r : changed) change(r);
       const engine::EngineStats before = (*eng)->stats();
       auto out = (*eng)->generate(changed);
-      if (!out.is_ok()) return std::fprintf(stderr, "%s\n", out.status().to_string().c_str()), false;
+      if (!out.is_ok()) return std::fprintf(stderr, "%s\n", out.status().to_string().c_str()), 0.0;
       const auto& after = (*eng)->stats();
       const double tps =
           prefill ? static_cast<double>(after.prompt_tokens - before.prompt_tokens) /
@@ -170,7 +178,7 @@ int main(int argc, char** argv) {
       const double plain = prefill ? s.prompt_tokens / s.prompt_seconds : s.decode_tokens / s.decode_seconds;
       std::printf("       %s: %s %.1f tok/s, %.3f of the plain run\n", label.c_str(), prefill ? "prefill" : "decode",
                   tps, tps / plain);
-      return true;
+      return tps;
     };
     // Greedy rows then bring their logits to the host, and each token takes a
     // log-softmax and a top-N.
@@ -194,6 +202,27 @@ int main(int argc, char** argv) {
                                          r.max_tokens = 0;
                                        }))
       return 1;
+    // Every sampled row is masked to the grammar (a copy of the row and a
+    // pass over the vocabulary), greedy rows then need their logits, and
+    // each new automaton state walks the vocabulary's trie once.
+    if (!guided.empty()) {
+      model::GuideSpec spec;
+      spec.kind = guided == "json" ? model::GuideSpec::Kind::kJsonObject : model::GuideSpec::Kind::kRegex;
+      spec.regex = guided == "json" ? "" : "[a-z ,.]+";
+      auto guide = guides.get(spec);
+      if (!guide.is_ok()) return std::fprintf(stderr, "%s\n", guide.status().to_string().c_str()), 1;
+      auto sampled = [](engine::GenerationRequest& r) {
+        r.sampling = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f};
+        r.seed = 1;
+      };
+      const double free_tps = rerun("sampled (T = 1)", false, sampled);
+      const double guided_tps = rerun("sampled under " + spec.key(), false, [&](engine::GenerationRequest& r) {
+        sampled(r);
+        r.guide = *guide;
+      });
+      if (free_tps <= 0 || guided_tps <= 0) return 1;
+      std::printf("       guided decode: %.3f of the same requests sampled freely\n", guided_tps / free_tps);
+    }
 #if TANDEM_HAVE_CUDA
     if (gpu && graphs)
       std::printf("       CUDA graphs replayed: %llu layer steps, %llu of them whole layers\n",

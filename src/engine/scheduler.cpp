@@ -63,6 +63,8 @@ Status validate_request(const model::ModelConfig& c, const GenerationRequest& r,
   if (a.min_tokens < 0 || a.min_tokens > r.max_tokens)
     return invalid_argument("min_tokens: must be in [0, max_tokens = " + std::to_string(r.max_tokens) + "], got " +
                             std::to_string(a.min_tokens));
+  if (r.guide && a.min_tokens > 0)
+    return invalid_argument("min_tokens: not with guided output (the grammar decides where the text may end)");
   if (r.guide && r.guide->vocab_size() != c.vocab_size)
     return invalid_argument("guide: built for a vocabulary of " + std::to_string(r.guide->vocab_size()) +
                             " tokens, the model has " + std::to_string(c.vocab_size));
@@ -120,10 +122,7 @@ Status Scheduler::apply_guide(const Seq& s, std::vector<float>& logits) {
   for (int32_t t : s.req.stop_token_ids)
     if (t >= 0 && t < config_.vocab_size) stop_logits_.push_back({t, logits[static_cast<size_t>(t)]});
   bool any = false;
-  for (int32_t t = 0; t < config_.vocab_size; ++t) {
-    float& l = logits[static_cast<size_t>(t)];
-    if (!model::mask_allows(*mask, t)) l = -INFINITY;
-  }
+  model::mask_logits(*mask, logits.data(), config_.vocab_size);
   for (auto [t, l] : stop_logits_) logits[static_cast<size_t>(t)] = may_stop ? l : -INFINITY;
   for (float l : logits) any = any || l > -INFINITY;
   if (!any)

@@ -125,6 +125,7 @@ void structured_output(const json& body, pb::SamplingParams& sp) {
   if (const json* g = find(body, "guided_json")) {
     // vLLM takes the schema as an object or as its JSON text.
     if (g->is_string()) {
+      if (g->get<std::string>().empty()) refuse("guided_json", "guided_json: must not be empty");
       sp.set_guided_json(g->get<std::string>());
     } else if (g->is_object() || g->is_boolean()) {
       sp.set_guided_json(g->dump());

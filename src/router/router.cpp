@@ -296,6 +296,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (kinds > 1)
       return invalid("sampling.guided_*",
                      "at most one of guided_regex, guided_json, guided_choice and guided_json_object may be set");
+    if (kinds == 0) return grpc::Status::OK;
+    // The grammar decides where the text may end; an echoed prompt would
+    // change how its first token reads (a SentencePiece leading space).
+    if (sp.min_tokens() > 0) return invalid("sampling.min_tokens", "not with guided output");
+    if (sp.echo()) return invalid("sampling.echo", "not with guided output");
     if (sp.guided_json_object()) {
       run.set_guide_json_object(true);
       return grpc::Status::OK;

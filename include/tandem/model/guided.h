@@ -62,6 +62,11 @@ std::unique_ptr<ByteAutomaton> json_object_automaton();
 // naming them; annotations (title, description, default, examples, ...) are
 // ignored.
 Result<std::string> json_schema_to_regex(std::string_view schema_json);
+// `pattern` (compile_regex's syntax) rewritten so that it only matches text a
+// JSON string holds unescaped: every class loses '"', '\\' and the control
+// characters (a schema's `pattern` describes the string's value, and `.`
+// must not close the string early).
+Result<std::string> json_string_pattern(std::string_view pattern);
 // A regular expression matching exactly one of `choices`.
 std::string choice_regex(const std::vector<std::string>& choices);
 // `text` with every regex metacharacter escaped.
@@ -125,6 +130,12 @@ class TokenGuide {
   bool accepting(State state);
   bool complete(State state);  // accepting and nothing may follow
   int32_t vocab_size() const { return vocab_->size(); }
+  // The automaton outgrew its limit: states not built yet are dead for good.
+  bool failed();
+
+  // Masks kept per guide (each vocab / 8 bytes: 19 KB at 152k tokens); past
+  // it the cache starts over.
+  static constexpr size_t kMaxCachedMasks = 512;
 
  private:
   std::mutex mu_;
@@ -135,10 +146,11 @@ class TokenGuide {
 
 // Compiled guides by grammar, for a server: the vocabulary is built on first
 // use, a grammar compiled once and shared while it is in use or among the
-// `capacity` most recently used. Thread-safe.
+// `capacity` most recently used; one whose automaton outgrew its limit is
+// compiled afresh on the next request. Thread-safe.
 class GuideCache {
  public:
-  GuideCache(const Tokenizer* tokenizer, int32_t model_vocab, size_t capacity = 64)
+  GuideCache(const Tokenizer* tokenizer, int32_t model_vocab, size_t capacity = 32)
       : tokenizer_(tokenizer), model_vocab_(model_vocab), capacity_(capacity) {}
   // FAILED_PRECONDITION without a tokenizer; the compile's error otherwise.
   Result<std::shared_ptr<TokenGuide>> get(const GuideSpec& spec);
@@ -151,6 +163,9 @@ class GuideCache {
   std::shared_ptr<const TokenVocabulary> vocab_;
   std::vector<std::pair<std::string, std::shared_ptr<TokenGuide>>> recent_;  // most recent last
 };
+
+// Sets logits[t] to -inf for every token t < n the mask does not allow.
+void mask_logits(const std::vector<uint64_t>& mask, float* logits, int64_t n);
 
 inline bool mask_allows(const std::vector<uint64_t>& mask, int32_t token) {
   return token >= 0 && static_cast<size_t>(token) / 64 < mask.size() && ((mask[static_cast<size_t>(token) / 64] >> (token % 64)) & 1u);

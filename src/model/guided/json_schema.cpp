@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -22,13 +23,19 @@ const std::string kStringChar = R"((?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-
 const std::string kUnsigned = "(?:0|[1-9][0-9]*)";
 const std::string kFraction = R"((?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)";
 const std::string kDate = "[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])";
+// RFC 3339 full-time: the offset is required.
 const std::string kTime =
-    R"((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)";
+    R"((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9]))";
 const std::string kUuid = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
 // Nesting of a value the schema leaves open ({} or true): a regular language
 // cannot nest without bound.
 constexpr int kAnyDepth = 2;
 constexpr size_t kMaxRegexBytes = size_t{1} << 17;
+// Schemas nested deeper are refused (the converter recurses on them).
+constexpr int kMaxSchemaDepth = 64;
+// The largest count a regular expression here repeats (compile_regex's limit):
+// a larger maximum length or item count is not enforced, a larger minimum refused.
+constexpr int64_t kMaxCount = 1000;
 
 // Keywords that describe and never restrict.
 const std::set<std::string> kAnnotations = {
@@ -62,7 +69,25 @@ class Converter {
  public:
   explicit Converter(const json& root) : root_(root) {}
 
+  // The regex for `s`, refused once it outgrows the limit: $refs to shared
+  // definitions and optional properties multiply, so the size is checked at
+  // every level, not only at the end.
   Result<std::string> value(const json& s, const std::string& where) {
+    if (depth_ >= kMaxSchemaDepth)
+      return invalid_argument("json schema: " + where + " is nested more than " + std::to_string(kMaxSchemaDepth) +
+                              " schemas deep");
+    ++depth_;
+    auto out = value_unchecked(s, where);
+    --depth_;
+    if (out.is_ok() && out.value().size() > kMaxRegexBytes)
+      return invalid_argument("json schema: too large to guide (" + where + " alone needs an expression of " +
+                              std::to_string(out.value().size()) + " bytes, the limit is " +
+                              std::to_string(kMaxRegexBytes) + ")");
+    return out;
+  }
+
+ private:
+  Result<std::string> value_unchecked(const json& s, const std::string& where) {
     if (s.is_boolean()) {
       if (s.get<bool>()) return any_value(kAnyDepth);
       return invalid_argument("json schema: " + where + " is false (nothing is valid)");
@@ -119,7 +144,10 @@ class Converter {
     } else {
       return any_value(kAnyDepth);
     }
-    if (s.value("nullable", false)) types.push_back("null");
+    if (auto n = s.find("nullable"); n != s.end()) {
+      if (!n->is_boolean()) return invalid_argument("json schema: " + where + ".nullable must be true or false");
+      if (n->get<bool>()) types.push_back("null");
+    }
     std::string out = "(?:";
     for (size_t i = 0; i < types.size(); ++i) {
       TANDEM_ASSIGN_OR_RETURN(std::string one, typed(s, types[i], where));
@@ -128,7 +156,6 @@ class Converter {
     return out + ")";
   }
 
- private:
   Result<std::string> typed(const json& s, const std::string& type, const std::string& where) {
     if (type == "string") return string(s, where);
     if (type == "integer" || type == "number") {
@@ -159,9 +186,9 @@ class Converter {
         for (size_t i = pattern.size() - 1; i-- > 0 && pattern[i] == '\\';) ++slashes;
         if (slashes % 2 == 0) pattern.pop_back();
       }
-      TANDEM_ASSIGN_OR_RETURN(auto check, compile_regex(pattern));
-      (void)check;
-      return "\"(?:" + pattern + ")\"";
+      auto inside = json_string_pattern(pattern);
+      if (!inside.is_ok()) return invalid_argument("json schema: " + where + ".pattern: " + inside.status().message());
+      return "\"" + inside.value() + "\"";
     }
     if (auto f = s.find("format"); f != s.end() && f->is_string()) {
       const std::string format = f->get<std::string>();
@@ -251,12 +278,20 @@ class Converter {
     return open + body + close;
   }
 
+  // A length or item-count bound: a maximum over kMaxCount is not enforced
+  // (out stays unbounded), a minimum over it is refused.
   Status count(const json& s, const char* key, const std::string& where, int64_t& out) {
     auto it = s.find(key);
     if (it == s.end()) return Status::ok();
     if (!it->is_number_integer() || it->get<int64_t>() < 0)
       return invalid_argument("json schema: " + where + "." + key + " must be a non-negative integer");
-    out = it->get<int64_t>();
+    const int64_t v = it->get<int64_t>();
+    if (v > kMaxCount) {
+      if (std::string_view(key).rfind("max", 0) == 0) return Status::ok();
+      return invalid_argument("json schema: " + where + "." + key + " is " + std::to_string(v) +
+                              ", more than the " + std::to_string(kMaxCount) + " a guide can count");
+    }
+    out = v;
     return Status::ok();
   }
 
@@ -283,19 +318,22 @@ class Converter {
 
   const json& root_;
   std::vector<std::string> refs_;
+  int depth_ = 0;
 };
 
 }  // namespace
 
 Result<std::string> json_schema_to_regex(std::string_view schema_json) {
-  const json root = json::parse(schema_json, nullptr, false);
-  if (root.is_discarded()) return invalid_argument("json schema: not valid JSON");
-  Converter converter(root);
-  TANDEM_ASSIGN_OR_RETURN(std::string regex, converter.value(root, "schema"));
-  if (regex.size() > kMaxRegexBytes)
-    return invalid_argument("json schema: too large to guide (its expression is " + std::to_string(regex.size()) +
-                            " bytes, the limit " + std::to_string(kMaxRegexBytes) + ")");
-  return regex;
+  // nlohmann's parser recurses too: depth is bounded there by what the caller
+  // accepted (the HTTP gateway's 3 MiB body), and its own errors are caught.
+  try {
+    const json root = json::parse(schema_json, nullptr, false);
+    if (root.is_discarded()) return invalid_argument("json schema: not valid JSON");
+    Converter converter(root);
+    return converter.value(root, "schema");
+  } catch (const json::exception& e) {  // e.g. a $ref index past any array
+    return invalid_argument(std::string("json schema: ") + e.what());
+  }
 }
 
 }  // namespace tandem::model

@@ -11,8 +11,8 @@
 namespace tandem::model::guided {
 
 // States a guide may build before it gives up: 256 transitions of 4 bytes
-// each, so 256 MiB at the limit.
-inline constexpr size_t kMaxDfaStates = 250000;
+// each, so 50 MiB at the limit (and the guide is then dropped, see GuideCache).
+inline constexpr size_t kMaxDfaStates = 50000;
 
 class LazyDfa : public ByteAutomaton {
  public:

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -19,6 +20,11 @@ constexpr uint32_t kMaxCodePoint = 0x10FFFF;
 constexpr int kMaxRepeat = 1000;
 constexpr size_t kMaxNfaStates = size_t{1} << 21;
 constexpr size_t kMaxPatternBytes = size_t{1} << 17;
+// Group nesting (the parser and the NFA builder recurse on it).
+constexpr int kMaxNesting = 200;
+// NFA-building steps: repeats of an empty body add no states but still cost
+// time, so the budget counts steps, not states.
+constexpr int64_t kMaxBuildSteps = int64_t{1} << 23;
 
 using Ranges = std::vector<std::pair<uint32_t, uint32_t>>;  // code point ranges, inclusive
 
@@ -89,7 +95,6 @@ class Parser {
       return invalid_argument("regex: the pattern is " + std::to_string(p_.size()) + " bytes, more than " +
                               std::to_string(kMaxPatternBytes));
     if (!is_valid_utf8(p_)) return invalid_argument("regex: the pattern is not valid UTF-8");
-    if (!p_.empty() && p_[0] == '^') ++i_;
     AstPtr a = alternation();
     if (!err_.empty()) return invalid_argument("regex: " + err_);
     if (i_ < p_.size()) return invalid_argument("regex: unmatched ')' at offset " + std::to_string(i_));
@@ -114,17 +119,18 @@ class Parser {
     return alt;
   }
 
+  // `^` opening and `$` closing an alternative change nothing for a
+  // whole-text match (as in ^\d{3}$|^\d{5}$); elsewhere they are refused.
   AstPtr concat() {
     auto c = make(Ast::Kind::kConcat);
+    if (!done() && p_[i_] == '^') ++i_;
     while (!done() && p_[i_] != '|' && p_[i_] != ')') {
       if (p_[i_] == '$') {
-        // Only as the last character of the whole pattern (or before a ')' that
-        // closes it), where it changes nothing for a whole-text match.
-        if (i_ + 1 == p_.size()) {
+        if (i_ + 1 == p_.size() || p_[i_ + 1] == '|' || p_[i_ + 1] == ')') {
           ++i_;
           break;
         }
-        fail("'$' inside the pattern (anchors only at its ends)");
+        fail("'$' inside the pattern (anchors only at the ends of an alternative)");
         break;
       }
       AstPtr a = repeat();
@@ -152,6 +158,7 @@ class Parser {
 
   AstPtr repeat() {
     AstPtr a = atom();
+    bool repeated = false;
     while (err_.empty() && !done()) {
       int lo = 0, hi = -1;
       const char c = p_[i_];
@@ -191,6 +198,11 @@ class Parser {
       } else {
         break;
       }
+      if (repeated) {
+        fail("a quantifier on a quantifier (group the first: (?:a*)*)");
+        return a;
+      }
+      repeated = true;
       if (!done() && p_[i_] == '?') ++i_;  // lazy: the same texts match
       if (!done() && p_[i_] == '+') {
         fail("possessive quantifiers");
@@ -359,7 +371,12 @@ class Parser {
           return make(Ast::Kind::kEmpty);
         }
       }
+      if (++depth_ > kMaxNesting) {
+        fail("groups nested more than " + std::to_string(kMaxNesting) + " deep");
+        return make(Ast::Kind::kEmpty);
+      }
       AstPtr inner = alternation();
+      --depth_;
       if (!err_.empty()) return inner;
       if (done() || p_[i_] != ')') {
         fail("an unterminated '('");
@@ -383,7 +400,7 @@ class Parser {
       return make(Ast::Kind::kEmpty);
     }
     if (c == '^') {
-      fail("'^' inside the pattern (anchors only at its ends)");
+      fail("'^' inside the pattern (anchors only at the ends of an alternative)");
       return make(Ast::Kind::kEmpty);
     }
     const uint32_t cp = utf8_char();
@@ -392,6 +409,7 @@ class Parser {
 
   std::string_view p_;
   size_t i_ = 0;
+  int depth_ = 0;
   std::string err_;
 };
 
@@ -475,7 +493,7 @@ class NfaBuilder {
 
   // A state matching `a` then continuing at `cont`. -1 when too large.
   int32_t build(const Ast& a, int32_t cont) {
-    if (cont < 0) return -1;
+    if (cont < 0 || ++steps_ > kMaxBuildSteps) return -1;
     switch (a.kind) {
       case Ast::Kind::kEmpty:
         return cont;
@@ -562,6 +580,7 @@ class NfaBuilder {
   }
 
   std::vector<NfaState> states_;
+  int64_t steps_ = 0;
 };
 
 // Subset construction on demand: a DFA state is the set of the NFA's
@@ -630,7 +649,63 @@ class RegexAutomaton final : public guided::LazyDfa {
   int32_t start_ = kDead;
 };
 
+// A regex for the texts of `a` with every class cut to what a JSON string
+// holds unescaped (no '"', no '\\', no control characters).
+std::string print_json_string(const Ast& a) {
+  switch (a.kind) {
+    case Ast::Kind::kEmpty:
+      return "(?:)";
+    case Ast::Kind::kClass: {
+      Ranges cut;
+      for (auto [lo, hi] : a.ranges) {
+        // Remove 0x00-0x1F, '"' (0x22) and '\\' (0x5C).
+        for (auto [blo, bhi] : Ranges{{0x20, 0x21}, {0x23, 0x5B}, {0x5D, kMaxCodePoint}}) {
+          const uint32_t l = std::max(lo, blo), h = std::min(hi, bhi);
+          if (l <= h) cut.push_back({l, h});
+        }
+      }
+      if (cut.empty()) return "[^\\s\\S]";  // matches nothing
+      auto esc = [](uint32_t cp) {
+        if (cp < 0x80 && std::isalnum(static_cast<int>(cp))) return std::string(1, static_cast<char>(cp));
+        if (cp < 0x10000) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04X", static_cast<unsigned>(cp));
+          return std::string(buf);
+        }
+        uint8_t bytes[4];
+        const int n = encode(cp, bytes);
+        return std::string(reinterpret_cast<const char*>(bytes), static_cast<size_t>(n));
+      };
+      std::string out = "[";
+      for (auto [lo, hi] : cut) out += lo == hi ? esc(lo) : esc(lo) + "-" + esc(hi);
+      return out + "]";
+    }
+    case Ast::Kind::kConcat: {
+      std::string out;
+      for (const AstPtr& c : a.children) out += print_json_string(*c);
+      return out;
+    }
+    case Ast::Kind::kAlt: {
+      std::string out = "(?:";
+      for (size_t i = 0; i < a.children.size(); ++i) out += (i ? "|" : "") + print_json_string(*a.children[i]);
+      return out + ")";
+    }
+    case Ast::Kind::kRepeat: {
+      std::string out = "(?:" + print_json_string(*a.children[0]) + ")";
+      if (a.max < 0) return out + (a.min == 0 ? "*" : "{" + std::to_string(a.min) + ",}");
+      return out + "{" + std::to_string(a.min) + "," + std::to_string(a.max) + "}";
+    }
+  }
+  return "";
+}
+
 }  // namespace
+
+Result<std::string> json_string_pattern(std::string_view pattern) {
+  Parser parser(pattern);
+  TANDEM_ASSIGN_OR_RETURN(AstPtr ast, parser.parse());
+  return print_json_string(*ast);
+}
 
 Result<std::unique_ptr<ByteAutomaton>> compile_regex(std::string_view pattern) {
   Parser parser(pattern);
@@ -638,8 +713,9 @@ Result<std::unique_ptr<ByteAutomaton>> compile_regex(std::string_view pattern) {
   NfaBuilder builder;
   const int32_t start = builder.build(*ast, 0);
   if (start < 0)
-    return invalid_argument("regex: the pattern needs more than " + std::to_string(kMaxNfaStates) +
-                            " automaton states (large repetition counts multiply)");
+    return invalid_argument("regex: the pattern is too large to guide (more than " + std::to_string(kMaxNfaStates) +
+                            " automaton states or " + std::to_string(kMaxBuildSteps) +
+                            " building steps; nested repetition counts multiply)");
   return std::unique_ptr<ByteAutomaton>(new RegexAutomaton(builder.take(), start));
 }
 

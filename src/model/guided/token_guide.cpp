@@ -2,6 +2,7 @@
 // automaton from the current state, pruned where the automaton dies. A state's
 // mask is computed once and kept.
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -120,6 +121,7 @@ Result<std::shared_ptr<const std::vector<uint64_t>>> TokenGuide::allowed(State s
   }
   TANDEM_RETURN_IF_ERROR(automaton_->error());
   std::shared_ptr<const std::vector<uint64_t>> out = std::move(mask);
+  if (masks_.size() >= kMaxCachedMasks) masks_.clear();
   masks_.emplace(key, out);
   return out;
 }
@@ -140,9 +142,25 @@ bool TokenGuide::accepting(State state) {
   return state.automaton != ByteAutomaton::kDead && automaton_->accepting(state.automaton);
 }
 
+bool TokenGuide::failed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !automaton_->error().is_ok();
+}
+
 bool TokenGuide::complete(State state) {
   std::lock_guard<std::mutex> lock(mu_);
   return automaton_->complete(state.automaton);
+}
+
+void mask_logits(const std::vector<uint64_t>& mask, float* logits, int64_t n) {
+  for (int64_t base = 0; base < n; base += 64) {
+    const size_t w = static_cast<size_t>(base / 64);
+    const uint64_t m = w < mask.size() ? mask[w] : 0;
+    if (m == ~uint64_t{0} && base + 64 <= n) continue;  // a whole word allowed: common inside strings
+    const int64_t end = std::min<int64_t>(n, base + 64);
+    for (int64_t t = base; t < end; ++t)
+      if (!((m >> (t - base)) & 1u)) logits[t] = -INFINITY;
+  }
 }
 
 Result<std::shared_ptr<TokenGuide>> GuideCache::get(const GuideSpec& spec) {
@@ -155,6 +173,7 @@ Result<std::shared_ptr<TokenGuide>> GuideCache::get(const GuideSpec& spec) {
       if (recent_[i].first == key) {
         auto hit = recent_[i];
         recent_.erase(recent_.begin() + static_cast<std::ptrdiff_t>(i));
+        if (hit.second->failed()) break;  // its requests ended; start the grammar over
         recent_.push_back(hit);
         return hit.second;
       }

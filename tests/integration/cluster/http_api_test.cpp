@@ -768,6 +768,12 @@ TEST_F(HttpApi, StructuredOutputHoldsTheAnswerToTheFormat) {
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(refused.status.error_message().find("sampling.guided_regex"), std::string::npos)
       << refused.status.error_message();
+  auto with_echo = greedy("x", 4);
+  with_echo.mutable_sampling()->set_guided_json_object(true);
+  with_echo.mutable_sampling()->set_echo(true);
+  refused = generate(cluster_->stub(), with_echo);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("sampling.echo"), std::string::npos) << refused.status.error_message();
   bad.mutable_sampling()->set_guided_json_object(true);
   refused = generate(cluster_->stub(), bad);
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);

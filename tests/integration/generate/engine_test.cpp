@@ -390,7 +390,7 @@ TEST_P(EngineOnPreset, GuidedStopTokensWaitForACompleteText) {
   req = greedy_request(m, "JSON:", 40);
   req.sampling = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f};
   req.stop_token_ids = {eos};
-  req.logprobs = 0;
+  req.logprobs = 2;
   req.guide = guide_for(m, {model::GuideSpec::Kind::kJsonObject, ""});
   for (uint64_t seed = 0; seed < 3; ++seed) {
     req.seed = seed;
@@ -406,9 +406,17 @@ TEST_P(EngineOnPreset, GuidedStopTokensWaitForACompleteText) {
     if ((*j)[0].finish == engine::FinishReason::kStop) {
       EXPECT_TRUE(nlohmann::json::accept(text)) << text;
     }
-    // Log-probabilities are the model's: masked tokens may be more likely.
-    for (const auto& lp : (*j)[0].logprobs) EXPECT_LE(lp.logprob, 0.0f);
+    // Log-probabilities are the model's: at the first token (same prompt)
+    // the alternatives equal an unguided run's, masked tokens included.
+    auto free_req = req;
+    free_req.guide.reset();
+    auto unguided = eng->generate({free_req});
+    ASSERT_TRUE(unguided.is_ok());
+    ASSERT_FALSE((*j)[0].logprobs.empty());
+    EXPECT_EQ((*j)[0].logprobs[0].top, (*unguided)[0].logprobs[0].top);
   }
+  req.adjust.min_tokens = 2;
+  EXPECT_EQ(eng->generate({req}).status().code(), StatusCode::kInvalidArgument);
 }
 
 // A guide whose vocabulary is not the model's is refused up front.

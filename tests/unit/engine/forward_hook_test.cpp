@@ -212,6 +212,26 @@ TEST(ForwardHook, SplitForwardGivesTheBuiltInTokens) {
   EXPECT_EQ(sampled_rows, 14u + 3u);
   reqs[0].adjust = {};
   reqs[0].stop_token_ids.clear();
+  // A greedy request under a grammar needs its logits (the device argmax
+  // would not see the mask): its rows come back as logits, and its tokens
+  // are the built-in engine's under the same grammar.
+  {
+    greedy_rows = sampled_rows = 0;
+    auto automaton = model::compile_regex("[a-z]{7}");
+    ASSERT_TRUE(automaton.is_ok());
+    reqs[0].guide = std::make_shared<model::TokenGuide>(std::move(automaton).value(),
+                                                        model::TokenVocabulary::build(*tm.ck->tokenizer, c.vocab_size));
+    auto want_guided = (*base)->generate(reqs);
+    auto got_guided = (*eng)->generate(reqs);
+    ASSERT_TRUE(want_guided.is_ok() && got_guided.is_ok()) << got_guided.status().to_string();
+    EXPECT_EQ((*got_guided)[0].tokens, (*want_guided)[0].tokens);
+    EXPECT_EQ(greedy_rows, 7u);  // request 2 only
+    EXPECT_EQ(sampled_rows, 14u + (*got_guided)[0].tokens.size());
+    const std::string text = tm.ck->tokenizer->decode((*got_guided)[0].tokens);
+    EXPECT_EQ(text.size(), 7u) << text;
+    EXPECT_TRUE(std::all_of(text.begin(), text.end(), [](char ch) { return ch >= 'a' && ch <= 'z'; })) << text;
+    reqs[0].guide.reset();
+  }
 
   // A split forward that fails, or answers with a token outside the
   // vocabulary or too few logits, ends the requests with an error naming it

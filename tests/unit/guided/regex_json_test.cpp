@@ -52,17 +52,13 @@ TEST(GuidedRegex, AgreesWithStdRegexOnRandomStrings) {
     auto a = regex(p);
     ASSERT_TRUE(a) << p;
     const std::regex reference(p, std::regex::ECMAScript);
-    int matched = 0;
     for (int trial = 0; trial < 3000; ++trial) {
       std::string s;
       const int len = static_cast<int>(rng() % 9);
       for (int k = 0; k < len; ++k) s += alphabet[rng() % alphabet.size()];
       const bool want = std::regex_match(s, reference);
-      matched += want;
       ASSERT_EQ(accepts(*a, s), want) << "pattern " << p << " on '" << s << "'";
     }
-    // Matching strings built by hand so every pattern is tested on some.
-    (void)matched;
   }
   for (auto [p, s] : std::vector<std::pair<std::string, std::string>>{
            {"a(b|c)*d", "abcbcd"}, {"[0-9]{2,4}", "2024"}, {R"([a-z]+@[a-z]+\.(com|org))", "ab@cd.org"},
@@ -99,6 +95,32 @@ TEST(GuidedRegex, AnchorsAtTheEndsChangeNothing) {
   auto a = regex("^ab$");
   EXPECT_TRUE(accepts(*a, "ab"));
   EXPECT_FALSE(accepts(*a, "abab"));
+}
+
+// Hostile patterns end in an error, quickly, not in a hang, a blown stack or
+// an exhausted memory.
+TEST(GuidedRegex, HostilePatternsAreRefusedNotRun) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"((((){1000}){1000}){1000}){1000}", "too large"},
+      {"(((a{1000}){1000}){1000})", "too large"},
+      {std::string(300, '(') + "a" + std::string(300, ')'), "nested more than"},
+      {"a" + std::string(100000, '*'), "quantifier on a quantifier"},
+      {"a{2}{3}", "quantifier on a quantifier"}};
+  for (const auto& [p, want] : cases) {
+    auto r = compile_regex(p);
+    ASSERT_FALSE(r.is_ok()) << p.substr(0, 40);
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << p.substr(0, 40) << ": " << r.status().message();
+  }
+}
+
+TEST(GuidedRegex, AnchorsMayOpenAndCloseEachAlternative) {
+  auto a = regex(R"(^\d{3}$|^\d{5}$)");
+  EXPECT_TRUE(accepts(*a, "123"));
+  EXPECT_TRUE(accepts(*a, "12345"));
+  EXPECT_FALSE(accepts(*a, "1234"));
+  auto b = regex("(a|b$)");
+  EXPECT_TRUE(accepts(*b, "b"));
+  EXPECT_FALSE(compile_regex("a$b").is_ok());
 }
 
 TEST(GuidedRegex, RefusesWhatItCannotMatchNamingIt) {
@@ -320,6 +342,52 @@ TEST(GuidedJsonSchema, RefusesWhatItDoesNotSupportNamingIt) {
 
 // Random texts the schema's automaton generates parse as JSON with the
 // required keys: the regex and the schema agree beyond the hand-picked cases.
+TEST(GuidedJsonSchema, PatternsStayInsideTheString) {
+  // `.` would otherwise close the string and smuggle in another property.
+  auto a = schema(R"({"type": "object", "properties": {"s": {"type": "string", "pattern": ".+"}}, "required": ["s"]})");
+  ASSERT_TRUE(a);
+  EXPECT_TRUE(accepts(*a, R"({"s": "a b é"})"));
+  EXPECT_FALSE(accepts(*a, R"({"s": "a", "t": "b"})"));
+  EXPECT_FALSE(accepts(*a, "{\"s\": \"a\tb\"}"));  // a raw tab
+  EXPECT_FALSE(accepts(*a, R"({"s": "a\b"})"));
+  auto code = schema(R"({"type": "string", "pattern": "^[A-Z]{2}-\\d+$"})");
+  EXPECT_TRUE(accepts(*code, R"("AB-12")"));
+  EXPECT_FALSE(accepts(*code, R"("AB-")"));
+}
+
+TEST(GuidedJsonSchema, HostileSchemasAreRefusedNotRun) {
+  // Shared definitions doubling at every level: 2^25 copies if expanded.
+  std::string defs = R"("d0": {"type": "string"})";
+  for (int k = 1; k <= 25; ++k)
+    defs += ", \"d" + std::to_string(k) + R"(": {"anyOf": [{"$ref": "#/$defs/d)" + std::to_string(k - 1) +
+            R"("}, {"$ref": "#/$defs/d)" + std::to_string(k - 1) + "\"}]}";
+  std::string nested = R"({"type": "integer"})";
+  for (int k = 0; k < 100; ++k) nested = R"({"type": "array", "items": )" + nested + "}";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{\"$defs\": {" + defs + R"(}, "$ref": "#/$defs/d25"})", "too large"},
+      {nested, "nested more than"},
+      {R"({"type": "string", "nullable": "yes"})", "nullable"},
+      {R"({"$defs": {"x": [1]}, "$ref": "#/$defs/x/99999999999999999999999"})", "json schema"},
+      {R"({"type": "string", "minLength": 5000})", "minLength"}};
+  for (const auto& [text, want] : cases) {
+    auto r = json_schema_to_regex(text);
+    ASSERT_FALSE(r.is_ok()) << text.substr(0, 60);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+  }
+  // A maximum past what a guide counts is not enforced rather than refused.
+  auto long_text = schema(R"({"type": "string", "maxLength": 5000})");
+  ASSERT_TRUE(long_text);
+  EXPECT_TRUE(accepts(*long_text, "\"" + std::string(6000, 'x') + "\""));
+}
+
+TEST(GuidedJsonSchema, DateTimesCarryTheirOffset) {
+  auto a = schema(R"({"type": "string", "format": "date-time"})");
+  EXPECT_TRUE(accepts(*a, R"("2026-11-30T01:02:03Z")"));
+  EXPECT_TRUE(accepts(*a, R"("2026-11-30T01:02:03.5+01:00")"));
+  EXPECT_FALSE(accepts(*a, R"("2026-11-30T01:02:03")"));
+}
+
 TEST(GuidedJsonSchema, RandomWalksProduceValidJson) {
   auto a = schema(R"({"type": "object", "properties": {"name": {"type": "string", "maxLength": 4},
     "n": {"type": "number"}, "ok": {"type": "boolean"}, "tags": {"type": "array", "items": {"enum": ["a", "b"]}}},
@@ -336,7 +404,6 @@ TEST(GuidedJsonSchema, RandomWalksProduceValidJson) {
       for (int b = 0; b < 256; ++b)
         if (a->next(s, static_cast<uint8_t>(b)) != ByteAutomaton::kDead) options.push_back(static_cast<uint8_t>(b));
       ASSERT_FALSE(options.empty()) << text;
-      // Prefer ASCII so walks end; a lead byte needs its continuation anyway.
       const uint8_t b = options[rng() % options.size()];
       text += static_cast<char>(b);
       s = a->next(s, b);
