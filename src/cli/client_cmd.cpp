@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "commands.h"
@@ -26,6 +28,10 @@ struct ClientArgs {
   uint64_t seed = 1;
   std::vector<std::string> stop;
   bool score = false;
+  // Structured output (at most one; the router refuses more).
+  std::string json_schema_file, regex;
+  std::vector<std::string> choice;
+  bool json_object = false;
 };
 
 // A token's bytes for a terminal: control bytes and quotes escaped.
@@ -65,6 +71,16 @@ int run_client(const ClientArgs& a) {
   if (a.repetition_penalty != 1) s->set_repetition_penalty(a.repetition_penalty);
   if (a.score) s->set_prompt_logprobs(0);
   for (const auto& x : a.stop) s->add_stop(x);
+  if (!a.json_schema_file.empty()) {
+    std::ifstream in(a.json_schema_file);
+    if (!in) return std::fprintf(stderr, "tandem client: --json-schema: cannot read %s\n", a.json_schema_file.c_str()), 2;
+    std::stringstream schema;
+    schema << in.rdbuf();
+    s->set_guided_json(schema.str());
+  }
+  if (!a.regex.empty()) s->set_guided_regex(a.regex);
+  for (const auto& x : a.choice) s->add_guided_choice(x);
+  if (a.json_object) s->set_guided_json_object(true);
   auto reader = stub->Generate(&ctx, req);
   tandem::v1::GenerateResponse r;
   if (!a.score) std::fputs(a.prompt.c_str(), stdout);
@@ -129,6 +145,10 @@ void register_client(CLI::App& app) {
   c->add_option("--priority", a.priority, "Lower is served first")->capture_default_str();
   c->add_option("--seed", a.seed, "Sampling seed")->capture_default_str();
   c->add_option("--stop", a.stop, "Stop string (repeatable)");
+  c->add_option("--json-schema", a.json_schema_file, "Answer as an instance of the JSON schema in this file");
+  c->add_option("--regex", a.regex, "Answer matching this regular expression");
+  c->add_option("--choice", a.choice, "Answer with exactly one of these (repeatable)");
+  c->add_flag("--json-object", a.json_object, "Answer with a JSON object");
   c->add_flag("--score", a.score,
               "Generate nothing: print each prompt token's log-probability, the total and the perplexity");
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -811,6 +812,20 @@ TEST_F(HttpApi, StructuredOutputHoldsTheAnswerToTheFormat) {
                                                  {"seed", 5}, {"guided_regex", "20[0-9]{2}-(0[1-9]|1[0-2])"}});
   const std::string date = regex["choices"][0]["text"];
   EXPECT_TRUE(date.size() == 7 && date.rfind("20", 0) == 0 && date[4] == '-') << date;
+  // The command line: `tandem client --json-schema FILE` prints the prompt, then the answer.
+  const std::string schema_file = ::testing::TempDir() + "/tandem_schema_" + std::to_string(getpid()) + ".json";
+  {
+    std::ofstream f(schema_file);
+    f << schema;
+  }
+  int rc = 0;
+  const std::string out = testing::shell(testing::tandem_bin() + " client --server " + cluster_->router_address() +
+                                             " --prompt 'Describe a person as JSON:' --temperature 0 --max-tokens 80" +
+                                             " --json-schema " + schema_file,
+                                         rc);
+  std::remove(schema_file.c_str());
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(out.rfind("Describe a person as JSON:" + person.text + "\nfinish: stop", 0), 0u) << out;
   auto res = client().Post("/v1/chat/completions",
                            json{{"messages", {{{"role", "user"}, {"content", "x"}}}},
                                 {"response_format", {{"type", "json_schema"},
