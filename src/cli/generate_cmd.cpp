@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "tandem/engine/engine.h"
 #include "tandem/model/checkpoint.h"
+#include "tandem/model/guided.h"
 #include "tandem/model/weights.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "tandem/engine/cuda_runner.h"
@@ -29,6 +30,8 @@ struct GenerateArgs {
   std::string dtype = "f32";
   bool cuda_graphs = false;
   std::string experts = "per-expert";
+  model::GuideRequest guided;  // --regex / --json-schema FILE / --choice / --json-object
+  std::string json_schema_file;
 };
 
 int fail(const Status& st) {
@@ -81,6 +84,20 @@ int run_generate(const GenerateArgs& a) {
   req.sampling.top_k = a.top_k;
   req.seed = a.seed;
   if (!a.ignore_eos) req.stop_token_ids = ck->stop_token_ids;
+  model::GuideRequest guided = a.guided;
+  if (!a.json_schema_file.empty()) {
+    auto text = model::read_text_file(a.json_schema_file);
+    if (!text.is_ok()) return fail(text.status().with_context("--json-schema"));
+    guided.json_schema = std::move(text).value();
+  }
+  auto spec = model::make_guide_spec(guided, "guided_");
+  if (!spec.is_ok()) return fail(spec.status());
+  if (!spec->empty()) {
+    auto automaton = model::compile_guide(*spec);
+    if (!automaton.is_ok()) return fail(automaton.status());
+    req.guide = std::make_shared<model::TokenGuide>(std::move(automaton).value(),
+                                                    model::TokenVocabulary::build(*ck->tokenizer, ck->config.vocab_size));
+  }
 
   model::StreamingDetokenizer detok(*ck->tokenizer);
   std::fputs(a.prompt.c_str(), stdout);
@@ -93,6 +110,7 @@ int run_generate(const GenerateArgs& a) {
   std::string tail = detok.flush();
   std::fwrite(tail.data(), 1, tail.size(), stdout);
   std::fputc('\n', stdout);
+  std::fflush(stdout);  // before the summary on stderr, so the two do not interleave
 
   const auto& s = (*eng)->stats();
   std::fprintf(stderr, "prompt: %lld tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s | finish: %s\n",
@@ -130,6 +148,10 @@ void register_generate(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"per-expert", "batched", "device"}));
   cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at end-of-sequence tokens");
+  cmd->add_option("--json-schema", a.json_schema_file, "Answer as an instance of the JSON schema in this file");
+  cmd->add_option("--regex", a.guided.regex, "Answer matching this regular expression");
+  cmd->add_option("--choice", a.guided.choice, "Answer with exactly one of these (repeatable)");
+  cmd->add_flag("--json-object", a.guided.json_object, "Answer with a JSON object");
 }
 
 }  // namespace tandem::cli

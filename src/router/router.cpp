@@ -291,38 +291,20 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // INVALID_ARGUMENT naming the field before any node is involved; the node
   // gets it as one regular expression (or the JSON-object flag).
   static grpc::Status guide(const pb::SamplingParams& sp, ipb::RunRequest& run) {
-    const int kinds = !sp.guided_regex().empty() + !sp.guided_json().empty() + (sp.guided_choice_size() > 0) +
-                      sp.guided_json_object();
-    if (kinds > 1)
-      return invalid("sampling.guided_*",
-                     "at most one of guided_regex, guided_json, guided_choice and guided_json_object may be set");
-    if (kinds == 0) return grpc::Status::OK;
+    const model::GuideRequest asked{sp.guided_regex(), sp.guided_json(),
+                                    {sp.guided_choice().begin(), sp.guided_choice().end()}, sp.guided_json_object()};
+    auto spec = model::make_guide_spec(asked, "sampling.guided_");
+    if (!spec.is_ok()) return to_grpc(spec.status());
+    if (spec->empty()) return grpc::Status::OK;
     // The grammar decides where the text may end; an echoed prompt would
     // change how its first token reads (a SentencePiece leading space).
     if (sp.min_tokens() > 0) return invalid("sampling.min_tokens", "not with guided output");
     if (sp.echo()) return invalid("sampling.echo", "not with guided output");
-    if (sp.guided_json_object()) {
+    if (spec->kind == model::GuideSpec::Kind::kJsonObject) {
       run.set_guide_json_object(true);
-      return grpc::Status::OK;
-    }
-    std::string field, regex;
-    if (!sp.guided_regex().empty()) {
-      field = "sampling.guided_regex";
-      regex = sp.guided_regex();
-    } else if (!sp.guided_json().empty()) {
-      field = "sampling.guided_json";
-      auto converted = model::json_schema_to_regex(sp.guided_json());
-      if (!converted.is_ok()) return invalid(field, converted.status().message());
-      regex = std::move(converted).value();
-    } else if (sp.guided_choice_size() > 0) {
-      field = "sampling.guided_choice";
-      regex = model::choice_regex({sp.guided_choice().begin(), sp.guided_choice().end()});
     } else {
-      return grpc::Status::OK;
+      run.set_guide_regex(spec->regex);
     }
-    auto compiled = model::compile_regex(regex);
-    if (!compiled.is_ok()) return invalid(field, compiled.status().message());
-    run.set_guide_regex(regex);
     return grpc::Status::OK;
   }
 

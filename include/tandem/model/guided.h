@@ -80,6 +80,19 @@ struct GuideSpec {
   bool empty() const { return kind == Kind::kNone; }
   std::string key() const;  // identifies the grammar (a compile cache key)
 };
+// What a request asks its output to follow, as the APIs spell it (vLLM's
+// guided_regex / guided_json / guided_choice / guided_json_object).
+struct GuideRequest {
+  std::string regex;
+  std::string json_schema;  // JSON text
+  std::vector<std::string> choice;
+  bool json_object = false;
+};
+// The spec for `r`, checked (its regex parses and is not too large): kNone
+// when nothing is asked; INVALID_ARGUMENT naming the field as `prefix` +
+// regex / json / choice / json_object when it is wrong or more than one is set.
+Result<GuideSpec> make_guide_spec(const GuideRequest& r, const std::string& prefix);
+
 // The automaton for a spec (kNone: INVALID_ARGUMENT).
 Result<std::unique_ptr<ByteAutomaton>> compile_guide(const GuideSpec& spec);
 

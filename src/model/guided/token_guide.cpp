@@ -27,6 +27,36 @@ std::string GuideSpec::key() const {
   return "";
 }
 
+Result<GuideSpec> make_guide_spec(const GuideRequest& r, const std::string& prefix) {
+  const int kinds = !r.regex.empty() + !r.json_schema.empty() + !r.choice.empty() + r.json_object;
+  if (kinds > 1)
+    return invalid_argument(prefix + "*: at most one of " + prefix + "regex, " + prefix + "json, " + prefix +
+                            "choice and " + prefix + "json_object may be set");
+  GuideSpec spec;
+  if (kinds == 0) return spec;
+  if (r.json_object) {
+    spec.kind = GuideSpec::Kind::kJsonObject;
+    return spec;
+  }
+  std::string field;
+  spec.kind = GuideSpec::Kind::kRegex;
+  if (!r.regex.empty()) {
+    field = prefix + "regex";
+    spec.regex = r.regex;
+  } else if (!r.json_schema.empty()) {
+    field = prefix + "json";
+    auto converted = json_schema_to_regex(r.json_schema);
+    if (!converted.is_ok()) return invalid_argument(field + ": " + converted.status().message());
+    spec.regex = std::move(converted).value();
+  } else {
+    field = prefix + "choice";
+    spec.regex = choice_regex(r.choice);
+  }
+  auto compiled = compile_regex(spec.regex);
+  if (!compiled.is_ok()) return invalid_argument(field + ": " + compiled.status().message());
+  return spec;
+}
+
 Result<std::unique_ptr<ByteAutomaton>> compile_guide(const GuideSpec& spec) {
   switch (spec.kind) {
     case GuideSpec::Kind::kRegex: return compile_regex(spec.regex);

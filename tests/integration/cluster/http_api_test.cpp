@@ -826,6 +826,15 @@ TEST_F(HttpApi, StructuredOutputHoldsTheAnswerToTheFormat) {
   std::remove(schema_file.c_str());
   ASSERT_EQ(rc, 0) << out;
   EXPECT_EQ(out.rfind("Describe a person as JSON:" + person.text + "\nfinish: stop", 0), 0u) << out;
+  // The single process: `tandem generate` takes the same flags.
+  const std::string gen = testing::tandem_bin() + " generate --model " + cluster_model("tiny-mixtral") +
+                          " --prompt 'Pick one:' --temperature 1.5 --seed 4 --max-tokens 16";
+  const std::string picked = testing::shell(gen + " --choice alpha --choice 'beta gamma'", rc);
+  ASSERT_EQ(rc, 0) << picked;
+  EXPECT_TRUE(picked.rfind("Pick one:alpha\n", 0) == 0 || picked.rfind("Pick one:beta gamma\n", 0) == 0) << picked;
+  const std::string refused_cli = testing::shell(gen + " --regex '(a'", rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(refused_cli.find("guided_regex: regex: an unterminated '('"), std::string::npos) << refused_cli;
   auto res = client().Post("/v1/chat/completions",
                            json{{"messages", {{{"role", "user"}, {"content", "x"}}}},
                                 {"response_format", {{"type", "json_schema"},

@@ -419,5 +419,41 @@ TEST(GuidedJsonSchema, RandomWalksProduceValidJson) {
   EXPECT_GT(done, 20);
 }
 
+// The APIs' four spellings become one spec, errors named by field.
+TEST(GuideSpecs, FromTheApisFieldsNamingTheWrongOne) {
+  auto request = [](std::string regex, std::string schema, std::vector<std::string> choice, bool object) {
+    GuideRequest r;
+    r.regex = std::move(regex);
+    r.json_schema = std::move(schema);
+    r.choice = std::move(choice);
+    r.json_object = object;
+    return r;
+  };
+  auto none = make_guide_spec(request("", "", {}, false), "sampling.guided_");
+  ASSERT_TRUE(none.is_ok());
+  EXPECT_TRUE(none->empty());
+  auto choice = make_guide_spec(request("", "", {"a", "b.c"}, false), "sampling.guided_");
+  ASSERT_TRUE(choice.is_ok());
+  EXPECT_EQ(choice->kind, GuideSpec::Kind::kRegex);
+  EXPECT_EQ(choice->regex, choice_regex({"a", "b.c"}));
+  auto object = make_guide_spec(request("", "", {}, true), "x_");
+  ASSERT_TRUE(object.is_ok());
+  EXPECT_EQ(object->kind, GuideSpec::Kind::kJsonObject);
+  auto schema = make_guide_spec(request("", R"({"type": "integer"})", {}, false), "x_");
+  ASSERT_TRUE(schema.is_ok());
+  EXPECT_EQ(schema->regex, "(?:-?(?:0|[1-9][0-9]*))");
+  const std::vector<std::pair<GuideRequest, std::string>> bad = {
+      {request("(a", "", {}, false), "sampling.guided_regex: regex: an unterminated"},
+      {request("", "{", {}, false), "sampling.guided_json: json schema: not valid JSON"},
+      {request("", R"J({"type": "string", "pattern": "(?=a)"})J", {}, false), "sampling.guided_json: "},
+      {request("a", "", {}, true), "at most one of sampling.guided_regex"}};
+  for (const auto& [r, want] : bad) {
+    auto spec = make_guide_spec(r, "sampling.guided_");
+    ASSERT_FALSE(spec.is_ok()) << want;
+    EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(spec.status().message().find(want), std::string::npos) << spec.status().message();
+  }
+}
+
 }  // namespace
 }  // namespace tandem::model
