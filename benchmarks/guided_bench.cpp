@@ -113,12 +113,13 @@ std::vector<int32_t> spell(const model::TokenVocabulary& vocab, const std::strin
     int32_t node = 0, best = -1;
     size_t best_len = 0;
     for (size_t i = at; i < text.size(); ++i) {
-      const auto& kids = trie[static_cast<size_t>(node)].children;
-      auto it = std::find_if(kids.begin(), kids.end(), [&](const auto& e) { return e.first == static_cast<uint8_t>(text[i]); });
-      if (it == kids.end()) break;
-      node = it->second;
-      if (!trie[static_cast<size_t>(node)].tokens.empty()) {
-        best = trie[static_cast<size_t>(node)].tokens[0];
+      int32_t next = -1;
+      for (int32_t e = trie.edge_begin[static_cast<size_t>(node)]; e < trie.edge_begin[static_cast<size_t>(node) + 1]; ++e)
+        if (trie.edge_byte[static_cast<size_t>(e)] == static_cast<uint8_t>(text[i])) next = trie.edge_node[static_cast<size_t>(e)];
+      if (next < 0) break;
+      node = next;
+      if (trie.token_begin[static_cast<size_t>(node)] < trie.token_begin[static_cast<size_t>(node) + 1]) {
+        best = trie.tokens[static_cast<size_t>(trie.token_begin[static_cast<size_t>(node)])];
         best_len = i - at + 1;
       }
     }

@@ -32,6 +32,11 @@ class ByteAutomaton {
   virtual bool accepting(int32_t state) = 0;
   // The first error met while building states; OK while there is none.
   virtual Status error() const = 0;
+  // The transitions out of `state` built so far, 256 entries, kUnknown where
+  // next() has not been asked yet; null if the automaton keeps no table. Valid
+  // until the next call of next(). (The vocabulary walk reads it directly.)
+  static constexpr int32_t kUnknown = -2;
+  virtual const int32_t* transitions(int32_t /*state*/) const { return nullptr; }
   // Accepting, and no byte leads on: the text is complete.
   bool complete(int32_t state);
 };
@@ -110,17 +115,24 @@ class TokenVocabulary {
   // text later (a decoder that strips the first leading space).
   bool first_differs() const { return !first_bytes_.empty(); }
 
-  struct Node {
-    std::vector<std::pair<uint8_t, int32_t>> children;  // sorted by byte
-    std::vector<int32_t> tokens;                         // tokens whose text ends here
+  // The texts' trie in flat arrays, nodes in depth-first order (node 0 the
+  // root): node n's children are edges [edge_begin[n], edge_begin[n + 1])
+  // sorted by byte, and the tokens whose text ends at n are tokens
+  // [token_begin[n], token_begin[n + 1]). Flat so that a mask's walk over
+  // every node stays in a few arrays.
+  struct Trie {
+    std::vector<int32_t> edge_begin, token_begin;
+    std::vector<uint8_t> edge_byte;
+    std::vector<int32_t> edge_node, tokens;
+    int32_t nodes() const { return static_cast<int32_t>(edge_begin.size()) - 1; }
   };
-  const std::vector<Node>& trie(bool first) const { return first && first_differs() ? first_trie_ : trie_; }
+  const Trie& trie(bool first) const { return first && first_differs() ? first_trie_ : trie_; }
 
  private:
   int32_t vocab_ = 0;
   std::vector<std::string> bytes_;
   std::vector<std::string> first_bytes_;  // empty unless some token differs
-  std::vector<Node> trie_, first_trie_;
+  Trie trie_, first_trie_;
 };
 
 // One grammar over one vocabulary, shared by every sequence that uses it.

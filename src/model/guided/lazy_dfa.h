@@ -25,9 +25,11 @@ class LazyDfa : public ByteAutomaton {
     return t;
   }
   Status error() const final { return error_; }
+  const int32_t* transitions(int32_t state) const final {
+    return state < 0 ? nullptr : table_[static_cast<size_t>(state)].data();
+  }
 
  protected:
-  static constexpr int32_t kUnknown = -2;
   // The state after `byte` (kDead: none), built with add_state().
   virtual int32_t compute_next(int32_t state, uint8_t byte) = 0;
   // A new state's id, or kDead (and error()) past kMaxDfaStates.

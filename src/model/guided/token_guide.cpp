@@ -68,8 +68,14 @@ Result<std::unique_ptr<ByteAutomaton>> compile_guide(const GuideSpec& spec) {
 
 namespace {
 
-void build_trie(const std::vector<std::string>& bytes, std::vector<TokenVocabulary::Node>& trie) {
-  trie.assign(1, {});
+// Builds the trie with per-node child lists, then lays it out flat in
+// depth-first order.
+void build_trie(const std::vector<std::string>& bytes, TokenVocabulary::Trie& out) {
+  struct Node {
+    std::vector<std::pair<uint8_t, int32_t>> children;  // sorted by byte
+    std::vector<int32_t> tokens;
+  };
+  std::vector<Node> trie(1);
   for (size_t id = 0; id < bytes.size(); ++id) {
     const std::string& text = bytes[id];
     if (text.empty()) continue;
@@ -90,6 +96,34 @@ void build_trie(const std::vector<std::string>& bytes, std::vector<TokenVocabula
     }
     trie[static_cast<size_t>(node)].tokens.push_back(static_cast<int32_t>(id));
   }
+  // Depth-first numbering: a node's subtree is contiguous.
+  std::vector<int32_t> order, number(trie.size());
+  order.reserve(trie.size());
+  std::vector<int32_t> stack = {0};
+  while (!stack.empty()) {
+    const int32_t n = stack.back();
+    stack.pop_back();
+    number[static_cast<size_t>(n)] = static_cast<int32_t>(order.size());
+    order.push_back(n);
+    const auto& kids = trie[static_cast<size_t>(n)].children;
+    for (auto it = kids.rbegin(); it != kids.rend(); ++it) stack.push_back(it->second);
+  }
+  out = {};
+  out.edge_begin.reserve(order.size() + 1);
+  out.token_begin.reserve(order.size() + 1);
+  for (int32_t n : order) {
+    const Node& node = trie[static_cast<size_t>(n)];
+    out.edge_begin.push_back(static_cast<int32_t>(out.edge_byte.size()));
+    out.token_begin.push_back(static_cast<int32_t>(out.tokens.size()));
+    for (const auto& [b, child] : node.children) {
+      out.edge_byte.push_back(b);
+      out.edge_node.push_back(child);  // renumbered below
+    }
+    out.tokens.insert(out.tokens.end(), node.tokens.begin(), node.tokens.end());
+  }
+  out.edge_begin.push_back(static_cast<int32_t>(out.edge_byte.size()));
+  out.token_begin.push_back(static_cast<int32_t>(out.tokens.size()));
+  for (int32_t& child : out.edge_node) child = number[static_cast<size_t>(child)];
 }
 
 }  // namespace
@@ -136,16 +170,32 @@ Result<std::shared_ptr<const std::vector<uint64_t>>> TokenGuide::allowed(State s
   if (auto it = masks_.find(key); it != masks_.end()) return it->second;
   auto mask = std::make_shared<std::vector<uint64_t>>((static_cast<size_t>(vocab_->size()) + 63) / 64, 0);
   if (state.automaton != ByteAutomaton::kDead) {
-    const auto& trie = vocab_->trie(first);
+    const TokenVocabulary::Trie& trie = vocab_->trie(first);
+    uint64_t* bits = mask->data();
     std::vector<std::pair<int32_t, int32_t>> stack = {{0, state.automaton}};  // trie node, automaton state
     while (!stack.empty()) {
       const auto [node, at] = stack.back();
       stack.pop_back();
-      for (const auto& [byte, child] : trie[static_cast<size_t>(node)].children) {
-        const int32_t to = automaton_->next(at, byte);
+      // The state's row read directly; only transitions not built yet go
+      // through next() (which may move the table, so the row is read again).
+      const int32_t* row = automaton_->transitions(at);
+      const int32_t end = trie.edge_begin[static_cast<size_t>(node) + 1];
+      for (int32_t e = trie.edge_begin[static_cast<size_t>(node)]; e < end; ++e) {
+        const uint8_t byte = trie.edge_byte[static_cast<size_t>(e)];
+        int32_t to = row ? row[byte] : ByteAutomaton::kUnknown;
+        if (to == ByteAutomaton::kUnknown) {
+          to = automaton_->next(at, byte);
+          row = automaton_->transitions(at);
+        }
         if (to == ByteAutomaton::kDead) continue;
-        for (int32_t t : trie[static_cast<size_t>(child)].tokens) (*mask)[static_cast<size_t>(t) / 64] |= uint64_t{1} << (t % 64);
-        stack.push_back({child, to});
+        const int32_t child = trie.edge_node[static_cast<size_t>(e)];
+        const int32_t t_end = trie.token_begin[static_cast<size_t>(child) + 1];
+        for (int32_t k = trie.token_begin[static_cast<size_t>(child)]; k < t_end; ++k) {
+          const int32_t t = trie.tokens[static_cast<size_t>(k)];
+          bits[static_cast<size_t>(t) / 64] |= uint64_t{1} << (t % 64);
+        }
+        if (trie.edge_begin[static_cast<size_t>(child)] < trie.edge_begin[static_cast<size_t>(child) + 1])
+          stack.push_back({child, to});
       }
     }
   }
@@ -186,8 +236,12 @@ void mask_logits(const std::vector<uint64_t>& mask, float* logits, int64_t n) {
   for (int64_t base = 0; base < n; base += 64) {
     const size_t w = static_cast<size_t>(base / 64);
     const uint64_t m = w < mask.size() ? mask[w] : 0;
-    if (m == ~uint64_t{0} && base + 64 <= n) continue;  // a whole word allowed: common inside strings
     const int64_t end = std::min<int64_t>(n, base + 64);
+    if (m == ~uint64_t{0}) continue;  // a whole word allowed: common inside strings
+    if (m == 0) {                     // none allowed: common everywhere else
+      std::fill(logits + base, logits + end, -INFINITY);
+      continue;
+    }
     for (int64_t t = base; t < end; ++t)
       if (!((m >> (t - base)) & 1u)) logits[t] = -INFINITY;
   }
