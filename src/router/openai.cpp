@@ -7,6 +7,7 @@
 #include <limits>
 #include <utility>
 
+#include "tandem/model/guided.h"     // json_depth
 #include "tandem/model/tokenizer.h"  // is_valid_utf8
 
 namespace tandem::router::openai {
@@ -58,6 +59,9 @@ json parse_object(std::string_view text) {
   json body = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) refuse("", "the request body is not valid JSON");
   if (!body.is_object()) refuse("", "the request body must be a JSON object");
+  // Error messages and schemas dump() values, which recurses: deep bodies are refused first.
+  if (model::json_depth(body) > model::kMaxJsonInputDepth)
+    refuse("", "the request body nests deeper than " + std::to_string(model::kMaxJsonInputDepth));
   return body;
 }
 

@@ -5,6 +5,7 @@
 // engine masks the others out of the logits before sampling.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -12,6 +13,8 @@
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "tandem/common/status.h"
 #include "tandem/model/tokenizer.h"
@@ -37,6 +40,7 @@ class ByteAutomaton {
   // until the next call of next(). (The vocabulary walk reads it directly.)
   static constexpr int32_t kUnknown = -2;
   virtual const int32_t* transitions(int32_t /*state*/) const { return nullptr; }
+  virtual size_t states() const { return 0; }  // built so far
   // Accepting, and no byte leads on: the text is complete.
   bool complete(int32_t state);
 };
@@ -55,7 +59,7 @@ Result<std::unique_ptr<ByteAutomaton>> compile_regex(std::string_view pattern);
 // most kMaxJsonWhitespace whitespace bytes in a row (a model can otherwise
 // pad forever).
 inline constexpr int kMaxJsonDepth = 32;
-inline constexpr int kMaxJsonWhitespace = 16;
+inline constexpr int kMaxJsonWhitespace = 32;  // a newline and an indent 15 levels x 2 spaces deep
 std::unique_ptr<ByteAutomaton> json_object_automaton();
 
 // A regular expression for the JSON texts a schema allows (see
@@ -74,6 +78,12 @@ Result<std::string> json_schema_to_regex(std::string_view schema_json);
 Result<std::string> json_string_pattern(std::string_view pattern);
 // A regular expression matching exactly one of `choices`.
 std::string choice_regex(const std::vector<std::string>& choices);
+// The deepest nesting of arrays and objects in `value`, found without
+// recursion (nlohmann's dump() and the schema converter recurse: callers
+// refuse deep input with this first).
+int json_depth(const nlohmann::ordered_json& value);
+int json_depth(const nlohmann::json& value);
+inline constexpr int kMaxJsonInputDepth = 256;
 // `text` with every regex metacharacter escaped.
 std::string regex_escape(std::string_view text);
 
@@ -155,8 +165,10 @@ class TokenGuide {
   bool accepting(State state);
   bool complete(State state);  // accepting and nothing may follow
   int32_t vocab_size() const { return vocab_->size(); }
-  // The automaton outgrew its limit: states not built yet are dead for good.
-  bool failed();
+  // Past half its automaton's state limit, or failed at it: new requests
+  // should get a fresh compile (GuideCache does) so that the ones still on
+  // this guide keep the headroom. Read without locking.
+  bool retired() const { return retired_.load(std::memory_order_relaxed); }
 
   // Masks kept per guide (each vocab / 8 bytes: 19 KB at 152k tokens); past
   // it the cache starts over.
@@ -167,6 +179,8 @@ class TokenGuide {
   std::unique_ptr<ByteAutomaton> automaton_;
   std::shared_ptr<const TokenVocabulary> vocab_;
   std::unordered_map<int64_t, std::shared_ptr<const std::vector<uint64_t>>> masks_;
+  std::atomic<bool> retired_{false};
+  void check_wear();  // with mu_ held
 };
 
 // Compiled guides by grammar, for a server: the vocabulary is built on first

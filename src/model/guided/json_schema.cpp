@@ -33,6 +33,9 @@ constexpr int kAnyDepth = 2;
 constexpr size_t kMaxRegexBytes = size_t{1} << 17;
 // Schemas nested deeper are refused (the converter recurses on them).
 constexpr int kMaxSchemaDepth = 64;
+// Schemas visited while converting: shared $refs and repeated types can make
+// the work grow exponentially while the output stays small.
+constexpr int64_t kMaxSchemaVisits = 100000;
 // The largest count a regular expression here repeats (compile_regex's limit):
 // a larger maximum length or item count is not enforced, a larger minimum refused.
 constexpr int64_t kMaxCount = 1000;
@@ -76,6 +79,9 @@ class Converter {
     if (depth_ >= kMaxSchemaDepth)
       return invalid_argument("json schema: " + where + " is nested more than " + std::to_string(kMaxSchemaDepth) +
                               " schemas deep");
+    if (++visits_ > kMaxSchemaVisits)
+      return invalid_argument("json schema: too complex to guide (more than " + std::to_string(kMaxSchemaVisits) +
+                              " schemas visited; shared $refs multiply)");
     ++depth_;
     auto out = value_unchecked(s, where);
     --depth_;
@@ -207,18 +213,18 @@ class Converter {
   }
 
   Result<std::string> array(const json& s, const std::string& where) {
-    std::string item = any_value(kAnyDepth);
-    if (auto it = s.find("items"); it != s.end()) {
-      if (it->is_array())
-        return invalid_argument("json schema: " + where + ".items: tuples (an array of schemas) are not supported");
-      TANDEM_ASSIGN_OR_RETURN(item, value(*it, where + ".items"));
-    }
     int64_t lo = 0, hi = -1;
     TANDEM_RETURN_IF_ERROR(count(s, "minItems", where, lo));
     TANDEM_RETURN_IF_ERROR(count(s, "maxItems", where, hi));
     if (hi >= 0 && hi < lo) return invalid_argument("json schema: " + where + ": maxItems is below minItems");
     const std::string open = R"(\[)" + kWs, close = kWs + R"(\])";
     if (hi == 0) return open + close;
+    std::string item = any_value(kAnyDepth);
+    if (auto it = s.find("items"); it != s.end()) {
+      if (it->is_array())
+        return invalid_argument("json schema: " + where + ".items: tuples (an array of schemas) are not supported");
+      TANDEM_ASSIGN_OR_RETURN(item, value(*it, where + ".items"));
+    }
     const std::string more = "(?:," + kWs + item + ")" + repeat_suffix(lo > 0 ? lo - 1 : 0, hi < 0 ? -1 : hi - 1);
     if (lo == 0) return open + "(?:" + item + more + ")?" + close;
     return open + item + more + close;
@@ -253,21 +259,34 @@ class Converter {
       return open + "(?:" + entry + "(?:," + kWs + entry + ")*)?" + close;
     }
     std::vector<std::pair<std::string, bool>> entries;  // regex, required
+    size_t total = 0;
     for (const auto& [name, sub] : props->items()) {
       TANDEM_ASSIGN_OR_RETURN(std::string v, value(sub, where + ".properties." + name));
       entries.push_back({regex_escape(json(name).dump()) + ":" + kWs + v, required.count(name) > 0});
+      total += entries.back().first.size();
+      if (total > kMaxRegexBytes)
+        return invalid_argument("json schema: too large to guide (" + where + "'s properties need more than " +
+                                std::to_string(kMaxRegexBytes) + " bytes of expression)");
     }
     // Every choice of the first property written, then the rest in order
     // (required ones always, optional ones maybe), each after a comma.
+    // Sizes checked as they grow: the tails repeat every later entry.
+    auto too_large = [&](size_t bytes) {
+      return invalid_argument("json schema: too large to guide (" + where + "'s properties need an expression of " +
+                              "more than " + std::to_string(bytes) + " bytes, the limit is " +
+                              std::to_string(kMaxRegexBytes) + ")");
+    };
     std::vector<std::string> tails(entries.size() + 1);
     for (size_t j = entries.size(); j-- > 0;) {
       const std::string item = "," + kWs + entries[j].first;
       tails[j] = (entries[j].second ? item : "(?:" + item + ")?") + tails[j + 1];
+      if (tails[j].size() > kMaxRegexBytes) return too_large(tails[j].size());
     }
     std::string body = "(?:";
     bool any_required = false;
     for (size_t f = 0; f < entries.size(); ++f) {
       body += (f ? "|" : "") + entries[f].first + tails[f + 1];
+      if (body.size() > kMaxRegexBytes) return too_large(body.size());
       if (entries[f].second) {
         any_required = true;
         break;
@@ -283,12 +302,13 @@ class Converter {
   Status count(const json& s, const char* key, const std::string& where, int64_t& out) {
     auto it = s.find(key);
     if (it == s.end()) return Status::ok();
-    if (!it->is_number_integer() || it->get<int64_t>() < 0)
+    if (!it->is_number_integer() || (!it->is_number_unsigned() && it->get<int64_t>() < 0))
       return invalid_argument("json schema: " + where + "." + key + " must be a non-negative integer");
-    const int64_t v = it->get<int64_t>();
+    const uint64_t big = it->is_number_unsigned() ? it->get<uint64_t>() : static_cast<uint64_t>(it->get<int64_t>());
+    const int64_t v = big > static_cast<uint64_t>(kMaxCount) ? kMaxCount + 1 : static_cast<int64_t>(big);
     if (v > kMaxCount) {
       if (std::string_view(key).rfind("max", 0) == 0) return Status::ok();
-      return invalid_argument("json schema: " + where + "." + key + " is " + std::to_string(v) +
+      return invalid_argument("json schema: " + where + "." + key + " is " + std::to_string(big) +
                               ", more than the " + std::to_string(kMaxCount) + " a guide can count");
     }
     out = v;
@@ -319,16 +339,36 @@ class Converter {
   const json& root_;
   std::vector<std::string> refs_;
   int depth_ = 0;
+  int64_t visits_ = 0;
 };
+
+template <typename Json>
+int depth_of(const Json& value) {
+  int deepest = 0;
+  std::vector<std::pair<const Json*, int>> stack = {{&value, 0}};
+  while (!stack.empty()) {
+    auto [v, d] = stack.back();
+    stack.pop_back();
+    if (!v->is_structured()) continue;
+    deepest = std::max(deepest, d + 1);
+    for (const auto& child : *v) stack.push_back({&child, d + 1});
+  }
+  return deepest;
+}
 
 }  // namespace
 
+int json_depth(const nlohmann::ordered_json& value) { return depth_of(value); }
+int json_depth(const nlohmann::json& value) { return depth_of(value); }
+
 Result<std::string> json_schema_to_regex(std::string_view schema_json) {
-  // nlohmann's parser recurses too: depth is bounded there by what the caller
-  // accepted (the HTTP gateway's 3 MiB body), and its own errors are caught.
+  // nlohmann parses and frees without recursion, but dump() recurses (enum
+  // and const values are dumped): deep input is refused first.
   try {
     const json root = json::parse(schema_json, nullptr, false);
     if (root.is_discarded()) return invalid_argument("json schema: not valid JSON");
+    if (json_depth(root) > kMaxJsonInputDepth)
+      return invalid_argument("json schema: nested more than " + std::to_string(kMaxJsonInputDepth) + " deep");
     Converter converter(root);
     return converter.value(root, "schema");
   } catch (const json::exception& e) {  // e.g. a $ref index past any array

@@ -11,7 +11,9 @@
 namespace tandem::model::guided {
 
 // States a guide may build before it gives up: 256 transitions of 4 bytes
-// each, so 50 MiB at the limit (and the guide is then dropped, see GuideCache).
+// each, so 50 MiB of tables at the limit (plus what a state remembers: the
+// regex automaton bounds its NFA sets separately). GuideCache retires a
+// guide at half of it.
 inline constexpr size_t kMaxDfaStates = 50000;
 
 class LazyDfa : public ByteAutomaton {
@@ -21,7 +23,9 @@ class LazyDfa : public ByteAutomaton {
     const auto row = static_cast<size_t>(state);
     if (table_[row][byte] != kUnknown) return table_[row][byte];
     const int32_t t = compute_next(state, byte);  // may grow table_: no reference held across it
-    table_[row][byte] = t;
+    // A transition lost to a limit is not a dead end: left unknown, so no
+    // later walk mistakes it for one (the error ends the walks instead).
+    if (t != kDead || error_.is_ok()) table_[row][byte] = t;
     return t;
   }
   Status error() const final { return error_; }
@@ -35,9 +39,8 @@ class LazyDfa : public ByteAutomaton {
   // A new state's id, or kDead (and error()) past kMaxDfaStates.
   int32_t add_state() {
     if (table_.size() >= kMaxDfaStates) {
-      if (error_.is_ok())
-        error_ = resource_exhausted("guided decoding: the grammar's automaton outgrew " +
-                                    std::to_string(kMaxDfaStates) + " states");
+      fail(resource_exhausted("guided decoding: the grammar's automaton outgrew " + std::to_string(kMaxDfaStates) +
+                              " states"));
       return kDead;
     }
     std::array<int32_t, 256> row;
@@ -45,6 +48,12 @@ class LazyDfa : public ByteAutomaton {
     table_.push_back(row);
     return static_cast<int32_t>(table_.size() - 1);
   }
+  void fail(Status st) {
+    if (error_.is_ok()) error_ = std::move(st);
+  }
+
+ public:
+  size_t states() const final { return table_.size(); }
 
  private:
   std::vector<std::array<int32_t, 256>> table_;

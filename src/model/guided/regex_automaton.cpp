@@ -119,18 +119,19 @@ class Parser {
     return alt;
   }
 
-  // `^` opening and `$` closing an alternative change nothing for a
-  // whole-text match (as in ^\d{3}$|^\d{5}$); elsewhere they are refused.
+  // `^` opening and `$` closing a top-level alternative change nothing for a
+  // whole-text match (as in ^\d{3}$|^\d{5}$); elsewhere (inside a group,
+  // where they could contradict what surrounds them) they are refused.
   AstPtr concat() {
     auto c = make(Ast::Kind::kConcat);
-    if (!done() && p_[i_] == '^') ++i_;
+    if (!done() && p_[i_] == '^' && depth_ == 0) ++i_;
     while (!done() && p_[i_] != '|' && p_[i_] != ')') {
       if (p_[i_] == '$') {
-        if (i_ + 1 == p_.size() || p_[i_ + 1] == '|' || p_[i_ + 1] == ')') {
+        if (depth_ == 0 && (i_ + 1 == p_.size() || p_[i_ + 1] == '|')) {
           ++i_;
           break;
         }
-        fail("'$' inside the pattern (anchors only at the ends of an alternative)");
+        fail("'$' inside the pattern (anchors only at the ends of a top-level alternative)");
         break;
       }
       AstPtr a = repeat();
@@ -400,7 +401,7 @@ class Parser {
       return make(Ast::Kind::kEmpty);
     }
     if (c == '^') {
-      fail("'^' inside the pattern (anchors only at the ends of an alternative)");
+      fail("'^' inside the pattern (anchors only at the ends of a top-level alternative)");
       return make(Ast::Kind::kEmpty);
     }
     const uint32_t cp = utf8_char();
@@ -599,7 +600,7 @@ class RegexAutomaton final : public guided::LazyDfa {
  private:
   int32_t compute_next(int32_t state, uint8_t byte) override {
     std::vector<int32_t> moved;
-    for (int32_t s : sets_[static_cast<size_t>(state)]) {
+    for (int32_t s : *sets_[static_cast<size_t>(state)]) {
       const NfaState& n = nfa_[static_cast<size_t>(s)];
       if (byte >= n.lo && byte <= n.hi) moved.push_back(n.next);
     }
@@ -626,23 +627,31 @@ class RegexAutomaton final : public guided::LazyDfa {
     std::sort(out.begin(), out.end());
   }
 
+  // A state's NFA set is stored once (as the map's key; sets_ points at it),
+  // and all sets together are bounded: one state of a pattern like
+  // (?:a{0,1000}){0,1000} can hold a million NFA states.
   int32_t intern(const std::vector<int32_t>& set) {
-    auto [it, inserted] = ids_.try_emplace(set, static_cast<int32_t>(sets_.size()));
-    if (inserted) {
-      const int32_t id = add_state();
-      if (id == kDead) {
-        ids_.erase(it);
-        return kDead;
-      }
-      sets_.push_back(set);
-      accepting_.push_back(!set.empty() && set[0] == 0);
+    auto it = ids_.find(set);
+    if (it != ids_.end()) return it->second;
+    if (set_entries_ + set.size() > kMaxSetEntries) {
+      fail(resource_exhausted("guided decoding: the grammar's automaton outgrew " + std::to_string(kMaxSetEntries) +
+                              " NFA states across its DFA states"));
+      return kDead;
     }
-    return it->second;
+    const int32_t id = add_state();
+    if (id == kDead) return kDead;
+    it = ids_.emplace(set, id).first;
+    set_entries_ += set.size();
+    sets_.push_back(&it->first);
+    accepting_.push_back(!set.empty() && set[0] == 0);
+    return id;
   }
 
+  static constexpr size_t kMaxSetEntries = size_t{1} << 24;  // 64 MiB of ids (and the map's nodes)
   std::vector<NfaState> nfa_;
   std::map<std::vector<int32_t>, int32_t> ids_;
-  std::vector<std::vector<int32_t>> sets_;
+  std::vector<const std::vector<int32_t>*> sets_;  // keys of ids_, by state
+  size_t set_entries_ = 0;
   std::vector<bool> accepting_;
   std::vector<uint32_t> mark_;
   uint32_t epoch_ = 0;

@@ -7,12 +7,14 @@
 #include <utility>
 #include <vector>
 
+#include "lazy_dfa.h"
 #include "tandem/model/guided.h"
 
 namespace tandem::model {
 
 bool ByteAutomaton::complete(int32_t state) {
-  if (state == kDead || !accepting(state)) return false;
+  // After an error unbuilt transitions read as dead: nothing is known complete.
+  if (state == kDead || !accepting(state) || !error().is_ok()) return false;
   for (int b = 0; b < 256; ++b)
     if (next(state, static_cast<uint8_t>(b)) != kDead) return false;
   return true;
@@ -199,6 +201,7 @@ Result<std::shared_ptr<const std::vector<uint64_t>>> TokenGuide::allowed(State s
       }
     }
   }
+  check_wear();
   TANDEM_RETURN_IF_ERROR(automaton_->error());
   std::shared_ptr<const std::vector<uint64_t>> out = std::move(mask);
   if (masks_.size() >= kMaxCachedMasks) masks_.clear();
@@ -214,6 +217,7 @@ TokenGuide::State TokenGuide::advance(State state, int32_t token) {
     if (at == ByteAutomaton::kDead) break;
     at = automaton_->next(at, static_cast<uint8_t>(ch));
   }
+  check_wear();
   return {at, false};
 }
 
@@ -222,9 +226,9 @@ bool TokenGuide::accepting(State state) {
   return state.automaton != ByteAutomaton::kDead && automaton_->accepting(state.automaton);
 }
 
-bool TokenGuide::failed() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return !automaton_->error().is_ok();
+void TokenGuide::check_wear() {
+  if (!automaton_->error().is_ok() || automaton_->states() > guided::kMaxDfaStates / 2)
+    retired_.store(true, std::memory_order_relaxed);
 }
 
 bool TokenGuide::complete(State state) {
@@ -257,7 +261,7 @@ Result<std::shared_ptr<TokenGuide>> GuideCache::get(const GuideSpec& spec) {
       if (recent_[i].first == key) {
         auto hit = recent_[i];
         recent_.erase(recent_.begin() + static_cast<std::ptrdiff_t>(i));
-        if (hit.second->failed()) break;  // its requests ended; start the grammar over
+        if (hit.second->retired()) break;  // worn out: start the grammar over
         recent_.push_back(hit);
         return hit.second;
       }

@@ -3,6 +3,7 @@
 // a schema allows.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <regex>
 #include <string>
@@ -118,9 +119,43 @@ TEST(GuidedRegex, AnchorsMayOpenAndCloseEachAlternative) {
   EXPECT_TRUE(accepts(*a, "123"));
   EXPECT_TRUE(accepts(*a, "12345"));
   EXPECT_FALSE(accepts(*a, "1234"));
-  auto b = regex("(a|b$)");
+  auto b = regex("^(?:a|b)$");
   EXPECT_TRUE(accepts(*b, "b"));
-  EXPECT_FALSE(compile_regex("a$b").is_ok());
+  // Inside a group an anchor could contradict what surrounds it: refused.
+  for (const char* p : {"a$b", "a(^b)", "(a$)b", "(a|b$)", "x|y(^z)"}) EXPECT_FALSE(compile_regex(p).is_ok()) << p;
+}
+
+// A pattern whose DFA states would each remember a huge NFA set stops at a
+// memory bound with an error, instead of growing without one.
+TEST(GuidedRegex, HugeSubsetsStopAtTheirBound) {
+  auto a = regex("(?:a{0,300}){0,300}");
+  ASSERT_TRUE(a);
+  int32_t s = a->start();
+  int steps = 0;
+  while (s != ByteAutomaton::kDead && steps < 100000) {
+    s = a->next(s, 'a');
+    ++steps;
+  }
+  EXPECT_LT(steps, 100000);
+  ASSERT_FALSE(a->error().is_ok());
+  EXPECT_EQ(a->error().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(a->error().message().find("NFA states"), std::string::npos) << a->error().message();
+}
+
+TEST(GuidedMask, MaskLogitsBansExactlyTheUnsetBits) {
+  for (int64_t n : {1, 63, 64, 65, 130, 200}) {
+    std::vector<uint64_t> mask((static_cast<size_t>(n) + 63) / 64, 0);
+    std::mt19937 rng(static_cast<uint32_t>(n));
+    for (int64_t t = 0; t < n; ++t)
+      if (rng() % 3 != 0 || (t >= 64 && t < 128)) mask[static_cast<size_t>(t) / 64] |= uint64_t{1} << (t % 64);
+    std::vector<float> logits(static_cast<size_t>(n), 1.0f);
+    mask_logits(mask, logits.data(), n);
+    for (int64_t t = 0; t < n; ++t)
+      EXPECT_EQ(logits[static_cast<size_t>(t)] > -INFINITY, mask_allows(mask, static_cast<int32_t>(t))) << n << " " << t;
+    std::vector<float> short_mask_logits(static_cast<size_t>(n), 1.0f);
+    mask_logits({}, short_mask_logits.data(), n);  // a mask shorter than the row allows nothing past it
+    for (float l : short_mask_logits) EXPECT_EQ(l, -INFINITY);
+  }
 }
 
 TEST(GuidedRegex, RefusesWhatItCannotMatchNamingIt) {
@@ -367,7 +402,7 @@ TEST(GuidedJsonSchema, HostileSchemasAreRefusedNotRun) {
       {"{\"$defs\": {" + defs + R"(}, "$ref": "#/$defs/d25"})", "too large"},
       {nested, "nested more than"},
       {R"({"type": "string", "nullable": "yes"})", "nullable"},
-      {R"({"$defs": {"x": [1]}, "$ref": "#/$defs/x/99999999999999999999999"})", "json schema"},
+      {R"({"$defs": {"x": [1]}, "$ref": "#/$defs/x/99999999999999999999999"})", "out_of_range"},
       {R"({"type": "string", "minLength": 5000})", "minLength"}};
   for (const auto& [text, want] : cases) {
     auto r = json_schema_to_regex(text);
@@ -379,6 +414,28 @@ TEST(GuidedJsonSchema, HostileSchemasAreRefusedNotRun) {
   auto long_text = schema(R"({"type": "string", "maxLength": 5000})");
   ASSERT_TRUE(long_text);
   EXPECT_TRUE(accepts(*long_text, "\"" + std::string(6000, 'x') + "\""));
+}
+
+// A schema pattern's class members survive the rewrite (escaped as needed),
+// minus what a JSON string cannot hold raw.
+TEST(GuidedJsonSchema, PatternClassesKeepTheirMembers) {
+  auto a = schema(R"J({"type": "string", "pattern": "[\\]\\-^a]+"})J");
+  ASSERT_TRUE(a);
+  EXPECT_TRUE(accepts(*a, R"("]-^a")"));
+  EXPECT_FALSE(accepts(*a, R"("b")"));
+  auto astral = schema(R"({"type": "string", "pattern": "[😀-🙏]{2}"})");
+  ASSERT_TRUE(astral);
+  EXPECT_TRUE(accepts(*astral, "\"😀🙏\""));
+  EXPECT_FALSE(accepts(*astral, "\"😀\""));
+  auto quote_only = schema(R"J({"type": "string", "pattern": "\\\""})J");  // nothing a raw string may hold
+  ASSERT_TRUE(quote_only);
+  EXPECT_FALSE(accepts(*quote_only, "\"\"\""));
+  EXPECT_FALSE(accepts(*quote_only, "\"\""));
+  std::string deep = "1";
+  for (int k = 0; k < 300; ++k) deep = "[" + deep + "]";
+  auto refused = json_schema_to_regex(R"({"const": )" + deep + "}");
+  ASSERT_FALSE(refused.is_ok());
+  EXPECT_NE(refused.status().message().find("nested more than 256"), std::string::npos) << refused.status().message();
 }
 
 TEST(GuidedJsonSchema, DateTimesCarryTheirOffset) {

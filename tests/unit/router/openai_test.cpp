@@ -246,6 +246,16 @@ TEST(OpenAiRequests, StructuredOutputFields) {
   EXPECT_EQ(std::get<CompletionCall>(c).request.sampling().guided_choice_size(), 1);
 }
 
+// A body nested past any real request's depth is refused before anything
+// recurses over it (dump() in error messages and schemas does).
+TEST(OpenAiRequests, DeepBodiesAreRefused) {
+  const std::string deep = std::string(100000, '[') + "1" + std::string(100000, ']');
+  const HttpError e =
+      chat_refused(R"({"messages": [{"role": "user", "content": "x"}], "guided_json": {"const": )" + deep + "}}");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_NE(e.message.find("nests deeper than 256"), std::string::npos) << e.message;
+}
+
 TEST(OpenAiResponses, ShapesAsOpenAiClientsReadThem) {
   pb::Usage u;
   u.set_prompt_tokens(5);
