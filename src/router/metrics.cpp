@@ -85,6 +85,11 @@ void RouterMetrics::record_status(std::string_view code) {
   ++by_code_[std::string(code)];
 }
 
+void RouterMetrics::record_guided(std::string_view kind) {
+  std::lock_guard<std::mutex> l(mu_);
+  ++by_guide_[std::string(kind)];
+}
+
 void RouterMetrics::set_node(const std::string& address, const NodeLoad& load) {
   std::lock_guard<std::mutex> l(mu_);
   nodes_[address] = load;
@@ -103,6 +108,8 @@ std::string RouterMetrics::text(int64_t in_flight) const {
                    "Generation requests (Generate and Chat) the router answered, by gRPC status code.", by_code_);
     counter_family(out, "tandem_requests_finished_total", "reason",
                    "Requests that generated to their end, by finish reason.", by_finish_);
+    counter_family(out, "tandem_guided_requests_total", "kind",
+                   "Requests with structured output (guided decoding) that passed validation, by kind.", by_guide_);
     header(out, "tandem_prompt_tokens_total", "counter", "Prompt tokens of requests that reached an attention node.");
     out.append("tandem_prompt_tokens_total ").append(std::to_string(prompt_tokens_)).append("\n");
     header(out, "tandem_generation_tokens_total", "counter", "Tokens generated and streamed back.");

@@ -1,6 +1,7 @@
 // The router's serving metrics in Prometheus' text exposition format (served
 // as GET /metrics on router.http_listen): requests by gRPC status code,
-// requests in flight, prompt and generated tokens, finish reasons, and
+// requests in flight, prompt and generated tokens, finish reasons, structured
+// output requests by kind, and
 // histograms of time to first token, time per output token and end-to-end
 // latency; per attention node (label `node`, its address) what the router's
 // monitor last polled: up, sequences, KV blocks, prefix-cache lookups and hits,
@@ -51,6 +52,9 @@ class RouterMetrics {
   void record_stream(const Finished& f);
   // Every answered request, by its gRPC status code name ("OK", "INVALID_ARGUMENT", ...).
   void record_status(std::string_view code);
+  // A request with structured output that passed validation, by kind
+  // ("regex", "json_schema", "choice", "json_object").
+  void record_guided(std::string_view kind);
 
   // An attention node as the router's monitor last polled it (the node's own
   // counters since it started; all zero but `up` while it does not answer).
@@ -71,6 +75,7 @@ class RouterMetrics {
   mutable std::mutex mu_;
   std::map<std::string, uint64_t, std::less<>> by_code_;
   std::map<std::string, uint64_t, std::less<>> by_finish_;
+  std::map<std::string, uint64_t, std::less<>> by_guide_;
   uint64_t prompt_tokens_ = 0, completion_tokens_ = 0;
   std::map<std::string, NodeLoad, std::less<>> nodes_;
   Histogram ttft_, tpot_, e2e_;

@@ -382,6 +382,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (sp.min_tokens() > 0) run.set_min_tokens(static_cast<int32_t>(sp.min_tokens()));
     run.set_priority(priority);
     if (auto st = guide(sp, run); !st.ok()) return st;
+    if (!sp.guided_regex().empty()) metrics_.record_guided("regex");
+    if (!sp.guided_json().empty()) metrics_.record_guided("json_schema");
+    if (sp.guided_choice_size() > 0) metrics_.record_guided("choice");
+    if (sp.guided_json_object()) metrics_.record_guided("json_object");
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 

@@ -826,6 +826,11 @@ TEST_F(HttpApi, StructuredOutputHoldsTheAnswerToTheFormat) {
   std::remove(schema_file.c_str());
   ASSERT_EQ(rc, 0) << out;
   EXPECT_EQ(out.rfind("Describe a person as JSON:" + person.text + "\nfinish: stop", 0), 0u) << out;
+  // Operators see the kinds served.
+  auto metrics = client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("tandem_guided_requests_total{kind=\"json_schema\"}"), std::string::npos);
+  EXPECT_NE(metrics->body.find("tandem_guided_requests_total{kind=\"choice\"} 3"), std::string::npos) << metrics->body;
   // The single process: `tandem generate` takes the same flags.
   const std::string gen = testing::tandem_bin() + " generate --model " + cluster_model("tiny-mixtral") +
                           " --prompt 'Pick one:' --temperature 1.5 --seed 4 --max-tokens 16";
