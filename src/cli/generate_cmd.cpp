@@ -90,7 +90,7 @@ int run_generate(const GenerateArgs& a) {
     if (!text.is_ok()) return fail(text.status().with_context("--json-schema"));
     guided.json_schema = std::move(text).value();
   }
-  auto spec = model::make_guide_spec(guided, "guided_");
+  auto spec = model::make_guide_spec(guided, {"--regex", "--json-schema", "--choice", "--json-object"});
   if (!spec.is_ok()) return fail(spec.status());
   if (!spec->empty()) {
     auto automaton = model::compile_guide(*spec);

@@ -103,10 +103,21 @@ struct GuideRequest {
   std::vector<std::string> choice;
   bool json_object = false;
 };
+// How the caller spells the four fields in its errors.
+struct GuideFieldNames {
+  std::string regex, json_schema, choice, json_object;
+  // prefix + regex / json / choice / json_object (vLLM's names after "guided_").
+  static GuideFieldNames with_prefix(const std::string& prefix) {
+    return {prefix + "regex", prefix + "json", prefix + "choice", prefix + "json_object"};
+  }
+};
 // The spec for `r`, checked (its regex parses and is not too large): kNone
-// when nothing is asked; INVALID_ARGUMENT naming the field as `prefix` +
-// regex / json / choice / json_object when it is wrong or more than one is set.
-Result<GuideSpec> make_guide_spec(const GuideRequest& r, const std::string& prefix);
+// when nothing is asked; INVALID_ARGUMENT naming the field when it is wrong
+// or more than one is set.
+Result<GuideSpec> make_guide_spec(const GuideRequest& r, const GuideFieldNames& names);
+inline Result<GuideSpec> make_guide_spec(const GuideRequest& r, const std::string& prefix) {
+  return make_guide_spec(r, GuideFieldNames::with_prefix(prefix));
+}
 
 // The automaton for a spec (kNone: INVALID_ARGUMENT).
 Result<std::unique_ptr<ByteAutomaton>> compile_guide(const GuideSpec& spec);

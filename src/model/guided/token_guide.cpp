@@ -29,11 +29,12 @@ std::string GuideSpec::key() const {
   return "";
 }
 
-Result<GuideSpec> make_guide_spec(const GuideRequest& r, const std::string& prefix) {
+Result<GuideSpec> make_guide_spec(const GuideRequest& r, const GuideFieldNames& names) {
   const int kinds = !r.regex.empty() + !r.json_schema.empty() + !r.choice.empty() + r.json_object;
   if (kinds > 1)
-    return invalid_argument(prefix + "*: at most one of " + prefix + "regex, " + prefix + "json, " + prefix +
-                            "choice and " + prefix + "json_object may be set");
+    return invalid_argument(names.regex + ", " + names.json_schema + ", " + names.choice + ", " + names.json_object +
+                            ": at most one of " + names.regex + ", " + names.json_schema + ", " + names.choice +
+                            " and " + names.json_object + " may be set");
   GuideSpec spec;
   if (kinds == 0) return spec;
   if (r.json_object) {
@@ -43,15 +44,15 @@ Result<GuideSpec> make_guide_spec(const GuideRequest& r, const std::string& pref
   std::string field;
   spec.kind = GuideSpec::Kind::kRegex;
   if (!r.regex.empty()) {
-    field = prefix + "regex";
+    field = names.regex;
     spec.regex = r.regex;
   } else if (!r.json_schema.empty()) {
-    field = prefix + "json";
+    field = names.json_schema;
     auto converted = json_schema_to_regex(r.json_schema);
     if (!converted.is_ok()) return invalid_argument(field + ": " + converted.status().message());
     spec.regex = std::move(converted).value();
   } else {
-    field = prefix + "choice";
+    field = names.choice;
     spec.regex = choice_regex(r.choice);
   }
   auto compiled = compile_regex(spec.regex);

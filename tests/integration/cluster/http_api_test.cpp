@@ -839,7 +839,7 @@ TEST_F(HttpApi, StructuredOutputHoldsTheAnswerToTheFormat) {
   EXPECT_TRUE(picked.rfind("Pick one:alpha\n", 0) == 0 || picked.rfind("Pick one:beta gamma\n", 0) == 0) << picked;
   const std::string refused_cli = testing::shell(gen + " --regex '(a'", rc);
   EXPECT_NE(rc, 0);
-  EXPECT_NE(refused_cli.find("guided_regex: regex: an unterminated '('"), std::string::npos) << refused_cli;
+  EXPECT_NE(refused_cli.find("--regex: regex: an unterminated '('"), std::string::npos) << refused_cli;
   auto res = client().Post("/v1/chat/completions",
                            json{{"messages", {{{"role", "user"}, {"content", "x"}}}},
                                 {"response_format", {{"type", "json_schema"},
