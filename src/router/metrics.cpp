@@ -109,7 +109,7 @@ std::string RouterMetrics::text(int64_t in_flight) const {
     counter_family(out, "tandem_requests_finished_total", "reason",
                    "Requests that generated to their end, by finish reason.", by_finish_);
     counter_family(out, "tandem_guided_requests_total", "kind",
-                   "Requests with structured output (guided decoding) that passed validation, by kind.", by_guide_);
+                   "Requests with structured output (guided decoding) that passed validation (some may still be refused for capacity), by kind.", by_guide_);
     header(out, "tandem_prompt_tokens_total", "counter", "Prompt tokens of requests that reached an attention node.");
     out.append("tandem_prompt_tokens_total ").append(std::to_string(prompt_tokens_)).append("\n");
     header(out, "tandem_generation_tokens_total", "counter", "Tokens generated and streamed back.");

@@ -85,14 +85,19 @@ class Converter {
     ++depth_;
     auto out = value_unchecked(s, where);
     --depth_;
-    if (out.is_ok() && out.value().size() > kMaxRegexBytes)
-      return invalid_argument("json schema: too large to guide (" + where + " alone needs an expression of " +
-                              std::to_string(out.value().size()) + " bytes, the limit is " +
-                              std::to_string(kMaxRegexBytes) + ")");
+    if (out.is_ok() && out.value().size() > kMaxRegexBytes) return too_large(where, out.value().size());
     return out;
   }
 
  private:
+  // Checked wherever an expression grows (alternatives, types, properties),
+  // not only when a subschema is done: a loop could otherwise build
+  // gigabytes before its end.
+  static Status too_large(const std::string& where, size_t bytes) {
+    return invalid_argument("json schema: too large to guide (" + where + " needs an expression of more than " +
+                            std::to_string(bytes) + " bytes, the limit is " + std::to_string(kMaxRegexBytes) + ")");
+  }
+
   Result<std::string> value_unchecked(const json& s, const std::string& where) {
     if (s.is_boolean()) {
       if (s.get<bool>()) return any_value(kAnyDepth);
@@ -112,6 +117,7 @@ class Converter {
         for (size_t i = 0; i < alts->size(); ++i) {
           TANDEM_ASSIGN_OR_RETURN(std::string alt, value((*alts)[i], where + "." + key + "[" + std::to_string(i) + "]"));
           out += (i ? "|" : "") + alt;
+          if (out.size() > kMaxRegexBytes) return too_large(where, out.size());
         }
         return out + ")";
       }
@@ -158,6 +164,7 @@ class Converter {
     for (size_t i = 0; i < types.size(); ++i) {
       TANDEM_ASSIGN_OR_RETURN(std::string one, typed(s, types[i], where));
       out += (i ? "|" : "") + one;
+      if (out.size() > kMaxRegexBytes) return too_large(where, out.size());
     }
     return out + ")";
   }
@@ -264,29 +271,22 @@ class Converter {
       TANDEM_ASSIGN_OR_RETURN(std::string v, value(sub, where + ".properties." + name));
       entries.push_back({regex_escape(json(name).dump()) + ":" + kWs + v, required.count(name) > 0});
       total += entries.back().first.size();
-      if (total > kMaxRegexBytes)
-        return invalid_argument("json schema: too large to guide (" + where + "'s properties need more than " +
-                                std::to_string(kMaxRegexBytes) + " bytes of expression)");
+      if (total > kMaxRegexBytes) return too_large(where, total);
     }
     // Every choice of the first property written, then the rest in order
     // (required ones always, optional ones maybe), each after a comma.
     // Sizes checked as they grow: the tails repeat every later entry.
-    auto too_large = [&](size_t bytes) {
-      return invalid_argument("json schema: too large to guide (" + where + "'s properties need an expression of " +
-                              "more than " + std::to_string(bytes) + " bytes, the limit is " +
-                              std::to_string(kMaxRegexBytes) + ")");
-    };
     std::vector<std::string> tails(entries.size() + 1);
     for (size_t j = entries.size(); j-- > 0;) {
       const std::string item = "," + kWs + entries[j].first;
       tails[j] = (entries[j].second ? item : "(?:" + item + ")?") + tails[j + 1];
-      if (tails[j].size() > kMaxRegexBytes) return too_large(tails[j].size());
+      if (tails[j].size() > kMaxRegexBytes) return too_large(where, tails[j].size());
     }
     std::string body = "(?:";
     bool any_required = false;
     for (size_t f = 0; f < entries.size(); ++f) {
       body += (f ? "|" : "") + entries[f].first + tails[f + 1];
-      if (body.size() > kMaxRegexBytes) return too_large(body.size());
+      if (body.size() > kMaxRegexBytes) return too_large(where, body.size());
       if (entries[f].second) {
         any_required = true;
         break;

@@ -22,10 +22,12 @@ class LazyDfa : public ByteAutomaton {
     if (state < 0) return kDead;
     const auto row = static_cast<size_t>(state);
     if (table_[row][byte] != kUnknown) return table_[row][byte];
+    lost_ = false;
     const int32_t t = compute_next(state, byte);  // may grow table_: no reference held across it
     // A transition lost to a limit is not a dead end: left unknown, so no
     // later walk mistakes it for one (the error ends the walks instead).
-    if (t != kDead || error_.is_ok()) table_[row][byte] = t;
+    // Real dead ends are kept, error or not.
+    if (t != kDead || !lost_) table_[row][byte] = t;
     return t;
   }
   Status error() const final { return error_; }
@@ -48,7 +50,9 @@ class LazyDfa : public ByteAutomaton {
     table_.push_back(row);
     return static_cast<int32_t>(table_.size() - 1);
   }
+  // A limit refused a state: the transition being computed is lost, not dead.
   void fail(Status st) {
+    lost_ = true;
     if (error_.is_ok()) error_ = std::move(st);
   }
 
@@ -56,6 +60,7 @@ class LazyDfa : public ByteAutomaton {
   size_t states() const final { return table_.size(); }
 
  private:
+  bool lost_ = false;
   std::vector<std::array<int32_t, 256>> table_;
   Status error_ = Status::ok();
 };

@@ -17,7 +17,7 @@ bool ByteAutomaton::complete(int32_t state) {
   if (state == kDead || !accepting(state) || !error().is_ok()) return false;
   for (int b = 0; b < 256; ++b)
     if (next(state, static_cast<uint8_t>(b)) != kDead) return false;
-  return true;
+  return error().is_ok();  // a transition lost to a limit just now is not a dead end
 }
 
 std::string GuideSpec::key() const {
@@ -30,11 +30,18 @@ std::string GuideSpec::key() const {
 }
 
 Result<GuideSpec> make_guide_spec(const GuideRequest& r, const GuideFieldNames& names) {
-  const int kinds = !r.regex.empty() + !r.json_schema.empty() + !r.choice.empty() + r.json_object;
-  if (kinds > 1)
-    return invalid_argument(names.regex + ", " + names.json_schema + ", " + names.choice + ", " + names.json_object +
-                            ": at most one of " + names.regex + ", " + names.json_schema + ", " + names.choice +
-                            " and " + names.json_object + " may be set");
+  std::vector<std::string> set;
+  if (!r.regex.empty()) set.push_back(names.regex);
+  if (!r.json_schema.empty()) set.push_back(names.json_schema);
+  if (!r.choice.empty()) set.push_back(names.choice);
+  if (r.json_object) set.push_back(names.json_object);
+  const size_t kinds = set.size();
+  if (kinds > 1) {
+    std::string both;
+    for (size_t i = 0; i < set.size(); ++i) both += (i ? ", " : "") + set[i];
+    return invalid_argument(both + ": at most one of " + names.regex + ", " + names.json_schema + ", " +
+                            names.choice + " and " + names.json_object + " may be set");
+  }
   GuideSpec spec;
   if (kinds == 0) return spec;
   if (r.json_object) {
@@ -189,6 +196,10 @@ Result<std::shared_ptr<const std::vector<uint64_t>>> TokenGuide::allowed(State s
         if (to == ByteAutomaton::kUnknown) {
           to = automaton_->next(at, byte);
           row = automaton_->transitions(at);
+          if (to == ByteAutomaton::kDead && !automaton_->error().is_ok()) {
+            stack.clear();  // the mask cannot be completed: stop walking
+            break;
+          }
         }
         if (to == ByteAutomaton::kDead) continue;
         const int32_t child = trie.edge_node[static_cast<size_t>(e)];
@@ -273,6 +284,8 @@ Result<std::shared_ptr<TokenGuide>> GuideCache::get(const GuideSpec& spec) {
   TANDEM_ASSIGN_OR_RETURN(auto automaton, compile_guide(spec));
   auto guide = std::make_shared<TokenGuide>(std::move(automaton), std::move(vocab));
   std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [k, other] : recent_)  // compiled meanwhile by another request: share it
+    if (k == key && !other->retired()) return other;
   recent_.push_back({key, guide});
   if (recent_.size() > capacity_) recent_.erase(recent_.begin());
   return guide;
