@@ -33,7 +33,10 @@ Result<std::unique_ptr<UcxExpertExecutor>> UcxExpertExecutor::create(const api::
 
 Status UcxExpertExecutor::connected(Link& link) {
   if (transport_->peer_status(link.id).is_ok()) return Status::ok();
-  const auto budget = std::chrono::milliseconds(std::min(cfg_.transport_timeout_ms, 500));
+  // A dead expert node is seen at once (its gRPC port refuses); a live one
+  // on a loaded machine (two clusters sharing two cores in CI) has taken over
+  // half a second to finish the UCX handshake, so the budget is 2 s.
+  const auto budget = std::chrono::milliseconds(std::min(cfg_.transport_timeout_ms, 2000));
   return dial(*transport_, link, pb::DataPlaneRequest{}, "ucx", budget).status();
 }
 
