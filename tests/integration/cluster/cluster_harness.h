@@ -4,11 +4,13 @@
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -72,15 +74,7 @@ struct ClusterShape {
 class Cluster {
  public:
   Cluster(const std::string& model_dir, const ClusterShape& s) {
-    // Ports from a range that depends on the pid so parallel test processes do
-    // not collide, below the kernel's ephemeral range: the cluster's own
-    // outgoing connections and UCX listeners take ephemeral ports, and one of
-    // those could otherwise hold the router's port before the router binds it.
-    std::mt19937 g(static_cast<unsigned>(getpid()) * 7919u + static_cast<unsigned>(time(nullptr)));
-    int ephemeral_low = 32768;
-    std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
-    const int top = std::max(12000, std::min(ephemeral_low, 40000)) - 20;
-    base_ = 10000 + static_cast<int>(g() % static_cast<unsigned>((top - 10000) / 10)) * 10;
+    base_ = claim_ports();
     config_ = (std::filesystem::path(::testing::TempDir()) / ("cluster_" + std::to_string(base_) + ".yaml")).string();
     std::ofstream(config_) << "model: {path: " << model_dir << "}\n"
                            << "cluster: {attention_nodes: " << s.attention_nodes << ", expert_nodes: " << s.expert_nodes
@@ -122,6 +116,7 @@ class Cluster {
     }
     std::error_code ec;
     std::filesystem::remove(config_, ec);
+    if (!port_lock_.empty()) std::filesystem::remove(port_lock_, ec);
   }
   const Status& ready() const { return ready_; }
   std::string router_address() const { return "127.0.0.1:" + std::to_string(base_); }
@@ -160,7 +155,45 @@ class Cluster {
   }
 
  private:
+  // Ten ports from base_, below the kernel's ephemeral range (the cluster's
+  // own outgoing connections and UCX listeners take ephemeral ports, and one
+  // of those could otherwise hold the router's port before the router binds
+  // it), claimed with a lock file so that concurrent test processes (ctest
+  // -j) and clusters of one process never share them, nor the YAML named
+  // after them: a random draw alone collided about once in twenty CI runs.
+  int claim_ports() {
+    int ephemeral_low = 32768;
+    std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
+    const int top = std::max(12000, std::min(ephemeral_low, 40000)) - 20;
+    std::random_device rd;
+    int base = 0;
+    for (int attempt = 0; attempt < 500; ++attempt) {
+      base = 10000 + static_cast<int>(rd() % static_cast<unsigned>((top - 10000) / 10)) * 10;
+      const std::string lock = (std::filesystem::path(::testing::TempDir()) /
+                                ("tandem_ports_" + std::to_string(base) + ".lock")).string();
+      int fd = open(lock.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+      if (fd < 0) {
+        // Taken, unless its owner died without cleaning up: then take it over.
+        pid_t owner = 0;
+        std::ifstream(lock) >> owner;
+        if (owner <= 0 || kill(owner, 0) == 0 || errno != ESRCH) continue;
+        std::error_code ec;
+        std::filesystem::remove(lock, ec);
+        fd = open(lock.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+        if (fd < 0) continue;
+      }
+      const std::string me = std::to_string(getpid());
+      // Unwritten, the owner reads as 0 and the lock is never taken over: harmless.
+      [[maybe_unused]] const ssize_t written = write(fd, me.data(), me.size());
+      close(fd);
+      port_lock_ = lock;
+      return base;
+    }
+    return base;  // every draw locked (500 tries): run unlocked rather than not at all
+  }
+
   int base_ = 0;
+  std::string port_lock_;
   std::string config_;
   pid_t pid_ = -1;
   Status ready_;
