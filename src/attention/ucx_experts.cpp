@@ -35,8 +35,9 @@ Status UcxExpertExecutor::connected(Link& link) {
   if (transport_->peer_status(link.id).is_ok()) return Status::ok();
   // A dead expert node is seen at once (its gRPC port refuses); a live one
   // on a loaded machine (two clusters sharing two cores in CI) has taken over
-  // half a second to finish the UCX handshake, so the budget is 2 s.
-  const auto budget = std::chrono::milliseconds(std::min(cfg_.transport_timeout_ms, 2000));
+  // half a second to finish the UCX handshake, so the budget is the
+  // transport's own timeout (default 5 s) capped at 5 s.
+  const auto budget = std::chrono::milliseconds(std::min(cfg_.transport_timeout_ms, 5000));
   return dial(*transport_, link, pb::DataPlaneRequest{}, "ucx", budget).status();
 }
 

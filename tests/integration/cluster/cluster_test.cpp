@@ -615,7 +615,10 @@ TEST(ClusterStatus, ShowsEveryNodeAndTheStepBreakdown) {
   const std::string& dir = cluster_model("tiny-mixtral");
   Cluster cluster(dir, {.attention_nodes = 2, .expert_nodes = 2, .micro_batches = 2, .transport = "ucx"});
   ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
-  for (int i = 0; i < 4; ++i) ASSERT_TRUE(generate(cluster.stub(), greedy("status " + std::to_string(i), 6)).status.ok());
+  for (int i = 0; i < 4; ++i) {
+    const auto r = generate(cluster.stub(), greedy("status " + std::to_string(i), 6));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  }
   auto status = [&](std::string& out) {
     int rc = 0;
     out = testing::shell(testing::tandem_bin() + " status --config " + cluster.config(), rc);
