@@ -119,6 +119,30 @@ def main():
     picked = client.completions.create(model=served, prompt="Yes or no?", max_tokens=4, temperature=1.0, seed=2,
                                        extra_body={"guided_choice": ["yes", "no"]})
     check("completions guided_choice (vLLM extra_body)", picked.choices[0].text in ("yes", "no"), picked)
+    # Tool calling: a forced call comes back as the client's tool_calls; its
+    # result goes back as a tool message with the call in the assistant turn.
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Forecast",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string",
+                                                                                      "maxLength": 10}},
+                                                              "required": ["city"]}}}]
+    asked = [{"role": "user", "content": "Weather in Oslo?"}]
+    called = client.chat.completions.create(model=served, messages=asked, tools=tools, max_tokens=150, temperature=0,
+                                            tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    calls = called.choices[0].message.tool_calls or []
+    try:
+        args = _json.loads(calls[0].function.arguments) if calls else {}
+    except ValueError:
+        args = {}
+    check("chat tool_choice function gives tool_calls",
+          len(calls) == 1 and calls[0].function.name == "get_weather" and isinstance(args.get("city"), str)
+          and called.choices[0].finish_reason == "tool_calls", called)
+    if calls:
+        answered = client.chat.completions.create(
+            model=served, tools=tools, max_tokens=4, temperature=0,
+            messages=asked + [called.choices[0].message.model_dump(exclude_none=True),
+                              {"role": "tool", "tool_call_id": calls[0].id, "content": "3 C"}])
+        check("chat with the tool's result", answered.choices[0].finish_reason in ("stop", "length"), answered)
     try:
         client.completions.create(model=served, prompt="x", logprobs=6)
         check("logprobs over 5 refused", False, "accepted")

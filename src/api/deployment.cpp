@@ -105,6 +105,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"max_queue", num(c.max_queue, 1, kBig)},
                                   {"prefix_affinity", r.field(c.prefix_affinity)},
                                   {"request_timeout_s", num(c.request_timeout_s, 1, 86400)},
+                                  {"tool_call_parser", str(c.tool_call_parser)},
                                   {"drain_timeout_s", num(c.drain_timeout_s, 0, 3600)}});
         }},
        {"attention", [&](const YAML::Node& n, const std::string& p) {
@@ -146,6 +147,9 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
     return r.error("cluster.dtype", "bf16 applies to GPU nodes, and every node here is on the CPU (which computes in FP32)");
   if (c.cuda_graphs && !c.uses_cuda())
     return r.error("cluster.cuda_graphs", "CUDA graphs apply to GPU nodes, and every node here is on the CPU");
+  if (c.tool_call_parser != "auto" && c.tool_call_parser != "hermes" && c.tool_call_parser != "mistral" &&
+      c.tool_call_parser != "none")
+    return r.error("router.tool_call_parser", "must be auto, hermes, mistral or none, got '" + c.tool_call_parser + "'");
   if (c.expert_gemm != "per-expert" && c.expert_gemm != "batched" && c.expert_gemm != "device")
     return r.error("cluster.expert_gemm", "must be per-expert, batched or device, got '" + c.expert_gemm + "'");
   if (c.expert_gemm != "per-expert" && c.experts_on() != "cuda")
@@ -284,6 +288,7 @@ std::string DeploymentConfig::to_yaml() const {
     << "request_timeout_s" << YAML::Value << request_timeout_s;
   if (http.port != 0) e << YAML::Key << "http_listen" << YAML::Value << http.to_string();
   if (!prefix_affinity) e << YAML::Key << "prefix_affinity" << YAML::Value << false;
+  if (tool_call_parser != "auto") e << YAML::Key << "tool_call_parser" << YAML::Value << tool_call_parser;
   if (drain_timeout_s != 30) e << YAML::Key << "drain_timeout_s" << YAML::Value << drain_timeout_s;
   e << YAML::EndMap;
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value

@@ -140,11 +140,52 @@ std::vector<PresetInfo> model_presets() {
   return out;
 }
 
+// ChatML turns, and tools in the hermes convention (Qwen's): the functions as
+// JSON in the system turn, calls as <tool_call> blocks, results as
+// <tool_response> blocks in a user turn. Plain conversations render exactly
+// as ChatML. The same text is in scripts/fixtures/make_chat_template_fixtures.py
+// (rendered there by Python Jinja2; tests/unit/chat_template checks both).
 std::string_view default_chat_template() {
-  return "{%- for message in messages %}"
-         "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-         "{%- endfor %}"
-         "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+  return R"J({%- if tools %}
+{{- '<|im_start|>system\n' }}
+{%- if messages[0].role == 'system' %}
+{{- messages[0].content + '\n\n' }}
+{%- endif %}
+{{- '# Tools\n\nFunctions you can call, as JSON signatures:\n<tools>' }}
+{%- for tool in tools %}
+{{- '\n' }}{{- tool | tojson }}
+{%- endfor %}
+{{- '\n</tools>\n\nTo call one, write its name and arguments as JSON between tags, one block per call:\n<tool_call>\n{"name": "<function name>", "arguments": {<arguments>}}\n</tool_call><|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'system' and loop.first and tools %}
+{%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant\n' + message.content }}
+{%- if message.tool_calls %}
+{%- for call in message.tool_calls %}
+{%- if message.content or not loop.first %}
+{{- '\n' }}
+{%- endif %}
+{%- set args = call.function.arguments %}
+{{- '<tool_call>\n{"name": "' + call.function.name + '", "arguments": ' + (args if args is string else args | tojson) + '}\n</tool_call>' }}
+{%- endfor %}
+{%- endif %}
+{{- '<|im_end|>\n' }}
+{%- elif message.role == 'tool' %}
+{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+{{- '<|im_start|>user' }}
+{%- endif %}
+{{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+{{- '<|im_end|>\n' }}
+{%- endif %}
+{%- else %}
+{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant\n' }}
+{%- endif %})J";
 }
 
 Status make_model(const MakeModelOptions& o) {

@@ -56,8 +56,10 @@ struct Outcome {
   // Whole answers only (a stream sends them as they come): an echoed
   // prompt's tokens (with prompt_logprobs), then the generated ones.
   std::vector<pb::TokenLogprob> logprobs;
+  std::vector<pb::ToolCall> tool_calls;
   void add(const pb::GenerateResponse& r, bool keep_logprobs = true) {
     text += r.text();
+    tool_calls.insert(tool_calls.end(), r.tool_calls().begin(), r.tool_calls().end());
     if (keep_logprobs) {
       logprobs.insert(logprobs.end(), r.prompt_logprobs().begin(), r.prompt_logprobs().end());
       logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
@@ -316,10 +318,11 @@ class Gateway final : public HttpGateway {
           logprobs = chat ? openai::chat_logprobs(mine) : openai::completion_logprobs(mine, token_bytes);
           for (const auto& lp : mine) token_bytes += lp.token().size();
         }
+        json delta = r.text().empty() ? json::object() : json{{"content", r.text()}};
+        if (r.tool_calls_size() > 0)
+          delta["tool_calls"] = openai::tool_calls({r.tool_calls().begin(), r.tool_calls().end()}, /*with_index=*/true);
         const json chunk =
-            chat ? openai::chat_chunk(id, created, served_name_,
-                                      r.text().empty() ? json::object() : json{{"content", r.text()}},
-                                      r.finish_reason(), logprobs)
+            chat ? openai::chat_chunk(id, created, served_name_, delta, r.finish_reason(), logprobs)
                  : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason(), logprobs);
         if (!send(openai::sse(chunk))) return false;
       }
@@ -381,7 +384,7 @@ class Gateway final : public HttpGateway {
                       ": " + e.message;
         return send_error(res, e);
       }
-      openai::Choice c{outcomes[i].text, outcomes[i].finish, std::nullopt};
+      openai::Choice c{outcomes[i].text, outcomes[i].finish, std::nullopt, std::move(outcomes[i].tool_calls)};
       if (requests[i]->sampling().has_logprobs()) c.logprobs = std::move(outcomes[i].logprobs);
       choices.push_back(std::move(c));
       total.set_prompt_tokens(total.prompt_tokens() + outcomes[i].usage.prompt_tokens());

@@ -95,11 +95,10 @@ void refuse_unsupported(const json& body) {
     refuse("suffix", "suffix: not supported");
   // vLLM's per-choice prompt_logprobs shape is not served: echo with logprobs gives the same numbers.
   if (find(body, "prompt_logprobs")) refuse("prompt_logprobs", "prompt_logprobs: use echo: true with logprobs: N");
-  for (const char* key : {"tools", "functions"})
-    if (const json* t = find(body, key); t && !(t->is_array() && t->empty()))
-      refuse(key, std::string(key) + ": tool calling is not supported");
-  if (const json* t = find(body, "tool_choice"); t && !(t->is_string() && t->get<std::string>() == "none"))
-    refuse("tool_choice", "tool_choice: tool calling is not supported");
+  // OpenAI's deprecated function-calling fields; `tools` replaced them.
+  if (const json* t = find(body, "functions"); t && !(t->is_array() && t->empty()))
+    refuse("functions", "functions: deprecated by OpenAI; use tools");
+  if (find(body, "function_call")) refuse("function_call", "function_call: deprecated by OpenAI; use tool_choice");
   if (find(body, "guided_grammar")) refuse("guided_grammar", "guided_grammar: grammars are not supported; use guided_regex or guided_json");
 }
 
@@ -356,11 +355,63 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) 
   });
 }
 
+// "tools": [{"type": "function", "function": {"name", "description",
+// "parameters"}}] (the schema passed on as its JSON text).
+void chat_tools(const json& body, google::protobuf::RepeatedPtrField<pb::Tool>& out) {
+  const json* tools = find(body, "tools");
+  if (!tools) return;
+  if (!tools->is_array()) refuse("tools", "tools: must be an array of {\"type\": \"function\", \"function\": {...}}");
+  for (size_t i = 0; i < tools->size(); ++i) {
+    const json& t = (*tools)[i];
+    const std::string at = "tools[" + std::to_string(i) + "]";
+    const json* type = t.is_object() ? find(t, "type") : nullptr;
+    if (!type || *type != "function") refuse(at, at + ": must be {\"type\": \"function\", \"function\": {...}}");
+    const json* fn = find(t, "function");
+    if (!fn || !fn->is_object()) refuse(at + ".function", at + ".function: must be an object");
+    const json* name = find(*fn, "name");
+    if (!name || !name->is_string()) refuse(at + ".function.name", at + ".function.name: required, a string");
+    pb::Tool* tool = out.Add();
+    tool->set_name(name->get<std::string>());
+    if (const json* d = find(*fn, "description"); d && !d->is_null()) {
+      if (!d->is_string()) refuse(at + ".function.description", at + ".function.description: must be a string");
+      tool->set_description(d->get<std::string>());
+    }
+    if (const json* p = find(*fn, "parameters"); p && !p->is_null()) {
+      if (!p->is_object()) refuse(at + ".function.parameters", at + ".function.parameters: must be a JSON schema object");
+      tool->set_parameters(p->dump());
+    }
+  }
+}
+
+// "tool_choice": "none" | "auto" | "required" | {"type": "function",
+// "function": {"name": ...}}; "parallel_tool_calls": bool.
+void chat_tool_choice(const json& body, pb::ChatRequest& r) {
+  if (const json* c = find(body, "tool_choice"); c && !c->is_null()) {
+    if (c->is_string()) {
+      const std::string v = c->get<std::string>();
+      if (v == "none") r.set_tool_choice(pb::TOOL_CHOICE_NONE);
+      else if (v == "auto") r.set_tool_choice(pb::TOOL_CHOICE_AUTO);
+      else if (v == "required") r.set_tool_choice(pb::TOOL_CHOICE_REQUIRED);
+      else refuse("tool_choice", "tool_choice: must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+    } else {
+      const json* fn = c->is_object() ? find(*c, "function") : nullptr;
+      const json* name = fn && fn->is_object() ? find(*fn, "name") : nullptr;
+      if (!name || !name->is_string())
+        refuse("tool_choice", "tool_choice: must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+      r.set_tool_choice(pb::TOOL_CHOICE_FUNCTION);
+      r.set_tool_choice_function(name->get<std::string>());
+    }
+  }
+  if (find(body, "parallel_tool_calls")) r.set_parallel_tool_calls(boolean(body, "parallel_tool_calls"));
+}
+
 std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
   return guarded<ChatCall>([&] {
     const json body = parse_object(text);
     ChatCall call;
     common_fields(body, call, *call.request.mutable_sampling());
+    chat_tools(body, *call.request.mutable_tools());
+    chat_tool_choice(body, call.request);
     if (const json* e = find(body, "echo"); e && !(e->is_boolean() && !e->get<bool>()))
       refuse("echo", "echo: a /v1/completions field");
     if (call.request.sampling().has_max_tokens() && call.request.sampling().max_tokens() == 0) {
@@ -396,6 +447,7 @@ std::variant<tandem::v1::TokenizeRequest, HttpError> parse_tokenize(std::string_
     } else {
       if (!find(body, "messages")) refuse("prompt", "prompt: give prompt (a text) or messages (a conversation)");
       chat_messages(body, *r.mutable_messages());
+      chat_tools(body, *r.mutable_tools());
       if (find(body, "add_generation_prompt")) r.set_add_generation_prompt(boolean(body, "add_generation_prompt"));
     }
     return r;
@@ -437,7 +489,7 @@ void chat_messages(const json& body, google::protobuf::RepeatedPtrField<pb::Chat
       const json* role = find(m, "role");
       if (!role || !role->is_string() || role->get<std::string>().empty()) refuse(at + ".role", at + ".role: required");
       std::string content;
-      if (const json* c = find(m, "content")) {
+      if (const json* c = find(m, "content"); c && !c->is_null()) {  // null: an assistant turn of calls only
         if (c->is_string()) {
           content = c->get<std::string>();
         } else if (c->is_array()) {
@@ -454,11 +506,33 @@ void chat_messages(const json& body, google::protobuf::RepeatedPtrField<pb::Chat
           refuse(at + ".content", at + ".content: must be a string or an array of text parts");
         }
       }
-      if (const json* t = find(m, "tool_calls"); t && !(t->is_array() && t->empty()))
-        refuse(at + ".tool_calls", at + ".tool_calls: tool calling is not supported");
       auto* msg = out.Add();
       msg->set_role(role->get<std::string>());
       msg->set_content(content);
+      if (const json* t = find(m, "tool_calls"); t && !t->is_null()) {
+        if (!t->is_array()) refuse(at + ".tool_calls", at + ".tool_calls: must be an array");
+        for (size_t k = 0; k < t->size(); ++k) {
+          const json& c = (*t)[k];
+          const std::string cat = at + ".tool_calls[" + std::to_string(k) + "]";
+          const json* fn = c.is_object() ? find(c, "function") : nullptr;
+          const json* name = fn && fn->is_object() ? find(*fn, "name") : nullptr;
+          if (!name || !name->is_string())
+            refuse(cat, cat + ": must be {\"id\": ..., \"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": ...}}");
+          auto* call = msg->add_tool_calls();
+          call->set_name(name->get<std::string>());
+          if (const json* id = find(c, "id"); id && id->is_string()) call->set_id(id->get<std::string>());
+          // OpenAI sends the arguments as JSON text; an object is taken too.
+          if (const json* a = find(*fn, "arguments"); a && !a->is_null())
+            call->set_arguments(a->is_string() ? a->get<std::string>() : a->dump());
+        }
+      }
+      for (const char* key : {"tool_call_id", "name"}) {
+        if (const json* v = find(m, key); v && !v->is_null()) {
+          if (!v->is_string()) refuse(at + "." + key, at + "." + key + ": must be a string");
+          if (std::string(key) == "name") msg->set_name(v->get<std::string>());
+          else msg->set_tool_call_id(v->get<std::string>());
+        }
+      }
     }
 }
 
@@ -522,6 +596,7 @@ std::string error_event(const HttpError& e) { return sse(error_object(e)); }
 json finish_reason(pb::FinishReason r) {
   if (r == pb::FINISH_REASON_STOP) return "stop";
   if (r == pb::FINISH_REASON_LENGTH) return "length";
+  if (r == pb::FINISH_REASON_TOOL_CALLS) return "tool_calls";
   return nullptr;
 }
 
@@ -620,14 +695,34 @@ json completion(const std::string& id, int64_t created, const std::string& model
   return j;
 }
 
+json tool_calls(const std::vector<pb::ToolCall>& calls, bool with_index) {
+  json out = json::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    json one;
+    if (with_index) one["index"] = i;
+    one["id"] = calls[i].id();
+    one["type"] = "function";
+    one["function"] = {{"name", calls[i].name()}, {"arguments", calls[i].arguments()}};
+    out.push_back(std::move(one));
+  }
+  return out;
+}
+
 json chat_completion(const std::string& id, int64_t created, const std::string& model,
                      const std::vector<Choice>& choices, const pb::Usage& u) {
   json j = base_object("chat.completion", id, created, model);
   j["choices"] = json::array();
-  for (size_t i = 0; i < choices.size(); ++i)
-    j["choices"].push_back(
-        choice(i, "message", {{"role", "assistant"}, {"content", choices[i].text}}, choices[i].finish,
-               choices[i].logprobs ? chat_logprobs(*choices[i].logprobs) : json()));
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const Choice& c = choices[i];
+    json message = {{"role", "assistant"}, {"content", c.text}};
+    if (!c.tool_calls.empty()) {
+      // OpenAI's shape: no content is null, not "".
+      if (c.text.empty()) message["content"] = nullptr;
+      message["tool_calls"] = tool_calls(c.tool_calls, /*with_index=*/false);
+    }
+    j["choices"].push_back(choice(i, "message", std::move(message), c.finish,
+                                  c.logprobs ? chat_logprobs(*c.logprobs) : json()));
+  }
   j["usage"] = usage(u);
   return j;
 }

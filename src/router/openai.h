@@ -91,7 +91,7 @@ std::string error_event(const HttpError& e);
 // JSON text; invalid UTF-8 in strings is replaced, never thrown.
 std::string dump(const Json& j);
 
-// "stop" | "length" | null.
+// "stop" | "length" | "tool_calls" | null.
 Json finish_reason(tandem::v1::FinishReason r);
 Json usage(const tandem::v1::Usage& u);
 
@@ -102,7 +102,11 @@ struct Choice {
   std::string text;
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
   std::optional<std::vector<tandem::v1::TokenLogprob>> logprobs = std::nullopt;  // set: the request asked for them
+  std::vector<tandem::v1::ToolCall> tool_calls = {};  // chat: the calls the answer made
 };
+// A message's "tool_calls" in OpenAI's shape ({"id", "type": "function",
+// "function": {"name", "arguments"}}); stream deltas carry an "index" too.
+Json tool_calls(const std::vector<tandem::v1::ToolCall>& calls, bool with_index);
 // A choice's "logprobs" object. Completions: tokens, token_logprobs,
 // top_logprobs ({token: logprob}), text_offset (bytes, from text_offset on).
 // An entry without a logprob (an echoed prompt's first token) has null

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "chat_tools.h"
 #include "http_gateway.h"
 #include "metrics.h"
 #include "prefix_affinity.h"
@@ -22,6 +23,7 @@
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/guided.h"
 #include "tandem/model/jinja.h"
+#include "tandem/model/tool_calls.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
 namespace tandem::router {
@@ -81,6 +83,13 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       if (t.is_ok()) chat_template_ = std::make_unique<model::JinjaTemplate>(std::move(t).value());
       else chat_template_error_ = "the model's chat template does not parse: " + t.status().message();
     }
+    TANDEM_ASSIGN_OR_RETURN(tool_format_, model::tool_call_format(cfg.tool_call_parser,
+                                                                  ck_.tokenizer_config.chat_template));
+    // A marker the tokenizer holds as a special token is left out of decoded
+    // text: the tool call stream gets it put back.
+    if (auto id = ck_.tokenizer->token_to_id(std::string(model::tool_call_marker(tool_format_)));
+        id && ck_.tokenizer->is_special(*id))
+      tool_marker_token_ = *id;
     for (int i = 0; i < cfg.attention_nodes; ++i) {
       auto n = std::make_unique<NodeHandle>();
       n->index = i;
@@ -160,7 +169,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     std::vector<int32_t> ids;
     if (req->messages_size() > 0) {
       if (!req->text().empty()) return invalid("text", "set text or messages, not both");
-      if (auto st = chat_prompt(req->messages(), !req->has_add_generation_prompt() || req->add_generation_prompt(),
+      auto tools = chat_tools(req->tools(), pb::TOOL_CHOICE_AUTO, "", std::nullopt, tool_format_);
+      if (!tools.is_ok()) return to_grpc(tools.status());
+      if (auto st = chat_prompt(req->messages(), tools->template_tools,
+                                !req->has_add_generation_prompt() || req->add_generation_prompt(),
                                 req->has_add_special_tokens() && req->add_special_tokens(), ids);
           !st.ok())
         return st;
@@ -241,12 +253,20 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   grpc::Status chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
                     grpc::ServerWriter<pb::GenerateResponse>* w) {
     if (auto st = check_model(req->model()); !st.ok()) return st;
+    auto tools = chat_tools(req->tools(), req->tool_choice(), req->tool_choice_function(),
+                            req->has_parallel_tool_calls() ? std::optional<bool>(req->parallel_tool_calls()) : std::nullopt,
+                            tool_format_);
+    if (!tools.is_ok()) return to_grpc(tools.status());
     std::vector<int32_t> ids;
-    if (auto st = chat_prompt(req->messages(), !req->has_add_generation_prompt() || req->add_generation_prompt(),
+    if (auto st = chat_prompt(req->messages(), tools->template_tools,
+                              !req->has_add_generation_prompt() || req->add_generation_prompt(),
                               /*add_special_tokens=*/false, ids);
         !st.ok())
       return st;
-    return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w);
+    if (!tools->parse) return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w);
+    model::ToolCallStream calls(tool_format_, tools->forced);
+    return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w, nullptr, &calls,
+               tools->forced ? &tools->regex : nullptr);
   }
 
   grpc::Status in_vocabulary(const std::string& field, uint32_t id) const {
@@ -262,20 +282,19 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   }
 
   // A conversation through the model's chat template, as token ids.
+  // `tools`: the template's tools (null: none).
   grpc::Status chat_prompt(const google::protobuf::RepeatedPtrField<pb::ChatMessage>& messages,
-                           bool add_generation_prompt, bool add_special_tokens, std::vector<int32_t>& ids) const {
+                           const nlohmann::ordered_json& tools, bool add_generation_prompt, bool add_special_tokens,
+                           std::vector<int32_t>& ids) const {
     if (!chat_template_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "Chat: " + chat_template_error_);
     if (messages.empty()) return invalid("messages", "must hold at least one message");
-    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
-    for (int i = 0; i < messages.size(); ++i) {
-      const auto& m = messages[i];
-      if (m.role().empty()) return invalid("messages[" + std::to_string(i) + "].role", "must be set");
-      msgs.push_back({{"role", m.role()}, {"content", m.content()}});
-    }
-    nlohmann::ordered_json vars = {{"messages", msgs},
+    auto msgs = template_messages(messages);
+    if (!msgs.is_ok()) return to_grpc(msgs.status());
+    nlohmann::ordered_json vars = {{"messages", std::move(msgs).value()},
                                    {"add_generation_prompt", add_generation_prompt},
                                    {"bos_token", ck_.tokenizer_config.bos_token},
                                    {"eos_token", ck_.tokenizer_config.eos_token}};
+    if (!tools.is_null()) vars["tools"] = tools;
     auto text = chat_template_->render(vars);
     if (!text.is_ok()) return invalid("messages", text.status().message());
     // The template already holds any BOS: no post-processor specials on top
@@ -290,11 +309,29 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // Structured output: the grammar checked and compiled here, so a bad one is
   // INVALID_ARGUMENT naming the field before any node is involved; the node
   // gets it as one regular expression (or the JSON-object flag).
-  static grpc::Status guide(const pb::SamplingParams& sp, ipb::RunRequest& run) {
+  // `tool_regex`: a forced tool call's grammar (tool_choice), which takes the
+  // place of the sampling's. `kind`: what the metric counts ("" for none).
+  static grpc::Status guide(const pb::SamplingParams& sp, const std::string* tool_regex, ipb::RunRequest& run,
+                            std::string& kind) {
     const model::GuideRequest asked{sp.guided_regex(), sp.guided_json(),
                                     {sp.guided_choice().begin(), sp.guided_choice().end()}, sp.guided_json_object()};
     auto spec = model::make_guide_spec(asked, "sampling.guided_");
     if (!spec.is_ok()) return to_grpc(spec.status());
+    if (tool_regex) {
+      if (!spec->empty()) return invalid("tool_choice", "a forced tool call is a grammar already: not with sampling.guided_*");
+      spec = model::make_guide_spec(model::GuideRequest{*tool_regex, {}, {}, false},
+                                    model::GuideFieldNames{"tool_choice", "", "", ""});
+      if (!spec.is_ok()) return to_grpc(spec.status());
+      kind = "tool_call";
+    } else if (!asked.regex.empty()) {
+      kind = "regex";
+    } else if (!asked.json_schema.empty()) {
+      kind = "json_schema";
+    } else if (!asked.choice.empty()) {
+      kind = "choice";
+    } else if (asked.json_object) {
+      kind = "json_object";
+    }
     if (spec->empty()) return grpc::Status::OK;
     // The grammar decides where the text may end; an echoed prompt would
     // change how its first token reads (a SentencePiece leading space).
@@ -312,7 +349,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // echo decodes the prompt's tokens.
   grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
                    const pb::SamplingParams& sp, int32_t priority, grpc::ServerWriter<pb::GenerateResponse>* w,
-                   const std::string* prompt_text = nullptr) {
+                   const std::string* prompt_text = nullptr, model::ToolCallStream* tool_calls = nullptr,
+                   const std::string* tool_regex = nullptr) {
     const auto& c = ck_.config;
     ipb::RunRequest run;
     for (int32_t t : prompt) run.add_prompt(t);
@@ -381,11 +419,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (sp.has_min_p()) run.set_min_p(sp.min_p());
     if (sp.min_tokens() > 0) run.set_min_tokens(static_cast<int32_t>(sp.min_tokens()));
     run.set_priority(priority);
-    if (auto st = guide(sp, run); !st.ok()) return st;
-    if (!sp.guided_regex().empty()) metrics_.record_guided("regex");
-    if (!sp.guided_json().empty()) metrics_.record_guided("json_schema");
-    if (sp.guided_choice_size() > 0) metrics_.record_guided("choice");
-    if (sp.guided_json_object()) metrics_.record_guided("json_object");
+    std::string guided_kind;
+    if (auto st = guide(sp, tool_regex, run, guided_kind); !st.ok()) return st;
+    if (!guided_kind.empty()) metrics_.record_guided(guided_kind);
     if (!sp.ignore_eos())
       for (int32_t id : ck_.stop_token_ids) run.add_stop_token_ids(id);
 
@@ -477,9 +513,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - admitted_at).count();
         out.add_token_ids(static_cast<uint32_t>(t));
         bool hit = false;
+        std::string piece = detok.push(t);
+        if (t == tool_marker_token_ && tool_calls && skip_special) piece += model::tool_call_marker(tool_format_);
         // vLLM's min_tokens: a stop string ends the answer only in text after
         // the first min_tokens tokens, as a stop token does.
-        text += completion <= sp.min_tokens() ? stops.pass(detok.push(t)) : stops.push(detok.push(t), hit);
+        text += completion <= sp.min_tokens() ? stops.pass(piece) : stops.push(piece, hit);
         if (hit) {
           stopped_by_string = true;
           break;
@@ -495,11 +533,31 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           if (!hit) text += stops.flush();
         }
       }
+      bool called = false;
+      if (tool_calls) {
+        // Content streams; a call's text is held back and parsed at the end.
+        text = tool_calls->push(text);
+        if (finished || stopped_by_string) {
+          model::ToolCallParse parsed = tool_calls->finish();
+          text += parsed.content;
+          for (auto& c : parsed.calls) {
+            auto* call = out.add_tool_calls();
+            call->set_id(new_tool_call_id());
+            call->set_name(std::move(c.name));
+            call->set_arguments(std::move(c.arguments));
+          }
+          called = !parsed.calls.empty();
+        }
+      }
       out.set_text(first_message ? echo + text : text);
       first_message = false;
       if (finished || stopped_by_string) {
-        out.set_finish_reason(stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP : pb::FINISH_REASON_LENGTH);
-        record.f.finish_reason = out.finish_reason() == pb::FINISH_REASON_STOP ? "stop" : "length";
+        out.set_finish_reason(called ? pb::FINISH_REASON_TOOL_CALLS
+                              : stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP
+                                                                      : pb::FINISH_REASON_LENGTH);
+        record.f.finish_reason = called                                           ? "tool_calls"
+                                 : out.finish_reason() == pb::FINISH_REASON_STOP ? "stop"
+                                                                                : "length";
         out.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
         out.mutable_usage()->set_completion_tokens(completion);
       }
@@ -652,6 +710,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   model::Checkpoint ck_;
   std::unique_ptr<model::JinjaTemplate> chat_template_;
   std::string chat_template_error_;
+  model::ToolCallFormat tool_format_ = model::ToolCallFormat::kNone;
+  int32_t tool_marker_token_ = -1;  // the format's marker when it is a special token
   std::vector<std::unique_ptr<NodeHandle>> nodes_;
   struct ExpertHealth {
     std::unique_ptr<api::HealthProbe> probe;

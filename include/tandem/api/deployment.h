@@ -70,6 +70,9 @@ struct DeploymentConfig {
   // the fewest requests in flight.
   bool prefix_affinity = true;
   int request_timeout_s = 600;
+  // How the model writes tool calls: auto (from the chat template), hermes,
+  // mistral or none (tools refused).
+  std::string tool_call_parser = "auto";
   // On SIGTERM/SIGINT the router stops taking requests and gives the ones in
   // flight this long to finish before it cancels them.
   int drain_timeout_s = 30;

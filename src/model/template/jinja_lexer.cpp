@@ -9,6 +9,24 @@ Status err(int line, const std::string& what) {
   return invalid_argument("chat template line " + std::to_string(line) + ": " + what);
 }
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// Where a tag's `close` is, from `from`. In expressions and statements a
+// string literal may hold the closing text ('{"a": {}}' in a tool prompt), as
+// Jinja2's lexer allows: quoted text is skipped. Comments are raw.
+size_t find_close(const std::string& src, size_t from, const std::string& close, bool skip_strings) {
+  if (!skip_strings) return src.find(close, from);
+  for (size_t k = from; k < src.size(); ++k) {
+    const char c = src[k];
+    if (c == '\'' || c == '"') {
+      for (++k; k < src.size() && src[k] != c; ++k)
+        if (src[k] == '\\') ++k;
+      if (k >= src.size()) return std::string::npos;
+    } else if (src.compare(k, close.size(), close) == 0) {
+      return k;
+    }
+  }
+  return std::string::npos;
+}
 }  // namespace
 
 Result<std::vector<Segment>> split_template(const std::string& src) {
@@ -61,7 +79,7 @@ Result<std::vector<Segment>> split_template(const std::string& src) {
     count_lines(i, open);
     const std::string close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
     size_t body_start = open + 2 + ((strip_before || keep_before) ? 1 : 0);
-    size_t end = src.find(close, body_start);
+    size_t end = find_close(src, body_start, close, kind != '#');
     if (end == std::string::npos) return err(line, std::string("unclosed '{") + kind + "'");
     bool strip_after = end > body_start && src[end - 1] == '-';
     std::string body = src.substr(body_start, end - body_start - (strip_after ? 1 : 0));

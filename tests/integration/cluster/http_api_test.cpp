@@ -859,6 +859,164 @@ TEST_F(HttpApi, StructuredOutputHoldsTheAnswerToTheFormat) {
   EXPECT_NE(json::parse(res->body)["error"]["message"].get<std::string>().find("'not'"), std::string::npos) << res->body;
 }
 
+// Tool calling through the gateway and gRPC: the tools reach the chat
+// template, a forced call follows its tool's schema and comes back as
+// tool_calls (whole, streamed, over gRPC), calls the model writes on its own
+// are parsed, earlier calls and results render in the conversation, and bad
+// tools are refused naming the field.
+TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const json weather = {{"type", "function"},
+                        {"function",
+                         {{"name", "get_weather"},
+                          {"description", "Forecast for a city"},
+                          {"parameters",
+                           {{"type", "object"},
+                            {"properties", {{"city", {{"type", "string"}, {"maxLength", 12}}},
+                                            {"days", {{"type", "integer"}, {"minimum", 1}}}}},
+                            {"required", json::array({"city", "days"})}}}}}};
+  const json now = {{"type", "function"}, {"function", {{"name", "now"}}}};
+  const json ask = json::array({{{"role", "user"}, {"content", "Weather in Oslo?"}}});
+  json body = {{"messages", ask},
+               {"tools", {weather, now}},
+               {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}},
+               {"max_tokens", 120},
+               {"temperature", 0}};
+  const json whole = post_ok("/v1/chat/completions", body);
+  const json& msg = whole["choices"][0]["message"];
+  ASSERT_TRUE(msg.contains("tool_calls")) << whole.dump();
+  EXPECT_TRUE(msg["content"].is_null()) << whole.dump();
+  ASSERT_EQ(msg["tool_calls"].size(), 1u);
+  const json& call = msg["tool_calls"][0];
+  EXPECT_EQ(call["type"], "function");
+  EXPECT_EQ(call["id"].get<std::string>().rfind("call_", 0), 0u);
+  EXPECT_EQ(call["function"]["name"], "get_weather");
+  const json args = json::parse(call["function"]["arguments"].get<std::string>());
+  EXPECT_TRUE(args["city"].is_string() && args["city"].get<std::string>().size() <= 12) << args;
+  EXPECT_TRUE(args["days"].is_number_integer() && args["days"].get<int64_t>() >= 1) << args;
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
+
+  // Streamed: no content, the same call in a tool_calls delta.
+  body["stream"] = true;
+  json streamed_call;
+  std::string finish;
+  for (const std::string& e : events("/v1/chat/completions", body)) {
+    if (e == "[DONE]") break;
+    const json chunk = json::parse(e);
+    const json& c = chunk["choices"][0];
+    if (c["delta"].contains("content")) EXPECT_EQ(c["delta"]["content"], "") << e;
+    if (c["delta"].contains("tool_calls")) streamed_call = c["delta"]["tool_calls"][0];
+    if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
+  }
+  EXPECT_EQ(streamed_call["index"], 0);
+  EXPECT_EQ(streamed_call["function"], call["function"]);
+  EXPECT_EQ(finish, "tool_calls");
+
+  // gRPC Chat, "required" with both tools and one call.
+  tandem::v1::ChatRequest chat;
+  auto* m = chat.add_messages();
+  m->set_role("user");
+  m->set_content("What time is it?");
+  for (const json& t : {weather, now}) {
+    auto* tool = chat.add_tools();
+    tool->set_name(t["function"]["name"]);
+    if (t["function"].contains("parameters")) tool->set_parameters(t["function"]["parameters"].dump());
+  }
+  chat.set_tool_choice(tandem::v1::TOOL_CHOICE_REQUIRED);
+  chat.set_parallel_tool_calls(false);
+  chat.mutable_sampling()->set_temperature(1.0f);
+  chat.mutable_sampling()->set_seed(7);
+  chat.mutable_sampling()->set_max_tokens(120);
+  {
+    grpc::ClientContext ctx;
+    auto reader = cluster_->stub().Chat(&ctx, chat);
+    tandem::v1::GenerateResponse r;
+    std::string text;
+    std::vector<tandem::v1::ToolCall> calls;
+    tandem::v1::FinishReason reason = tandem::v1::FINISH_REASON_UNSPECIFIED;
+    while (reader->Read(&r)) {
+      text += r.text();
+      calls.insert(calls.end(), r.tool_calls().begin(), r.tool_calls().end());
+      if (r.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) reason = r.finish_reason();
+    }
+    const grpc::Status st = reader->Finish();
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(text, "");
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_TRUE(calls[0].name() == "get_weather" || calls[0].name() == "now") << calls[0].name();
+    EXPECT_TRUE(json::parse(calls[0].arguments()).is_object()) << calls[0].arguments();
+    EXPECT_EQ(reason, tandem::v1::FINISH_REASON_TOOL_CALLS);
+  }
+
+  // tool_choice auto: a call the model writes itself is parsed (a regex
+  // stands in for a trained model's habit of calling).
+  const json self = post_ok("/v1/chat/completions",
+                            {{"messages", ask},
+                             {"tools", {weather, now}},
+                             {"max_tokens", 60},
+                             {"temperature", 0},
+                             {"guided_regex", "It is cold\\.\\n<tool_call>\\n\\{\"name\": \"now\", \"arguments\": \\{\\}\\}\\n</tool_call>"}});
+  const json& self_msg = self["choices"][0]["message"];
+  EXPECT_EQ(self_msg["content"], "It is cold.\n") << self.dump();
+  ASSERT_EQ(self_msg["tool_calls"].size(), 1u) << self.dump();
+  EXPECT_EQ(self_msg["tool_calls"][0]["function"]["name"], "now");
+  EXPECT_EQ(self_msg["tool_calls"][0]["function"]["arguments"], "{}");
+  // tool_choice none: the same text stays text.
+  json plain = {{"messages", ask}, {"tools", {weather, now}}, {"tool_choice", "none"}, {"max_tokens", 60},
+                {"temperature", 0}, {"guided_regex", "<tool_call>\\n\\{\\}\\n</tool_call>"}};
+  const json words = post_ok("/v1/chat/completions", plain);
+  EXPECT_EQ(words["choices"][0]["message"]["content"], "<tool_call>\n{}\n</tool_call>");
+  EXPECT_FALSE(words["choices"][0]["message"].contains("tool_calls"));
+  EXPECT_EQ(words["choices"][0]["finish_reason"], "stop");
+
+  // The next turn: the call and its result render through the template.
+  const json turn = {{"messages",
+                      {ask[0],
+                       {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", json::array({call})}},
+                       {{"role", "tool"}, {"tool_call_id", call["id"]}, {"content", "3 degrees, snow"}}}},
+                     {"tools", {weather}}};
+  const json tokens = post_ok("/tokenize", turn);
+  const json prompt = post_ok("/detokenize", {{"tokens", tokens["tokens"]}, {"skip_special_tokens", false}});
+  const std::string text = prompt["prompt"];
+  EXPECT_NE(text.find("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("<|im_start|>user\n<tool_response>\n3 degrees, snow\n</tool_response><|im_end|>\n"
+                      "<|im_start|>assistant\n"),
+            std::string::npos)
+      << text;
+  json next = turn;
+  next["max_tokens"] = 4;
+  EXPECT_EQ(post_ok("/v1/chat/completions", next)["usage"]["prompt_tokens"], tokens["count"]);
+
+  // Refusals name the field.
+  auto refused = [&](json b, const std::string& field) {
+    auto res = client().Post("/v1/chat/completions", b.dump(), "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << res->body;
+    EXPECT_NE(json::parse(res->body)["error"]["message"].get<std::string>().find(field), std::string::npos)
+        << res->body;
+  };
+  json b = {{"messages", ask}, {"tools", {weather}}};
+  b["tool_choice"] = {{"type", "function"}, {"function", {{"name", "elsewhere"}}}};
+  refused(b, "tool_choice_function: 'elsewhere' is not one of the tools");
+  b["tool_choice"] = "required";
+  b["guided_regex"] = "a";
+  refused(b, "tool_choice: a forced tool call is a grammar already");
+  b.erase("guided_regex");
+  b["tools"] = {weather, weather};
+  refused(b, "tools[1].name: 'get_weather' is given twice");
+  b["tools"] = {{{"type", "function"}, {"function", {{"name", "bad name"}}}}};
+  refused(b, "tools[0].name");
+  b["tools"] = {{{"type", "function"},
+                 {"function", {{"name", "f"}, {"parameters", {{"type", "object"}, {"not", json::object()}}}}}}};
+  refused(b, "tools[0] (f)");
+  b["tools"] = json::array();
+  refused(b, "there are no tools");
+}
+
 // The official `openai` Python client against the gateway
 // (scripts/openai_client_check.py), where Python has it; skipped otherwise.
 TEST_F(HttpApi, OfficialOpenAiPythonClientWorks) {

@@ -63,6 +63,21 @@ TEST(Deployment, DrainTimeout) {
   EXPECT_NE(bad.status().message().find("router.drain_timeout_s"), std::string::npos) << bad.status().message();
 }
 
+TEST(Deployment, ToolCallParser) {
+  auto d = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
+  ASSERT_TRUE(d.is_ok());
+  EXPECT_EQ(d->tool_call_parser, "auto");
+  auto set = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {tool_call_parser: mistral}\n", "b.yaml");
+  ASSERT_TRUE(set.is_ok()) << set.status().to_string();
+  auto again = DeploymentConfig::from_yaml(set->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_EQ(again->tool_call_parser, "mistral");
+  auto bad = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {tool_call_parser: llama3_json}\n", "bad.yaml");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("router.tool_call_parser"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("llama3_json"), std::string::npos) << bad.status().message();
+}
+
 TEST(Deployment, MaxPromptLogprobRows) {
   auto d = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
   ASSERT_TRUE(d.is_ok());

@@ -189,8 +189,18 @@ TEST(OpenAiChat, MessagesAndContentParts) {
       {R"({"messages": [{"role": "user", "content": 5}]})", "messages[0].content"},
       {R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})",
        "messages[0].content[0]"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})", "tools"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})", "tool_choice"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})", "tools[0].function"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tools": {"type": "function"}})", "tools"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "retrieval"}]})", "tools[0]"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f",
+           "parameters": "{}"}}]})", "tools[0].function.parameters"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"})", "tool_choice"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function"}})", "tool_choice"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "parallel_tool_calls": "yes"})", "parallel_tool_calls"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]})", "functions"},
+      {R"({"messages": [{"role": "assistant", "tool_calls": {}}]})", "messages[0].tool_calls"},
+      {R"({"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]})", "messages[0].tool_calls[0]"},
+      {R"({"messages": [{"role": "tool", "content": "r", "tool_call_id": 5}]})", "messages[0].tool_call_id"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}})", "response_format"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}})",
        "response_format"},
@@ -217,6 +227,59 @@ TEST(OpenAiChat, MessagesAndContentParts) {
   auto text_format = parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text"},
                                     "tools": [], "tool_choice": "none"})");
   EXPECT_TRUE(std::holds_alternative<ChatCall>(text_format));
+}
+
+// tools, tool_choice and the turns of a conversation with calls become the
+// router's ChatRequest; answers with calls take OpenAI's shape.
+TEST(OpenAiRequests, ToolCallingFields) {
+  auto c = parse_chat(R"({"messages": [
+      {"role": "user", "content": "Weather in Oslo?"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+          "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+      {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "3 C"}],
+    "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Forecast",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+              {"type": "function", "function": {"name": "now"}}],
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "parallel_tool_calls": false})");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(c)) << std::get<HttpError>(c).message;
+  const pb::ChatRequest& r = std::get<ChatCall>(c).request;
+  ASSERT_EQ(r.tools_size(), 2);
+  EXPECT_EQ(r.tools(0).name(), "get_weather");
+  EXPECT_EQ(r.tools(0).description(), "Forecast");
+  EXPECT_EQ(r.tools(0).parameters(), R"({"type":"object","properties":{"city":{"type":"string"}}})");
+  EXPECT_EQ(r.tools(1).parameters(), "");
+  EXPECT_EQ(r.tool_choice(), pb::TOOL_CHOICE_FUNCTION);
+  EXPECT_EQ(r.tool_choice_function(), "get_weather");
+  ASSERT_TRUE(r.has_parallel_tool_calls());
+  EXPECT_FALSE(r.parallel_tool_calls());
+  ASSERT_EQ(r.messages_size(), 3);
+  EXPECT_EQ(r.messages(1).content(), "");
+  ASSERT_EQ(r.messages(1).tool_calls_size(), 1);
+  EXPECT_EQ(r.messages(1).tool_calls(0).id(), "call_1");
+  EXPECT_EQ(r.messages(1).tool_calls(0).arguments(), R"({"city": "Oslo"})");
+  EXPECT_EQ(r.messages(2).tool_call_id(), "call_1");
+  EXPECT_EQ(r.messages(2).name(), "get_weather");
+  for (const auto& [choice, want] : std::vector<std::pair<std::string, pb::ToolChoice>>{
+           {"\"none\"", pb::TOOL_CHOICE_NONE}, {"\"auto\"", pb::TOOL_CHOICE_AUTO}, {"\"required\"", pb::TOOL_CHOICE_REQUIRED}}) {
+    auto one = parse_chat(R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": )" + choice + "}");
+    ASSERT_TRUE(std::holds_alternative<ChatCall>(one)) << choice;
+    EXPECT_EQ(std::get<ChatCall>(one).request.tool_choice(), want);
+  }
+
+  pb::ToolCall call;
+  call.set_id("call_x");
+  call.set_name("get_weather");
+  call.set_arguments(R"({"city":"Oslo"})");
+  const json whole = chat_completion("chatcmpl-1", 0, "m", {Choice{"", pb::FINISH_REASON_TOOL_CALLS, std::nullopt, {call}}}, {});
+  const json& msg = whole["choices"][0]["message"];
+  EXPECT_TRUE(msg["content"].is_null());
+  EXPECT_EQ(msg["tool_calls"][0]["id"], "call_x");
+  EXPECT_EQ(msg["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["arguments"], R"({"city":"Oslo"})");
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(tool_calls({call}, /*with_index=*/true)[0]["index"], 0);
+  const json words = chat_completion("chatcmpl-2", 0, "m", {Choice{"hi", pb::FINISH_REASON_STOP}}, {});
+  EXPECT_FALSE(words["choices"][0]["message"].contains("tool_calls"));
 }
 
 // response_format and vLLM's guided_* fields become the request's structured-output fields.

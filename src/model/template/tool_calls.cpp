@@ -1,0 +1,212 @@
+#include "tandem/model/tool_calls.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "tandem/model/guided.h"
+
+namespace tandem::model {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+constexpr std::string_view kHermesOpen = "<tool_call>";
+constexpr std::string_view kHermesClose = "</tool_call>";
+constexpr std::string_view kMistralMarker = "[TOOL_CALLS]";
+
+bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// One call object {"name": ..., "arguments": {...}}; arguments written as a
+// JSON string holding an object are taken too (models do both).
+bool read_call(const json& j, ToolCall& out) {
+  if (!j.is_object()) return false;
+  auto name = j.find("name");
+  auto args = j.find("arguments");
+  if (args == j.end()) args = j.find("parameters");
+  if (name == j.end() || !name->is_string() || !valid_tool_name(name->get<std::string>())) return false;
+  json a = json::object();
+  if (args != j.end()) {
+    if (args->is_string()) {
+      a = json::parse(args->get<std::string>(), nullptr, /*allow_exceptions=*/false);
+      if (a.is_discarded()) return false;
+    } else {
+      a = *args;
+    }
+  }
+  // dump() recurses: deep arguments are not a call.
+  if (!a.is_object() || json_depth(a) > kMaxJsonInputDepth) return false;
+  out.name = name->get<std::string>();
+  out.arguments = a.dump(-1, ' ', false, json::error_handler_t::replace);
+  return true;
+}
+
+bool parse_json(std::string_view text, json& out) {
+  out = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  return !out.is_discarded() && json_depth(out) <= kMaxJsonInputDepth;
+}
+
+// Blocks of <tool_call> JSON </tool_call>, whitespace between them.
+bool parse_hermes(std::string_view text, std::vector<ToolCall>& calls) {
+  size_t pos = 0;
+  for (;;) {
+    while (pos < text.size() && is_space(text[pos])) ++pos;
+    if (pos == text.size()) return !calls.empty();
+    if (text.substr(pos, kHermesOpen.size()) != kHermesOpen) return false;
+    pos += kHermesOpen.size();
+    const size_t close = text.find(kHermesClose, pos);
+    if (close == std::string_view::npos) return false;
+    json j;
+    ToolCall c;
+    if (!parse_json(trim(text.substr(pos, close - pos)), j) || !read_call(j, c)) return false;
+    calls.push_back(std::move(c));
+    pos = close + kHermesClose.size();
+  }
+}
+
+// [TOOL_CALLS] (absent when forced) then an array of calls, or one call.
+bool parse_mistral(std::string_view text, std::vector<ToolCall>& calls) {
+  text = trim(text);
+  if (text.substr(0, kMistralMarker.size()) == kMistralMarker) text = trim(text.substr(kMistralMarker.size()));
+  json j;
+  if (!parse_json(text, j)) return false;
+  if (j.is_object()) j = json::array({j});
+  if (!j.is_array() || j.empty()) return false;
+  for (const json& one : j) {
+    ToolCall c;
+    if (!read_call(one, c)) return false;
+    calls.push_back(std::move(c));
+  }
+  return true;
+}
+
+// The longest tail of `text` that is a proper prefix of `marker`.
+size_t partial_marker(std::string_view text, std::string_view marker) {
+  for (size_t n = std::min(text.size(), marker.size() - 1); n > 0; --n)
+    if (text.substr(text.size() - n) == marker.substr(0, n)) return n;
+  return 0;
+}
+
+}  // namespace
+
+Result<ToolCallFormat> tool_call_format(std::string_view name, std::string_view chat_template) {
+  if (name == "hermes") return ToolCallFormat::kHermes;
+  if (name == "mistral") return ToolCallFormat::kMistral;
+  if (name == "none") return ToolCallFormat::kNone;
+  if (name == "auto" || name.empty()) {
+    if (chat_template.find(kHermesOpen) != std::string_view::npos) return ToolCallFormat::kHermes;
+    if (chat_template.find(kMistralMarker) != std::string_view::npos) return ToolCallFormat::kMistral;
+    return ToolCallFormat::kNone;
+  }
+  return invalid_argument("tool call parser '" + std::string(name) + "': must be auto, hermes, mistral or none");
+}
+
+std::string_view tool_call_format_name(ToolCallFormat f) {
+  switch (f) {
+    case ToolCallFormat::kHermes: return "hermes";
+    case ToolCallFormat::kMistral: return "mistral";
+    case ToolCallFormat::kNone: break;
+  }
+  return "none";
+}
+
+std::string_view tool_call_marker(ToolCallFormat f) {
+  switch (f) {
+    case ToolCallFormat::kHermes: return kHermesOpen;
+    case ToolCallFormat::kMistral: return kMistralMarker;
+    case ToolCallFormat::kNone: break;
+  }
+  return {};
+}
+
+bool valid_tool_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+ToolCallStream::ToolCallStream(ToolCallFormat format, bool forced)
+    : format_(format), marker_(tool_call_marker(format)), calling_(forced && format != ToolCallFormat::kNone) {}
+
+std::string ToolCallStream::push(std::string_view text) {
+  if (calling_) {
+    held_ += text;
+    return {};
+  }
+  if (marker_.empty()) return std::string(text);
+  pending_ += text;
+  if (const size_t at = pending_.find(marker_); at != std::string::npos) {
+    std::string out = pending_.substr(0, at);
+    held_ = pending_.substr(at);
+    pending_.clear();
+    calling_ = true;
+    return out;
+  }
+  const size_t keep = partial_marker(pending_, marker_);
+  std::string out = pending_.substr(0, pending_.size() - keep);
+  pending_.erase(0, pending_.size() - keep);
+  return out;
+}
+
+ToolCallParse ToolCallStream::finish() {
+  ToolCallParse r;
+  r.content = std::move(pending_);
+  pending_.clear();
+  if (held_.empty()) return r;
+  std::vector<ToolCall> calls;
+  const bool ok = format_ == ToolCallFormat::kHermes ? parse_hermes(held_, calls) : parse_mistral(held_, calls);
+  if (ok) {
+    r.calls = std::move(calls);
+  } else {
+    r.content += held_;  // not calls after all: the user gets the text
+  }
+  held_.clear();
+  return r;
+}
+
+ToolCallParse parse_tool_calls(ToolCallFormat format, std::string_view text, bool forced) {
+  ToolCallStream s(format, forced);
+  std::string content = s.push(text);
+  ToolCallParse r = s.finish();
+  r.content = content + r.content;
+  return r;
+}
+
+Result<std::string> tool_call_regex(ToolCallFormat format, const std::vector<ToolSpec>& tools, bool parallel) {
+  if (format == ToolCallFormat::kNone) return invalid_argument("tool calls: the model has no tool call format");
+  if (tools.empty()) return invalid_argument("tool calls: no tools to call");
+  std::string alternatives;
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const ToolSpec& t = tools[i];
+    const std::string where = "tools[" + std::to_string(i) + "] (" + t.name + ")";
+    json params = json{{"type", "object"}};
+    if (!t.parameters.empty()) {
+      params = json::parse(t.parameters, nullptr, /*allow_exceptions=*/false);
+      if (params.is_discarded() || !params.is_object())
+        return invalid_argument(where + ": parameters must be a JSON schema object");
+      if (json_depth(params) > kMaxJsonInputDepth)
+        return invalid_argument(where + ": parameters nest deeper than " + std::to_string(kMaxJsonInputDepth));
+    }
+    const json call = {{"type", "object"},
+                       {"properties", {{"name", {{"const", t.name}}}, {"arguments", params}}},
+                       {"required", json::array({"name", "arguments"})}};
+    auto object = json_schema_to_regex(call.dump());
+    if (!object.is_ok()) return invalid_argument(where + ": " + object.status().message());
+    std::string one = format == ToolCallFormat::kHermes
+                          ? regex_escape(std::string(kHermesOpen) + "\n") + *object + regex_escape("\n" + std::string(kHermesClose))
+                          : *object;
+    alternatives += (i ? "|" : "") + one;
+  }
+  const std::string any = "(?:" + alternatives + ")";
+  if (format == ToolCallFormat::kHermes) return parallel ? any + "(?:\\n" + any + ")*" : any;
+  // Mistral: the marker is a special token a guide cannot write; the array follows it.
+  return "\\x20?\\[" + any + (parallel ? "(?:, ?" + any + ")*" : "") + "\\]";
+}
+
+}  // namespace tandem::model

@@ -1,0 +1,189 @@
+// Tool calls in model output: the hermes and mistral formats parsed whole and
+// as a stream split anywhere, malformed calls given back as content, and the
+// grammar that forces a call accepting exactly the calls of the tools.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+
+#include "tandem/model/guided.h"
+#include "tandem/model/tool_calls.h"
+
+namespace tandem::model {
+namespace {
+
+using json = nlohmann::json;
+
+// Whether `regex` matches all of `text`.
+bool matches(const std::string& regex, const std::string& text) {
+  auto a = compile_regex(regex);
+  EXPECT_TRUE(a.is_ok()) << a.status().message();
+  if (!a.is_ok()) return false;
+  ByteAutomaton& m = **a;
+  int32_t s = m.start();
+  for (unsigned char c : text) {
+    s = m.next(s, c);
+    if (s == ByteAutomaton::kDead) return false;
+  }
+  return m.accepting(s);
+}
+
+// The same text fed in every two-piece split gives the same result and the
+// same content, and no content streams after the marker.
+void expect_split_invariant(ToolCallFormat f, const std::string& text) {
+  const ToolCallParse whole = parse_tool_calls(f, text);
+  for (size_t cut = 0; cut <= text.size(); ++cut) {
+    ToolCallStream s(f, false);
+    std::string content = s.push(std::string_view(text).substr(0, cut));
+    content += s.push(std::string_view(text).substr(cut));
+    ToolCallParse r = s.finish();
+    EXPECT_EQ(content + r.content, whole.content) << "cut at " << cut;
+    ASSERT_EQ(r.calls.size(), whole.calls.size()) << "cut at " << cut;
+    for (size_t i = 0; i < r.calls.size(); ++i) {
+      EXPECT_EQ(r.calls[i].name, whole.calls[i].name);
+      EXPECT_EQ(r.calls[i].arguments, whole.calls[i].arguments);
+    }
+  }
+}
+
+TEST(ToolCalls, FormatComesFromTheNameOrTheTemplate) {
+  EXPECT_EQ(*tool_call_format("auto", "... '<tool_call>\\n' ..."), ToolCallFormat::kHermes);
+  EXPECT_EQ(*tool_call_format("auto", "{{ '[TOOL_CALLS]' }}"), ToolCallFormat::kMistral);
+  EXPECT_EQ(*tool_call_format("auto", "{{ messages }}"), ToolCallFormat::kNone);
+  EXPECT_EQ(*tool_call_format("mistral", "<tool_call>"), ToolCallFormat::kMistral);
+  EXPECT_EQ(*tool_call_format("none", "<tool_call>"), ToolCallFormat::kNone);
+  auto bad = tool_call_format("llama3_json", "");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("llama3_json"), std::string::npos);
+}
+
+TEST(ToolCalls, HermesCallsAfterContent) {
+  const std::string text =
+      "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Z\\u00fcrich\", \"days\": 2}}\n"
+      "</tool_call>\n<tool_call>\n{\"arguments\": {}, \"name\": \"now\"}\n</tool_call>";
+  const ToolCallParse r = parse_tool_calls(ToolCallFormat::kHermes, text);
+  EXPECT_EQ(r.content, "Let me look.\n");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].name, "get_weather");
+  EXPECT_EQ(json::parse(r.calls[0].arguments), json::parse(R"({"city": "Zürich", "days": 2})"));
+  EXPECT_EQ(r.calls[1].name, "now");
+  EXPECT_EQ(r.calls[1].arguments, "{}");
+  expect_split_invariant(ToolCallFormat::kHermes, text);
+}
+
+TEST(ToolCalls, ArgumentsWrittenAsAStringAreTaken) {
+  const ToolCallParse r = parse_tool_calls(
+      ToolCallFormat::kHermes, "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}</tool_call>");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].arguments, "{\"x\":1}");
+  EXPECT_EQ(r.content, "");
+}
+
+TEST(ToolCalls, TextWithoutTheMarkerIsAllContent) {
+  for (const std::string text : {"plain answer", "a < b and <tool", "<tool_cal", ""}) {
+    const ToolCallParse r = parse_tool_calls(ToolCallFormat::kHermes, text);
+    EXPECT_EQ(r.content, text);
+    EXPECT_TRUE(r.calls.empty());
+    expect_split_invariant(ToolCallFormat::kHermes, text);
+  }
+  // No format: the marker is just text.
+  const ToolCallParse r = parse_tool_calls(ToolCallFormat::kNone, "<tool_call>{\"name\": \"f\"}</tool_call>");
+  EXPECT_TRUE(r.calls.empty());
+}
+
+TEST(ToolCalls, MalformedCallsComeBackAsContentWhole) {
+  for (const std::string text : {
+           "x <tool_call>\n{\"name\": \"f\", \"arguments\": {}}",                      // cut short (max_tokens)
+           "<tool_call>{\"name\": \"f\", \"arguments\": {]}</tool_call>",                // bad JSON
+           "<tool_call>{\"arguments\": {}}</tool_call>",                                // no name
+           "<tool_call>{\"name\": \"bad name!\", \"arguments\": {}}</tool_call>",       // not a function name
+           "<tool_call>{\"name\": \"f\", \"arguments\": [1]}</tool_call>",              // arguments not an object
+           "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call> and then text",  // text after the calls
+       }) {
+    const ToolCallParse r = parse_tool_calls(ToolCallFormat::kHermes, text);
+    EXPECT_TRUE(r.calls.empty()) << text;
+    EXPECT_EQ(r.content, text);
+    expect_split_invariant(ToolCallFormat::kHermes, text);
+  }
+  // Arguments nested deeper than a dump may recurse are not a call.
+  std::string deep = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": " + std::string(300, '[') +
+                     std::string(300, ']') + "}}</tool_call>";
+  EXPECT_TRUE(parse_tool_calls(ToolCallFormat::kHermes, deep).calls.empty());
+}
+
+TEST(ToolCalls, MistralArrayAfterTheMarker) {
+  const std::string text =
+      "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, {\"name\": \"now\", "
+      "\"arguments\": {}}]";
+  const ToolCallParse r = parse_tool_calls(ToolCallFormat::kMistral, text);
+  EXPECT_EQ(r.content, "");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].name, "get_weather");
+  EXPECT_EQ(r.calls[0].arguments, "{\"city\":\"Paris\"}");
+  expect_split_invariant(ToolCallFormat::kMistral, text);
+  // Forced (the marker is a hidden special token): the array alone.
+  const ToolCallParse forced =
+      parse_tool_calls(ToolCallFormat::kMistral, " [{\"name\": \"now\", \"arguments\": {}}]", /*forced=*/true);
+  ASSERT_EQ(forced.calls.size(), 1u);
+  EXPECT_EQ(forced.calls[0].name, "now");
+  const ToolCallParse bad = parse_tool_calls(ToolCallFormat::kMistral, "[TOOL_CALLS] [{\"name\": 3}]");
+  EXPECT_TRUE(bad.calls.empty());
+  EXPECT_EQ(bad.content, "[TOOL_CALLS] [{\"name\": 3}]");
+}
+
+const std::vector<ToolSpec> kTools = {
+    {"get_weather", R"({"type": "object", "properties": {"city": {"type": "string"},
+                       "unit": {"enum": ["c", "f"]}}, "required": ["city"]})"},
+    {"now", ""},
+};
+
+TEST(ToolCalls, ForcingGrammarAcceptsExactlyTheToolsCalls) {
+  auto one = tool_call_regex(ToolCallFormat::kHermes, kTools, /*parallel=*/false);
+  ASSERT_TRUE(one.is_ok()) << one.status().message();
+  const std::string weather = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+  const std::string now = "<tool_call>\n{\"name\": \"now\", \"arguments\": {\"any\": [1, {\"x\": null}]}}\n</tool_call>";
+  EXPECT_TRUE(matches(*one, weather));
+  EXPECT_TRUE(matches(*one, now));
+  EXPECT_FALSE(matches(*one, weather + "\n" + now));  // one call only
+  EXPECT_FALSE(matches(*one, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>"));  // city required
+  EXPECT_FALSE(matches(*one, "<tool_call>\n{\"name\": \"other\", \"arguments\": {}}\n</tool_call>"));
+  EXPECT_FALSE(matches(*one, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"unit\": \"k\"}}\n</tool_call>"));
+  auto many = tool_call_regex(ToolCallFormat::kHermes, kTools, /*parallel=*/true);
+  ASSERT_TRUE(many.is_ok());
+  EXPECT_TRUE(matches(*many, weather + "\n" + now + "\n" + weather));
+  // What the grammar accepts, the parser reads back.
+  const ToolCallParse r = parse_tool_calls(ToolCallFormat::kHermes, weather + "\n" + now);
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[1].arguments, "{\"any\":[1,{\"x\":null}]}");
+
+  auto mistral = tool_call_regex(ToolCallFormat::kMistral, kTools, /*parallel=*/true);
+  ASSERT_TRUE(mistral.is_ok()) << mistral.status().message();
+  const std::string arr = " [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"unit\": \"c\"}}, {\"name\": \"now\", \"arguments\": {}}]";
+  EXPECT_TRUE(matches(*mistral, arr));
+  EXPECT_EQ(parse_tool_calls(ToolCallFormat::kMistral, arr, /*forced=*/true).calls.size(), 2u);
+  auto single = tool_call_regex(ToolCallFormat::kMistral, kTools, /*parallel=*/false);
+  ASSERT_TRUE(single.is_ok());
+  EXPECT_FALSE(matches(*single, arr));
+}
+
+TEST(ToolCalls, ForcingGrammarErrorsNameTheTool) {
+  auto bad = tool_call_regex(ToolCallFormat::kHermes, {{"f", "[1]"}}, false);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("tools[0] (f)"), std::string::npos) << bad.status().message();
+  auto unsupported = tool_call_regex(ToolCallFormat::kHermes, {{"g", R"({"type": "object", "not": {}})"}}, false);
+  ASSERT_FALSE(unsupported.is_ok());
+  EXPECT_NE(unsupported.status().message().find("(g)"), std::string::npos);
+  EXPECT_FALSE(tool_call_regex(ToolCallFormat::kNone, kTools, false).is_ok());
+  EXPECT_FALSE(tool_call_regex(ToolCallFormat::kHermes, {}, false).is_ok());
+}
+
+TEST(ToolCalls, FunctionNames) {
+  EXPECT_TRUE(valid_tool_name("get_weather-v2"));
+  EXPECT_FALSE(valid_tool_name(""));
+  EXPECT_FALSE(valid_tool_name("has space"));
+  EXPECT_FALSE(valid_tool_name(std::string(65, 'a')));
+}
+
+}  // namespace
+}  // namespace tandem::model
