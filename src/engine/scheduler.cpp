@@ -117,17 +117,16 @@ Status Scheduler::check_step_output(size_t rows) const {
 Status Scheduler::apply_guide(const Seq& s, std::vector<float>& logits) {
   model::TokenGuide& guide = *s.req.guide;
   TANDEM_ASSIGN_OR_RETURN(auto mask, guide.allowed(s.guide));
-  const bool may_stop = guide.accepting(s.guide) && s.generated >= s.req.adjust.min_tokens;
+  const bool accepting = guide.accepting(s.guide);
+  const bool may_stop = accepting && s.generated >= s.req.adjust.min_tokens;
   stop_logits_.clear();
   for (int32_t t : s.req.stop_token_ids)
     if (t >= 0 && t < config_.vocab_size) stop_logits_.push_back({t, logits[static_cast<size_t>(t)]});
-  bool any = false;
   model::mask_logits(*mask, logits.data(), config_.vocab_size);
   for (auto [t, l] : stop_logits_) logits[static_cast<size_t>(t)] = may_stop ? l : -INFINITY;
-  for (float l : logits) any = any || l > -INFINITY;
-  if (!any)
+  if (std::none_of(logits.begin(), logits.end(), [](float l) { return l > -INFINITY; }))
     return failed_precondition(std::string("guided decoding: no token of the vocabulary can continue the output") +
-                               (guide.accepting(s.guide) ? " (it is complete but may not stop yet)" : "") + " after " +
+                               (accepting ? " (it is complete but may not stop yet)" : "") + " after " +
                                std::to_string(s.generated) + " tokens");
   return Status::ok();
 }

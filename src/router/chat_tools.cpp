@@ -11,7 +11,7 @@ namespace pb = tandem::v1;
 using json = nlohmann::ordered_json;
 
 Result<ChatTools> chat_tools(const google::protobuf::RepeatedPtrField<pb::Tool>& tools, pb::ToolChoice choice,
-                             const std::string& function, std::optional<bool> parallel,
+                             const std::string& function, std::optional<bool> parallel_calls,
                              model::ToolCallFormat format) {
   ChatTools out;
   if (choice != pb::TOOL_CHOICE_FUNCTION && !function.empty())
@@ -21,6 +21,9 @@ Result<ChatTools> chat_tools(const google::protobuf::RepeatedPtrField<pb::Tool>&
       return invalid_argument("tool_choice: names a tool to call, and there are no tools");
     return out;
   }
+  if (static_cast<size_t>(tools.size()) > model::kMaxTools)
+    return invalid_argument("tools: " + std::to_string(tools.size()) + " tools, at most " +
+                            std::to_string(model::kMaxTools));
   std::vector<model::ToolSpec> specs;
   std::set<std::string> names;
   out.template_tools = json::array();
@@ -55,8 +58,11 @@ Result<ChatTools> chat_tools(const google::protobuf::RepeatedPtrField<pb::Tool>&
         "tools: the model's chat template writes no tool calls in a format this server reads "
         "(router.tool_call_parser: hermes or mistral names one)");
   out.parse = true;
+  const bool parallel = parallel_calls.value_or(true) && choice != pb::TOOL_CHOICE_FUNCTION;
+  if (!parallel) out.max_calls = 1;
   if (choice == pb::TOOL_CHOICE_AUTO) return out;
   out.forced = true;
+  out.named = choice == pb::TOOL_CHOICE_FUNCTION;
   if (choice == pb::TOOL_CHOICE_FUNCTION) {
     const model::ToolSpec* one = nullptr;
     for (const auto& s : specs)
@@ -64,7 +70,7 @@ Result<ChatTools> chat_tools(const google::protobuf::RepeatedPtrField<pb::Tool>&
     if (!one) return invalid_argument("tool_choice_function: '" + function + "' is not one of the tools");
     specs = {*one};
   }
-  auto regex = model::tool_call_regex(format, specs, parallel.value_or(true) && choice == pb::TOOL_CHOICE_REQUIRED);
+  auto regex = model::tool_call_regex(format, specs, parallel);
   if (!regex.is_ok()) return invalid_argument(regex.status().message());
   out.regex = std::move(regex).value();
   return out;
@@ -100,12 +106,13 @@ Result<json> template_messages(const google::protobuf::RepeatedPtrField<pb::Chat
   return msgs;
 }
 
-std::string new_tool_call_id() {
+std::string new_tool_call_id(model::ToolCallFormat format) {
   static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   thread_local std::mt19937_64 rng{std::random_device{}()};
   std::uniform_int_distribution<int> pick(0, static_cast<int>(sizeof(kChars)) - 2);
-  std::string id = "call_";
-  for (int i = 0; i < 24; ++i) id += kChars[pick(rng)];
+  const bool mistral = format == model::ToolCallFormat::kMistral;
+  std::string id = mistral ? "" : "call_";
+  for (int i = 0; i < (mistral ? 9 : 24); ++i) id += kChars[pick(rng)];
   return id;
 }
 

@@ -21,6 +21,8 @@ struct ChatTools {
   nlohmann::ordered_json template_tools;
   bool parse = false;   // calls in the output are parsed
   bool forced = false;  // the output is calls only
+  bool named = false;   // forced to one named function (OpenAI then finishes with "stop")
+  size_t max_calls = SIZE_MAX;  // 1 with parallel_tool_calls: false
   std::string regex;    // with forced: the grammar
 };
 
@@ -37,7 +39,8 @@ Result<ChatTools> chat_tools(const google::protobuf::RepeatedPtrField<tandem::v1
 Result<nlohmann::ordered_json> template_messages(
     const google::protobuf::RepeatedPtrField<tandem::v1::ChatMessage>& messages);
 
-// A fresh call id: "call_" and 24 random letters and digits.
-std::string new_tool_call_id();
+// A fresh call id: "call_" and 24 random letters and digits; for the
+// mistral format 9 letters and digits (its templates refuse other ids).
+std::string new_tool_call_id(model::ToolCallFormat format = model::ToolCallFormat::kHermes);
 
 }  // namespace tandem::router

@@ -716,8 +716,8 @@ json chat_completion(const std::string& id, int64_t created, const std::string& 
     const Choice& c = choices[i];
     json message = {{"role", "assistant"}, {"content", c.text}};
     if (!c.tool_calls.empty()) {
-      // OpenAI's shape: no content is null, not "".
-      if (c.text.empty()) message["content"] = nullptr;
+      // OpenAI's shape: no content is null, not "" (nor the blank line before a call).
+      if (c.text.find_first_not_of(" \t\r\n") == std::string::npos) message["content"] = nullptr;
       message["tool_calls"] = tool_calls(c.tool_calls, /*with_index=*/false);
     }
     j["choices"].push_back(choice(i, "message", std::move(message), c.finish,

@@ -85,11 +85,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     }
     TANDEM_ASSIGN_OR_RETURN(tool_format_, model::tool_call_format(cfg.tool_call_parser,
                                                                   ck_.tokenizer_config.chat_template));
-    // A marker the tokenizer holds as a special token is left out of decoded
+    // A tag the tokenizer holds as a special token is left out of decoded
     // text: the tool call stream gets it put back.
-    if (auto id = ck_.tokenizer->token_to_id(std::string(model::tool_call_marker(tool_format_)));
-        id && ck_.tokenizer->is_special(*id))
-      tool_marker_token_ = *id;
+    for (std::string_view tag : model::tool_call_tags(tool_format_))
+      if (auto id = ck_.tokenizer->token_to_id(std::string(tag)); id && ck_.tokenizer->is_special(*id))
+        tool_tag_tokens_.push_back({*id, std::string(tag)});
     for (int i = 0; i < cfg.attention_nodes; ++i) {
       auto n = std::make_unique<NodeHandle>();
       n->index = i;
@@ -264,9 +264,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         !st.ok())
       return st;
     if (!tools->parse) return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w);
-    model::ToolCallStream calls(tool_format_, tools->forced);
-    return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w, nullptr, &calls,
-               tools->forced ? &tools->regex : nullptr);
+    ToolUse use{model::ToolCallStream(tool_format_, tools->forced, tools->max_calls),
+                 tools->forced ? &tools->regex : nullptr, tools->named};
+    return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w, nullptr, &use);
   }
 
   grpc::Status in_vocabulary(const std::string& field, uint32_t id) const {
@@ -345,12 +345,20 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
+  // A chat's tool calling: its output parsed for calls, maybe forced by a grammar.
+  struct ToolUse {
+    model::ToolCallStream stream;
+    const std::string* regex;  // a forced call's grammar; null: not forced
+    bool named;
+  };
+
   // `prompt_text`: the prompt as the client wrote it (echoed as sent); null:
   // echo decodes the prompt's tokens.
   grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
                    const pb::SamplingParams& sp, int32_t priority, grpc::ServerWriter<pb::GenerateResponse>* w,
-                   const std::string* prompt_text = nullptr, model::ToolCallStream* tool_calls = nullptr,
-                   const std::string* tool_regex = nullptr) {
+                   const std::string* prompt_text = nullptr, ToolUse* tools = nullptr) {
+    model::ToolCallStream* tool_calls = tools ? &tools->stream : nullptr;
+    const std::string* tool_regex = tools ? tools->regex : nullptr;
     const auto& c = ck_.config;
     ipb::RunRequest run;
     for (int32_t t : prompt) run.add_prompt(t);
@@ -514,7 +522,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         out.add_token_ids(static_cast<uint32_t>(t));
         bool hit = false;
         std::string piece = detok.push(t);
-        if (t == tool_marker_token_ && tool_calls && skip_special) piece += model::tool_call_marker(tool_format_);
+        if (tool_calls && skip_special)
+          for (const auto& [id, tag] : tool_tag_tokens_)
+            if (t == id) piece += tag;
         // vLLM's min_tokens: a stop string ends the answer only in text after
         // the first min_tokens tokens, as a stop token does.
         text += completion <= sp.min_tokens() ? stops.pass(piece) : stops.push(piece, hit);
@@ -542,7 +552,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           text += parsed.content;
           for (auto& c : parsed.calls) {
             auto* call = out.add_tool_calls();
-            call->set_id(new_tool_call_id());
+            call->set_id(new_tool_call_id(tool_format_));
             call->set_name(std::move(c.name));
             call->set_arguments(std::move(c.arguments));
           }
@@ -552,10 +562,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       out.set_text(first_message ? echo + text : text);
       first_message = false;
       if (finished || stopped_by_string) {
-        out.set_finish_reason(called ? pb::FINISH_REASON_TOOL_CALLS
+        // OpenAI: a call forced by name finishes as "stop".
+        out.set_finish_reason(called && !tools->named ? pb::FINISH_REASON_TOOL_CALLS
                               : stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP
                                                                       : pb::FINISH_REASON_LENGTH);
-        record.f.finish_reason = called                                           ? "tool_calls"
+        record.f.finish_reason = called && !tools->named                          ? "tool_calls"
                                  : out.finish_reason() == pb::FINISH_REASON_STOP ? "stop"
                                                                                 : "length";
         out.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
@@ -711,7 +722,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::unique_ptr<model::JinjaTemplate> chat_template_;
   std::string chat_template_error_;
   model::ToolCallFormat tool_format_ = model::ToolCallFormat::kNone;
-  int32_t tool_marker_token_ = -1;  // the format's marker when it is a special token
+  std::vector<std::pair<int32_t, std::string>> tool_tag_tokens_;  // the format's tags held as special tokens
   std::vector<std::unique_ptr<NodeHandle>> nodes_;
   struct ExpertHealth {
     std::unique_ptr<api::HealthProbe> probe;

@@ -51,32 +51,43 @@ bool parse_json(std::string_view text, json& out) {
   return !out.is_discarded() && json_depth(out) <= kMaxJsonInputDepth;
 }
 
-// Blocks of <tool_call> JSON </tool_call>, whitespace between them.
-bool parse_hermes(std::string_view text, std::vector<ToolCall>& calls) {
+// Blocks of <tool_call> JSON </tool_call>. Each block stands alone: a good
+// one is a call, anything else (a malformed block, text between or after
+// the blocks) goes back to `rest`. A last block cut before its closing tag
+// (max_tokens, a stop string) is a call when its JSON is whole.
+void parse_hermes(std::string_view text, size_t max_calls, std::vector<ToolCall>& calls, std::string& rest) {
   size_t pos = 0;
-  for (;;) {
-    while (pos < text.size() && is_space(text[pos])) ++pos;
-    if (pos == text.size()) return !calls.empty();
-    if (text.substr(pos, kHermesOpen.size()) != kHermesOpen) return false;
-    pos += kHermesOpen.size();
-    const size_t close = text.find(kHermesClose, pos);
-    if (close == std::string_view::npos) return false;
+  while (pos < text.size()) {
+    const size_t open = text.find(kHermesOpen, pos);
+    if (open == std::string_view::npos) break;
+    const std::string_view between = text.substr(pos, open - pos);
+    if (!trim(between).empty()) rest += between;
+    const size_t body = open + kHermesOpen.size();
+    const size_t close = text.find(kHermesClose, body);
+    const size_t next = close == std::string_view::npos ? text.size() : close + kHermesClose.size();
     json j;
     ToolCall c;
-    if (!parse_json(trim(text.substr(pos, close - pos)), j) || !read_call(j, c)) return false;
-    calls.push_back(std::move(c));
-    pos = close + kHermesClose.size();
+    if (calls.size() < max_calls &&
+        parse_json(trim(text.substr(body, (close == std::string_view::npos ? text.size() : close) - body)), j) &&
+        read_call(j, c)) {
+      calls.push_back(std::move(c));
+    } else {
+      rest += text.substr(open, next - open);
+    }
+    pos = next;
   }
+  if (pos < text.size() && !trim(text.substr(pos)).empty()) rest += text.substr(pos);
 }
 
-// [TOOL_CALLS] (absent when forced) then an array of calls, or one call.
-bool parse_mistral(std::string_view text, std::vector<ToolCall>& calls) {
+// [TOOL_CALLS] (absent when forced) then an array of calls, or one call;
+// all of them or none.
+bool parse_mistral(std::string_view text, size_t max_calls, std::vector<ToolCall>& calls) {
   text = trim(text);
   if (text.substr(0, kMistralMarker.size()) == kMistralMarker) text = trim(text.substr(kMistralMarker.size()));
   json j;
   if (!parse_json(text, j)) return false;
   if (j.is_object()) j = json::array({j});
-  if (!j.is_array() || j.empty()) return false;
+  if (!j.is_array() || j.empty() || j.size() > max_calls) return false;
   for (const json& one : j) {
     ToolCall c;
     if (!read_call(one, c)) return false;
@@ -99,7 +110,10 @@ Result<ToolCallFormat> tool_call_format(std::string_view name, std::string_view 
   if (name == "mistral") return ToolCallFormat::kMistral;
   if (name == "none") return ToolCallFormat::kNone;
   if (name == "auto" || name.empty()) {
-    if (chat_template.find(kHermesOpen) != std::string_view::npos) return ToolCallFormat::kHermes;
+    // Hermes's JSON body, not another format in the same tags (Qwen3-Coder's XML).
+    if (chat_template.find(kHermesOpen) != std::string_view::npos &&
+        chat_template.find(R"({"name")") != std::string_view::npos)
+      return ToolCallFormat::kHermes;
     if (chat_template.find(kMistralMarker) != std::string_view::npos) return ToolCallFormat::kMistral;
     return ToolCallFormat::kNone;
   }
@@ -131,8 +145,20 @@ bool valid_tool_name(std::string_view name) {
   });
 }
 
-ToolCallStream::ToolCallStream(ToolCallFormat format, bool forced)
-    : format_(format), marker_(tool_call_marker(format)), calling_(forced && format != ToolCallFormat::kNone) {}
+std::vector<std::string_view> tool_call_tags(ToolCallFormat f) {
+  switch (f) {
+    case ToolCallFormat::kHermes: return {kHermesOpen, kHermesClose};
+    case ToolCallFormat::kMistral: return {kMistralMarker};
+    case ToolCallFormat::kNone: break;
+  }
+  return {};
+}
+
+ToolCallStream::ToolCallStream(ToolCallFormat format, bool forced, size_t max_calls)
+    : format_(format),
+      marker_(tool_call_marker(format)),
+      max_calls_(max_calls),
+      calling_(forced && format != ToolCallFormat::kNone) {}
 
 std::string ToolCallStream::push(std::string_view text) {
   if (calling_) {
@@ -159,19 +185,20 @@ ToolCallParse ToolCallStream::finish() {
   r.content = std::move(pending_);
   pending_.clear();
   if (held_.empty()) return r;
-  std::vector<ToolCall> calls;
-  const bool ok = format_ == ToolCallFormat::kHermes ? parse_hermes(held_, calls) : parse_mistral(held_, calls);
-  if (ok) {
-    r.calls = std::move(calls);
-  } else {
+  if (format_ == ToolCallFormat::kHermes) {
+    std::string rest;
+    parse_hermes(held_, max_calls_, r.calls, rest);
+    r.content += r.calls.empty() ? held_ : rest;  // no call at all: the text exactly as written
+  } else if (!parse_mistral(held_, max_calls_, r.calls)) {
+    r.calls.clear();
     r.content += held_;  // not calls after all: the user gets the text
   }
   held_.clear();
   return r;
 }
 
-ToolCallParse parse_tool_calls(ToolCallFormat format, std::string_view text, bool forced) {
-  ToolCallStream s(format, forced);
+ToolCallParse parse_tool_calls(ToolCallFormat format, std::string_view text, bool forced, size_t max_calls) {
+  ToolCallStream s(format, forced, max_calls);
   std::string content = s.push(text);
   ToolCallParse r = s.finish();
   r.content = content + r.content;
@@ -181,6 +208,12 @@ ToolCallParse parse_tool_calls(ToolCallFormat format, std::string_view text, boo
 Result<std::string> tool_call_regex(ToolCallFormat format, const std::vector<ToolSpec>& tools, bool parallel) {
   if (format == ToolCallFormat::kNone) return invalid_argument("tool calls: the model has no tool call format");
   if (tools.empty()) return invalid_argument("tool calls: no tools to call");
+  if (tools.size() > kMaxTools)
+    return invalid_argument("tools: " + std::to_string(tools.size()) + " tools, at most " + std::to_string(kMaxTools));
+  // The call object as json_schema_to_regex writes objects (an optional
+  // space after `{`, `:` and `,` and before `}`), with the arguments' regex
+  // made from the tool's own schema so that its $refs resolve.
+  const std::string ws = "\\x20?";
   std::string alternatives;
   for (size_t i = 0; i < tools.size(); ++i) {
     const ToolSpec& t = tools[i];
@@ -192,21 +225,27 @@ Result<std::string> tool_call_regex(ToolCallFormat format, const std::vector<Too
         return invalid_argument(where + ": parameters must be a JSON schema object");
       if (json_depth(params) > kMaxJsonInputDepth)
         return invalid_argument(where + ": parameters nest deeper than " + std::to_string(kMaxJsonInputDepth));
+      // Arguments are an object even where the schema leaves the type open ({}).
+      if (!params.contains("type")) params["type"] = "object";
     }
-    const json call = {{"type", "object"},
-                       {"properties", {{"name", {{"const", t.name}}}, {"arguments", params}}},
-                       {"required", json::array({"name", "arguments"})}};
-    auto object = json_schema_to_regex(call.dump());
-    if (!object.is_ok()) return invalid_argument(where + ": " + object.status().message());
-    std::string one = format == ToolCallFormat::kHermes
-                          ? regex_escape(std::string(kHermesOpen) + "\n") + *object + regex_escape("\n" + std::string(kHermesClose))
-                          : *object;
+    auto args = json_schema_to_regex(params.dump());
+    if (!args.is_ok()) return invalid_argument(where + ": " + args.status().message());
+    const std::string object = "\\{" + ws + regex_escape(R"("name":)") + ws + regex_escape(json(t.name).dump()) + "," +
+                               ws + regex_escape(R"("arguments":)") + ws + *args + ws + "\\}";
+    const std::string one = format == ToolCallFormat::kHermes
+                                ? regex_escape(std::string(kHermesOpen) + "\n") + object +
+                                      regex_escape("\n" + std::string(kHermesClose))
+                                : object;
     alternatives += (i ? "|" : "") + one;
+    if (alternatives.size() > kMaxToolRegexBytes)
+      return invalid_argument("tools: the grammar of a forced call passes " + std::to_string(kMaxToolRegexBytes) +
+                              " bytes at " + where + " (fewer or simpler tools)");
   }
   const std::string any = "(?:" + alternatives + ")";
-  if (format == ToolCallFormat::kHermes) return parallel ? any + "(?:\\n" + any + ")*" : any;
+  // Several calls: the alternatives once, repeated (not written out twice).
+  if (format == ToolCallFormat::kHermes) return parallel ? "(?:" + any + "\\n?)+" : any;
   // Mistral: the marker is a special token a guide cannot write; the array follows it.
-  return "\\x20?\\[" + any + (parallel ? "(?:, ?" + any + ")*" : "") + "\\]";
+  return "\\x20?\\[" + (parallel ? "(?:" + any + ",\\x20?)*" + any : any) + "\\]";
 }
 
 }  // namespace tandem::model

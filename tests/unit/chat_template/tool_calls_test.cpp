@@ -48,7 +48,9 @@ void expect_split_invariant(ToolCallFormat f, const std::string& text) {
 }
 
 TEST(ToolCalls, FormatComesFromTheNameOrTheTemplate) {
-  EXPECT_EQ(*tool_call_format("auto", "... '<tool_call>\\n' ..."), ToolCallFormat::kHermes);
+  EXPECT_EQ(*tool_call_format("auto", "... '<tool_call>\\n{\"name\": \"' ..."), ToolCallFormat::kHermes);
+  // The same tags around another body (Qwen3-Coder's XML) are not hermes.
+  EXPECT_EQ(*tool_call_format("auto", "'<tool_call>\\n<function=' + name"), ToolCallFormat::kNone);
   EXPECT_EQ(*tool_call_format("auto", "{{ '[TOOL_CALLS]' }}"), ToolCallFormat::kMistral);
   EXPECT_EQ(*tool_call_format("auto", "{{ messages }}"), ToolCallFormat::kNone);
   EXPECT_EQ(*tool_call_format("mistral", "<tool_call>"), ToolCallFormat::kMistral);
@@ -94,12 +96,12 @@ TEST(ToolCalls, TextWithoutTheMarkerIsAllContent) {
 
 TEST(ToolCalls, MalformedCallsComeBackAsContentWhole) {
   for (const std::string text : {
-           "x <tool_call>\n{\"name\": \"f\", \"arguments\": {}}",                      // cut short (max_tokens)
+           "x <tool_call>\n{\"name\": \"f\", \"argu",                                      // cut short (max_tokens)
            "<tool_call>{\"name\": \"f\", \"arguments\": {]}</tool_call>",                // bad JSON
            "<tool_call>{\"arguments\": {}}</tool_call>",                                // no name
            "<tool_call>{\"name\": \"bad name!\", \"arguments\": {}}</tool_call>",       // not a function name
            "<tool_call>{\"name\": \"f\", \"arguments\": [1]}</tool_call>",              // arguments not an object
-           "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call> and then text",  // text after the calls
+           "<tool_call>{\"name\": 1}</tool_call>\n <tool_call>{]</tool_call>",          // whitespace kept too
        }) {
     const ToolCallParse r = parse_tool_calls(ToolCallFormat::kHermes, text);
     EXPECT_TRUE(r.calls.empty()) << text;
@@ -110,6 +112,26 @@ TEST(ToolCalls, MalformedCallsComeBackAsContentWhole) {
   std::string deep = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": " + std::string(300, '[') +
                      std::string(300, ']') + "}}</tool_call>";
   EXPECT_TRUE(parse_tool_calls(ToolCallFormat::kHermes, deep).calls.empty());
+}
+
+// Each hermes block stands alone, as vLLM reads them: good blocks are calls,
+// the rest is content; a last block cut before its closing tag counts when
+// its JSON is whole; calls past the limit stay text.
+TEST(ToolCalls, HermesBlocksStandAlone) {
+  const std::string good = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>";
+  const std::string bad = "<tool_call>{\"name\": \"g\", \"arguments\": oops}</tool_call>";
+  ToolCallParse r = parse_tool_calls(ToolCallFormat::kHermes, "Sure. " + good + "\n" + bad + " then words");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].name, "f");
+  EXPECT_EQ(r.content, "Sure. " + bad + " then words");
+  expect_split_invariant(ToolCallFormat::kHermes, "Sure. " + good + "\n" + bad + " then words");
+  r = parse_tool_calls(ToolCallFormat::kHermes, good + "\n<tool_call>\n{\"name\": \"h\", \"arguments\": {}}\n");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[1].name, "h");
+  EXPECT_EQ(r.content, "");
+  r = parse_tool_calls(ToolCallFormat::kHermes, good + good + good, /*forced=*/false, /*max_calls=*/1);
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.content, good + good);
 }
 
 TEST(ToolCalls, MistralArrayAfterTheMarker) {
@@ -165,6 +187,30 @@ TEST(ToolCalls, ForcingGrammarAcceptsExactlyTheToolsCalls) {
   auto single = tool_call_regex(ToolCallFormat::kMistral, kTools, /*parallel=*/false);
   ASSERT_TRUE(single.is_ok());
   EXPECT_FALSE(matches(*single, arr));
+}
+
+// A schema's $refs resolve against its own root; a schema without a type
+// still gives an object.
+TEST(ToolCalls, ForcingGrammarKeepsEachToolsSchemaWhole) {
+  const std::vector<ToolSpec> tools = {
+      {"book", R"({"$defs": {"Seat": {"enum": ["aisle", "window"]}}, "type": "object",
+                  "properties": {"seat": {"$ref": "#/$defs/Seat"}}, "required": ["seat"]})"},
+      {"open", "{}"}};
+  auto r = tool_call_regex(ToolCallFormat::kHermes, tools, /*parallel=*/false);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  EXPECT_TRUE(matches(*r, "<tool_call>\n{\"name\": \"book\", \"arguments\": {\"seat\": \"aisle\"}}\n</tool_call>"));
+  EXPECT_FALSE(matches(*r, "<tool_call>\n{\"name\": \"book\", \"arguments\": {\"seat\": \"roof\"}}\n</tool_call>"));
+  EXPECT_TRUE(matches(*r, "<tool_call>\n{\"name\":\"open\",\"arguments\":{\"k\": [true]}}\n</tool_call>"));
+  EXPECT_FALSE(matches(*r, "<tool_call>\n{\"name\": \"open\", \"arguments\": 5}\n</tool_call>"));
+  // Too many tools, or a grammar past its limit, is refused, not built.
+  std::vector<ToolSpec> many(kMaxTools + 1, ToolSpec{"f", ""});
+  EXPECT_FALSE(tool_call_regex(ToolCallFormat::kHermes, many, true).is_ok());
+  std::string wide = R"({"type": "object", "properties": {)";
+  for (int i = 0; i < 200; ++i) wide += (i ? "," : "") + std::string("\"p") + std::to_string(i) + "\": {\"enum\": [\"" + std::string(300, 'x') + "\"]}";
+  wide += "}}";
+  auto big = tool_call_regex(ToolCallFormat::kHermes, std::vector<ToolSpec>(8, ToolSpec{"w", wide}), true);
+  ASSERT_FALSE(big.is_ok());
+  EXPECT_NE(big.status().message().find("bytes"), std::string::npos) << big.status().message();
 }
 
 TEST(ToolCalls, ForcingGrammarErrorsNameTheTool) {

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cctype>
+
 namespace tandem::router {
 namespace {
 
@@ -36,6 +39,15 @@ TEST(ChatTools, ChoiceDecidesPromptParsingAndGrammar) {
   auto named = chat_tools(two, pb::TOOL_CHOICE_FUNCTION, "now", std::nullopt, ToolCallFormat::kHermes);
   ASSERT_TRUE(named.is_ok());
   EXPECT_TRUE(named->forced);
+  EXPECT_TRUE(named->named);
+  EXPECT_EQ(named->max_calls, 1u);
+  auto required = chat_tools(two, pb::TOOL_CHOICE_REQUIRED, "", std::nullopt, ToolCallFormat::kHermes);
+  ASSERT_TRUE(required.is_ok());
+  EXPECT_FALSE(required->named);
+  EXPECT_EQ(required->max_calls, SIZE_MAX);
+  auto single = chat_tools(two, pb::TOOL_CHOICE_AUTO, "", false, ToolCallFormat::kHermes);
+  ASSERT_TRUE(single.is_ok());
+  EXPECT_EQ(single->max_calls, 1u);  // parallel_tool_calls: false
   EXPECT_NE(named->regex.find("now"), std::string::npos);
   EXPECT_EQ(named->regex.find("get_weather"), std::string::npos);
   // No tools and nothing asked: nothing to do, whatever the model.
@@ -107,6 +119,9 @@ TEST(ChatTools, MessagesCarryCallsAndResults) {
   EXPECT_NE(bad.status().message().find("messages[1].tool_calls"), std::string::npos);
   EXPECT_TRUE(new_tool_call_id().rfind("call_", 0) == 0 && new_tool_call_id().size() == 29);
   EXPECT_NE(new_tool_call_id(), new_tool_call_id());
+  const std::string mistral = new_tool_call_id(ToolCallFormat::kMistral);
+  EXPECT_EQ(mistral.size(), 9u);
+  EXPECT_TRUE(std::all_of(mistral.begin(), mistral.end(), [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)); }));
 }
 
 }  // namespace
