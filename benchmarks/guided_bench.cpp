@@ -25,6 +25,7 @@
 #include "tandem/kernels/cpu.h"
 #include "tandem/model/guided.h"
 #include "tandem/model/tokenizer.h"
+#include "tandem/model/tool_calls.h"
 
 using namespace tandem;
 
@@ -185,11 +186,21 @@ int main(int argc, char** argv) {
   if (!schema.is_ok()) return std::fprintf(stderr, "%s\n", schema.status().to_string().c_str()), 1;
   const std::string person =
       R"({"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "tags": ["mathematics", "engines", "notes"], "active": false})";
+  // A forced tool call (tool_choice: required) among 8 tools, as the router builds it.
+  std::vector<model::ToolSpec> tools = {
+      {"get_weather", R"({"type": "object", "properties": {"city": {"type": "string"},
+                         "days": {"type": "integer"}}, "required": ["city", "days"]})"}};
+  for (const char* name : {"search", "open_url", "send_email", "calendar", "calculator", "translate", "now"})
+    tools.push_back({name, R"({"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]})"});
+  auto tool_call = model::tool_call_regex(model::ToolCallFormat::kHermes, tools, /*parallel=*/true);
+  if (!tool_call.is_ok()) return std::fprintf(stderr, "%s\n", tool_call.status().to_string().c_str()), 1;
   const std::vector<Grammar> grammars = {
       {"any JSON object", {model::GuideSpec::Kind::kJsonObject, ""}, person},
       {"JSON schema (5 properties)", {model::GuideSpec::Kind::kRegex, schema.value()}, person},
       {"regex [a-z ,.]+", {model::GuideSpec::Kind::kRegex, "[a-z ,.]+"}, "the analytical engine weaves algebraic patterns, as the loom weaves flowers."},
-      {"choice of 4", {model::GuideSpec::Kind::kRegex, model::choice_regex({"positive", "negative", "neutral", "mixed"})}, "negative"}};
+      {"choice of 4", {model::GuideSpec::Kind::kRegex, model::choice_regex({"positive", "negative", "neutral", "mixed"})}, "negative"},
+      {"tool call (8 tools)", {model::GuideSpec::Kind::kRegex, tool_call.value()},
+       "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 3}}\n</tool_call>"}};
   std::printf("%-28s %7s %7s %14s %10s %14s %10s %10s\n", "grammar", "tokens", "states", "cold ms/state",
               "cold/smpl", "warm us/token", "warm/smpl", "warm/argmx");
   for (const Grammar& g : grammars) {

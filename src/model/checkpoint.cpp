@@ -42,9 +42,13 @@ Result<TokenizerConfig> parse_tokenizer_config(std::string_view text, const std:
     const json& t = j.at("chat_template");
     if (t.is_string()) {
       tc.chat_template = t.get<std::string>();
-    } else if (t.is_array()) {  // a list of {name, template}: take "default"
-      for (const json& e : t)
-        if (e.is_object() && e.value("name", "") == "default") tc.chat_template = e.value("template", "");
+    } else if (t.is_array()) {  // a list of {name, template}: "default", and "tool_use" for tools
+      for (const json& e : t) {
+        if (!e.is_object() || !e.contains("template") || !e.at("template").is_string()) continue;
+        const std::string name = e.value("name", "");
+        if (name == "default") tc.chat_template = e.at("template").get<std::string>();
+        if (name == "tool_use") tc.tool_use_template = e.at("template").get<std::string>();
+      }
     } else if (!t.is_null()) {
       return invalid_argument(source + ": key 'chat_template' must be a string or a list of {name, template}");
     }

@@ -83,8 +83,17 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       if (t.is_ok()) chat_template_ = std::make_unique<model::JinjaTemplate>(std::move(t).value());
       else chat_template_error_ = "the model's chat template does not parse: " + t.status().message();
     }
-    TANDEM_ASSIGN_OR_RETURN(tool_format_, model::tool_call_format(cfg.tool_call_parser,
-                                                                  ck_.tokenizer_config.chat_template));
+    // Tools render with a "tool_use" template where the model names one (as
+    // transformers does); the call format is that template's.
+    const std::string& tool_source = ck_.tokenizer_config.tool_use_template.empty()
+                                         ? ck_.tokenizer_config.chat_template
+                                         : ck_.tokenizer_config.tool_use_template;
+    if (!ck_.tokenizer_config.tool_use_template.empty()) {
+      auto t = model::JinjaTemplate::parse(tool_source);
+      if (!t.is_ok()) return invalid_argument("the model's tool_use chat template does not parse: " + t.status().message());
+      tool_template_ = std::make_unique<model::JinjaTemplate>(std::move(t).value());
+    }
+    TANDEM_ASSIGN_OR_RETURN(tool_format_, model::tool_call_format(cfg.tool_call_parser, tool_source));
     // A tag the tokenizer holds as a special token is left out of decoded
     // text: the tool call stream gets it put back.
     for (std::string_view tag : model::tool_call_tags(tool_format_))
@@ -295,7 +304,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                                    {"bos_token", ck_.tokenizer_config.bos_token},
                                    {"eos_token", ck_.tokenizer_config.eos_token}};
     if (!tools.is_null()) vars["tools"] = tools;
-    auto text = chat_template_->render(vars);
+    auto text = (tools.is_null() || !tool_template_ ? chat_template_ : tool_template_)->render(vars);
     if (!text.is_ok()) return invalid("messages", text.status().message());
     // The template already holds any BOS: no post-processor specials on top
     // (as transformers does), unless asked for.
@@ -720,6 +729,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   api::DeploymentConfig cfg_;
   model::Checkpoint ck_;
   std::unique_ptr<model::JinjaTemplate> chat_template_;
+  std::unique_ptr<model::JinjaTemplate> tool_template_;  // the model's "tool_use" template, if it has one
   std::string chat_template_error_;
   model::ToolCallFormat tool_format_ = model::ToolCallFormat::kNone;
   std::vector<std::pair<int32_t, std::string>> tool_tag_tokens_;  // the format's tags held as special tokens

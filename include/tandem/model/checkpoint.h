@@ -16,6 +16,9 @@ namespace tandem::model {
 
 struct TokenizerConfig {
   std::string chat_template;  // empty when the model has none
+  // A list of named templates' "tool_use" one (Hermes-2-Pro, Hermes-3):
+  // transformers renders with it when tools are given. Empty: none.
+  std::string tool_use_template;
   std::string bos_token;
   std::string eos_token;
   bool add_bos_token = false;

@@ -61,17 +61,19 @@ void parse_hermes(std::string_view text, size_t max_calls, std::vector<ToolCall>
     const size_t open = text.find(kHermesOpen, pos);
     if (open == std::string_view::npos) break;
     const std::string_view between = text.substr(pos, open - pos);
-    if (!trim(between).empty()) rest += between;
     const size_t body = open + kHermesOpen.size();
-    const size_t close = text.find(kHermesClose, body);
-    const size_t next = close == std::string_view::npos ? text.size() : close + kHermesClose.size();
+    // A block ends at its closing tag, or where the next one opens (a block
+    // missing its closing tag does not swallow the next).
+    size_t end = std::min(text.find(kHermesClose, body), text.find(kHermesOpen, body));
+    if (end == std::string_view::npos) end = text.size();
+    const size_t next = text.compare(end, kHermesClose.size(), kHermesClose) == 0 ? end + kHermesClose.size() : end;
     json j;
     ToolCall c;
-    if (calls.size() < max_calls &&
-        parse_json(trim(text.substr(body, (close == std::string_view::npos ? text.size() : close) - body)), j) &&
-        read_call(j, c)) {
+    if (calls.size() < max_calls && parse_json(trim(text.substr(body, end - body)), j) && read_call(j, c)) {
       calls.push_back(std::move(c));
+      if (!trim(between).empty()) rest += between;
     } else {
+      rest += between;  // with its separator: text stays as written
       rest += text.substr(open, next - open);
     }
     pos = next;
@@ -80,19 +82,22 @@ void parse_hermes(std::string_view text, size_t max_calls, std::vector<ToolCall>
 }
 
 // [TOOL_CALLS] (absent when forced) then an array of calls, or one call;
-// all of them or none.
-bool parse_mistral(std::string_view text, size_t max_calls, std::vector<ToolCall>& calls) {
+// all of them or none. Calls past `max_calls` go back to `rest` as a JSON array.
+bool parse_mistral(std::string_view text, size_t max_calls, std::vector<ToolCall>& calls, std::string& rest) {
   text = trim(text);
   if (text.substr(0, kMistralMarker.size()) == kMistralMarker) text = trim(text.substr(kMistralMarker.size()));
   json j;
   if (!parse_json(text, j)) return false;
   if (j.is_object()) j = json::array({j});
-  if (!j.is_array() || j.empty() || j.size() > max_calls) return false;
+  if (!j.is_array() || j.empty()) return false;
+  json extra = json::array();
   for (const json& one : j) {
     ToolCall c;
     if (!read_call(one, c)) return false;
-    calls.push_back(std::move(c));
+    if (calls.size() < max_calls) calls.push_back(std::move(c));
+    else extra.push_back(one);
   }
+  if (!extra.empty()) rest = extra.dump(-1, ' ', false, json::error_handler_t::replace);
   return true;
 }
 
@@ -189,9 +194,14 @@ ToolCallParse ToolCallStream::finish() {
     std::string rest;
     parse_hermes(held_, max_calls_, r.calls, rest);
     r.content += r.calls.empty() ? held_ : rest;  // no call at all: the text exactly as written
-  } else if (!parse_mistral(held_, max_calls_, r.calls)) {
-    r.calls.clear();
-    r.content += held_;  // not calls after all: the user gets the text
+  } else {
+    std::string rest;
+    if (parse_mistral(held_, max_calls_, r.calls, rest)) {
+      r.content += rest;
+    } else {
+      r.calls.clear();
+      r.content += held_;  // not calls after all: the user gets the text
+    }
   }
   held_.clear();
   return r;
@@ -225,7 +235,13 @@ Result<std::string> tool_call_regex(ToolCallFormat format, const std::vector<Too
         return invalid_argument(where + ": parameters must be a JSON schema object");
       if (json_depth(params) > kMaxJsonInputDepth)
         return invalid_argument(where + ": parameters nest deeper than " + std::to_string(kMaxJsonInputDepth));
-      // Arguments are an object even where the schema leaves the type open ({}).
+      // The arguments are an object: the schema's top level says so or leaves
+      // the type open ({}); a top level the converter resolves before `type`
+      // could let the model write something else.
+      for (const char* key : {"$ref", "anyOf", "oneOf", "allOf", "enum", "const"})
+        if (params.contains(key))
+          return invalid_argument(where + ": a forced call needs an object schema at the parameters' top level, not '" +
+                                  key + "'");
       if (!params.contains("type")) params["type"] = "object";
     }
     auto args = json_schema_to_regex(params.dump());
@@ -242,10 +258,18 @@ Result<std::string> tool_call_regex(ToolCallFormat format, const std::vector<Too
                               " bytes at " + where + " (fewer or simpler tools)");
   }
   const std::string any = "(?:" + alternatives + ")";
-  // Several calls: the alternatives once, repeated (not written out twice).
-  if (format == ToolCallFormat::kHermes) return parallel ? "(?:" + any + "\\n?)+" : any;
-  // Mistral: the marker is a special token a guide cannot write; the array follows it.
-  return "\\x20?\\[" + (parallel ? "(?:" + any + ",\\x20?)*" + any : any) + "\\]";
+  std::string out;
+  if (format == ToolCallFormat::kHermes) {
+    // Several calls: the alternatives once, repeated.
+    out = parallel ? "(?:" + any + "\\n?)+" : any;
+  } else {
+    // Mistral: the marker is a special token a guide cannot write; the array follows it.
+    out = "\\x20?\\[" + (parallel ? "(?:" + any + ",\\x20?)*" + any : any) + "\\]";
+  }
+  if (out.size() > kMaxToolRegexBytes)
+    return invalid_argument("tools: the grammar of a forced call is " + std::to_string(out.size()) +
+                            " bytes, the limit is " + std::to_string(kMaxToolRegexBytes) + " (fewer or simpler tools)");
+  return out;
 }
 
 }  // namespace tandem::model

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tandem/model/guided.h"
+#include "tandem/model/checkpoint.h"
 #include "tandem/model/tool_calls.h"
 
 namespace tandem::model {
@@ -123,7 +124,7 @@ TEST(ToolCalls, HermesBlocksStandAlone) {
   ToolCallParse r = parse_tool_calls(ToolCallFormat::kHermes, "Sure. " + good + "\n" + bad + " then words");
   ASSERT_EQ(r.calls.size(), 1u);
   EXPECT_EQ(r.calls[0].name, "f");
-  EXPECT_EQ(r.content, "Sure. " + bad + " then words");
+  EXPECT_EQ(r.content, "Sure. \n" + bad + " then words");  // a failed block keeps its separator
   expect_split_invariant(ToolCallFormat::kHermes, "Sure. " + good + "\n" + bad + " then words");
   r = parse_tool_calls(ToolCallFormat::kHermes, good + "\n<tool_call>\n{\"name\": \"h\", \"arguments\": {}}\n");
   ASSERT_EQ(r.calls.size(), 2u);
@@ -229,6 +230,52 @@ TEST(ToolCalls, FunctionNames) {
   EXPECT_FALSE(valid_tool_name(""));
   EXPECT_FALSE(valid_tool_name("has space"));
   EXPECT_FALSE(valid_tool_name(std::string(65, 'a')));
+}
+
+}  // namespace
+}  // namespace tandem::model
+
+namespace tandem::model {
+namespace {
+
+// A block missing its closing tag ends where the next opens; mistral calls
+// past the limit come back as their JSON; a forced call's schema must be an
+// object at its top.
+TEST(ToolCalls, ReviewedEdges) {
+  ToolCallParse r = parse_tool_calls(
+      ToolCallFormat::kHermes,
+      "<tool_call>{\"name\": \"a\", \"arguments\": {}}\n<tool_call>{\"name\": \"b\", \"arguments\": {}}</tool_call>");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[1].name, "b");
+  EXPECT_EQ(r.content, "");
+  r = parse_tool_calls(ToolCallFormat::kMistral,
+                       "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {}}, {\"name\": \"b\", \"arguments\": {\"x\": 1}}]",
+                       false, /*max_calls=*/1);
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].name, "a");
+  EXPECT_EQ(nlohmann::json::parse(r.content), nlohmann::json::parse(R"([{"name": "b", "arguments": {"x": 1}}])"));
+  for (const char* top : {R"({"anyOf": [{"type": "object"}, {"type": "string"}]})", R"({"$ref": "#/$defs/A", "$defs": {"A": {}}})",
+                          R"({"enum": [1]})"}) {
+    auto bad = tool_call_regex(ToolCallFormat::kHermes, {{"f", top}}, false);
+    ASSERT_FALSE(bad.is_ok()) << top;
+    EXPECT_NE(bad.status().message().find("object schema at the parameters' top level"), std::string::npos)
+        << bad.status().message();
+  }
+}
+
+// tokenizer_config.json's list of named templates: "default" for chats,
+// "tool_use" kept for requests with tools (transformers' choice).
+TEST(ToolCalls, NamedToolUseTemplateIsKept) {
+  auto tc = parse_tokenizer_config(R"({"chat_template": [{"name": "default", "template": "D"},
+                                                         {"name": "tool_use", "template": "T <tool_call>"},
+                                                         {"name": "rag", "template": "R"}]})",
+                                   "tokenizer_config.json");
+  ASSERT_TRUE(tc.is_ok()) << tc.status().message();
+  EXPECT_EQ(tc->chat_template, "D");
+  EXPECT_EQ(tc->tool_use_template, "T <tool_call>");
+  auto plain = parse_tokenizer_config(R"({"chat_template": "P"})", "tokenizer_config.json");
+  ASSERT_TRUE(plain.is_ok());
+  EXPECT_EQ(plain->tool_use_template, "");
 }
 
 }  // namespace
