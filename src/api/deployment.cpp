@@ -106,6 +106,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"prefix_affinity", r.field(c.prefix_affinity)},
                                   {"request_timeout_s", num(c.request_timeout_s, 1, 86400)},
                                   {"tool_call_parser", str(c.tool_call_parser)},
+                                  {"reasoning_parser", str(c.reasoning_parser)},
                                   {"drain_timeout_s", num(c.drain_timeout_s, 0, 3600)}});
         }},
        {"attention", [&](const YAML::Node& n, const std::string& p) {
@@ -150,6 +151,10 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   if (c.tool_call_parser != "auto" && c.tool_call_parser != "hermes" && c.tool_call_parser != "mistral" &&
       c.tool_call_parser != "none")
     return r.error("router.tool_call_parser", "must be auto, hermes, mistral or none, got '" + c.tool_call_parser + "'");
+  if (c.reasoning_parser != "none" && c.reasoning_parser != "think" && c.reasoning_parser != "deepseek_r1" &&
+      c.reasoning_parser != "qwen3")
+    return r.error("router.reasoning_parser",
+                   "must be none, think, deepseek_r1 or qwen3, got '" + c.reasoning_parser + "'");
   if (c.expert_gemm != "per-expert" && c.expert_gemm != "batched" && c.expert_gemm != "device")
     return r.error("cluster.expert_gemm", "must be per-expert, batched or device, got '" + c.expert_gemm + "'");
   if (c.expert_gemm != "per-expert" && c.experts_on() != "cuda")
@@ -289,6 +294,7 @@ std::string DeploymentConfig::to_yaml() const {
   if (http.port != 0) e << YAML::Key << "http_listen" << YAML::Value << http.to_string();
   if (!prefix_affinity) e << YAML::Key << "prefix_affinity" << YAML::Value << false;
   if (tool_call_parser != "auto") e << YAML::Key << "tool_call_parser" << YAML::Value << tool_call_parser;
+  if (reasoning_parser != "none") e << YAML::Key << "reasoning_parser" << YAML::Value << reasoning_parser;
   if (drain_timeout_s != 30) e << YAML::Key << "drain_timeout_s" << YAML::Value << drain_timeout_s;
   e << YAML::EndMap;
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value

@@ -142,8 +142,9 @@ std::vector<PresetInfo> model_presets() {
 
 // ChatML turns, and tools in the hermes convention (Qwen's): the functions as
 // JSON in the system turn, calls as <tool_call> blocks, results as
-// <tool_response> blocks in a user turn. Plain conversations render exactly
-// as ChatML. The same text is in scripts/fixtures/make_chat_template_fixtures.py
+// <tool_response> blocks in a user turn; chat_template_kwargs'
+// enable_thinking: false closes an empty thought after the generation prompt,
+// as Qwen3's does. Plain conversations render exactly as ChatML. The same text is in scripts/fixtures/make_chat_template_fixtures.py
 // (rendered there by Python Jinja2; tests/unit/chat_template checks both).
 std::string_view default_chat_template() {
   return R"J({%- if tools %}
@@ -185,6 +186,9 @@ std::string_view default_chat_template() {
 {%- endfor %}
 {%- if add_generation_prompt %}
 {{- '<|im_start|>assistant\n' }}
+{%- if enable_thinking is defined and enable_thinking is false %}
+{{- '<think>\n\n</think>\n\n' }}
+{%- endif %}
 {%- endif %})J";
 }
 

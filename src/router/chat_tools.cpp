@@ -99,11 +99,27 @@ Result<json> template_messages(const google::protobuf::RepeatedPtrField<pb::Chat
       }
       one["tool_calls"] = std::move(calls);
     }
+    if (!m.reasoning_content().empty()) one["reasoning_content"] = m.reasoning_content();
     if (!m.tool_call_id().empty()) one["tool_call_id"] = m.tool_call_id();
     if (!m.name().empty()) one["name"] = m.name();
     msgs.push_back(std::move(one));
   }
   return msgs;
+}
+
+Result<json> template_kwargs(const std::string& text) {
+  json vars = json::object();
+  if (text.empty()) return vars;
+  vars = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (vars.is_discarded() || !vars.is_object())
+    return invalid_argument("chat_template_kwargs: must be a JSON object");
+  if (model::json_depth(vars) > model::kMaxJsonInputDepth)
+    return invalid_argument("chat_template_kwargs: nested deeper than " + std::to_string(model::kMaxJsonInputDepth));
+  for (const char* reserved : {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
+    if (vars.contains(reserved))
+      return invalid_argument(std::string("chat_template_kwargs: '") + reserved +
+                              "' is the request's own (set it with its field)");
+  return vars;
 }
 
 std::string new_tool_call_id(model::ToolCallFormat format) {

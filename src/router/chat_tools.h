@@ -39,6 +39,11 @@ Result<ChatTools> chat_tools(const google::protobuf::RepeatedPtrField<tandem::v1
 Result<nlohmann::ordered_json> template_messages(
     const google::protobuf::RepeatedPtrField<tandem::v1::ChatMessage>& messages);
 
+// chat_template_kwargs (JSON text, "" = none): the variables it adds to the
+// template's; INVALID_ARGUMENT when it is not an object or names one the
+// request sets itself (messages, tools, add_generation_prompt, ...).
+Result<nlohmann::ordered_json> template_kwargs(const std::string& text);
+
 // A fresh call id: "call_" and 24 random letters and digits; for the
 // mistral format 9 letters and digits (its templates refuse other ids).
 std::string new_tool_call_id(model::ToolCallFormat format = model::ToolCallFormat::kHermes);

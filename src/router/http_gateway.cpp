@@ -57,8 +57,10 @@ struct Outcome {
   // prompt's tokens (with prompt_logprobs), then the generated ones.
   std::vector<pb::TokenLogprob> logprobs;
   std::vector<pb::ToolCall> tool_calls;
+  std::string reasoning;
   void add(const pb::GenerateResponse& r, bool keep_logprobs = true) {
     text += r.text();
+    reasoning += r.reasoning_text();
     tool_calls.insert(tool_calls.end(), r.tool_calls().begin(), r.tool_calls().end());
     if (keep_logprobs) {
       logprobs.insert(logprobs.end(), r.prompt_logprobs().begin(), r.prompt_logprobs().end());
@@ -310,7 +312,8 @@ class Gateway final : public HttpGateway {
       const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
       // A message with tokens but no text yet (an incomplete UTF-8 character)
       // still streams when its tokens' log-probabilities were asked for.
-      if (!r.text().empty() || last || r.logprobs_size() > 0 || r.prompt_logprobs_size() > 0) {
+      if (!r.text().empty() || !r.reasoning_text().empty() || last || r.logprobs_size() > 0 ||
+          r.prompt_logprobs_size() > 0) {
         json logprobs;
         if (r.logprobs_size() > 0 || r.prompt_logprobs_size() > 0) {
           std::vector<pb::TokenLogprob> mine(r.prompt_logprobs().begin(), r.prompt_logprobs().end());
@@ -319,6 +322,7 @@ class Gateway final : public HttpGateway {
           for (const auto& lp : mine) token_bytes += lp.token().size();
         }
         json delta = r.text().empty() ? json::object() : json{{"content", r.text()}};
+        if (!r.reasoning_text().empty()) delta["reasoning_content"] = r.reasoning_text();
         if (r.tool_calls_size() > 0)
           delta["tool_calls"] = openai::tool_calls({r.tool_calls().begin(), r.tool_calls().end()}, /*with_index=*/true);
         const json chunk =
@@ -384,7 +388,8 @@ class Gateway final : public HttpGateway {
                       ": " + e.message;
         return send_error(res, e);
       }
-      openai::Choice c{outcomes[i].text, outcomes[i].finish, std::nullopt, std::move(outcomes[i].tool_calls)};
+      openai::Choice c{outcomes[i].text, outcomes[i].finish, std::nullopt, std::move(outcomes[i].tool_calls),
+                       std::move(outcomes[i].reasoning)};
       if (requests[i]->sampling().has_logprobs()) c.logprobs = std::move(outcomes[i].logprobs);
       choices.push_back(std::move(c));
       total.set_prompt_tokens(total.prompt_tokens() + outcomes[i].usage.prompt_tokens());

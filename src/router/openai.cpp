@@ -405,6 +405,14 @@ void chat_tool_choice(const json& body, pb::ChatRequest& r) {
   if (find(body, "parallel_tool_calls")) r.set_parallel_tool_calls(boolean(body, "parallel_tool_calls"));
 }
 
+// vLLM's "chat_template_kwargs": more template variables, an object.
+void chat_template_kwargs(const json& body, std::string& out) {
+  const json* k = find(body, "chat_template_kwargs");
+  if (!k || k->is_null()) return;
+  if (!k->is_object()) refuse("chat_template_kwargs", "chat_template_kwargs: must be an object");
+  out = k->dump();
+}
+
 std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
   return guarded<ChatCall>([&] {
     const json body = parse_object(text);
@@ -412,6 +420,7 @@ std::variant<ChatCall, HttpError> parse_chat(std::string_view text) {
     common_fields(body, call, *call.request.mutable_sampling());
     chat_tools(body, *call.request.mutable_tools());
     chat_tool_choice(body, call.request);
+    chat_template_kwargs(body, *call.request.mutable_chat_template_kwargs());
     if (const json* e = find(body, "echo"); e && !(e->is_boolean() && !e->get<bool>()))
       refuse("echo", "echo: a /v1/completions field");
     if (call.request.sampling().has_max_tokens() && call.request.sampling().max_tokens() == 0) {
@@ -448,6 +457,7 @@ std::variant<tandem::v1::TokenizeRequest, HttpError> parse_tokenize(std::string_
       if (!find(body, "messages")) refuse("prompt", "prompt: give prompt (a text) or messages (a conversation)");
       chat_messages(body, *r.mutable_messages());
       chat_tools(body, *r.mutable_tools());
+      chat_template_kwargs(body, *r.mutable_chat_template_kwargs());
       if (find(body, "add_generation_prompt")) r.set_add_generation_prompt(boolean(body, "add_generation_prompt"));
     }
     return r;
@@ -526,11 +536,13 @@ void chat_messages(const json& body, google::protobuf::RepeatedPtrField<pb::Chat
             call->set_arguments(a->is_string() ? a->get<std::string>() : a->dump());
         }
       }
-      for (const char* key : {"tool_call_id", "name"}) {
+      for (const char* key : {"tool_call_id", "name", "reasoning_content"}) {
         if (const json* v = find(m, key); v && !v->is_null()) {
           if (!v->is_string()) refuse(at + "." + key, at + "." + key + ": must be a string");
-          if (std::string(key) == "name") msg->set_name(v->get<std::string>());
-          else msg->set_tool_call_id(v->get<std::string>());
+          const std::string k = key;
+          if (k == "name") msg->set_name(v->get<std::string>());
+          else if (k == "tool_call_id") msg->set_tool_call_id(v->get<std::string>());
+          else msg->set_reasoning_content(v->get<std::string>());
         }
       }
     }
@@ -715,6 +727,8 @@ json chat_completion(const std::string& id, int64_t created, const std::string& 
   for (size_t i = 0; i < choices.size(); ++i) {
     const Choice& c = choices[i];
     json message = {{"role", "assistant"}, {"content", c.text}};
+    // DeepSeek's and vLLM's field for the thought before the answer.
+    if (!c.reasoning.empty()) message["reasoning_content"] = c.reasoning;
     if (!c.tool_calls.empty()) {
       // OpenAI's shape: no content is null, not "" (nor the blank line before a call).
       if (c.text.find_first_not_of(" \t\r\n") == std::string::npos) message["content"] = nullptr;

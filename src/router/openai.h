@@ -103,6 +103,7 @@ struct Choice {
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
   std::optional<std::vector<tandem::v1::TokenLogprob>> logprobs = std::nullopt;  // set: the request asked for them
   std::vector<tandem::v1::ToolCall> tool_calls = {};  // chat: the calls the answer made
+  std::string reasoning = {};  // chat: the model's reasoning (router.reasoning_parser); "" = none
 };
 // A message's "tool_calls" in OpenAI's shape ({"id", "type": "function",
 // "function": {"name", "arguments"}}); stream deltas carry an "index" too.

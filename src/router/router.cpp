@@ -23,6 +23,7 @@
 #include "tandem/model/checkpoint.h"
 #include "tandem/model/guided.h"
 #include "tandem/model/jinja.h"
+#include "tandem/model/reasoning.h"
 #include "tandem/model/tool_calls.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
@@ -94,6 +95,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       tool_template_ = std::make_unique<model::JinjaTemplate>(std::move(t).value());
     }
     TANDEM_ASSIGN_OR_RETURN(tool_format_, model::tool_call_format(cfg.tool_call_parser, tool_source));
+    TANDEM_ASSIGN_OR_RETURN(reasoning_format_, model::reasoning_format(cfg.reasoning_parser));
     // A tag the tokenizer holds as a special token is left out of decoded
     // text: the tool call stream gets it put back.
     for (std::string_view tag : model::tool_call_tags(tool_format_))
@@ -180,7 +182,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       if (!req->text().empty()) return invalid("text", "set text or messages, not both");
       auto tools = chat_tools(req->tools(), pb::TOOL_CHOICE_AUTO, "", std::nullopt, tool_format_);
       if (!tools.is_ok()) return to_grpc(tools.status());
-      if (auto st = chat_prompt(req->messages(), tools->template_tools,
+      if (auto st = chat_prompt(req->messages(), tools->template_tools, req->chat_template_kwargs(),
                                 !req->has_add_generation_prompt() || req->add_generation_prompt(),
                                 req->has_add_special_tokens() && req->add_special_tokens(), ids);
           !st.ok())
@@ -267,15 +269,22 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                             tool_format_);
     if (!tools.is_ok()) return to_grpc(tools.status());
     std::vector<int32_t> ids;
-    if (auto st = chat_prompt(req->messages(), tools->template_tools,
+    std::string rendered;
+    if (auto st = chat_prompt(req->messages(), tools->template_tools, req->chat_template_kwargs(),
                               !req->has_add_generation_prompt() || req->add_generation_prompt(),
-                              /*add_special_tokens=*/false, ids);
+                              /*add_special_tokens=*/false, ids, &rendered);
         !st.ok())
       return st;
-    if (!tools->parse) return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w);
-    ToolUse use{model::ToolCallStream(tool_format_, tools->forced, tools->max_calls),
-                 tools->forced ? &tools->regex : nullptr, tools->named};
-    return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w, nullptr, &use);
+    ChatOutput out;
+    if (tools->parse) {
+      out.tools.emplace(tool_format_, tools->forced, tools->max_calls);
+      out.tool_regex = tools->forced ? &tools->regex : nullptr;
+      out.named = tools->named;
+    }
+    // A thought the prompt opened (DeepSeek-R1's "<think>\n") is the output's first part.
+    if (reasoning_format_ != model::ReasoningFormat::kNone)
+      out.reasoning.emplace(reasoning_format_, model::prompt_opens_thought(rendered));
+    return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w, nullptr, &out);
   }
 
   grpc::Status in_vocabulary(const std::string& field, uint32_t id) const {
@@ -290,19 +299,24 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                         "model: '" + model + "' is not served here (serving '" + cfg_.served_name + "')");
   }
 
-  // A conversation through the model's chat template, as token ids.
-  // `tools`: the template's tools (null: none).
+  // A conversation through the model's chat template, as token ids (and the
+  // rendered text into `text` when given). `tools`: the template's tools
+  // (null: none); `kwargs`: chat_template_kwargs' JSON text.
   grpc::Status chat_prompt(const google::protobuf::RepeatedPtrField<pb::ChatMessage>& messages,
-                           const nlohmann::ordered_json& tools, bool add_generation_prompt, bool add_special_tokens,
-                           std::vector<int32_t>& ids) const {
+                           const nlohmann::ordered_json& tools, const std::string& kwargs, bool add_generation_prompt,
+                           bool add_special_tokens, std::vector<int32_t>& ids, std::string* text_out = nullptr) const {
     if (!chat_template_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "Chat: " + chat_template_error_);
     if (messages.empty()) return invalid("messages", "must hold at least one message");
     auto msgs = template_messages(messages);
     if (!msgs.is_ok()) return to_grpc(msgs.status());
-    nlohmann::ordered_json vars = {{"messages", std::move(msgs).value()},
-                                   {"add_generation_prompt", add_generation_prompt},
-                                   {"bos_token", ck_.tokenizer_config.bos_token},
-                                   {"eos_token", ck_.tokenizer_config.eos_token}};
+    auto extra = template_kwargs(kwargs);
+    if (!extra.is_ok()) return to_grpc(extra.status());
+    nlohmann::ordered_json vars = std::move(extra).value();
+    // The request's own variables over chat_template_kwargs (which may not name them).
+    vars["messages"] = std::move(msgs).value();
+    vars["add_generation_prompt"] = add_generation_prompt;
+    vars["bos_token"] = ck_.tokenizer_config.bos_token;
+    vars["eos_token"] = ck_.tokenizer_config.eos_token;
     if (!tools.is_null()) vars["tools"] = tools;
     auto text = (tools.is_null() || !tool_template_ ? chat_template_ : tool_template_)->render(vars);
     if (!text.is_ok()) return invalid("messages", text.status().message());
@@ -311,6 +325,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     auto encoded = ck_.tokenizer->encode(*text, add_special_tokens);
     if (!encoded.is_ok()) return invalid("messages", encoded.status().message());
     if (encoded->empty()) return invalid("messages", "the chat template rendered nothing");
+    if (text_out) *text_out = std::move(text).value();
     ids = std::move(encoded).value();
     return grpc::Status::OK;
   }
@@ -354,20 +369,23 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
-  // A chat's tool calling: its output parsed for calls, maybe forced by a grammar.
-  struct ToolUse {
-    model::ToolCallStream stream;
-    const std::string* regex;  // a forced call's grammar; null: not forced
-    bool named;
+  // How a chat's output is taken apart: the model's reasoning, then tool
+  // calls in the answer (maybe forced by a grammar).
+  struct ChatOutput {
+    std::optional<model::ReasoningStream> reasoning;
+    std::optional<model::ToolCallStream> tools;
+    const std::string* tool_regex = nullptr;  // a forced call's grammar; null: not forced
+    bool named = false;
   };
 
   // `prompt_text`: the prompt as the client wrote it (echoed as sent); null:
   // echo decodes the prompt's tokens.
   grpc::Status run(grpc::ServerContext* ctx, const std::string& request_id, const std::vector<int32_t>& prompt,
                    const pb::SamplingParams& sp, int32_t priority, grpc::ServerWriter<pb::GenerateResponse>* w,
-                   const std::string* prompt_text = nullptr, ToolUse* tools = nullptr) {
-    model::ToolCallStream* tool_calls = tools ? &tools->stream : nullptr;
-    const std::string* tool_regex = tools ? tools->regex : nullptr;
+                   const std::string* prompt_text = nullptr, ChatOutput* chat = nullptr) {
+    model::ToolCallStream* tool_calls = chat && chat->tools ? &*chat->tools : nullptr;
+    model::ReasoningStream* reasoning = chat && chat->reasoning ? &*chat->reasoning : nullptr;
+    const std::string* tool_regex = chat ? chat->tool_regex : nullptr;
     const auto& c = ck_.config;
     ipb::RunRequest run;
     for (int32_t t : prompt) run.add_prompt(t);
@@ -552,6 +570,17 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           if (!hit) text += stops.flush();
         }
       }
+      if (reasoning) {
+        // The thought goes apart; what follows it is the answer.
+        model::ReasoningStream::Split split = reasoning->push(text);
+        if (finished || stopped_by_string) {
+          model::ReasoningStream::Split rest = reasoning->finish();
+          split.reasoning += rest.reasoning;
+          split.content += rest.content;
+        }
+        out.set_reasoning_text(std::move(split.reasoning));
+        text = std::move(split.content);
+      }
       bool called = false;
       if (tool_calls) {
         // Content streams; a call's text is held back and parsed at the end.
@@ -572,10 +601,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       first_message = false;
       if (finished || stopped_by_string) {
         // OpenAI: a call forced by name finishes as "stop".
-        out.set_finish_reason(called && !tools->named ? pb::FINISH_REASON_TOOL_CALLS
+        out.set_finish_reason(called && !chat->named ? pb::FINISH_REASON_TOOL_CALLS
                               : stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP
                                                                       : pb::FINISH_REASON_LENGTH);
-        record.f.finish_reason = called && !tools->named                          ? "tool_calls"
+        record.f.finish_reason = called && !chat->named                           ? "tool_calls"
                                  : out.finish_reason() == pb::FINISH_REASON_STOP ? "stop"
                                                                                 : "length";
         out.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
@@ -732,6 +761,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::unique_ptr<model::JinjaTemplate> tool_template_;  // the model's "tool_use" template, if it has one
   std::string chat_template_error_;
   model::ToolCallFormat tool_format_ = model::ToolCallFormat::kNone;
+  model::ReasoningFormat reasoning_format_ = model::ReasoningFormat::kNone;
   std::vector<std::pair<int32_t, std::string>> tool_tag_tokens_;  // the format's tags held as special tokens
   std::vector<std::unique_ptr<NodeHandle>> nodes_;
   struct ExpertHealth {

@@ -73,6 +73,9 @@ struct DeploymentConfig {
   // How the model writes tool calls: auto (from the chat template), hermes,
   // mistral or none (tools refused).
   std::string tool_call_parser = "auto";
+  // Reasoning models: none, or think (aliases deepseek_r1, qwen3) to return
+  // the text between <think> and </think> apart from the answer.
+  std::string reasoning_parser = "none";
   // On SIGTERM/SIGINT the router stops taking requests and gives the ones in
   // flight this long to finish before it cancels them.
   int drain_timeout_s = 30;

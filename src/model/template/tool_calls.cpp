@@ -51,6 +51,13 @@ bool parse_json(std::string_view text, json& out) {
   return !out.is_discarded() && json_depth(out) <= kMaxJsonInputDepth;
 }
 
+// The longest tail of `text` that is a proper prefix of `marker`.
+size_t partial_marker(std::string_view text, std::string_view marker) {
+  for (size_t n = std::min(text.size(), marker.size() - 1); n > 0; --n)
+    if (text.substr(text.size() - n) == marker.substr(0, n)) return n;
+  return 0;
+}
+
 // Blocks of <tool_call> JSON </tool_call>. Each block stands alone: a good
 // one is a call, anything else (a malformed block, text between or after
 // the blocks) goes back to `rest`. A last block cut before its closing tag
@@ -67,9 +74,11 @@ void parse_hermes(std::string_view text, size_t max_calls, std::vector<ToolCall>
     size_t end = std::min(text.find(kHermesClose, body), text.find(kHermesOpen, body));
     if (end == std::string_view::npos) end = text.size();
     const size_t next = text.compare(end, kHermesClose.size(), kHermesClose) == 0 ? end + kHermesClose.size() : end;
+    std::string_view json_text = trim(text.substr(body, end - body));
+    if (end == text.size()) json_text = trim(json_text.substr(0, json_text.size() - partial_marker(json_text, kHermesClose)));
     json j;
     ToolCall c;
-    if (calls.size() < max_calls && parse_json(trim(text.substr(body, end - body)), j) && read_call(j, c)) {
+    if (calls.size() < max_calls && parse_json(json_text, j) && read_call(j, c)) {
       calls.push_back(std::move(c));
       if (!trim(between).empty()) rest += between;
     } else {
@@ -101,12 +110,6 @@ bool parse_mistral(std::string_view text, size_t max_calls, std::vector<ToolCall
   return true;
 }
 
-// The longest tail of `text` that is a proper prefix of `marker`.
-size_t partial_marker(std::string_view text, std::string_view marker) {
-  for (size_t n = std::min(text.size(), marker.size() - 1); n > 0; --n)
-    if (text.substr(text.size() - n) == marker.substr(0, n)) return n;
-  return 0;
-}
 
 }  // namespace
 

@@ -66,6 +66,7 @@ struct ClusterShape {
   std::string gpu_tuning{};  // extra `cluster:` keys for GPU nodes, e.g. "cuda_graphs: true, expert_gemm: device"
   bool http = false;         // router.http_listen on http_port()
   std::string attention_tuning{};  // extra `attention:` keys, e.g. "max_prompt_logprob_rows: 4"
+  std::string router_tuning{};     // extra `router:` keys, e.g. "reasoning_parser: qwen3"
   // router.drain_timeout_s: short by default, so that a test that leaves a
   // stream open does not hold its cluster's ports long after it ends.
   int drain_timeout_s = 5;
@@ -83,7 +84,7 @@ class Cluster {
                            << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue
                            << (s.http ? ", http_listen: 127.0.0.1:" + std::to_string(base_ + 9) : "")
                            << ", drain_timeout_s: " << s.drain_timeout_s
-                           << "}\n"
+                           << (s.router_tuning.empty() ? "" : ", " + s.router_tuning) << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences
                            << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'")

@@ -42,7 +42,8 @@ class HttpApi : public ::testing::Test {
                             .micro_batches = 2,
                             .http = true,
                             // Scored prompts come a few rows a step, in several events.
-                            .attention_tuning = "max_prompt_logprob_rows: 3"});
+                            .attention_tuning = "max_prompt_logprob_rows: 3",
+                            .router_tuning = "reasoning_parser: qwen3"});
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -1016,6 +1017,92 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   refused(b, "tools[0] (f)");
   b["tools"] = json::array();
   refused(b, "there are no tools");
+}
+
+// router.reasoning_parser (qwen3 in this cluster): the thought between
+// <think> and </think> comes back apart from the answer, whole, streamed and
+// over gRPC, before tool calls too; chat_template_kwargs reach the template.
+TEST_F(HttpApi, ReasoningComesApartFromTheAnswer) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  const json ask = json::array({{{"role", "user"}, {"content", "Hi"}}});
+  json body = {{"messages", ask},
+               {"max_tokens", 60},
+               {"temperature", 0},
+               {"guided_regex", "<think>I should greet\\.</think>\\n\\nHello there"}};
+  const json whole = post_ok("/v1/chat/completions", body);
+  EXPECT_EQ(whole["choices"][0]["message"]["reasoning_content"], "I should greet.") << whole.dump();
+  EXPECT_EQ(whole["choices"][0]["message"]["content"], "Hello there");
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "stop");
+
+  body["stream"] = true;
+  std::string reasoning, content;
+  for (const std::string& e : events("/v1/chat/completions", body)) {
+    if (e == "[DONE]") break;
+    const json chunk = json::parse(e);
+    const json& delta = chunk["choices"][0]["delta"];
+    if (delta.contains("reasoning_content")) reasoning += delta["reasoning_content"].get<std::string>();
+    if (delta.contains("content")) content += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(reasoning, "I should greet.");
+  EXPECT_EQ(content, "Hello there");
+
+  tandem::v1::ChatRequest chat;
+  auto* m = chat.add_messages();
+  m->set_role("user");
+  m->set_content("Hi");
+  chat.mutable_sampling()->set_temperature(0);
+  chat.mutable_sampling()->set_max_tokens(60);
+  chat.mutable_sampling()->set_guided_regex("<think>I should greet\\.</think>\\n\\nHello there");
+  {
+    grpc::ClientContext ctx;
+    auto reader = cluster_->stub().Chat(&ctx, chat);
+    tandem::v1::GenerateResponse r;
+    std::string grpc_reasoning, grpc_text;
+    while (reader->Read(&r)) {
+      grpc_reasoning += r.reasoning_text();
+      grpc_text += r.text();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(grpc_reasoning, "I should greet.");
+    EXPECT_EQ(grpc_text, "Hello there");
+  }
+
+  // A thought, then a call: each in its place.
+  const json called = post_ok(
+      "/v1/chat/completions",
+      {{"messages", ask},
+       {"tools", {{{"type", "function"}, {"function", {{"name", "now"}}}}}},
+       {"max_tokens", 120},
+       {"temperature", 0},
+       {"guided_regex", "<think>Time\\?</think>\\n<tool_call>\\n\\{\"name\": \"now\", \"arguments\": \\{\\}\\}\\n</tool_call>"}});
+  const json& msg = called["choices"][0]["message"];
+  EXPECT_EQ(msg["reasoning_content"], "Time?") << called.dump();
+  EXPECT_TRUE(msg["content"].is_null()) << called.dump();
+  ASSERT_EQ(msg["tool_calls"].size(), 1u) << called.dump();
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "now");
+
+  // No thought: no reasoning_content.
+  const json plain = post_ok("/v1/chat/completions", {{"messages", ask}, {"max_tokens", 3}, {"temperature", 0}});
+  EXPECT_FALSE(plain["choices"][0]["message"].contains("reasoning_content")) << plain.dump();
+
+  // chat_template_kwargs: the template closes an empty thought when asked.
+  const json off = post_ok("/tokenize", {{"messages", ask}, {"chat_template_kwargs", {{"enable_thinking", false}}}});
+  const json text = post_ok("/detokenize", {{"tokens", off["tokens"]}, {"skip_special_tokens", false}});
+  const std::string prompt = text["prompt"];
+  const std::string closed = "<|im_start|>assistant\n<think>\n\n</think>\n\n";
+  EXPECT_TRUE(prompt.size() >= closed.size() && prompt.compare(prompt.size() - closed.size(), closed.size(), closed) == 0)
+      << prompt;
+  const json on = post_ok("/tokenize", {{"messages", ask}});
+  EXPECT_LT(on["count"].get<int>(), off["count"].get<int>());
+  for (const json& bad : {json{{"messages", ask}}, json("enable_thinking")}) {
+    auto res = client().Post("/v1/chat/completions",
+                             json{{"messages", ask}, {"chat_template_kwargs", bad}}.dump(), "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << res->body;
+    EXPECT_NE(json::parse(res->body)["error"]["message"].get<std::string>().find("chat_template_kwargs"),
+              std::string::npos)
+        << res->body;
+  }
 }
 
 // The official `openai` Python client against the gateway

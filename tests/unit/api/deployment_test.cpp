@@ -76,6 +76,13 @@ TEST(Deployment, ToolCallParser) {
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.status().message().find("router.tool_call_parser"), std::string::npos) << bad.status().message();
   EXPECT_NE(bad.status().message().find("llama3_json"), std::string::npos) << bad.status().message();
+  EXPECT_EQ(d->reasoning_parser, "none");
+  auto thinking = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {reasoning_parser: deepseek_r1}\n", "c.yaml");
+  ASSERT_TRUE(thinking.is_ok()) << thinking.status().to_string();
+  EXPECT_EQ(DeploymentConfig::from_yaml(thinking->to_yaml(), "again.yaml")->reasoning_parser, "deepseek_r1");
+  auto wrong = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {reasoning_parser: granite}\n", "bad.yaml");
+  ASSERT_FALSE(wrong.is_ok());
+  EXPECT_NE(wrong.status().message().find("router.reasoning_parser"), std::string::npos) << wrong.status().message();
 }
 
 TEST(Deployment, MaxPromptLogprobRows) {

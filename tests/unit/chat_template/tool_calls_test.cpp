@@ -126,8 +126,8 @@ TEST(ToolCalls, HermesBlocksStandAlone) {
   EXPECT_EQ(r.calls[0].name, "f");
   EXPECT_EQ(r.content, "Sure. \n" + bad + " then words");  // a failed block keeps its separator
   expect_split_invariant(ToolCallFormat::kHermes, "Sure. " + good + "\n" + bad + " then words");
-  r = parse_tool_calls(ToolCallFormat::kHermes, good + "\n<tool_call>\n{\"name\": \"h\", \"arguments\": {}}\n");
-  ASSERT_EQ(r.calls.size(), 2u);
+  r = parse_tool_calls(ToolCallFormat::kHermes, good + "\n<tool_call>\n{\"name\": \"h\", \"arguments\": {}}\n</tool_c");
+  ASSERT_EQ(r.calls.size(), 2u);  // cut inside the closing tag, its JSON whole
   EXPECT_EQ(r.calls[1].name, "h");
   EXPECT_EQ(r.content, "");
   r = parse_tool_calls(ToolCallFormat::kHermes, good + good + good, /*forced=*/false, /*max_calls=*/1);

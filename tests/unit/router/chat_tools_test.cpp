@@ -89,6 +89,20 @@ TEST(ChatTools, ErrorsNameTheField) {
   EXPECT_NE(empty.status().message().find("no tools"), std::string::npos);
 }
 
+TEST(ChatTools, TemplateKwargsAreAnObjectOfNewNames) {
+  auto none = template_kwargs("");
+  ASSERT_TRUE(none.is_ok());
+  EXPECT_TRUE(none->empty());
+  auto some = template_kwargs(R"({"enable_thinking": false, "custom": [1]})");
+  ASSERT_TRUE(some.is_ok()) << some.status().message();
+  EXPECT_EQ((*some)["enable_thinking"], false);
+  for (const char* bad : {"[1]", "{", R"({"messages": []})", R"({"tools": null})", R"({"add_generation_prompt": false})"}) {
+    auto r = template_kwargs(bad);
+    ASSERT_FALSE(r.is_ok()) << bad;
+    EXPECT_NE(r.status().message().find("chat_template_kwargs"), std::string::npos) << r.status().message();
+  }
+}
+
 TEST(ChatTools, MessagesCarryCallsAndResults) {
   google::protobuf::RepeatedPtrField<pb::ChatMessage> msgs;
   auto* a = msgs.Add();
@@ -100,6 +114,7 @@ TEST(ChatTools, MessagesCarryCallsAndResults) {
   auto* raw = a->add_tool_calls();
   raw->set_name("g");
   raw->set_arguments("not json");
+  a->set_reasoning_content("thought");
   auto* t = msgs.Add();
   t->set_role("tool");
   t->set_content("42");
@@ -110,6 +125,8 @@ TEST(ChatTools, MessagesCarryCallsAndResults) {
   EXPECT_EQ(calls[0]["id"], "call_1");
   EXPECT_EQ(calls[0]["function"]["arguments"]["x"][1], 2);  // an object for the template
   EXPECT_EQ(calls[1]["function"]["arguments"], "not json");  // text that does not parse stays text
+  EXPECT_EQ((*m)[0]["reasoning_content"], "thought");
+  EXPECT_FALSE((*m)[1].contains("reasoning_content"));
   EXPECT_EQ((*m)[1]["tool_call_id"], "call_1");
   EXPECT_FALSE((*m)[1].contains("name"));
 

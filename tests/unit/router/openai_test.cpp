@@ -201,6 +201,8 @@ TEST(OpenAiChat, MessagesAndContentParts) {
       {R"({"messages": [{"role": "assistant", "tool_calls": {}}]})", "messages[0].tool_calls"},
       {R"({"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]})", "messages[0].tool_calls[0]"},
       {R"({"messages": [{"role": "tool", "content": "r", "tool_call_id": 5}]})", "messages[0].tool_call_id"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": [1]})", "chat_template_kwargs"},
+      {R"({"messages": [{"role": "assistant", "content": "x", "reasoning_content": 1}]})", "messages[0].reasoning_content"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}})", "response_format"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}})",
        "response_format"},
@@ -258,6 +260,11 @@ TEST(OpenAiRequests, ToolCallingFields) {
   EXPECT_EQ(r.messages(1).tool_calls(0).id(), "call_1");
   EXPECT_EQ(r.messages(1).tool_calls(0).arguments(), R"({"city": "Oslo"})");
   EXPECT_EQ(r.messages(2).tool_call_id(), "call_1");
+  auto kw = parse_chat(R"({"messages": [{"role": "assistant", "content": "a", "reasoning_content": "r"}],
+                          "chat_template_kwargs": {"enable_thinking": false}})");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(kw));
+  EXPECT_EQ(std::get<ChatCall>(kw).request.chat_template_kwargs(), R"({"enable_thinking":false})");
+  EXPECT_EQ(std::get<ChatCall>(kw).request.messages(0).reasoning_content(), "r");
   EXPECT_EQ(r.messages(2).name(), "get_weather");
   for (const auto& [choice, want] : std::vector<std::pair<std::string, pb::ToolChoice>>{
            {"\"none\"", pb::TOOL_CHOICE_NONE}, {"\"auto\"", pb::TOOL_CHOICE_AUTO}, {"\"required\"", pb::TOOL_CHOICE_REQUIRED}}) {
@@ -280,6 +287,10 @@ TEST(OpenAiRequests, ToolCallingFields) {
   EXPECT_EQ(tool_calls({call}, /*with_index=*/true)[0]["index"], 0);
   const json words = chat_completion("chatcmpl-2", 0, "m", {Choice{"hi", pb::FINISH_REASON_STOP}}, {});
   EXPECT_FALSE(words["choices"][0]["message"].contains("tool_calls"));
+  EXPECT_FALSE(words["choices"][0]["message"].contains("reasoning_content"));
+  const json thought =
+      chat_completion("chatcmpl-3", 0, "m", {Choice{"4", pb::FINISH_REASON_STOP, std::nullopt, {}, "2+2"}}, {});
+  EXPECT_EQ(thought["choices"][0]["message"]["reasoning_content"], "2+2");
 }
 
 // response_format and vLLM's guided_* fields become the request's structured-output fields.

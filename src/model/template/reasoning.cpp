@@ -1,0 +1,101 @@
+#include "tandem/model/reasoning.h"
+
+#include <algorithm>
+
+namespace tandem::model {
+namespace {
+
+constexpr std::string_view kOpen = "<think>";
+constexpr std::string_view kClose = "</think>";
+
+bool blank(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+
+// The longest tail of `text` that is a proper prefix of `tag`.
+size_t partial_tag(std::string_view text, std::string_view tag) {
+  for (size_t n = std::min(text.size(), tag.size() - 1); n > 0; --n)
+    if (text.substr(text.size() - n) == tag.substr(0, n)) return n;
+  return 0;
+}
+
+}  // namespace
+
+Result<ReasoningFormat> reasoning_format(std::string_view name) {
+  if (name == "none" || name.empty()) return ReasoningFormat::kNone;
+  if (name == "think" || name == "deepseek_r1" || name == "qwen3") return ReasoningFormat::kThinkTags;
+  return invalid_argument("reasoning parser '" + std::string(name) + "': must be none, think, deepseek_r1 or qwen3");
+}
+
+bool prompt_opens_thought(std::string_view prompt) {
+  const size_t open = prompt.rfind(kOpen);
+  if (open == std::string_view::npos) return false;
+  const size_t close = prompt.rfind(kClose);
+  return close == std::string_view::npos || close < open;
+}
+
+ReasoningStream::ReasoningStream(ReasoningFormat format, bool in_thought)
+    : format_(format), state_(format == ReasoningFormat::kNone ? State::kAnswer
+                              : in_thought                     ? State::kThinking
+                                                               : State::kStart) {}
+
+ReasoningStream::Split ReasoningStream::push(std::string_view text) {
+  Split out;
+  if (state_ == State::kAnswer) {
+    out.content = text;
+    return out;
+  }
+  pending_ += text;
+  step(out, /*final=*/false);
+  return out;
+}
+
+ReasoningStream::Split ReasoningStream::finish() {
+  Split out;
+  step(out, /*final=*/true);
+  return out;
+}
+
+void ReasoningStream::step(Split& out, bool final) {
+  for (;;) {
+    if (state_ == State::kStart) {
+      // A thought opens only with <think> first (blanks before it are dropped
+      // with it); anything else is the answer.
+      const size_t first = static_cast<size_t>(
+          std::find_if(pending_.begin(), pending_.end(), [](char c) { return !blank(c); }) - pending_.begin());
+      const std::string_view rest = std::string_view(pending_).substr(first);
+      if (rest.substr(0, kOpen.size()) == kOpen) {
+        pending_.erase(0, first + kOpen.size());
+        state_ = State::kThinking;
+        continue;
+      }
+      if (!final && kOpen.substr(0, rest.size()) == rest) return;  // maybe the tag, still coming
+      state_ = State::kAnswer;
+      out.content += pending_;
+      pending_.clear();
+      return;
+    }
+    if (state_ == State::kThinking) {
+      const size_t close = pending_.find(kClose);
+      if (close != std::string::npos) {
+        out.reasoning += pending_.substr(0, close);
+        pending_.erase(0, close + kClose.size());
+        state_ = State::kAfterThought;
+        continue;
+      }
+      const size_t keep = final ? 0 : partial_tag(pending_, kClose);
+      out.reasoning += pending_.substr(0, pending_.size() - keep);
+      pending_.erase(0, pending_.size() - keep);
+      return;
+    }
+    if (state_ == State::kAfterThought) {
+      // The answer starts after the line breaks that follow </think>.
+      pending_.erase(0, std::min(pending_.find_first_not_of('\n'), pending_.size()));
+      if (pending_.empty()) return;
+      state_ = State::kAnswer;
+    }
+    out.content += pending_;
+    pending_.clear();
+    return;
+  }
+}
+
+}  // namespace tandem::model
