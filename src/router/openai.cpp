@@ -729,11 +729,11 @@ json chat_completion(const std::string& id, int64_t created, const std::string& 
     json message = {{"role", "assistant"}, {"content", c.text}};
     // DeepSeek's and vLLM's field for the thought before the answer.
     if (!c.reasoning.empty()) message["reasoning_content"] = c.reasoning;
-    if (!c.tool_calls.empty()) {
-      // OpenAI's shape: no content is null, not "" (nor the blank line before a call).
-      if (c.text.find_first_not_of(" \t\r\n") == std::string::npos) message["content"] = nullptr;
-      message["tool_calls"] = tool_calls(c.tool_calls, /*with_index=*/false);
-    }
+    // OpenAI's shape: no content next to calls or a thought is null, not ""
+    // (nor the blank line before a call).
+    if ((!c.tool_calls.empty() || !c.reasoning.empty()) && c.text.find_first_not_of(" \t\r\n") == std::string::npos)
+      message["content"] = nullptr;
+    if (!c.tool_calls.empty()) message["tool_calls"] = tool_calls(c.tool_calls, /*with_index=*/false);
     j["choices"].push_back(choice(i, "message", std::move(message), c.finish,
                                   c.logprobs ? chat_logprobs(*c.logprobs) : json()));
   }

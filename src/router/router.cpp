@@ -101,6 +101,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     for (std::string_view tag : model::tool_call_tags(tool_format_))
       if (auto id = ck_.tokenizer->token_to_id(std::string(tag)); id && ck_.tokenizer->is_special(*id))
         tool_tag_tokens_.push_back({*id, std::string(tag)});
+    if (reasoning_format_ != model::ReasoningFormat::kNone)
+      for (std::string_view tag : {model::kThinkOpen, model::kThinkClose})
+        if (auto id = ck_.tokenizer->token_to_id(std::string(tag)); id && ck_.tokenizer->is_special(*id))
+          think_tag_tokens_.push_back({*id, std::string(tag)});
     for (int i = 0; i < cfg.attention_nodes; ++i) {
       auto n = std::make_unique<NodeHandle>();
       n->index = i;
@@ -281,9 +285,14 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       out.tool_regex = tools->forced ? &tools->regex : nullptr;
       out.named = tools->named;
     }
-    // A thought the prompt opened (DeepSeek-R1's "<think>\n") is the output's first part.
+    // A thought the prompt opened (DeepSeek-R1's "<think>\n") is the output's
+    // first part, unless a grammar holds the output from its first token (a
+    // forced call, structured output): that text is the answer.
+    const pb::SamplingParams& sp = req->sampling();
+    const bool grammar = tools->forced || !sp.guided_regex().empty() || !sp.guided_json().empty() ||
+                         sp.guided_choice_size() > 0 || sp.guided_json_object();
     if (reasoning_format_ != model::ReasoningFormat::kNone)
-      out.reasoning.emplace(reasoning_format_, model::prompt_opens_thought(rendered));
+      out.reasoning.emplace(reasoning_format_, !grammar && model::prompt_opens_thought(rendered));
     return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w, nullptr, &out);
   }
 
@@ -549,9 +558,14 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         out.add_token_ids(static_cast<uint32_t>(t));
         bool hit = false;
         std::string piece = detok.push(t);
-        if (tool_calls && skip_special)
-          for (const auto& [id, tag] : tool_tag_tokens_)
-            if (t == id) piece += tag;
+        if (skip_special) {
+          if (tool_calls)
+            for (const auto& [id, tag] : tool_tag_tokens_)
+              if (t == id) piece += tag;
+          if (reasoning)
+            for (const auto& [id, tag] : think_tag_tokens_)
+              if (t == id) piece += tag;
+        }
         // vLLM's min_tokens: a stop string ends the answer only in text after
         // the first min_tokens tokens, as a stop token does.
         text += completion <= sp.min_tokens() ? stops.pass(piece) : stops.push(piece, hit);
@@ -763,6 +777,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   model::ToolCallFormat tool_format_ = model::ToolCallFormat::kNone;
   model::ReasoningFormat reasoning_format_ = model::ReasoningFormat::kNone;
   std::vector<std::pair<int32_t, std::string>> tool_tag_tokens_;  // the format's tags held as special tokens
+  std::vector<std::pair<int32_t, std::string>> think_tag_tokens_;  // <think>, </think> held as special tokens
   std::vector<std::unique_ptr<NodeHandle>> nodes_;
   struct ExpertHealth {
     std::unique_ptr<api::HealthProbe> probe;

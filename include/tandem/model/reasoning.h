@@ -17,9 +17,10 @@ enum class ReasoningFormat { kNone, kThinkTags };
 // names: the same tags); INVALID_ARGUMENT naming another.
 Result<ReasoningFormat> reasoning_format(std::string_view name);
 
-// Whether a rendered prompt leaves the model inside a thought: its last
-// <think> comes after its last </think> (DeepSeek-R1's generation prompt
-// ends in "<think>\n"; Qwen3 with enable_thinking false closes it empty).
+// Whether a rendered prompt leaves the model inside a thought: it ends in
+// <think> and blanks (DeepSeek-R1's generation prompt ends in "<think>\n";
+// Qwen3 with enable_thinking false closes it empty).
+inline constexpr std::string_view kThinkOpen = "<think>", kThinkClose = "</think>";
 bool prompt_opens_thought(std::string_view prompt);
 
 class ReasoningStream {

@@ -5,8 +5,8 @@
 namespace tandem::model {
 namespace {
 
-constexpr std::string_view kOpen = "<think>";
-constexpr std::string_view kClose = "</think>";
+constexpr std::string_view kOpen = kThinkOpen;
+constexpr std::string_view kClose = kThinkClose;
 
 bool blank(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
 
@@ -26,10 +26,10 @@ Result<ReasoningFormat> reasoning_format(std::string_view name) {
 }
 
 bool prompt_opens_thought(std::string_view prompt) {
-  const size_t open = prompt.rfind(kOpen);
-  if (open == std::string_view::npos) return false;
-  const size_t close = prompt.rfind(kClose);
-  return close == std::string_view::npos || close < open;
+  // Only the generation prompt's end counts: a <think> quoted in a message
+  // or a tool description does not open the answer's thought.
+  while (!prompt.empty() && blank(prompt.back())) prompt.remove_suffix(1);
+  return prompt.size() >= kOpen.size() && prompt.substr(prompt.size() - kOpen.size()) == kOpen;
 }
 
 ReasoningStream::ReasoningStream(ReasoningFormat format, bool in_thought)

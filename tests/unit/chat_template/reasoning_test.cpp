@@ -44,6 +44,7 @@ TEST(Reasoning, PromptOpenedTheThought) {
   EXPECT_TRUE(prompt_opens_thought("<|Assistant|><think>\n"));
   EXPECT_FALSE(prompt_opens_thought("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
   EXPECT_FALSE(prompt_opens_thought("no tags"));
+  EXPECT_FALSE(prompt_opens_thought("<|User|>what does <think> do?<|Assistant|>"));  // quoted, not the prompt's end
   const auto r = whole("Let me see.</think>\n\nFour.", true);
   EXPECT_EQ(r.reasoning, "Let me see.");
   EXPECT_EQ(r.content, "Four.");
