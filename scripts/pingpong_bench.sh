@@ -11,6 +11,8 @@ TANDEM=${TANDEM:-build/src/cli/tandem}
 MODEL=${1:-models/small-mixtral}
 NA=${2:-1}
 NE=${3:-2}
+source scripts/lib/cluster.sh
+trap stop_cluster EXIT  # never leave a cluster running
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
 for transport in ${TRANSPORTS:-tcp ucx}; do
 for m in ${MS:-1 2 3}; do
@@ -23,15 +25,13 @@ attention: {base_port: 52100, kv_blocks: 2048, max_running_sequences: 64${ATTENT
 expert: {base_port: 52200${EXPERT_CPUS:+, cpus: '$EXPERT_CPUS'}}
 transport: {backend: $transport}
 YAML
-  "$TANDEM" serve --config "$cfg" >/dev/null &
-  pid=$!
-  for _ in $(seq ${READY_TRIES:-100}); do "$TANDEM" bench --server 127.0.0.1:52051 --requests 1 --concurrency 1 --output-tokens 2 >/dev/null 2>&1 && break; sleep 0.3; done
+  start_cluster "$cfg" 127.0.0.1:52051
   echo "== transport=$transport m=$m (n_a=$NA, n_e=$NE, device ${DEVICE:-cpu})"
   "$TANDEM" bench --server 127.0.0.1:52051 --concurrency ${CONCURRENCY:-16} --requests ${REQUESTS:-32} \
     --prompt-tokens ${PROMPT:-32} --output-tokens ${OUTPUT:-64} | grep -E "throughput|TPOT|TTFT"
   # Where the attention nodes' step time went (tandem status).
   "$TANDEM" status --config "$cfg" | grep -E "^(node|attention|expert)" || true
-  kill -INT $pid; wait $pid || true
+  stop_cluster
   rm -f "$cfg"
 done
 done

@@ -17,8 +17,9 @@ PROMPT=${PROMPT:-32}
 OUTPUT=${OUTPUT:-64}
 # "m B" per deployment (one attention node, one expert node).
 DEPLOYMENTS=${DEPLOYMENTS:-"1 16|2 16|1 48"}
+source scripts/lib/cluster.sh
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'stop_cluster; rm -rf "$work"' EXIT  # never leave a cluster running
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
 
 deployment() {  # m -> YAML on stdout
@@ -45,16 +46,10 @@ for run in "${runs[@]}"; do
   pred=$("$TANDEM" plan --model "$MODEL" --attention-hw "$work/measured.yaml" --evaluate "$work/d.yaml" \
     --batch "$B" --context "$context")
   pred_tpot=$(sed -n 's/^predicted TPOT \([0-9.]*\) ms.*/\1/p' <<<"$pred")
-  "$TANDEM" serve --config "$work/d.yaml" >/dev/null 2>&1 &
-  pid=$!
-  for _ in $(seq 200); do
-    "$TANDEM" bench --server 127.0.0.1:53051 --requests 1 --concurrency 1 --output-tokens 2 >/dev/null 2>&1 && break
-    sleep 0.3
-  done
+  READY_TRIES=200 start_cluster "$work/d.yaml" 127.0.0.1:53051
   meas=$("$TANDEM" bench --server 127.0.0.1:53051 --concurrency "$B" --requests "$B" \
     --prompt-tokens "$PROMPT" --output-tokens "$OUTPUT" 2>/dev/null || true)
-  kill -INT $pid
-  wait $pid || true
+  stop_cluster
   meas_tpot=$(awk '$1 == "TPOT" {print $2}' <<<"$meas")
   awk -v m="$m" -v B="$B" -v p="$pred_tpot" -v t="$meas_tpot" 'BEGIN {
     if (t == "" || p == "") { printf "%-4s %-4s measurement failed\n", m, B; exit }

@@ -13,8 +13,8 @@ TANDEM=${TANDEM:-build/src/cli/tandem}
 MODEL=${1:-models/small-mixtral}
 NA=${2:-2}
 NE=${3:-2}
-pid=
-trap '[ -n "$pid" ] && kill -INT $pid 2>/dev/null; wait 2>/dev/null || true' EXIT  # never leave a cluster running
+source scripts/lib/cluster.sh
+trap stop_cluster EXIT  # never leave a cluster running
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
 for setting in "off:false:false" "on, no affinity:true:false" "on, affinity:true:true"; do
   IFS=: read -r name caching affinity <<<"$setting"
@@ -27,14 +27,11 @@ attention: {base_port: 53600, kv_blocks: 2048, prefix_caching: $caching}
 expert: {base_port: 53700}
 transport: {backend: ucx}
 YAML
-  "$TANDEM" serve --config "$cfg" >/dev/null &
-  pid=$!
-  for _ in $(seq ${READY_TRIES:-100}); do "$TANDEM" bench --server 127.0.0.1:53551 --requests 1 --concurrency 1 --output-tokens 2 --seed 1 >/dev/null 2>&1 && break; sleep 0.3; done
+  start_cluster "$cfg" 127.0.0.1:53551
   echo "== prefix caching $name (n_a=$NA, n_e=$NE)"
   "$TANDEM" bench --server 127.0.0.1:53551 --concurrency ${CONCURRENCY:-4} --requests ${REQUESTS:-32} \
     --prompt-tokens ${PROMPT:-512} --shared-prefix ${SHARED:-448} --prefix-groups ${PREFIX_GROUPS:-1} --output-tokens ${OUTPUT:-8} | grep -E "throughput|TTFT|E2E"
   "$TANDEM" status --config "$cfg" | grep -E "^(node|attention)" || true
-  kill -INT $pid; wait $pid || true
-  pid=
+  stop_cluster
   rm -f "$cfg"
 done

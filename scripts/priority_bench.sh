@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TANDEM=${TANDEM:-build/src/cli/tandem}
 MODEL=${1:-models/small-mixtral}
-pid=
+source scripts/lib/cluster.sh
 cfg=$(mktemp --suffix=.yaml)
-trap '[ -n "$pid" ] && kill -INT $pid 2>/dev/null; wait 2>/dev/null || true; rm -f "$cfg"' EXIT  # never leave a cluster running
+trap 'stop_cluster; rm -f "$cfg"' EXIT  # never leave a cluster running
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
 cat >"$cfg" <<YAML
 model: {path: $MODEL}
@@ -20,8 +20,6 @@ attention: {base_port: 53900, max_running_sequences: ${MAX_RUNNING:-4}}
 expert: {base_port: 53950}
 transport: {backend: ucx}
 YAML
-"$TANDEM" serve --config "$cfg" >/dev/null &
-pid=$!
-for _ in $(seq ${READY_TRIES:-100}); do "$TANDEM" bench --server 127.0.0.1:53851 --requests 1 --concurrency 1 --output-tokens 2 --seed 1 >/dev/null 2>&1 && break; sleep 0.3; done
+start_cluster "$cfg" 127.0.0.1:53851
 "$TANDEM" bench --server 127.0.0.1:53851 --concurrency ${CONCURRENCY:-16} --requests ${REQUESTS:-48} \
   --prompt-tokens ${PROMPT:-64} --output-tokens ${OUTPUT:-32} --urgent-every ${URGENT_EVERY:-4}

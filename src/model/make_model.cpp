@@ -144,8 +144,10 @@ std::vector<PresetInfo> model_presets() {
 // JSON in the system turn, calls as <tool_call> blocks, results as
 // <tool_response> blocks in a user turn; chat_template_kwargs'
 // enable_thinking: false closes an empty thought after the generation prompt,
-// as Qwen3's does. Plain conversations render exactly as ChatML. The same text is in scripts/fixtures/make_chat_template_fixtures.py
-// (rendered there by Python Jinja2; tests/unit/chat_template checks both).
+// as Qwen3's does. Plain conversations render exactly as ChatML.
+// scripts/fixtures/make_chat_template_fixtures.py reads this raw string and
+// renders it with Python Jinja2; tests/unit/chat_template checks the
+// fixtures hold this text.
 std::string_view default_chat_template() {
   return R"J({%- if tools %}
 {{- '<|im_start|>system\n' }}

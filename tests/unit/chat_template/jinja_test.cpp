@@ -55,7 +55,7 @@ TEST(ChatTemplate, ShippedDefaultTemplateRendersChatML) {
   // The fixtures rendered this very template with Python Jinja2 (tools,
   // tool calls and tool results included).
   EXPECT_EQ(load_cases()["templates"]["tandem_default"].get<std::string>(), default_chat_template())
-      << "scripts/fixtures/make_chat_template_fixtures.py holds another default template: copy it there and rerun";
+      << "the fixtures hold another default template: rerun scripts/fixtures/make_chat_template_fixtures.py";
 }
 
 TEST(ChatTemplate, BadTemplatesAreErrorsWithTheLine) {
