@@ -90,6 +90,11 @@ void RouterMetrics::record_guided(std::string_view kind) {
   ++by_guide_[std::string(kind)];
 }
 
+void RouterMetrics::record_tool_calls(size_t calls) {
+  std::lock_guard<std::mutex> l(mu_);
+  tool_calls_ += calls;
+}
+
 void RouterMetrics::set_node(const std::string& address, const NodeLoad& load) {
   std::lock_guard<std::mutex> l(mu_);
   nodes_[address] = load;
@@ -110,6 +115,8 @@ std::string RouterMetrics::text(int64_t in_flight) const {
                    "Requests that generated to their end, by finish reason.", by_finish_);
     counter_family(out, "tandem_guided_requests_total", "kind",
                    "Requests with structured output (guided decoding) that passed validation (some may still be refused for capacity), by kind.", by_guide_);
+    header(out, "tandem_tool_calls_total", "counter", "Tool calls parsed out of chat answers.");
+    out.append("tandem_tool_calls_total ").append(std::to_string(tool_calls_)).append("\n");
     header(out, "tandem_prompt_tokens_total", "counter", "Prompt tokens of requests that reached an attention node.");
     out.append("tandem_prompt_tokens_total ").append(std::to_string(prompt_tokens_)).append("\n");
     header(out, "tandem_generation_tokens_total", "counter", "Tokens generated and streamed back.");

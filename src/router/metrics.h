@@ -47,14 +47,16 @@ class RouterMetrics {
     uint32_t completion_tokens = 0;
     double first_token_s = -1;
     double total_s = 0;
-    std::string_view finish_reason;  // "stop" | "length" | "" (did not finish)
+    std::string_view finish_reason;  // "stop" | "length" | "tool_calls" | "" (did not finish)
   };
   void record_stream(const Finished& f);
   // Every answered request, by its gRPC status code name ("OK", "INVALID_ARGUMENT", ...).
   void record_status(std::string_view code);
   // A request with structured output that passed validation, by kind
-  // ("regex", "json_schema", "choice", "json_object").
+  // ("regex", "json_schema", "choice", "json_object", "tool_call").
   void record_guided(std::string_view kind);
+  // Tool calls parsed out of answers (and sent as tool_calls).
+  void record_tool_calls(size_t calls);
 
   // An attention node as the router's monitor last polled it (the node's own
   // counters since it started; all zero but `up` while it does not answer).
@@ -76,6 +78,7 @@ class RouterMetrics {
   std::map<std::string, uint64_t, std::less<>> by_code_;
   std::map<std::string, uint64_t, std::less<>> by_finish_;
   std::map<std::string, uint64_t, std::less<>> by_guide_;
+  uint64_t tool_calls_ = 0;
   uint64_t prompt_tokens_ = 0, completion_tokens_ = 0;
   std::map<std::string, NodeLoad, std::less<>> nodes_;
   Histogram ttft_, tpot_, e2e_;

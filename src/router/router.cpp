@@ -609,6 +609,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
             call->set_arguments(std::move(c.arguments));
           }
           called = !parsed.calls.empty();
+          if (called) metrics_.record_tool_calls(parsed.calls.size());
         }
       }
       out.set_text(first_message ? echo + text : text);

@@ -963,6 +963,13 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   EXPECT_EQ(self_msg["tool_calls"][0]["function"]["name"], "now");
   EXPECT_EQ(self_msg["tool_calls"][0]["function"]["arguments"], "{}");
   EXPECT_EQ(self["choices"][0]["finish_reason"], "tool_calls");
+  // Operators see the calls: every parsed call counted (four so far in this test).
+  auto metrics = client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  const std::string line = "tandem_tool_calls_total ";
+  const size_t at = metrics->body.find("\n" + line);
+  ASSERT_NE(at, std::string::npos) << metrics->body;
+  EXPECT_GE(std::stol(metrics->body.substr(at + 1 + line.size())), 4);
   // tool_choice none: the same text stays text.
   json plain = {{"messages", ask}, {"tools", {weather, now}}, {"tool_choice", "none"}, {"max_tokens", 60},
                 {"temperature", 0}, {"guided_regex", "<tool_call>\\n\\{\\}\\n</tool_call>"}};

@@ -40,6 +40,9 @@ TEST(RouterMetrics, CountersAndWhichStreamsAreTimed) {
   EXPECT_TRUE(has_line(t, "tandem_requests_total{code=\"INVALID_ARGUMENT\"} 1")) << t;
   EXPECT_TRUE(has_line(t, "tandem_requests_finished_total{reason=\"length\"} 1")) << t;
   EXPECT_TRUE(has_line(t, "tandem_prompt_tokens_total 17")) << t;
+  EXPECT_TRUE(has_line(t, "tandem_tool_calls_total 0")) << t;
+  m.record_tool_calls(2);
+  EXPECT_TRUE(has_line(m.text(0), "tandem_tool_calls_total 2"));
   EXPECT_TRUE(has_line(t, "tandem_generation_tokens_total 7")) << t;
   EXPECT_TRUE(has_line(t, "tandem_requests_in_flight 3")) << t;
   EXPECT_TRUE(has_line(t, "tandem_time_to_first_token_seconds_count 1")) << t;
