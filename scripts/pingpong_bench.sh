@@ -12,7 +12,8 @@ MODEL=${1:-models/small-mixtral}
 NA=${2:-1}
 NE=${3:-2}
 source scripts/lib/cluster.sh
-trap stop_cluster EXIT  # never leave a cluster running
+cfg=
+trap 'stop_cluster; rm -f "${cfg:-}"' EXIT  # never leave a cluster running
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
 for transport in ${TRANSPORTS:-tcp ucx}; do
 for m in ${MS:-1 2 3}; do

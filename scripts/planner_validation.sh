@@ -46,7 +46,7 @@ for run in "${runs[@]}"; do
   pred=$("$TANDEM" plan --model "$MODEL" --attention-hw "$work/measured.yaml" --evaluate "$work/d.yaml" \
     --batch "$B" --context "$context")
   pred_tpot=$(sed -n 's/^predicted TPOT \([0-9.]*\) ms.*/\1/p' <<<"$pred")
-  READY_TRIES=200 start_cluster "$work/d.yaml" 127.0.0.1:53051
+  READY_TRIES=200 CLUSTER_LOG=/dev/null start_cluster "$work/d.yaml" 127.0.0.1:53051
   meas=$("$TANDEM" bench --server 127.0.0.1:53051 --concurrency "$B" --requests "$B" \
     --prompt-tokens "$PROMPT" --output-tokens "$OUTPUT" 2>/dev/null || true)
   stop_cluster

@@ -14,7 +14,8 @@ MODEL=${1:-models/small-mixtral}
 NA=${2:-2}
 NE=${3:-2}
 source scripts/lib/cluster.sh
-trap stop_cluster EXIT  # never leave a cluster running
+cfg=
+trap 'stop_cluster; rm -f "${cfg:-}"' EXIT  # never leave a cluster running
 [ -f "$MODEL/config.json" ] || "$TANDEM" make-model --preset small-mixtral --out "$MODEL" >/dev/null
 for setting in "off:false:false" "on, no affinity:true:false" "on, affinity:true:true"; do
   IFS=: read -r name caching affinity <<<"$setting"

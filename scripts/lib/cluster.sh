@@ -2,11 +2,12 @@
 # and wait until its router answers; stop it. Source after setting TANDEM.
 #   start_cluster CONFIG ROUTER_ADDRESS   (sets CLUSTER_PID; READY_TRIES x 0.3 s at most)
 #   stop_cluster                          (SIGINT: the router drains, the nodes stop)
+# The cluster's log goes to CLUSTER_LOG (default: this script's stderr).
 # The caller's EXIT trap should call stop_cluster, so no cluster is left running.
 CLUSTER_PID=
 
 start_cluster() {
-  "$TANDEM" serve --config "$1" >/dev/null &
+  "$TANDEM" serve --config "$1" >/dev/null 2>"${CLUSTER_LOG:-/dev/stderr}" &
   CLUSTER_PID=$!
   local _
   for _ in $(seq "${READY_TRIES:-100}"); do

@@ -90,9 +90,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                                          ? ck_.tokenizer_config.chat_template
                                          : ck_.tokenizer_config.tool_use_template;
     if (!ck_.tokenizer_config.tool_use_template.empty()) {
+      // A broken tool_use template refuses requests with tools, not every chat.
       auto t = model::JinjaTemplate::parse(tool_source);
-      if (!t.is_ok()) return invalid_argument("the model's tool_use chat template does not parse: " + t.status().message());
-      tool_template_ = std::make_unique<model::JinjaTemplate>(std::move(t).value());
+      if (t.is_ok()) tool_template_ = std::make_unique<model::JinjaTemplate>(std::move(t).value());
+      else tool_template_error_ = "the model's tool_use chat template does not parse: " + t.status().message();
     }
     TANDEM_ASSIGN_OR_RETURN(tool_format_, model::tool_call_format(cfg.tool_call_parser, tool_source));
     TANDEM_ASSIGN_OR_RETURN(reasoning_format_, model::reasoning_format(cfg.reasoning_parser));
@@ -315,6 +316,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                            const nlohmann::ordered_json& tools, const std::string& kwargs, bool add_generation_prompt,
                            bool add_special_tokens, std::vector<int32_t>& ids, std::string* text_out = nullptr) const {
     if (!chat_template_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "Chat: " + chat_template_error_);
+    if (!tools.is_null() && !tool_template_error_.empty())
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "tools: " + tool_template_error_);
     if (messages.empty()) return invalid("messages", "must hold at least one message");
     auto msgs = template_messages(messages);
     if (!msgs.is_ok()) return to_grpc(msgs.status());
@@ -774,6 +777,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   model::Checkpoint ck_;
   std::unique_ptr<model::JinjaTemplate> chat_template_;
   std::unique_ptr<model::JinjaTemplate> tool_template_;  // the model's "tool_use" template, if it has one
+  std::string tool_template_error_;                      // why that template is unusable
   std::string chat_template_error_;
   model::ToolCallFormat tool_format_ = model::ToolCallFormat::kNone;
   model::ReasoningFormat reasoning_format_ = model::ReasoningFormat::kNone;
