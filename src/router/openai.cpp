@@ -355,6 +355,15 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) 
   });
 }
 
+// An optional string member of `obj` ("" when absent or null), refused as
+// `at.key` when it is something else.
+std::string optional_string(const json& obj, const char* key, const std::string& at) {
+  const json* v = find(obj, key);
+  if (!v || v->is_null()) return {};
+  if (!v->is_string()) refuse(at + "." + key, at + "." + key + ": must be a string");
+  return v->get<std::string>();
+}
+
 // "tools": [{"type": "function", "function": {"name", "description",
 // "parameters"}}] (the schema passed on as its JSON text).
 void chat_tools(const json& body, google::protobuf::RepeatedPtrField<pb::Tool>& out) {
@@ -372,10 +381,7 @@ void chat_tools(const json& body, google::protobuf::RepeatedPtrField<pb::Tool>& 
     if (!name || !name->is_string()) refuse(at + ".function.name", at + ".function.name: required, a string");
     pb::Tool* tool = out.Add();
     tool->set_name(name->get<std::string>());
-    if (const json* d = find(*fn, "description"); d && !d->is_null()) {
-      if (!d->is_string()) refuse(at + ".function.description", at + ".function.description: must be a string");
-      tool->set_description(d->get<std::string>());
-    }
+    tool->set_description(optional_string(*fn, "description", at + ".function"));
     if (const json* p = find(*fn, "parameters"); p && !p->is_null()) {
       if (!p->is_object()) refuse(at + ".function.parameters", at + ".function.parameters: must be a JSON schema object");
       tool->set_parameters(p->dump());
@@ -386,18 +392,18 @@ void chat_tools(const json& body, google::protobuf::RepeatedPtrField<pb::Tool>& 
 // "tool_choice": "none" | "auto" | "required" | {"type": "function",
 // "function": {"name": ...}}; "parallel_tool_calls": bool.
 void chat_tool_choice(const json& body, pb::ChatRequest& r) {
+  const char* kShape = "tool_choice: must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}";
   if (const json* c = find(body, "tool_choice"); c && !c->is_null()) {
     if (c->is_string()) {
       const std::string v = c->get<std::string>();
       if (v == "none") r.set_tool_choice(pb::TOOL_CHOICE_NONE);
       else if (v == "auto") r.set_tool_choice(pb::TOOL_CHOICE_AUTO);
       else if (v == "required") r.set_tool_choice(pb::TOOL_CHOICE_REQUIRED);
-      else refuse("tool_choice", "tool_choice: must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+      else refuse("tool_choice", kShape);
     } else {
       const json* fn = c->is_object() ? find(*c, "function") : nullptr;
       const json* name = fn && fn->is_object() ? find(*fn, "name") : nullptr;
-      if (!name || !name->is_string())
-        refuse("tool_choice", "tool_choice: must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+      if (!name || !name->is_string()) refuse("tool_choice", kShape);
       r.set_tool_choice(pb::TOOL_CHOICE_FUNCTION);
       r.set_tool_choice_function(name->get<std::string>());
     }
@@ -536,15 +542,9 @@ void chat_messages(const json& body, google::protobuf::RepeatedPtrField<pb::Chat
             call->set_arguments(a->is_string() ? a->get<std::string>() : a->dump());
         }
       }
-      for (const char* key : {"tool_call_id", "name", "reasoning_content"}) {
-        if (const json* v = find(m, key); v && !v->is_null()) {
-          if (!v->is_string()) refuse(at + "." + key, at + "." + key + ": must be a string");
-          const std::string k = key;
-          if (k == "name") msg->set_name(v->get<std::string>());
-          else if (k == "tool_call_id") msg->set_tool_call_id(v->get<std::string>());
-          else msg->set_reasoning_content(v->get<std::string>());
-        }
-      }
+      msg->set_tool_call_id(optional_string(m, "tool_call_id", at));
+      msg->set_name(optional_string(m, "name", at));
+      msg->set_reasoning_content(optional_string(m, "reasoning_content", at));
     }
 }
 

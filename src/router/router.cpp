@@ -98,14 +98,15 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     TANDEM_ASSIGN_OR_RETURN(tool_format_, model::tool_call_format(cfg.tool_call_parser, tool_source));
     TANDEM_ASSIGN_OR_RETURN(reasoning_format_, model::reasoning_format(cfg.reasoning_parser));
     // A tag the tokenizer holds as a special token is left out of decoded
-    // text: the tool call stream gets it put back.
-    for (std::string_view tag : model::tool_call_tags(tool_format_))
-      if (auto id = ck_.tokenizer->token_to_id(std::string(tag)); id && ck_.tokenizer->is_special(*id))
-        tool_tag_tokens_.push_back({*id, std::string(tag)});
-    if (reasoning_format_ != model::ReasoningFormat::kNone)
-      for (std::string_view tag : {model::kThinkOpen, model::kThinkClose})
+    // text: the parser reading it gets it put back.
+    auto special_tags = [&](const std::vector<std::string_view>& tags, std::vector<std::pair<int32_t, std::string>>& out) {
+      for (std::string_view tag : tags)
         if (auto id = ck_.tokenizer->token_to_id(std::string(tag)); id && ck_.tokenizer->is_special(*id))
-          think_tag_tokens_.push_back({*id, std::string(tag)});
+          out.push_back({*id, std::string(tag)});
+    };
+    special_tags(model::tool_call_tags(tool_format_), tool_tag_tokens_);
+    if (reasoning_format_ != model::ReasoningFormat::kNone)
+      special_tags({model::kThinkOpen, model::kThinkClose}, think_tag_tokens_);
     for (int i = 0; i < cfg.attention_nodes; ++i) {
       auto n = std::make_unique<NodeHandle>();
       n->index = i;
@@ -289,9 +290,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     // A thought the prompt opened (DeepSeek-R1's "<think>\n") is the output's
     // first part, unless a grammar holds the output from its first token (a
     // forced call, structured output): that text is the answer.
-    const pb::SamplingParams& sp = req->sampling();
-    const bool grammar = tools->forced || !sp.guided_regex().empty() || !sp.guided_json().empty() ||
-                         sp.guided_choice_size() > 0 || sp.guided_json_object();
+    const bool grammar = tools->forced || !guide_request(req->sampling()).empty();
     if (reasoning_format_ != model::ReasoningFormat::kNone)
       out.reasoning.emplace(reasoning_format_, !grammar && model::prompt_opens_thought(rendered));
     return run(ctx, req->request_id(), ids, req->sampling(), req->priority(), w, nullptr, &out);
@@ -347,10 +346,13 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // gets it as one regular expression (or the JSON-object flag).
   // `tool_regex`: a forced tool call's grammar (tool_choice), which takes the
   // place of the sampling's. `kind`: what the metric counts ("" for none).
+  static model::GuideRequest guide_request(const pb::SamplingParams& sp) {
+    return {sp.guided_regex(), sp.guided_json(), {sp.guided_choice().begin(), sp.guided_choice().end()},
+            sp.guided_json_object()};
+  }
   static grpc::Status guide(const pb::SamplingParams& sp, const std::string* tool_regex, ipb::RunRequest& run,
                             std::string& kind) {
-    const model::GuideRequest asked{sp.guided_regex(), sp.guided_json(),
-                                    {sp.guided_choice().begin(), sp.guided_choice().end()}, sp.guided_json_object()};
+    const model::GuideRequest asked = guide_request(sp);
     auto spec = model::make_guide_spec(asked, "sampling.guided_");
     if (!spec.is_ok()) return to_grpc(spec.status());
     if (tool_regex) {
@@ -619,10 +621,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       first_message = false;
       if (finished || stopped_by_string) {
         // OpenAI: a call forced by name finishes as "stop".
-        out.set_finish_reason(called && !chat->named ? pb::FINISH_REASON_TOOL_CALLS
+        const bool tool_finish = called && !chat->named;
+        out.set_finish_reason(tool_finish                             ? pb::FINISH_REASON_TOOL_CALLS
                               : stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP
                                                                       : pb::FINISH_REASON_LENGTH);
-        record.f.finish_reason = called && !chat->named                           ? "tool_calls"
+        record.f.finish_reason = tool_finish                                      ? "tool_calls"
                                  : out.finish_reason() == pb::FINISH_REASON_STOP ? "stop"
                                                                                 : "length";
         out.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));

@@ -102,6 +102,7 @@ struct GuideRequest {
   std::string json_schema;  // JSON text
   std::vector<std::string> choice;
   bool json_object = false;
+  bool empty() const { return regex.empty() && json_schema.empty() && choice.empty() && !json_object; }
 };
 // How the caller spells the four fields in its errors.
 struct GuideFieldNames {

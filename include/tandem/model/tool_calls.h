@@ -23,7 +23,6 @@ enum class ToolCallFormat { kNone, kHermes, kMistral };
 // writes calls in (it names the marker), kNone when it writes none.
 // INVALID_ARGUMENT for another name.
 Result<ToolCallFormat> tool_call_format(std::string_view name, std::string_view chat_template);
-std::string_view tool_call_format_name(ToolCallFormat f);
 // The text that starts the calls ("<tool_call>", "[TOOL_CALLS]").
 std::string_view tool_call_marker(ToolCallFormat f);
 // Every tag of the format (hermes: the opening and the closing one): where

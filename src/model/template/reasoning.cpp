@@ -2,20 +2,13 @@
 
 #include <algorithm>
 
+#include "tag_text.h"
+
 namespace tandem::model {
 namespace {
 
 constexpr std::string_view kOpen = kThinkOpen;
 constexpr std::string_view kClose = kThinkClose;
-
-bool blank(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
-
-// The longest tail of `text` that is a proper prefix of `tag`.
-size_t partial_tag(std::string_view text, std::string_view tag) {
-  for (size_t n = std::min(text.size(), tag.size() - 1); n > 0; --n)
-    if (text.substr(text.size() - n) == tag.substr(0, n)) return n;
-  return 0;
-}
 
 }  // namespace
 
@@ -28,7 +21,7 @@ Result<ReasoningFormat> reasoning_format(std::string_view name) {
 bool prompt_opens_thought(std::string_view prompt) {
   // Only the generation prompt's end counts: a <think> quoted in a message
   // or a tool description does not open the answer's thought.
-  while (!prompt.empty() && blank(prompt.back())) prompt.remove_suffix(1);
+  while (!prompt.empty() && is_blank(prompt.back())) prompt.remove_suffix(1);
   return prompt.size() >= kOpen.size() && prompt.substr(prompt.size() - kOpen.size()) == kOpen;
 }
 
@@ -60,7 +53,7 @@ void ReasoningStream::step(Split& out, bool final) {
       // A thought opens only with <think> first (blanks before it are dropped
       // with it); anything else is the answer.
       const size_t first = static_cast<size_t>(
-          std::find_if(pending_.begin(), pending_.end(), [](char c) { return !blank(c); }) - pending_.begin());
+          std::find_if(pending_.begin(), pending_.end(), [](char c) { return !is_blank(c); }) - pending_.begin());
       const std::string_view rest = std::string_view(pending_).substr(first);
       if (rest.substr(0, kOpen.size()) == kOpen) {
         pending_.erase(0, first + kOpen.size());

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "tag_text.h"
 #include "tandem/model/guided.h"
 
 namespace tandem::model {
@@ -13,14 +14,6 @@ using json = nlohmann::ordered_json;
 constexpr std::string_view kHermesOpen = "<tool_call>";
 constexpr std::string_view kHermesClose = "</tool_call>";
 constexpr std::string_view kMistralMarker = "[TOOL_CALLS]";
-
-bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
-  return s;
-}
 
 // One call object {"name": ..., "arguments": {...}}; arguments written as a
 // JSON string holding an object are taken too (models do both).
@@ -51,13 +44,6 @@ bool parse_json(std::string_view text, json& out) {
   return !out.is_discarded() && json_depth(out) <= kMaxJsonInputDepth;
 }
 
-// The longest tail of `text` that is a proper prefix of `marker`.
-size_t partial_marker(std::string_view text, std::string_view marker) {
-  for (size_t n = std::min(text.size(), marker.size() - 1); n > 0; --n)
-    if (text.substr(text.size() - n) == marker.substr(0, n)) return n;
-  return 0;
-}
-
 // Blocks of <tool_call> JSON </tool_call>. Each block stands alone: a good
 // one is a call, anything else (a malformed block, text between or after
 // the blocks) goes back to `rest`. A last block cut before its closing tag
@@ -74,27 +60,27 @@ void parse_hermes(std::string_view text, size_t max_calls, std::vector<ToolCall>
     size_t end = std::min(text.find(kHermesClose, body), text.find(kHermesOpen, body));
     if (end == std::string_view::npos) end = text.size();
     const size_t next = text.compare(end, kHermesClose.size(), kHermesClose) == 0 ? end + kHermesClose.size() : end;
-    std::string_view json_text = trim(text.substr(body, end - body));
-    if (end == text.size()) json_text = trim(json_text.substr(0, json_text.size() - partial_marker(json_text, kHermesClose)));
+    std::string_view json_text = trim_blanks(text.substr(body, end - body));
+    if (end == text.size()) json_text = trim_blanks(json_text.substr(0, json_text.size() - partial_tag(json_text, kHermesClose)));
     json j;
     ToolCall c;
     if (calls.size() < max_calls && parse_json(json_text, j) && read_call(j, c)) {
       calls.push_back(std::move(c));
-      if (!trim(between).empty()) rest += between;
+      if (!trim_blanks(between).empty()) rest += between;
     } else {
       rest += between;  // with its separator: text stays as written
       rest += text.substr(open, next - open);
     }
     pos = next;
   }
-  if (pos < text.size() && !trim(text.substr(pos)).empty()) rest += text.substr(pos);
+  if (pos < text.size() && !trim_blanks(text.substr(pos)).empty()) rest += text.substr(pos);
 }
 
 // [TOOL_CALLS] (absent when forced) then an array of calls, or one call;
 // all of them or none. Calls past `max_calls` go back to `rest` as a JSON array.
 bool parse_mistral(std::string_view text, size_t max_calls, std::vector<ToolCall>& calls, std::string& rest) {
-  text = trim(text);
-  if (text.substr(0, kMistralMarker.size()) == kMistralMarker) text = trim(text.substr(kMistralMarker.size()));
+  text = trim_blanks(text);
+  if (text.substr(0, kMistralMarker.size()) == kMistralMarker) text = trim_blanks(text.substr(kMistralMarker.size()));
   json j;
   if (!parse_json(text, j)) return false;
   if (j.is_object()) j = json::array({j});
@@ -109,8 +95,6 @@ bool parse_mistral(std::string_view text, size_t max_calls, std::vector<ToolCall
   if (!extra.empty()) rest = extra.dump(-1, ' ', false, json::error_handler_t::replace);
   return true;
 }
-
-
 }  // namespace
 
 Result<ToolCallFormat> tool_call_format(std::string_view name, std::string_view chat_template) {
@@ -126,15 +110,6 @@ Result<ToolCallFormat> tool_call_format(std::string_view name, std::string_view 
     return ToolCallFormat::kNone;
   }
   return invalid_argument("tool call parser '" + std::string(name) + "': must be auto, hermes, mistral or none");
-}
-
-std::string_view tool_call_format_name(ToolCallFormat f) {
-  switch (f) {
-    case ToolCallFormat::kHermes: return "hermes";
-    case ToolCallFormat::kMistral: return "mistral";
-    case ToolCallFormat::kNone: break;
-  }
-  return "none";
 }
 
 std::string_view tool_call_marker(ToolCallFormat f) {
@@ -182,7 +157,7 @@ std::string ToolCallStream::push(std::string_view text) {
     calling_ = true;
     return out;
   }
-  const size_t keep = partial_marker(pending_, marker_);
+  const size_t keep = partial_tag(pending_, marker_);
   std::string out = pending_.substr(0, pending_.size() - keep);
   pending_.erase(0, pending_.size() - keep);
   return out;

@@ -234,33 +234,59 @@ inline tandem::v1::GenerateRequest greedy(const std::string& text, uint32_t max_
   return req;
 }
 
+// A greedy chat of one user message.
+inline tandem::v1::ChatRequest greedy_chat(const std::string& user, uint32_t max_tokens) {
+  tandem::v1::ChatRequest chat;
+  auto* m = chat.add_messages();
+  m->set_role("user");
+  m->set_content(user);
+  chat.mutable_sampling()->set_temperature(0);
+  chat.mutable_sampling()->set_max_tokens(max_tokens);
+  return chat;
+}
+
+// A whole streamed answer (Generate or Chat).
 struct Reply {
   std::vector<int32_t> tokens;
   std::string text;
+  std::string reasoning;                         // Chat with router.reasoning_parser
+  std::vector<tandem::v1::ToolCall> tool_calls;  // Chat with tools
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
   uint32_t prompt_tokens = 0, completion_tokens = 0;
   grpc::Status status;
 };
 
-inline Reply generate(tandem::v1::Generation::Stub& stub, const tandem::v1::GenerateRequest& req,
-                      std::chrono::seconds timeout = std::chrono::seconds(60), grpc::ClientContext* ctx_in = nullptr) {
-  grpc::ClientContext local;
-  grpc::ClientContext& ctx = ctx_in ? *ctx_in : local;
-  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-  auto reader = stub.Generate(&ctx, req);
+inline Reply read_reply(grpc::ClientReader<tandem::v1::GenerateResponse>& reader) {
   Reply r;
   tandem::v1::GenerateResponse m;
-  while (reader->Read(&m)) {
+  while (reader.Read(&m)) {
     for (uint32_t t : m.token_ids()) r.tokens.push_back(static_cast<int32_t>(t));
     r.text += m.text();
+    r.reasoning += m.reasoning_text();
+    r.tool_calls.insert(r.tool_calls.end(), m.tool_calls().begin(), m.tool_calls().end());
     if (m.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) {
       r.finish = m.finish_reason();
       r.prompt_tokens = m.usage().prompt_tokens();
       r.completion_tokens = m.usage().completion_tokens();
     }
   }
-  r.status = reader->Finish();
+  r.status = reader.Finish();
   return r;
+}
+
+inline Reply generate(tandem::v1::Generation::Stub& stub, const tandem::v1::GenerateRequest& req,
+                      std::chrono::seconds timeout = std::chrono::seconds(60), grpc::ClientContext* ctx_in = nullptr) {
+  grpc::ClientContext local;
+  grpc::ClientContext& ctx = ctx_in ? *ctx_in : local;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  return read_reply(*stub.Generate(&ctx, req));
+}
+
+inline Reply chat(tandem::v1::Generation::Stub& stub, const tandem::v1::ChatRequest& req,
+                  std::chrono::seconds timeout = std::chrono::seconds(60)) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  return read_reply(*stub.Chat(&ctx, req));
 }
 
 }  // namespace tandem::testing

@@ -286,19 +286,8 @@ TEST_F(ClusterBehaviour, ClientCancellationFreesKvBlocks) {
 // generates from it exactly as Generate does from the rendered text's tokens.
 TEST_F(ClusterBehaviour, ChatAppliesTheChatTemplate) {
   ASSERT_TRUE(cluster_->ready().is_ok());
-  tandem::v1::ChatRequest chat;
-  auto* m = chat.add_messages();
-  m->set_role("user");
-  m->set_content("Hello there");
-  chat.mutable_sampling()->set_temperature(0);
-  chat.mutable_sampling()->set_max_tokens(8);
-  grpc::ClientContext ctx;
-  auto reader = cluster_->stub().Chat(&ctx, chat);
-  std::vector<int32_t> chat_tokens;
-  tandem::v1::GenerateResponse r;
-  while (reader->Read(&r))
-    for (uint32_t t : r.token_ids()) chat_tokens.push_back(static_cast<int32_t>(t));
-  ASSERT_TRUE(reader->Finish().ok());
+  const auto chatted = testing::chat(cluster_->stub(), testing::greedy_chat("Hello there", 8));
+  ASSERT_TRUE(chatted.status.ok()) << chatted.status.error_message();
   auto ck = model::Checkpoint::open(cluster_model("tiny-mixtral"));
   auto ids = ck->tokenizer->encode("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n");
   tandem::v1::GenerateRequest gen;
@@ -307,27 +296,18 @@ TEST_F(ClusterBehaviour, ChatAppliesTheChatTemplate) {
   gen.mutable_sampling()->set_max_tokens(8);
   auto direct = generate(cluster_->stub(), gen);
   ASSERT_TRUE(direct.status.ok());
-  EXPECT_EQ(chat_tokens, direct.tokens);
-  tandem::v1::ChatRequest empty;
-  grpc::ClientContext ctx2;
-  auto bad = cluster_->stub().Chat(&ctx2, empty);
-  while (bad->Read(&r)) {
-  }
-  grpc::Status st = bad->Finish();
+  EXPECT_EQ(chatted.tokens, direct.tokens);
+  const grpc::Status st = testing::chat(cluster_->stub(), tandem::v1::ChatRequest()).status;
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("messages"), std::string::npos);
 }
 
 tandem::v1::ChatRequest chat_request(const std::string& system, const std::string& user, uint32_t max_tokens) {
-  tandem::v1::ChatRequest chat;
-  auto* s = chat.add_messages();
-  s->set_role("system");
-  s->set_content(system);
+  tandem::v1::ChatRequest chat = testing::greedy_chat(system, max_tokens);
+  chat.mutable_messages(0)->set_role("system");
   auto* u = chat.add_messages();
   u->set_role("user");
   u->set_content(user);
-  chat.mutable_sampling()->set_temperature(0);
-  chat.mutable_sampling()->set_max_tokens(max_tokens);
   return chat;
 }
 
@@ -346,14 +326,7 @@ TEST_F(ClusterBehaviour, SharedSystemPromptIsServedFromTheSameNodesCache) {
   const int64_t blocks = static_cast<int64_t>(system_tokens->size()) / 4;  // the harness's kv_block_size
   ASSERT_GE(blocks, 32);
   auto hits = [&](int rank) { return node_load(*cluster_, rank).prefix_hit_tokens(); };
-  auto run_chat = [&](const tandem::v1::ChatRequest& chat) {
-    grpc::ClientContext ctx;
-    auto reader = cluster_->stub().Chat(&ctx, chat);
-    tandem::v1::GenerateResponse r;
-    while (reader->Read(&r)) {
-    }
-    return reader->Finish();
-  };
+  auto run_chat = [&](const tandem::v1::ChatRequest& chat) { return testing::chat(cluster_->stub(), chat).status; };
   ASSERT_TRUE(run_chat(chat_request(system, "What is a block?", 4)).ok());
   // A short, unrelated chat keeps one node busy (the first, with both idle)...
   grpc::ClientContext long_ctx;

@@ -171,18 +171,9 @@ TEST_F(HttpApi, BatchedPromptsAnswerEachAsAlone) {
 
 TEST_F(HttpApi, ChatCompletionsApplyTheTemplateAsGrpcChat) {
   ASSERT_TRUE(cluster_->ready().is_ok());
-  tandem::v1::ChatRequest chat;
-  auto* m = chat.add_messages();
-  m->set_role("user");
-  m->set_content("Tell me about ping-pong pipelines");
-  chat.mutable_sampling()->set_temperature(0);
-  chat.mutable_sampling()->set_max_tokens(10);
-  grpc::ClientContext ctx;
-  auto reader = cluster_->stub().Chat(&ctx, chat);
-  std::string want;
-  tandem::v1::GenerateResponse r;
-  while (reader->Read(&r)) want += r.text();
-  ASSERT_TRUE(reader->Finish().ok());
+  const auto grpc_chat = testing::chat(cluster_->stub(), testing::greedy_chat("Tell me about ping-pong pipelines", 10));
+  ASSERT_TRUE(grpc_chat.status.ok()) << grpc_chat.status.error_message();
+  const std::string want = grpc_chat.text;
 
   const json messages = json::array({{{"role", "user"}, {"content", "Tell me about ping-pong pipelines"}}});
   const json whole = post_ok("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 10}, {"temperature", 0}});
@@ -905,7 +896,9 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
     if (e == "[DONE]") break;
     const json chunk = json::parse(e);
     const json& c = chunk["choices"][0];
-    if (c["delta"].contains("content")) EXPECT_EQ(c["delta"]["content"], "") << e;
+    if (c["delta"].contains("content")) {
+      EXPECT_EQ(c["delta"]["content"], "") << e;
+    }
     if (c["delta"].contains("tool_calls")) streamed_call = c["delta"]["tool_calls"][0];
     if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
   }
@@ -914,10 +907,7 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   EXPECT_EQ(finish, "stop");
 
   // gRPC Chat, "required" with both tools and one call.
-  tandem::v1::ChatRequest chat;
-  auto* m = chat.add_messages();
-  m->set_role("user");
-  m->set_content("What time is it?");
+  tandem::v1::ChatRequest chat = testing::greedy_chat("What time is it?", 120);
   for (const json& t : {weather, now}) {
     auto* tool = chat.add_tools();
     tool->set_name(t["function"]["name"]);
@@ -927,26 +917,14 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   chat.set_parallel_tool_calls(false);
   chat.mutable_sampling()->set_temperature(1.0f);
   chat.mutable_sampling()->set_seed(7);
-  chat.mutable_sampling()->set_max_tokens(120);
   {
-    grpc::ClientContext ctx;
-    auto reader = cluster_->stub().Chat(&ctx, chat);
-    tandem::v1::GenerateResponse r;
-    std::string text;
-    std::vector<tandem::v1::ToolCall> calls;
-    tandem::v1::FinishReason reason = tandem::v1::FINISH_REASON_UNSPECIFIED;
-    while (reader->Read(&r)) {
-      text += r.text();
-      calls.insert(calls.end(), r.tool_calls().begin(), r.tool_calls().end());
-      if (r.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) reason = r.finish_reason();
-    }
-    const grpc::Status st = reader->Finish();
-    ASSERT_TRUE(st.ok()) << st.error_message();
-    EXPECT_EQ(text, "");
-    ASSERT_EQ(calls.size(), 1u);
-    EXPECT_TRUE(calls[0].name() == "get_weather" || calls[0].name() == "now") << calls[0].name();
-    EXPECT_TRUE(json::parse(calls[0].arguments()).is_object()) << calls[0].arguments();
-    EXPECT_EQ(reason, tandem::v1::FINISH_REASON_TOOL_CALLS);
+    const auto r = testing::chat(cluster_->stub(), chat);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.text, "");
+    ASSERT_EQ(r.tool_calls.size(), 1u);
+    EXPECT_TRUE(r.tool_calls[0].name() == "get_weather" || r.tool_calls[0].name() == "now") << r.tool_calls[0].name();
+    EXPECT_TRUE(json::parse(r.tool_calls[0].arguments()).is_object()) << r.tool_calls[0].arguments();
+    EXPECT_EQ(r.finish, tandem::v1::FINISH_REASON_TOOL_CALLS);
   }
 
   // tool_choice auto: a call the model writes itself is parsed (a regex
@@ -1053,25 +1031,13 @@ TEST_F(HttpApi, ReasoningComesApartFromTheAnswer) {
   EXPECT_EQ(reasoning, "I should greet.");
   EXPECT_EQ(content, "Hello there");
 
-  tandem::v1::ChatRequest chat;
-  auto* m = chat.add_messages();
-  m->set_role("user");
-  m->set_content("Hi");
-  chat.mutable_sampling()->set_temperature(0);
-  chat.mutable_sampling()->set_max_tokens(60);
+  tandem::v1::ChatRequest chat = testing::greedy_chat("Hi", 60);
   chat.mutable_sampling()->set_guided_regex("<think>I should greet\\.</think>\\n\\nHello there");
   {
-    grpc::ClientContext ctx;
-    auto reader = cluster_->stub().Chat(&ctx, chat);
-    tandem::v1::GenerateResponse r;
-    std::string grpc_reasoning, grpc_text;
-    while (reader->Read(&r)) {
-      grpc_reasoning += r.reasoning_text();
-      grpc_text += r.text();
-    }
-    ASSERT_TRUE(reader->Finish().ok());
-    EXPECT_EQ(grpc_reasoning, "I should greet.");
-    EXPECT_EQ(grpc_text, "Hello there");
+    const auto r = testing::chat(cluster_->stub(), chat);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.reasoning, "I should greet.");
+    EXPECT_EQ(r.text, "Hello there");
   }
 
   // A thought, then a call: each in its place.
