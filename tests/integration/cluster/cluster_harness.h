@@ -100,7 +100,14 @@ class Cluster {
       execl(tandem_bin().c_str(), tandem_bin().c_str(), "serve", "--config", config_.c_str(), nullptr);
       _exit(127);
     }
+    // Ready as `tandem serve` says "cluster ready": every node answers its
+    // health check, not only the router (which can serve before an expert
+    // node has its data plane up, and a test that dials a node would race it).
     ready_ = api::wait_until_serving(router_address(), std::chrono::seconds(60));
+    for (int i = 0; i < s.attention_nodes && ready_.is_ok(); ++i)
+      ready_ = api::wait_until_serving(attention_address(i), std::chrono::seconds(60));
+    for (int j = 0; j < s.expert_nodes && ready_.is_ok(); ++j)
+      ready_ = api::wait_until_serving(expert_address(j), std::chrono::seconds(60));
     channel_ = grpc::CreateChannel(router_address(), grpc::InsecureChannelCredentials());
     stub_ = tandem::v1::Generation::NewStub(channel_);
   }

@@ -67,7 +67,8 @@ TEST(ClusterDataPlane, GarbageIsRefusedAndServingContinues) {
       grpc::CreateChannel(cluster.expert_address(0), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   internal::v1::DataPlaneReply where;
-  ASSERT_TRUE(control->DataPlane(&ctx, {}, &where).ok());
+  const grpc::Status asked = control->DataPlane(&ctx, {}, &where);
+  ASSERT_TRUE(asked.ok()) << asked.error_message();
   ASSERT_EQ(where.backend(), "ucx");
   ASSERT_GT(where.port(), 0u);
   EXPECT_EQ(where.first_expert(), 0);
