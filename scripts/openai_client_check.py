@@ -137,6 +137,21 @@ def main():
     check("chat tool_choice function gives tool_calls",
           len(calls) == 1 and calls[0].function.name == "get_weather" and isinstance(args.get("city"), str)
           and called.choices[0].finish_reason == "stop", called)  # OpenAI's finish for a call forced by name
+    # Streamed: the client's own stream helper joins the call's pieces (its
+    # arguments arrive piece by piece) into the same call.
+    stream_helper = getattr(client.chat.completions, "stream", None) or client.beta.chat.completions.stream
+    pieces = 0
+    with stream_helper(model=served, messages=asked, tools=tools, max_tokens=150, temperature=0,
+                       tool_choice={"type": "function", "function": {"name": "get_weather"}}) as events:
+        for event in events:
+            if event.type == "tool_calls.function.arguments.delta":
+                pieces += 1
+        final = events.get_final_completion()
+    joined = final.choices[0].message.tool_calls or []
+    check("chat streamed tool call joins to the whole one",
+          len(joined) == 1 and len(calls) == 1 and joined[0].id.startswith("call_")
+          and joined[0].function.name == "get_weather"
+          and _json.loads(joined[0].function.arguments) == args and pieces > 1, (pieces, final))
     if calls:
         answered = client.chat.completions.create(
             model=served, tools=tools, max_tokens=4, temperature=0,

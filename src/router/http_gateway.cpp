@@ -312,7 +312,8 @@ class Gateway final : public HttpGateway {
       const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
       // A message with tokens but no text yet (an incomplete UTF-8 character)
       // still streams when its tokens' log-probabilities were asked for.
-      if (!r.text().empty() || !r.reasoning_text().empty() || last || r.logprobs_size() > 0 ||
+      if (!r.text().empty() || !r.reasoning_text().empty() || r.tool_call_deltas_size() > 0 || last ||
+          r.logprobs_size() > 0 ||
           r.prompt_logprobs_size() > 0) {
         json logprobs;
         if (r.logprobs_size() > 0 || r.prompt_logprobs_size() > 0) {
@@ -323,8 +324,9 @@ class Gateway final : public HttpGateway {
         }
         json delta = r.text().empty() ? json::object() : json{{"content", r.text()}};
         if (!r.reasoning_text().empty()) delta["reasoning_content"] = r.reasoning_text();
-        if (r.tool_calls_size() > 0)
-          delta["tool_calls"] = openai::tool_calls({r.tool_calls().begin(), r.tool_calls().end()}, /*with_index=*/true);
+        if (r.tool_call_deltas_size() > 0)
+          delta["tool_calls"] =
+              openai::tool_call_deltas({r.tool_call_deltas().begin(), r.tool_call_deltas().end()});
         const json chunk =
             chat ? openai::chat_chunk(id, created, served_name_, delta, r.finish_reason(), logprobs)
                  : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason(), logprobs);

@@ -707,14 +707,24 @@ json completion(const std::string& id, int64_t created, const std::string& model
   return j;
 }
 
-json tool_calls(const std::vector<pb::ToolCall>& calls, bool with_index) {
+json tool_calls(const std::vector<pb::ToolCall>& calls) {
   json out = json::array();
-  for (size_t i = 0; i < calls.size(); ++i) {
-    json one;
-    if (with_index) one["index"] = i;
-    one["id"] = calls[i].id();
-    one["type"] = "function";
-    one["function"] = {{"name", calls[i].name()}, {"arguments", calls[i].arguments()}};
+  for (const pb::ToolCall& c : calls)
+    out.push_back({{"id", c.id()}, {"type", "function"}, {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}});
+  return out;
+}
+
+json tool_call_deltas(const std::vector<pb::ToolCallDelta>& pieces) {
+  json out = json::array();
+  for (const pb::ToolCallDelta& d : pieces) {
+    json one = {{"index", d.index()}};
+    if (!d.name().empty()) {
+      one["id"] = d.id();
+      one["type"] = "function";
+      one["function"] = {{"name", d.name()}, {"arguments", d.arguments()}};
+    } else {
+      one["function"] = {{"arguments", d.arguments()}};
+    }
     out.push_back(std::move(one));
   }
   return out;
@@ -733,7 +743,7 @@ json chat_completion(const std::string& id, int64_t created, const std::string& 
     // (nor the blank line before a call).
     if ((!c.tool_calls.empty() || !c.reasoning.empty()) && c.text.find_first_not_of(" \t\r\n") == std::string::npos)
       message["content"] = nullptr;
-    if (!c.tool_calls.empty()) message["tool_calls"] = tool_calls(c.tool_calls, /*with_index=*/false);
+    if (!c.tool_calls.empty()) message["tool_calls"] = tool_calls(c.tool_calls);
     j["choices"].push_back(choice(i, "message", std::move(message), c.finish,
                                   c.logprobs ? chat_logprobs(*c.logprobs) : json()));
   }

@@ -106,8 +106,12 @@ struct Choice {
   std::string reasoning = {};  // chat: the model's reasoning (router.reasoning_parser); "" = none
 };
 // A message's "tool_calls" in OpenAI's shape ({"id", "type": "function",
-// "function": {"name", "arguments"}}); stream deltas carry an "index" too.
-Json tool_calls(const std::vector<tandem::v1::ToolCall>& calls, bool with_index);
+// "function": {"name", "arguments"}}).
+Json tool_calls(const std::vector<tandem::v1::ToolCall>& calls);
+// A stream delta's "tool_calls": each piece with its call's "index"; a call's
+// first piece has its "id", "type" and "function.name", every piece its
+// "function.arguments" (OpenAI's chunks).
+Json tool_call_deltas(const std::vector<tandem::v1::ToolCallDelta>& pieces);
 // A choice's "logprobs" object. Completions: tokens, token_logprobs,
 // top_logprobs ({token: logprob}), text_offset (bytes, from text_offset on).
 // An entry without a logprob (an echoed prompt's first token) has null

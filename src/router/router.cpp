@@ -283,7 +283,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       return st;
     ChatOutput out;
     if (tools->parse) {
-      out.tools.emplace(tool_format_, tools->forced, tools->max_calls);
+      out.tools.emplace(tool_format_, tools->forced, tools->max_calls, /*stream_calls=*/true);
       out.tool_regex = tools->forced ? &tools->regex : nullptr;
       out.named = tools->named;
     }
@@ -398,6 +398,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
                    const pb::SamplingParams& sp, int32_t priority, grpc::ServerWriter<pb::GenerateResponse>* w,
                    const std::string* prompt_text = nullptr, ChatOutput* chat = nullptr) {
     model::ToolCallStream* tool_calls = chat && chat->tools ? &*chat->tools : nullptr;
+    std::vector<std::string> call_ids;  // by call index: the id its first piece carried
     model::ReasoningStream* reasoning = chat && chat->reasoning ? &*chat->reasoning : nullptr;
     const std::string* tool_regex = chat ? chat->tool_regex : nullptr;
     const auto& c = ck_.config;
@@ -600,28 +601,44 @@ class RouterImpl final : public Router, public pb::Generation::Service {
         out.set_reasoning_text(std::move(split.reasoning));
         text = std::move(split.content);
       }
-      bool called = false;
+      bool called = false, cut_call = false;
       if (tool_calls) {
-        // Content streams; a call's text is held back and parsed at the end.
+        // Content streams, and calls piece by piece as they are written; the
+        // last message has every call whole.
         text = tool_calls->push(text);
+        std::optional<model::ToolCallParse> parsed;
         if (finished || stopped_by_string) {
-          model::ToolCallParse parsed = tool_calls->finish();
-          text += parsed.content;
-          for (auto& c : parsed.calls) {
-            auto* call = out.add_tool_calls();
-            call->set_id(new_tool_call_id(tool_format_));
-            call->set_name(std::move(c.name));
-            call->set_arguments(std::move(c.arguments));
+          parsed = tool_calls->finish();
+          text += parsed->content;
+        }
+        for (model::ToolCallDelta& d : tool_calls->take_deltas()) {
+          auto* piece = out.add_tool_call_deltas();
+          piece->set_index(static_cast<uint32_t>(d.index));
+          if (!d.name.empty()) {
+            call_ids.push_back(new_tool_call_id(tool_format_));
+            piece->set_id(call_ids.back());
+            piece->set_name(std::move(d.name));
           }
-          called = !parsed.calls.empty();
-          if (called) metrics_.record_tool_calls(parsed.calls.size());
+          piece->set_arguments(std::move(d.arguments));
+        }
+        if (parsed) {
+          for (size_t i = 0; i < parsed->calls.size(); ++i) {
+            auto* call = out.add_tool_calls();
+            call->set_id(i < call_ids.size() ? call_ids[i] : new_tool_call_id(tool_format_));
+            call->set_name(std::move(parsed->calls[i].name));
+            call->set_arguments(std::move(parsed->calls[i].arguments));
+          }
+          called = !parsed->calls.empty();
+          cut_call = parsed->cut;
+          if (called) metrics_.record_tool_calls(parsed->calls.size());
         }
       }
       out.set_text(first_message ? echo + text : text);
       first_message = false;
       if (finished || stopped_by_string) {
         // OpenAI: a call forced by name finishes as "stop".
-        const bool tool_finish = called && !chat->named;
+        // A call cut by max_tokens or a stop string finishes as the cut says.
+        const bool tool_finish = called && !chat->named && !cut_call;
         out.set_finish_reason(tool_finish                             ? pb::FINISH_REASON_TOOL_CALLS
                               : stopped_by_token || stopped_by_string ? pb::FINISH_REASON_STOP
                                                                       : pb::FINISH_REASON_LENGTH);

@@ -44,33 +44,69 @@ struct ToolCall {
 struct ToolCallParse {
   std::string content;
   std::vector<ToolCall> calls;
+  // A streamed call whose arguments ended before they closed (max_tokens or a
+  // stop string cut it): it stays a call, with its arguments as written.
+  bool cut = false;
+};
+
+// A piece of a call as it streams. Joined by index, the pieces give each
+// call: its name (first piece only) and its arguments' JSON text.
+struct ToolCallDelta {
+  size_t index = 0;
+  std::string name;       // the call's first piece only
+  std::string arguments;  // the next piece of the arguments
 };
 
 // The answer's text as it streams: content passes through until the
 // format's marker (or what may be its beginning) shows up; from the marker
-// on, text is held back and parsed at the end. What does not parse as a call
-// is given back as content, so no text is lost: hermes blocks one by one (a
-// last block cut before its closing tag counts when its JSON is whole),
-// mistral's array whole.
+// on, text is held back and parsed. What does not parse as a call is given
+// back as content, so no text is lost: hermes blocks one by one (a last block
+// cut before its closing tag counts when its JSON is whole), mistral's array
+// whole at the end.
+//
+// With `stream_calls`, hermes calls stream as they are written (take_deltas):
+// a block that opens as {"name": "<name>", "arguments": { is a call from
+// there on, and its arguments go out piece by piece, as the model writes
+// them, until their object closes. Such a call stays a call whatever follows
+// (OpenAI's contract: arguments are the model's text and may not parse);
+// finish() gives it with compact arguments where they parse. Blocks that
+// open otherwise (other key order, arguments as a string) go out whole once
+// they end. Without it, everything is decided at the end of each block.
 class ToolCallStream {
  public:
   // `forced`: the output holds calls only (a grammar made it so); formats
   // whose marker is a special token the tokenizer hides then expect none.
   // `max_calls`: calls past it stay text (parallel_tool_calls: false).
-  ToolCallStream(ToolCallFormat format, bool forced, size_t max_calls = SIZE_MAX);
+  ToolCallStream(ToolCallFormat format, bool forced, size_t max_calls = SIZE_MAX, bool stream_calls = false);
   // Content that may go to the user now.
   std::string push(std::string_view text);
-  // The end of the answer: the rest of the content, and the calls.
+  // The end of the answer: the rest of the content, and every call.
   ToolCallParse finish();
+  // The calls' pieces ready since the last take; after finish(), the rest,
+  // so that the deltas of a whole answer give every call of finish().
+  // Adjacent pieces of one call come merged.
+  std::vector<ToolCallDelta> take_deltas();
   bool holding() const { return calling_; }
 
  private:
+  void advance_hermes(std::string& content);
+  bool stream_arguments();
+  void end_streamed_call();
+  void announce(size_t index, std::string name, std::string arguments);
+
   ToolCallFormat format_;
   std::string marker_;
   size_t max_calls_;
+  bool stream_calls_;
   bool calling_ = false;  // the marker was seen (or forced): everything after it is held
   std::string pending_;   // content that may be the start of the marker
-  std::string held_;      // the calls' text, marker included
+  std::string held_;      // the calls' text not decided yet
+  std::vector<ToolCall> calls_;       // decided and streaming calls, in order
+  std::vector<ToolCallDelta> deltas_;  // not taken yet
+  // The streaming call's arguments: scanned as JSON text to find their end.
+  bool in_call_ = false, args_closed_ = false, in_string_ = false, escaped_ = false;
+  size_t depth_ = 0;
+  bool cut_ = false;
 };
 
 // The whole text at once (a ToolCallStream fed once).

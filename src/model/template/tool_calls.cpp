@@ -1,6 +1,7 @@
 #include "tandem/model/tool_calls.h"
 
 #include <algorithm>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "tag_text.h"
@@ -95,6 +96,59 @@ bool parse_mistral(std::string_view text, size_t max_calls, std::vector<ToolCall
   if (!extra.empty()) rest = extra.dump(-1, ' ', false, json::error_handler_t::replace);
   return true;
 }
+enum class Opening { kMore, kNo, kYes };
+
+// Whether a hermes block's body so far opens as a call whose arguments can
+// stream: {"name": "<name>", "arguments": { (blanks allowed between).
+// kYes: `name` set, `args_at` the arguments' `{`.
+Opening match_opening(std::string_view text, std::string& name, size_t& args_at) {
+  size_t i = 0;
+  const auto blanks = [&] {
+    while (i < text.size() && is_blank(text[i])) ++i;
+  };
+  const auto literal = [&](std::string_view l) {
+    for (char c : l) {
+      if (i == text.size()) return Opening::kMore;
+      if (text[i++] != c) return Opening::kNo;
+    }
+    return Opening::kYes;
+  };
+  for (std::string_view l : {"{", R"("name")", ":", "\""}) {
+    blanks();
+    if (Opening o = literal(l); o != Opening::kYes) return o;
+  }
+  const size_t start = i;
+  while (i < text.size() && text[i] != '"') {
+    if (i - start >= 64 || !valid_tool_name(text.substr(i, 1))) return Opening::kNo;
+    ++i;
+  }
+  if (i == text.size()) return Opening::kMore;
+  if (i == start) return Opening::kNo;
+  name = std::string(text.substr(start, i - start));
+  ++i;
+  for (std::string_view l : {",", R"("arguments")", ":", "{"}) {
+    blanks();
+    if (Opening o = literal(l); o != Opening::kYes) return o;
+  }
+  args_at = i - 1;
+  return Opening::kYes;
+}
+
+// Characters JSON may hold outside strings; anything else (a tag's `<`) ends
+// a streaming call's arguments even when their braces never closed.
+bool json_outside_string(char c) {
+  return is_blank(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         std::string_view("{}[],:\"-+.").find(c) != std::string_view::npos;
+}
+
+// What a streamed call's block holds after its arguments besides the call
+// object's closing brace: text the user gets back.
+std::string_view block_leftover(std::string_view tail) {
+  tail = trim_blanks(tail);
+  if (!tail.empty() && tail.front() == '}') tail.remove_prefix(1);
+  tail = trim_blanks(tail);
+  return trim_blanks(tail.substr(0, tail.size() - partial_tag(tail, kHermesClose)));
+}
 }  // namespace
 
 Result<ToolCallFormat> tool_call_format(std::string_view name, std::string_view chat_template) {
@@ -137,36 +191,165 @@ std::vector<std::string_view> tool_call_tags(ToolCallFormat f) {
   return {};
 }
 
-ToolCallStream::ToolCallStream(ToolCallFormat format, bool forced, size_t max_calls)
+ToolCallStream::ToolCallStream(ToolCallFormat format, bool forced, size_t max_calls, bool stream_calls)
     : format_(format),
       marker_(tool_call_marker(format)),
       max_calls_(max_calls),
+      stream_calls_(stream_calls && format == ToolCallFormat::kHermes),
       calling_(forced && format != ToolCallFormat::kNone) {}
 
 std::string ToolCallStream::push(std::string_view text) {
+  std::string out;
   if (calling_) {
     held_ += text;
-    return {};
+  } else {
+    if (marker_.empty()) return std::string(text);
+    pending_ += text;
+    if (const size_t at = pending_.find(marker_); at != std::string::npos) {
+      out = pending_.substr(0, at);
+      held_ = pending_.substr(at);
+      pending_.clear();
+      calling_ = true;
+    } else {
+      const size_t keep = partial_tag(pending_, marker_);
+      out = pending_.substr(0, pending_.size() - keep);
+      pending_.erase(0, pending_.size() - keep);
+      return out;
+    }
   }
-  if (marker_.empty()) return std::string(text);
-  pending_ += text;
-  if (const size_t at = pending_.find(marker_); at != std::string::npos) {
-    std::string out = pending_.substr(0, at);
-    held_ = pending_.substr(at);
-    pending_.clear();
-    calling_ = true;
-    return out;
-  }
-  const size_t keep = partial_tag(pending_, marker_);
-  std::string out = pending_.substr(0, pending_.size() - keep);
-  pending_.erase(0, pending_.size() - keep);
+  if (stream_calls_) advance_hermes(out);
   return out;
+}
+
+void ToolCallStream::announce(size_t index, std::string name, std::string arguments) {
+  if (!deltas_.empty() && deltas_.back().index == index && name.empty()) {
+    deltas_.back().arguments += arguments;
+    return;
+  }
+  deltas_.push_back({index, std::move(name), std::move(arguments)});
+}
+
+std::vector<ToolCallDelta> ToolCallStream::take_deltas() { return std::exchange(deltas_, {}); }
+
+// Decides what the held text allows: blocks that ended, a block that opens
+// as a streamable call, the arguments of the call that streams.
+void ToolCallStream::advance_hermes(std::string& content) {
+  for (;;) {
+    if (in_call_) {
+      if (!args_closed_ && !stream_arguments()) return;
+      // The call's block ends at its closing tag or where the next opens.
+      const size_t close = held_.find(kHermesClose), open = held_.find(kHermesOpen);
+      const size_t end = std::min(close, open);
+      if (end == std::string::npos) return;
+      content += block_leftover(std::string_view(held_).substr(0, end));
+      held_.erase(0, end == close ? close + kHermesClose.size() : open);
+      end_streamed_call();
+      continue;
+    }
+    const size_t open = held_.find(kHermesOpen);
+    if (open == std::string::npos) return;  // text after the blocks waits for the next one or the end
+    const size_t body = open + kHermesOpen.size();
+    std::string name;
+    size_t args_at = 0;
+    const Opening o = calls_.size() < max_calls_ ? match_opening(std::string_view(held_).substr(body), name, args_at)
+                                                 : Opening::kNo;
+    if (o == Opening::kYes) {
+      const std::string_view between = std::string_view(held_).substr(0, open);
+      if (!trim_blanks(between).empty()) content += between;
+      held_.erase(0, body + args_at);
+      calls_.push_back({std::move(name), {}});
+      announce(calls_.size() - 1, calls_.back().name, "");
+      in_call_ = true;
+      args_closed_ = in_string_ = escaped_ = false;
+      depth_ = 0;
+      continue;
+    }
+    const size_t end = std::min(held_.find(kHermesClose, body), held_.find(kHermesOpen, body));
+    if (end == std::string::npos) return;  // the block is still being written
+    // A block that is not a streamable call, whole: a call or text.
+    const size_t next = held_.compare(end, kHermesClose.size(), kHermesClose) == 0 ? end + kHermesClose.size() : end;
+    std::vector<ToolCall> got;
+    std::string rest;
+    parse_hermes(std::string_view(held_).substr(0, next), max_calls_ - calls_.size(), got, rest);
+    for (ToolCall& c : got) {
+      calls_.push_back(std::move(c));
+      announce(calls_.size() - 1, calls_.back().name, calls_.back().arguments);
+    }
+    content += rest;
+    held_.erase(0, next);
+  }
+}
+
+// Scans the held text as the streaming call's arguments: what belongs to
+// them goes out. True once their object closed (or stopped being JSON).
+bool ToolCallStream::stream_arguments() {
+  size_t i = 0;
+  while (i < held_.size()) {
+    const char c = held_[i];
+    if (in_string_) {
+      ++i;
+      if (escaped_) escaped_ = false;
+      else if (c == '\\') escaped_ = true;
+      else if (c == '"') in_string_ = false;
+      continue;
+    }
+    if (!json_outside_string(c)) {
+      args_closed_ = true;
+      break;
+    }
+    ++i;
+    if (c == '"') {
+      in_string_ = true;
+    } else if (c == '{' || c == '[') {
+      ++depth_;
+    } else if ((c == '}' || c == ']') && --depth_ == 0) {
+      args_closed_ = true;
+      break;
+    }
+  }
+  if (i > 0) {
+    calls_.back().arguments.append(held_, 0, i);
+    announce(calls_.size() - 1, "", held_.substr(0, i));
+    held_.erase(0, i);
+  }
+  return args_closed_;
+}
+
+// The streamed call is whole: its arguments as compact JSON where they parse.
+void ToolCallStream::end_streamed_call() {
+  ToolCall& c = calls_.back();
+  json j;
+  if (args_closed_ && parse_json(c.arguments, j) && j.is_object())
+    c.arguments = j.dump(-1, ' ', false, json::error_handler_t::replace);
+  in_call_ = false;
 }
 
 ToolCallParse ToolCallStream::finish() {
   ToolCallParse r;
   r.content = std::move(pending_);
   pending_.clear();
+  if (stream_calls_) {
+    if (in_call_) {
+      // Cut inside the call's block: its arguments so far are the call's.
+      if (!args_closed_) cut_ = true;
+      r.content += block_leftover(held_);
+      held_.clear();
+      end_streamed_call();
+    }
+    // What is left: a last block cut before its closing tag, text after the blocks.
+    std::vector<ToolCall> got;
+    std::string rest;
+    parse_hermes(held_, max_calls_ - calls_.size(), got, rest);
+    r.content += calls_.empty() && got.empty() ? held_ : rest;
+    for (ToolCall& c : got) {
+      calls_.push_back(std::move(c));
+      announce(calls_.size() - 1, calls_.back().name, calls_.back().arguments);
+    }
+    held_.clear();
+    r.calls = calls_;
+    r.cut = cut_;
+    return r;
+  }
   if (held_.empty()) return r;
   if (format_ == ToolCallFormat::kHermes) {
     std::string rest;
@@ -182,6 +365,7 @@ ToolCallParse ToolCallStream::finish() {
     }
   }
   held_.clear();
+  for (size_t i = 0; i < r.calls.size(); ++i) announce(i, r.calls[i].name, r.calls[i].arguments);
   return r;
 }
 

@@ -258,6 +258,8 @@ struct Reply {
   std::string text;
   std::string reasoning;                         // Chat with router.reasoning_parser
   std::vector<tandem::v1::ToolCall> tool_calls;  // Chat with tools
+  std::vector<tandem::v1::ToolCall> streamed_calls;  // the same, joined from the messages' tool_call_deltas
+  size_t argument_pieces = 0;                        // deltas that carried arguments text
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
   uint32_t prompt_tokens = 0, completion_tokens = 0;
   grpc::Status status;
@@ -271,6 +273,14 @@ inline Reply read_reply(grpc::ClientReader<tandem::v1::GenerateResponse>& reader
     r.text += m.text();
     r.reasoning += m.reasoning_text();
     r.tool_calls.insert(r.tool_calls.end(), m.tool_calls().begin(), m.tool_calls().end());
+    for (const auto& d : m.tool_call_deltas()) {
+      if (d.index() == r.streamed_calls.size()) {
+        r.streamed_calls.emplace_back().set_id(d.id());
+        r.streamed_calls.back().set_name(d.name());
+      }
+      if (d.index() < r.streamed_calls.size()) *r.streamed_calls[d.index()].mutable_arguments() += d.arguments();
+      if (!d.arguments().empty()) ++r.argument_pieces;
+    }
     if (m.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) {
       r.finish = m.finish_reason();
       r.prompt_tokens = m.usage().prompt_tokens();

@@ -888,9 +888,11 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   EXPECT_TRUE(args["days"].is_number_integer() && args["days"].get<int64_t>() >= 1) << args;
   EXPECT_EQ(whole["choices"][0]["finish_reason"], "stop");  // OpenAI's, for a call forced by name
 
-  // Streamed: no content, the same call in a tool_calls delta.
+  // Streamed: no content; the call's first delta names it, its arguments
+  // follow piece by piece as the model writes them (OpenAI's chunks).
   body["stream"] = true;
   json streamed_call;
+  int argument_chunks = 0;
   std::string finish;
   for (const std::string& e : events("/v1/chat/completions", body)) {
     if (e == "[DONE]") break;
@@ -899,11 +901,25 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
     if (c["delta"].contains("content")) {
       EXPECT_EQ(c["delta"]["content"], "") << e;
     }
-    if (c["delta"].contains("tool_calls")) streamed_call = c["delta"]["tool_calls"][0];
+    if (c["delta"].contains("tool_calls")) {
+      for (const json& piece : c["delta"]["tool_calls"]) {
+        EXPECT_EQ(piece["index"], 0) << e;
+        if (streamed_call.is_null()) {
+          ASSERT_TRUE(piece.contains("id") && piece["type"] == "function") << e;
+          streamed_call = piece;
+        } else {
+          EXPECT_FALSE(piece.contains("id") || piece["function"].contains("name")) << e;
+          streamed_call["function"]["arguments"] =
+              streamed_call["function"]["arguments"].get<std::string>() + piece["function"]["arguments"].get<std::string>();
+        }
+        if (!piece["function"]["arguments"].get<std::string>().empty()) ++argument_chunks;
+      }
+    }
     if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
   }
-  EXPECT_EQ(streamed_call["index"], 0);
-  EXPECT_EQ(streamed_call["function"], call["function"]);
+  EXPECT_EQ(streamed_call["function"]["name"], "get_weather");
+  EXPECT_EQ(json::parse(streamed_call["function"]["arguments"].get<std::string>()), args);
+  EXPECT_GT(argument_chunks, 2) << "the arguments stream as they are written";
   EXPECT_EQ(finish, "stop");
 
   // gRPC Chat, "required" with both tools and one call.
@@ -924,6 +940,12 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
     ASSERT_EQ(r.tool_calls.size(), 1u);
     EXPECT_TRUE(r.tool_calls[0].name() == "get_weather" || r.tool_calls[0].name() == "now") << r.tool_calls[0].name();
     EXPECT_TRUE(json::parse(r.tool_calls[0].arguments()).is_object()) << r.tool_calls[0].arguments();
+    // The pieces streamed before it join to the same call, under the same id.
+    ASSERT_EQ(r.streamed_calls.size(), 1u);
+    EXPECT_EQ(r.streamed_calls[0].id(), r.tool_calls[0].id());
+    EXPECT_EQ(r.streamed_calls[0].name(), r.tool_calls[0].name());
+    EXPECT_EQ(json::parse(r.streamed_calls[0].arguments()), json::parse(r.tool_calls[0].arguments()));
+    EXPECT_GE(r.argument_pieces, 1u);
     EXPECT_EQ(r.finish, tandem::v1::FINISH_REASON_TOOL_CALLS);
   }
 
@@ -941,6 +963,18 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   EXPECT_EQ(self_msg["tool_calls"][0]["function"]["name"], "now");
   EXPECT_EQ(self_msg["tool_calls"][0]["function"]["arguments"], "{}");
   EXPECT_EQ(self["choices"][0]["finish_reason"], "tool_calls");
+  // A call cut before its arguments close (here the grammar ends there, as
+  // max_tokens or a stop string would) stays a call, its arguments as
+  // written, and finishes as the cut did.
+  const json cut = post_ok("/v1/chat/completions",
+                           {{"messages", ask},
+                            {"tools", {weather, now}},
+                            {"max_tokens", 60},
+                            {"temperature", 0},
+                            {"guided_regex", "<tool_call>\\n\\{\"name\": \"now\", \"arguments\": \\{\"at\": \"noo"}});
+  ASSERT_EQ(cut["choices"][0]["message"]["tool_calls"].size(), 1u) << cut.dump();
+  EXPECT_EQ(cut["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"at\": \"noo") << cut.dump();
+  EXPECT_EQ(cut["choices"][0]["finish_reason"], "stop") << cut.dump();
   // Operators see the calls: every parsed call counted (four so far in this test).
   auto metrics = client().Get("/metrics");
   ASSERT_TRUE(metrics);

@@ -48,6 +48,58 @@ void expect_split_invariant(ToolCallFormat f, const std::string& text) {
   }
 }
 
+// The calls the deltas give, joined by index (a call's first piece names it).
+std::vector<ToolCall> join(const std::vector<ToolCallDelta>& deltas) {
+  std::vector<ToolCall> calls;
+  for (const ToolCallDelta& d : deltas) {
+    if (!d.name.empty()) {
+      EXPECT_EQ(d.index, calls.size()) << "a call's first piece comes in order";
+      calls.push_back({d.name, {}});
+    }
+    EXPECT_LT(d.index, calls.size()) << "a piece of a call not yet named";
+    if (d.index < calls.size()) calls[d.index].arguments += d.arguments;
+  }
+  return calls;
+}
+
+// Fed with stream_calls in `pieces` cut at `cuts`: the content and calls of
+// the whole parse, and deltas whose arguments parse to the same objects.
+void expect_streams_as_whole(ToolCallFormat f, const std::string& text, const std::vector<size_t>& cuts,
+                             size_t max_calls = SIZE_MAX) {
+  const ToolCallParse whole = parse_tool_calls(f, text, false, max_calls);
+  ToolCallStream s(f, false, max_calls, /*stream_calls=*/true);
+  std::string content;
+  std::vector<ToolCallDelta> deltas;
+  size_t from = 0;
+  for (size_t cut : cuts) {
+    content += s.push(std::string_view(text).substr(from, cut - from));
+    for (auto& d : s.take_deltas()) deltas.push_back(std::move(d));
+    from = cut;
+  }
+  content += s.push(std::string_view(text).substr(from));
+  const ToolCallParse r = s.finish();
+  for (auto& d : s.take_deltas()) deltas.push_back(std::move(d));
+  EXPECT_EQ(content + r.content, whole.content) << text;
+  EXPECT_FALSE(r.cut);
+  ASSERT_EQ(r.calls.size(), whole.calls.size()) << text;
+  const std::vector<ToolCall> joined = join(deltas);
+  ASSERT_EQ(joined.size(), whole.calls.size()) << text;
+  for (size_t i = 0; i < r.calls.size(); ++i) {
+    EXPECT_EQ(r.calls[i].name, whole.calls[i].name);
+    EXPECT_EQ(r.calls[i].arguments, whole.calls[i].arguments);
+    EXPECT_EQ(joined[i].name, whole.calls[i].name);
+    EXPECT_EQ(json::parse(joined[i].arguments), json::parse(whole.calls[i].arguments)) << joined[i].arguments;
+  }
+}
+
+// Every two-piece split and one byte at a time.
+void expect_streams_as_whole(ToolCallFormat f, const std::string& text, size_t max_calls = SIZE_MAX) {
+  for (size_t cut = 0; cut <= text.size(); ++cut) expect_streams_as_whole(f, text, {cut}, max_calls);
+  std::vector<size_t> bytes(text.size());
+  for (size_t i = 0; i < text.size(); ++i) bytes[i] = i;
+  expect_streams_as_whole(f, text, bytes, max_calls);
+}
+
 TEST(ToolCalls, FormatComesFromTheNameOrTheTemplate) {
   EXPECT_EQ(*tool_call_format("auto", "... '<tool_call>\\n{\"name\": \"' ..."), ToolCallFormat::kHermes);
   // The same tags around another body (Qwen3-Coder's XML) are not hermes.
@@ -73,6 +125,90 @@ TEST(ToolCalls, HermesCallsAfterContent) {
   EXPECT_EQ(r.calls[1].name, "now");
   EXPECT_EQ(r.calls[1].arguments, "{}");
   expect_split_invariant(ToolCallFormat::kHermes, text);
+  expect_streams_as_whole(ToolCallFormat::kHermes, text);
+}
+
+// With stream_calls a hermes call goes out as it is written: its name once
+// the block opens as {"name": ..., "arguments": {, then its arguments piece
+// by piece, before the block ends.
+TEST(ToolCalls, HermesArgumentsStreamAsWritten) {
+  ToolCallStream s(ToolCallFormat::kHermes, false, SIZE_MAX, /*stream_calls=*/true);
+  EXPECT_EQ(s.push("Looking.\n<tool_call>\n{\"name\": \"get_wea"), "Looking.\n");
+  EXPECT_TRUE(s.take_deltas().empty());
+  EXPECT_EQ(s.push("ther\", \"arguments\": {\"city\": \"Os"), "");
+  std::vector<ToolCallDelta> d = s.take_deltas();
+  ASSERT_EQ(d.size(), 1u);  // the name and the first piece, merged
+  EXPECT_EQ(d[0].index, 0u);
+  EXPECT_EQ(d[0].name, "get_weather");
+  EXPECT_EQ(d[0].arguments, "{\"city\": \"Os");
+  // A brace or a tag inside a string does not end the arguments.
+  EXPECT_EQ(s.push("lo }</tool_call>\", \"days\": [2"), "");
+  d = s.take_deltas();
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_TRUE(d[0].name.empty());
+  EXPECT_EQ(d[0].arguments, "lo }</tool_call>\", \"days\": [2");
+  EXPECT_EQ(s.push("]}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>"), "");
+  d = s.take_deltas();
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_EQ(d[0].arguments, "]}");
+  EXPECT_EQ(d[1].index, 1u);
+  EXPECT_EQ(d[1].name, "now");
+  EXPECT_EQ(d[1].arguments, "{}");
+  const ToolCallParse r = s.finish();
+  EXPECT_TRUE(s.take_deltas().empty());
+  EXPECT_EQ(r.content, "");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].arguments, R"({"city":"Oslo }</tool_call>","days":[2]})");  // compact when whole
+  EXPECT_FALSE(r.cut);
+}
+
+// A block opened as a call stays one (OpenAI's contract: the arguments are
+// the model's text and need not parse); cut, it says so. Blocks that open
+// another way, or past the call limit, are decided whole as without streaming.
+TEST(ToolCalls, StreamedCallsStayCalls) {
+  const auto run = [](const std::string& text, size_t max_calls = SIZE_MAX) {
+    ToolCallStream s(ToolCallFormat::kHermes, false, max_calls, /*stream_calls=*/true);
+    ToolCallParse r;
+    std::string content = s.push(text);
+    r = s.finish();
+    r.content = content + r.content;
+    return r;
+  };
+  ToolCallParse r = run("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1</tool_call> after");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].arguments, "{\"x\": 1");  // ended at the tag, as written
+  EXPECT_EQ(r.content, " after");  // text after a block, as written
+  r = run("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": \"Os");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].arguments, "{\"x\": \"Os");
+  EXPECT_TRUE(r.cut);
+  r = run("<tool_call>{\"name\": \"f\", \"arguments\": {}}\n</tool_c");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_FALSE(r.cut);
+  EXPECT_EQ(r.content, "");
+  r = run("<tool_call>{\"name\": \"f\", \"arguments\": {}} and more");
+  EXPECT_EQ(r.content, "and more");
+  // Opened another way: whole, as without streaming.
+  for (const std::string text :
+       {"<tool_call>{\"name\": \"f\", \"arguments\": oops}</tool_call>", "<tool_call>{\"name\": \"bad name\", \"arguments\": {}}</tool_call>",
+        "<tool_call>{\"arguments\": {}, \"name\": \"f\"}</tool_call>",
+        "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}</tool_call>", "x <tool_call>\n{\"name\": \"f\", \"argu"}) {
+    const ToolCallParse want = parse_tool_calls(ToolCallFormat::kHermes, text);
+    r = run(text);
+    EXPECT_EQ(r.content, want.content) << text;
+    ASSERT_EQ(r.calls.size(), want.calls.size()) << text;
+    if (!want.calls.empty()) EXPECT_EQ(r.calls[0].arguments, want.calls[0].arguments);
+    expect_streams_as_whole(ToolCallFormat::kHermes, text);
+  }
+  // Mistral's array comes whole at the end, in deltas too.
+  ToolCallStream m(ToolCallFormat::kMistral, false, SIZE_MAX, /*stream_calls=*/true);
+  EXPECT_EQ(m.push("[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"x\": 1}}]"), "");
+  EXPECT_TRUE(m.take_deltas().empty());
+  r = m.finish();
+  const std::vector<ToolCallDelta> d = m.take_deltas();
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].name, "a");
+  EXPECT_EQ(d[0].arguments, r.calls.at(0).arguments);
 }
 
 TEST(ToolCalls, ArgumentsWrittenAsAStringAreTaken) {
@@ -89,6 +225,7 @@ TEST(ToolCalls, TextWithoutTheMarkerIsAllContent) {
     EXPECT_EQ(r.content, text);
     EXPECT_TRUE(r.calls.empty());
     expect_split_invariant(ToolCallFormat::kHermes, text);
+    expect_streams_as_whole(ToolCallFormat::kHermes, text);
   }
   // No format: the marker is just text.
   const ToolCallParse r = parse_tool_calls(ToolCallFormat::kNone, "<tool_call>{\"name\": \"f\"}</tool_call>");
@@ -126,6 +263,10 @@ TEST(ToolCalls, HermesBlocksStandAlone) {
   EXPECT_EQ(r.calls[0].name, "f");
   EXPECT_EQ(r.content, "Sure. \n" + bad + " then words");  // a failed block keeps its separator
   expect_split_invariant(ToolCallFormat::kHermes, "Sure. " + good + "\n" + bad + " then words");
+  expect_streams_as_whole(ToolCallFormat::kHermes, "Sure. " + good + "\n" + bad + " then words");
+  expect_streams_as_whole(ToolCallFormat::kHermes, good + good + good, /*max_calls=*/1);
+  expect_streams_as_whole(ToolCallFormat::kHermes,
+                          good + "\n<tool_call>\n{\"name\": \"h\", \"arguments\": {}}\n</tool_c");
   r = parse_tool_calls(ToolCallFormat::kHermes, good + "\n<tool_call>\n{\"name\": \"h\", \"arguments\": {}}\n</tool_c");
   ASSERT_EQ(r.calls.size(), 2u);  // cut inside the closing tag, its JSON whole
   EXPECT_EQ(r.calls[1].name, "h");

@@ -284,7 +284,17 @@ TEST(OpenAiRequests, ToolCallingFields) {
   EXPECT_EQ(msg["tool_calls"][0]["type"], "function");
   EXPECT_EQ(msg["tool_calls"][0]["function"]["arguments"], R"({"city":"Oslo"})");
   EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
-  EXPECT_EQ(tool_calls({call}, /*with_index=*/true)[0]["index"], 0);
+  // Streamed: the first piece names the call, later ones carry arguments only.
+  pb::ToolCallDelta first, later;
+  first.set_index(1);
+  first.set_id("call_y");
+  first.set_name("now");
+  later.set_index(1);
+  later.set_arguments("{}");
+  const json pieces = tool_call_deltas({first, later});
+  EXPECT_EQ(pieces[0], json::parse(R"({"index": 1, "id": "call_y", "type": "function",
+                                       "function": {"name": "now", "arguments": ""}})"));
+  EXPECT_EQ(pieces[1], json::parse(R"({"index": 1, "function": {"arguments": "{}"}})"));
   const json words = chat_completion("chatcmpl-2", 0, "m", {Choice{"hi", pb::FINISH_REASON_STOP}}, {});
   EXPECT_FALSE(words["choices"][0]["message"].contains("tool_calls"));
   EXPECT_FALSE(words["choices"][0]["message"].contains("reasoning_content"));
