@@ -37,7 +37,9 @@ inline constexpr size_t kMaxToolRegexBytes = size_t{1} << 17;
 
 struct ToolCall {
   std::string name;
-  std::string arguments;  // a JSON object, as compact JSON text
+  // A JSON object, as compact JSON text; a streamed call whose arguments were
+  // cut or broken keeps the text the model wrote (OpenAI's contract).
+  std::string arguments;
 };
 
 // A finished answer split into what the user reads and the calls it made.

@@ -134,19 +134,42 @@ Opening match_opening(std::string_view text, std::string& name, size_t& args_at)
   return Opening::kYes;
 }
 
-// Characters JSON may hold outside strings; anything else (a tag's `<`) ends
-// a streaming call's arguments even when their braces never closed.
+// Characters JSON may hold outside strings (its punctuation, numbers,
+// true/false/null); anything else (a tag's `<`, prose) ends a streaming
+// call's arguments even when their braces never closed.
 bool json_outside_string(char c) {
-  return is_blank(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         std::string_view("{}[],:\"-+.").find(c) != std::string_view::npos;
+  return is_blank(c) || (c >= '0' && c <= '9') || std::string_view("{}[],:\"-+.eEtrufalsn").find(c) != std::string_view::npos;
 }
 
-// What a streamed call's block holds after its arguments besides the call
-// object's closing brace: text the user gets back.
+// Where the text after a streamed call's arguments closes the call object
+// (other keys may come first: `, "id": 3}`): the position after its `}`,
+// npos when it does not close. Strings are skipped whole.
+size_t call_object_end(std::string_view tail) {
+  size_t depth = 1;
+  bool in_string = false, escaped = false;
+  for (size_t i = 0; i < tail.size(); ++i) {
+    const char c = tail[i];
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if ((c == '}' || c == ']') && --depth == 0) {
+      return i + 1;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// What a streamed call's block holds after the call object: text the user
+// gets back (a block that never closes the object holds none).
 std::string_view block_leftover(std::string_view tail) {
-  tail = trim_blanks(tail);
-  if (!tail.empty() && tail.front() == '}') tail.remove_prefix(1);
-  tail = trim_blanks(tail);
+  const size_t end = call_object_end(tail);
+  if (end == std::string_view::npos) return {};
+  tail = trim_blanks(tail.substr(end));
   return trim_blanks(tail.substr(0, tail.size() - partial_tag(tail, kHermesClose)));
 }
 }  // namespace
@@ -281,10 +304,17 @@ void ToolCallStream::advance_hermes(std::string& content) {
 }
 
 // Scans the held text as the streaming call's arguments: what belongs to
-// them goes out. True once their object closed (or stopped being JSON).
+// them goes out. True once their object closed, stopped being JSON, or the
+// block ended (its closing tag or the next block's opening one, even inside
+// a string: a block ends at its tag, as when it is read whole).
 bool ToolCallStream::stream_arguments() {
+  const size_t tag = std::min(held_.find(kHermesClose), held_.find(kHermesOpen));
+  // Text that may be the start of a tag waits until it is known.
+  const size_t limit = tag != std::string::npos
+                           ? tag
+                           : held_.size() - std::max(partial_tag(held_, kHermesClose), partial_tag(held_, kHermesOpen));
   size_t i = 0;
-  while (i < held_.size()) {
+  while (i < limit) {
     const char c = held_[i];
     if (in_string_) {
       ++i;
@@ -307,6 +337,7 @@ bool ToolCallStream::stream_arguments() {
       break;
     }
   }
+  if (i == tag) args_closed_ = true;
   if (i > 0) {
     calls_.back().arguments.append(held_, 0, i);
     announce(calls_.size() - 1, "", held_.substr(0, i));

@@ -259,7 +259,7 @@ struct Reply {
   std::string reasoning;                         // Chat with router.reasoning_parser
   std::vector<tandem::v1::ToolCall> tool_calls;  // Chat with tools
   std::vector<tandem::v1::ToolCall> streamed_calls;  // the same, joined from the messages' tool_call_deltas
-  size_t argument_pieces = 0;                        // deltas that carried arguments text
+  size_t argument_pieces = 0;                        // deltas after a call's first that carried arguments
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_UNSPECIFIED;
   uint32_t prompt_tokens = 0, completion_tokens = 0;
   grpc::Status status;
@@ -279,7 +279,7 @@ inline Reply read_reply(grpc::ClientReader<tandem::v1::GenerateResponse>& reader
         r.streamed_calls.back().set_name(d.name());
       }
       if (d.index() < r.streamed_calls.size()) *r.streamed_calls[d.index()].mutable_arguments() += d.arguments();
-      if (!d.arguments().empty()) ++r.argument_pieces;
+      if (d.name().empty() && !d.arguments().empty()) ++r.argument_pieces;
     }
     if (m.finish_reason() != tandem::v1::FINISH_REASON_UNSPECIFIED) {
       r.finish = m.finish_reason();

@@ -945,7 +945,7 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
     EXPECT_EQ(r.streamed_calls[0].id(), r.tool_calls[0].id());
     EXPECT_EQ(r.streamed_calls[0].name(), r.tool_calls[0].name());
     EXPECT_EQ(json::parse(r.streamed_calls[0].arguments()), json::parse(r.tool_calls[0].arguments()));
-    EXPECT_GE(r.argument_pieces, 1u);
+    EXPECT_GE(r.argument_pieces, 1u) << "arguments in pieces after the one that names the call";
     EXPECT_EQ(r.finish, tandem::v1::FINISH_REASON_TOOL_CALLS);
   }
 
@@ -963,9 +963,9 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   EXPECT_EQ(self_msg["tool_calls"][0]["function"]["name"], "now");
   EXPECT_EQ(self_msg["tool_calls"][0]["function"]["arguments"], "{}");
   EXPECT_EQ(self["choices"][0]["finish_reason"], "tool_calls");
-  // A call cut before its arguments close (here the grammar ends there, as
-  // max_tokens or a stop string would) stays a call, its arguments as
-  // written, and finishes as the cut did.
+  // A call cut before its arguments close stays a call, its arguments as
+  // written, and finishes as the cut did: the output ends there (the
+  // grammar's end), or max_tokens cuts it.
   const json cut = post_ok("/v1/chat/completions",
                            {{"messages", ask},
                             {"tools", {weather, now}},
@@ -975,13 +975,26 @@ TEST_F(HttpApi, ToolCallsComeBackAsCalls) {
   ASSERT_EQ(cut["choices"][0]["message"]["tool_calls"].size(), 1u) << cut.dump();
   EXPECT_EQ(cut["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"at\": \"noo") << cut.dump();
   EXPECT_EQ(cut["choices"][0]["finish_reason"], "stop") << cut.dump();
-  // Operators see the calls: every parsed call counted (four so far in this test).
+  const json cut_short =
+      post_ok("/v1/chat/completions", {{"messages", ask},
+                                       {"tools", {weather, now}},
+                                       {"max_tokens", 100},
+                                       {"temperature", 0},
+                                       {"guided_regex", "<tool_call>\\n\\{\"name\": \"now\", \"arguments\": "
+                                                        "\\{\"at\": \"[a-z]{300}\"\\}\\}\\n</tool_call>"}});
+  ASSERT_EQ(cut_short["choices"][0]["message"]["tool_calls"].size(), 1u) << cut_short.dump();
+  EXPECT_EQ(cut_short["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>().rfind(
+                "{\"at\": \"", 0),
+            0u)
+      << cut_short.dump();
+  EXPECT_EQ(cut_short["choices"][0]["finish_reason"], "length") << cut_short.dump();
+  // Operators see the calls: every parsed call counted (six so far in this test).
   auto metrics = client().Get("/metrics");
   ASSERT_TRUE(metrics);
   const std::string line = "tandem_tool_calls_total ";
   const size_t at = metrics->body.find("\n" + line);
   ASSERT_NE(at, std::string::npos) << metrics->body;
-  EXPECT_GE(std::stol(metrics->body.substr(at + 1 + line.size())), 4);
+  EXPECT_GE(std::stol(metrics->body.substr(at + 1 + line.size())), 6);
   // tool_choice none: the same text stays text.
   json plain = {{"messages", ask}, {"tools", {weather, now}}, {"tool_choice", "none"}, {"max_tokens", 60},
                 {"temperature", 0}, {"guided_regex", "<tool_call>\\n\\{\\}\\n</tool_call>"}};

@@ -141,12 +141,12 @@ TEST(ToolCalls, HermesArgumentsStreamAsWritten) {
   EXPECT_EQ(d[0].index, 0u);
   EXPECT_EQ(d[0].name, "get_weather");
   EXPECT_EQ(d[0].arguments, "{\"city\": \"Os");
-  // A brace or a tag inside a string does not end the arguments.
-  EXPECT_EQ(s.push("lo }</tool_call>\", \"days\": [2"), "");
+  // A brace or an escaped quote inside a string does not end the arguments.
+  EXPECT_EQ(s.push("lo \\\"}\\\"\", \"days\": [2"), "");
   d = s.take_deltas();
   ASSERT_EQ(d.size(), 1u);
   EXPECT_TRUE(d[0].name.empty());
-  EXPECT_EQ(d[0].arguments, "lo }</tool_call>\", \"days\": [2");
+  EXPECT_EQ(d[0].arguments, "lo \\\"}\\\"\", \"days\": [2");
   EXPECT_EQ(s.push("]}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>"), "");
   d = s.take_deltas();
   ASSERT_EQ(d.size(), 2u);
@@ -158,7 +158,7 @@ TEST(ToolCalls, HermesArgumentsStreamAsWritten) {
   EXPECT_TRUE(s.take_deltas().empty());
   EXPECT_EQ(r.content, "");
   ASSERT_EQ(r.calls.size(), 2u);
-  EXPECT_EQ(r.calls[0].arguments, R"({"city":"Oslo }</tool_call>","days":[2]})");  // compact when whole
+  EXPECT_EQ(r.calls[0].arguments, R"({"city":"Oslo \"}\"","days":[2]})");  // compact when whole
   EXPECT_FALSE(r.cut);
 }
 
@@ -166,15 +166,42 @@ TEST(ToolCalls, HermesArgumentsStreamAsWritten) {
 // the model's text and need not parse); cut, it says so. Blocks that open
 // another way, or past the call limit, are decided whole as without streaming.
 TEST(ToolCalls, StreamedCallsStayCalls) {
-  const auto run = [](const std::string& text, size_t max_calls = SIZE_MAX) {
-    ToolCallStream s(ToolCallFormat::kHermes, false, max_calls, /*stream_calls=*/true);
-    ToolCallParse r;
-    std::string content = s.push(text);
-    r = s.finish();
-    r.content = content + r.content;
-    return r;
+  // Whole and one byte at a time: the same answer.
+  const auto run = [](const std::string& text) {
+    ToolCallParse r[2];
+    for (int bytewise = 0; bytewise < 2; ++bytewise) {
+      ToolCallStream s(ToolCallFormat::kHermes, false, SIZE_MAX, /*stream_calls=*/true);
+      std::string content;
+      if (bytewise)
+        for (char c : text) content += s.push(std::string(1, c));
+      else
+        content = s.push(text);
+      r[bytewise] = s.finish();
+      r[bytewise].content = content + r[bytewise].content;
+    }
+    EXPECT_EQ(r[0].content, r[1].content) << text;
+    EXPECT_EQ(r[0].cut, r[1].cut) << text;
+    EXPECT_EQ(r[0].calls.size(), r[1].calls.size()) << text;
+    for (size_t i = 0; i < std::min(r[0].calls.size(), r[1].calls.size()); ++i)
+      EXPECT_EQ(r[0].calls[i].arguments, r[1].calls[i].arguments) << text;
+    return r[0];
   };
-  ToolCallParse r = run("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1</tool_call> after");
+  ToolCallParse r;
+  // A string left open ends at the block's closing tag, and what follows is
+  // read as ever; keys after the arguments belong to the call.
+  r = run("<tool_call>{\"name\":\"f\",\"arguments\":{\"q\":\"it\"s\"}}</tool_call> Done.<tool_call>{\"name\":\"g\",\"arguments\":{}}</tool_call>");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].arguments, "{\"q\":\"it\"s\"}}");
+  EXPECT_EQ(r.calls[1].name, "g");
+  EXPECT_EQ(r.content, " Done.");
+  r = run("<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1},\"id\":3}</tool_call>");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].arguments, "{\"a\":1}");
+  EXPECT_EQ(r.content, "");
+  r = run("<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1\nLet me check}</tool_call>");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].arguments, "{\"a\": 1\n");  // prose is not JSON: the arguments end before it
+  r = run("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1</tool_call> after");
   ASSERT_EQ(r.calls.size(), 1u);
   EXPECT_EQ(r.calls[0].arguments, "{\"x\": 1");  // ended at the tag, as written
   EXPECT_EQ(r.content, " after");  // text after a block, as written
@@ -197,9 +224,18 @@ TEST(ToolCalls, StreamedCallsStayCalls) {
     r = run(text);
     EXPECT_EQ(r.content, want.content) << text;
     ASSERT_EQ(r.calls.size(), want.calls.size()) << text;
-    if (!want.calls.empty()) EXPECT_EQ(r.calls[0].arguments, want.calls[0].arguments);
+    if (!want.calls.empty()) {
+      EXPECT_EQ(r.calls[0].arguments, want.calls[0].arguments);
+    }
     expect_streams_as_whole(ToolCallFormat::kHermes, text);
   }
+  // Forced (the grammar writes calls only): the same streaming.
+  ToolCallStream forced(ToolCallFormat::kHermes, /*forced=*/true, SIZE_MAX, /*stream_calls=*/true);
+  EXPECT_EQ(forced.push("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\""), "");
+  const std::vector<ToolCallDelta> first = forced.take_deltas();
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].name, "f");
+  EXPECT_EQ(first[0].arguments, "{\"x\"");
   // Mistral's array comes whole at the end, in deltas too.
   ToolCallStream m(ToolCallFormat::kMistral, false, SIZE_MAX, /*stream_calls=*/true);
   EXPECT_EQ(m.push("[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"x\": 1}}]"), "");
