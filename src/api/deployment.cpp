@@ -60,7 +60,23 @@ Status parse_plan(Reader& r, const YAML::Node& n, const std::string& path, PlanI
                     {"predicted_tokens_per_dollar", real(plan.predicted_tokens_per_dollar)}});
 }
 
+// A key as clients send it in a header: printable ASCII without blanks, so
+// it cannot be mistaken for another (a trailing space in a file, say).
+Status check_api_key(const std::string& key) {
+  if (key.empty() || key.size() > 512) return invalid_argument("an API key has 1 to 512 characters");
+  for (unsigned char ch : key)
+    if (ch <= 0x20 || ch >= 0x7f)
+      return invalid_argument("an API key is printable ASCII without blanks (the key itself is not shown)");
+  return Status::ok();
+}
+
 }  // namespace
+
+std::vector<std::string> DeploymentConfig::accepted_api_keys() const {
+  std::vector<std::string> keys = api_keys;
+  keys.insert(keys.end(), file_api_keys.begin(), file_api_keys.end());
+  return keys;
+}
 
 Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, const std::string& source) {
   TANDEM_ASSIGN_OR_RETURN(YAML::Node root, Reader::load(text, source));
@@ -107,7 +123,17 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                   {"request_timeout_s", num(c.request_timeout_s, 1, 86400)},
                                   {"tool_call_parser", str(c.tool_call_parser)},
                                   {"reasoning_parser", str(c.reasoning_parser)},
-                                  {"drain_timeout_s", num(c.drain_timeout_s, 0, 3600)}});
+                                  {"drain_timeout_s", num(c.drain_timeout_s, 0, 3600)},
+                                  {"api_keys", [&](const YAML::Node& v, const std::string& q) {
+                                     if (!v.IsSequence()) return r.error(q, "expected a list of keys");
+                                     for (size_t i = 0; i < v.size(); ++i) {
+                                       std::string key;
+                                       TANDEM_RETURN_IF_ERROR(r.scalar(v[i], q + "[" + std::to_string(i) + "]", key));
+                                       c.api_keys.push_back(std::move(key));
+                                     }
+                                     return Status::ok();
+                                   }},
+                                  {"api_keys_file", str(c.api_keys_file)}});
         }},
        {"attention", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"base_port", num(c.attention_base_port, 1, 65535)},
@@ -190,6 +216,25 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
       return r.error("expert.base_port", "ports " + std::to_string(c.expert_base_port) + ".." +
                                              std::to_string(c.expert_base_port + c.expert_nodes - 1) +
                                              " collide with other roles or exceed 65535");
+  for (size_t i = 0; i < c.api_keys.size(); ++i)
+    if (Status k = check_api_key(c.api_keys[i]); !k.is_ok())
+      return r.error("router.api_keys[" + std::to_string(i) + "]", k.message());
+  if (!c.api_keys_file.empty()) {
+    std::ifstream in(c.api_keys_file);
+    if (!in) return r.error("router.api_keys_file", "cannot read '" + c.api_keys_file + "'");
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+      const size_t lead = line.find_first_not_of(" \t");
+      if (lead == std::string::npos || line[lead] == '#') continue;  // blank lines and comments
+      line.erase(0, lead);
+      if (Status k = check_api_key(line); !k.is_ok())
+        return r.error("router.api_keys_file", c.api_keys_file + " line " + std::to_string(n) + ": " + k.message());
+      c.file_api_keys.push_back(line);
+    }
+    if (c.file_api_keys.empty())
+      return r.error("router.api_keys_file", "'" + c.api_keys_file + "' holds no key (one per line; # comments)");
+  }
   if (c.served_name.empty()) {
     std::string p = c.model_path;
     while (!p.empty() && p.back() == '/') p.pop_back();
@@ -296,6 +341,9 @@ std::string DeploymentConfig::to_yaml() const {
   if (tool_call_parser != "auto") e << YAML::Key << "tool_call_parser" << YAML::Value << tool_call_parser;
   if (reasoning_parser != "none") e << YAML::Key << "reasoning_parser" << YAML::Value << reasoning_parser;
   if (drain_timeout_s != 30) e << YAML::Key << "drain_timeout_s" << YAML::Value << drain_timeout_s;
+  // Written back as given, so that a deployment written from this one keeps its check.
+  if (!api_keys.empty()) e << YAML::Key << "api_keys" << YAML::Value << api_keys;
+  if (!api_keys_file.empty()) e << YAML::Key << "api_keys_file" << YAML::Value << api_keys_file;
   e << YAML::EndMap;
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << attention_base_port << YAML::Key << "max_running_sequences" << YAML::Value << max_running_sequences

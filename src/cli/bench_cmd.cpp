@@ -35,6 +35,7 @@ struct BenchArgs {
   std::string server = "127.0.0.1:50051";
   std::string http = "127.0.0.1:8000";
   std::string api = "grpc";  // grpc | http | both
+  std::string api_key;
   int concurrency = 8;
   int requests = 64;
   int prompt_tokens = 128;
@@ -64,9 +65,10 @@ double pct(std::vector<double> v, double p) {
 using RunOne = std::function<bool(const tandem::v1::GenerateRequest&, Sample&, std::string& error)>;
 
 // Over the router's gRPC API: each streamed message's new tokens.
-RunOne grpc_runner(tandem::v1::Generation::Stub& stub) {
-  return [&stub](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
+RunOne grpc_runner(tandem::v1::Generation::Stub& stub, const std::string& authorization) {
+  return [&stub, authorization](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
     grpc::ClientContext ctx;
+    if (!authorization.empty()) ctx.AddMetadata("authorization", authorization);
     const auto start = Clock::now();
     auto last = start;
     auto reader = stub.Generate(&ctx, req);
@@ -88,11 +90,11 @@ RunOne grpc_runner(tandem::v1::Generation::Stub& stub) {
 
 // Over the OpenAI-compatible HTTP API (/v1/completions, streamed): each
 // event with text is a chunk; the token count comes from the usage event.
-RunOne http_runner(const std::string& server) {
+RunOne http_runner(const std::string& server, const std::string& authorization) {
   const auto colon = server.rfind(':');
   const std::string host = server.substr(0, colon);
   const int port = colon == std::string::npos ? 80 : std::atoi(server.c_str() + colon + 1);
-  return [host, port](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
+  return [host, port, authorization](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
     nlohmann::json body = {{"prompt", nlohmann::json::array()},
                            {"max_tokens", req.sampling().max_tokens()},
                            {"temperature", req.sampling().temperature()},
@@ -108,6 +110,7 @@ RunOne http_runner(const std::string& server) {
     hr.method = "POST";
     hr.path = "/v1/completions";
     hr.set_header("Content-Type", "application/json");
+    if (!authorization.empty()) hr.set_header("Authorization", authorization);
     hr.body = body.dump();
     const auto start = Clock::now();
     auto last = start;
@@ -234,6 +237,7 @@ int run_bench(const BenchArgs& a) {
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (!a.api_key.empty()) ctx.AddMetadata("authorization", bearer(a.api_key));
     tandem::v1::ListModelsRequest rq;
     tandem::v1::ListModelsResponse rp;
     grpc::Status st = stub->ListModels(&ctx, rq, &rp);
@@ -270,7 +274,7 @@ int run_bench(const BenchArgs& a) {
   int failures = 0;
   Report grpc_rep, http_rep;
   if (a.api != "http") {
-    grpc_rep = measure(make_requests(a.seed), a.concurrency, grpc_runner(*stub));
+    grpc_rep = measure(make_requests(a.seed), a.concurrency, grpc_runner(*stub, bearer(a.api_key)));
     print_report("grpc", a.server, a, grpc_rep);
     failures += grpc_rep.failures;
   }
@@ -279,7 +283,7 @@ int run_bench(const BenchArgs& a) {
     // be found in the prefix cache and flatter HTTP.
     BenchArgs pass = a;
     if (a.api == "both") pass.seed = a.seed + 1;
-    http_rep = measure(make_requests(pass.seed), a.concurrency, http_runner(a.http));
+    http_rep = measure(make_requests(pass.seed), a.concurrency, http_runner(a.http, bearer(a.api_key)));
     print_report("http", a.http, pass, http_rep);
     failures += http_rep.failures;
   }
@@ -297,6 +301,7 @@ void register_bench(CLI::App& app) {
   auto* b = add_command(app, "bench", "Load-test a running cluster over gRPC or HTTP (TTFT, TPOT, ITL, throughput)",
                         [] { return run_bench(a); });
   b->add_option("--server", a.server, "Router address (gRPC)")->capture_default_str();
+  add_api_key_option(b, a.api_key);
   b->add_option("--http", a.http, "Router's OpenAI-compatible HTTP address (router.http_listen)")->capture_default_str();
   b->add_option("--api", a.api,
                 "grpc, http (streamed /v1/completions), or both: requests of the same shape over each (other prompts for "

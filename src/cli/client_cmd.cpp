@@ -16,6 +16,7 @@ namespace tandem::cli {
 namespace {
 struct ClientArgs {
   std::string server = "127.0.0.1:50051";
+  std::string api_key;
   std::string prompt;
   uint32_t max_tokens = 64;
   float temperature = 0.8f;
@@ -55,6 +56,7 @@ std::string printable(const std::string& bytes) {
 int run_client(const ClientArgs& a) {
   auto stub = tandem::v1::Generation::NewStub(grpc::CreateChannel(a.server, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
+  if (!a.api_key.empty()) ctx.AddMetadata("authorization", bearer(a.api_key));
   tandem::v1::GenerateRequest req;
   req.set_text(a.prompt);
   req.set_priority(a.priority);
@@ -132,6 +134,7 @@ void register_client(CLI::App& app) {
   auto* c = add_command(app, "client", "Send one Generate request to a router and stream the reply",
                         [] { return run_client(a); });
   c->add_option("--server", a.server, "Router address")->capture_default_str();
+  add_api_key_option(c, a.api_key);
   c->add_option("--prompt", a.prompt, "Prompt text")->required();
   c->add_option("--max-tokens", a.max_tokens, "Tokens to generate")->capture_default_str();
   c->add_option("--temperature", a.temperature, "Sampling temperature")->capture_default_str();

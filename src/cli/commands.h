@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <string>
 
 namespace tandem::cli {
 
@@ -26,5 +27,13 @@ void register_bench(CLI::App& app);
 void register_plan(CLI::App& app);
 void register_profile(CLI::App& app);
 void register_status(CLI::App& app);
+
+// --api-key (or TANDEM_API_KEY): the key a router with router.api_keys wants.
+inline void add_api_key_option(CLI::App* cmd, std::string& key) {
+  cmd->add_option("--api-key", key, "Key for a router with router.api_keys (sent as Authorization: Bearer)")
+      ->envname("TANDEM_API_KEY");
+}
+// The Authorization value for `key`; empty for none.
+inline std::string bearer(const std::string& key) { return key.empty() ? std::string() : "Bearer " + key; }
 
 }  // namespace tandem::cli

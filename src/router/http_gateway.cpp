@@ -1,5 +1,7 @@
 #include "http_gateway.h"
 
+#include "api_keys.h"
+
 #include <httplib.h>
 
 #include <algorithm>
@@ -80,7 +82,10 @@ class Gateway final : public HttpGateway {
         served_name_(cfg.served_name),
         started_(unix_now()),
         timeout_(std::chrono::seconds(cfg.request_timeout_s + 10)),
-        id_salt_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()) {
+        id_salt_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()),
+        api_keys_(cfg.accepted_api_keys()) {
+    // The gateway checks its clients' keys itself and calls the router with one of its own.
+    if (api_keys_.required()) router_authorization_ = "Bearer " + cfg.accepted_api_keys().front();
     auto channel = grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
     generation_ = pb::Generation::NewStub(channel);
     health_ = hpb::Health::NewStub(channel);
@@ -136,6 +141,19 @@ class Gateway final : public HttpGateway {
 
  private:
   void routes() {
+    // Every route but the probes' (/health for load balancers, /metrics for
+    // Prometheus) wants a key when router.api_keys sets some.
+    server_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (req.path == "/health" || req.path == "/metrics" || api_keys_.allows(req.get_header_value("Authorization")))
+        return httplib::Server::HandlerResponse::Unhandled;
+      openai::HttpError e;
+      e.status = 401;
+      e.message = std::string(ApiKeys::kRefusal);
+      e.code = "invalid_api_key";
+      res.set_header("WWW-Authenticate", "Bearer");
+      send_error(res, e);
+      return httplib::Server::HandlerResponse::Handled;
+    });
     server_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(openai::dump(openai::model_list(served_name_, started_)), "application/json");
     });
@@ -216,6 +234,10 @@ class Gateway final : public HttpGateway {
     return e;
   }
 
+  void authorize(grpc::ClientContext& ctx) const {
+    if (!router_authorization_.empty()) ctx.AddMetadata("authorization", router_authorization_);
+  }
+
   void health(httplib::Response& res) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -253,6 +275,7 @@ class Gateway final : public HttpGateway {
     if (const auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    authorize(ctx);
     Response out;
     const grpc::Status st = call(&ctx, std::get<Request>(parsed), &out);
     if (!st.ok()) return send_error(res, openai::from_grpc(st));
@@ -268,6 +291,7 @@ class Gateway final : public HttpGateway {
     // One object for the call: the reader goes before the context it uses.
     auto call = std::make_shared<Call>();
     call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+    authorize(call->ctx);
     call->reader = open(&call->ctx, request);
     grpc::ClientReader<pb::GenerateResponse>& reader = *call->reader;
     const std::string id = next_id(chat ? "chatcmpl-" : "cmpl-");
@@ -364,6 +388,7 @@ class Gateway final : public HttpGateway {
     auto run = [&](size_t i) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+      authorize(ctx);
       auto reader = open(&ctx, *requests[i]);
       pb::GenerateResponse r;
       bool answered = false;
@@ -423,6 +448,8 @@ class Gateway final : public HttpGateway {
   int64_t started_;
   std::chrono::seconds timeout_;
   uint64_t id_salt_;
+  ApiKeys api_keys_;
+  std::string router_authorization_;  // "Bearer KEY" for the router, when keys are required
   std::atomic<uint64_t> counter_{0};
 };
 

@@ -564,6 +564,10 @@ HttpError from_grpc(const grpc::Status& status) {
       e.type = "not_found_error";
       e.code = "model_not_found";
       break;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      e.status = 401;
+      e.code = "invalid_api_key";
+      break;
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
       e.status = 429;
       e.type = "rate_limit_error";

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "api_keys.h"
 #include "chat_tools.h"
 #include "http_gateway.h"
 #include "metrics.h"
@@ -76,6 +77,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
  public:
   Status init(const api::DeploymentConfig& cfg) {
     cfg_ = cfg;
+    api_keys_ = std::make_unique<ApiKeys>(cfg.accepted_api_keys());
     TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
     if (ck_.tokenizer_config.chat_template.empty()) {
       chat_template_error_ = "the model has no chat template (tokenizer_config.json / chat_template.jinja)";
@@ -169,7 +171,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (monitor_.joinable()) monitor_.join();
   }
 
-  grpc::Status ListModels(grpc::ServerContext*, const pb::ListModelsRequest*, pb::ListModelsResponse* r) override {
+  grpc::Status ListModels(grpc::ServerContext* ctx, const pb::ListModelsRequest*, pb::ListModelsResponse* r) override {
+    if (grpc::Status st = authorized(*ctx); !st.ok()) return st;
     auto* m = r->add_models();
     const auto& c = ck_.config;
     m->set_name(cfg_.served_name);
@@ -181,7 +184,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Tokenize(grpc::ServerContext*, const pb::TokenizeRequest* req, pb::TokenizeResponse* r) override {
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const pb::TokenizeRequest* req, pb::TokenizeResponse* r) override {
+    if (grpc::Status st = authorized(*ctx); !st.ok()) return st;
     if (auto st = check_model(req->model()); !st.ok()) return st;
     std::vector<int32_t> ids;
     if (req->messages_size() > 0) {
@@ -207,7 +211,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Detokenize(grpc::ServerContext*, const pb::DetokenizeRequest* req, pb::DetokenizeResponse* r) override {
+  grpc::Status Detokenize(grpc::ServerContext* ctx, const pb::DetokenizeRequest* req, pb::DetokenizeResponse* r) override {
+    if (grpc::Status st = authorized(*ctx); !st.ok()) return st;
     if (auto st = check_model(req->model()); !st.ok()) return st;
     std::vector<int32_t> ids;
     for (uint32_t id : req->token_ids()) {
@@ -220,14 +225,26 @@ class RouterImpl final : public Router, public pb::Generation::Service {
 
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    if (grpc::Status st = authorized(*ctx); !st.ok()) return counted(st);
     if (draining_) return counted(draining_refusal());
     return counted(generate(ctx, req, w));
   }
 
   grpc::Status Chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
                     grpc::ServerWriter<pb::GenerateResponse>* w) override {
+    if (grpc::Status st = authorized(*ctx); !st.ok()) return counted(st);
     if (draining_) return counted(draining_refusal());
     return counted(chat(ctx, req, w));
+  }
+  // The request's `authorization` metadata against router.api_keys.
+  grpc::Status authorized(const grpc::ServerContext& ctx) const {
+    if (!api_keys_->required()) return grpc::Status::OK;
+    const auto& metadata = ctx.client_metadata();
+    const auto it = metadata.find("authorization");
+    const std::string_view value = it == metadata.end() ? std::string_view{}
+                                                        : std::string_view(it->second.data(), it->second.size());
+    if (api_keys_->allows(value)) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(ApiKeys::kRefusal));
   }
   static grpc::Status draining_refusal() {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is shutting down (draining); retry elsewhere");
@@ -793,6 +810,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     }
   }
 
+  std::unique_ptr<ApiKeys> api_keys_;
   api::DeploymentConfig cfg_;
   model::Checkpoint ck_;
   std::unique_ptr<model::JinjaTemplate> chat_template_;

@@ -79,6 +79,15 @@ struct DeploymentConfig {
   // On SIGTERM/SIGINT the router stops taking requests and gives the ones in
   // flight this long to finish before it cancels them.
   int drain_timeout_s = 30;
+  // Clients must send one of these keys (HTTP `Authorization: Bearer KEY`,
+  // gRPC metadata `authorization: Bearer KEY`); none: no check. Inline
+  // (router.api_keys) and one per line of router.api_keys_file, which is
+  // read when the file is parsed (its keys go to file_api_keys, and are not
+  // written back by to_yaml()).
+  std::vector<std::string> api_keys;
+  std::string api_keys_file;
+  std::vector<std::string> file_api_keys;
+  std::vector<std::string> accepted_api_keys() const;
 
   // attention nodes
   int attention_base_port = 50100;  // node i listens on base + i

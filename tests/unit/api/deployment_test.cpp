@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <fstream>
+
 #include "tandem/api/deployment.h"
 
 namespace tandem::api {
@@ -282,6 +285,55 @@ TEST(Deployment, NcclNeedsGpuNodesOnDifferentGpus) {
                                          "d.yaml");
   ASSERT_TRUE(ipc.is_ok());
   EXPECT_TRUE(ipc->check_nccl_placement(1).is_ok());
+}
+
+}  // namespace
+}  // namespace tandem::api
+
+namespace tandem::api {
+namespace {
+
+// router.api_keys inline and from a file (one per line, # comments): both
+// accepted, the file's keys not written back, bad keys and files refused
+// naming the key without showing the key.
+TEST(Deployment, ApiKeys) {
+  auto none = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
+  ASSERT_TRUE(none.is_ok());
+  EXPECT_TRUE(none->accepted_api_keys().empty());
+  const std::string file = ::testing::TempDir() + "/tandem_api_keys.txt";
+  {
+    std::ofstream(file) << "# ops team\nsk-file-1\n\n  sk-file-2  \r\n";
+  }
+  auto both = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {api_keys: [sk-inline], api_keys_file: " + file + "}\n",
+                                          "b.yaml");
+  ASSERT_TRUE(both.is_ok()) << both.status().to_string();
+  EXPECT_EQ(both->accepted_api_keys(), (std::vector<std::string>{"sk-inline", "sk-file-1", "sk-file-2"}));
+  const std::string yaml = both->to_yaml();
+  EXPECT_EQ(yaml.find("sk-file-1"), std::string::npos) << yaml;
+  auto again = DeploymentConfig::from_yaml(yaml, "again.yaml");
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_EQ(again->accepted_api_keys(), both->accepted_api_keys());
+
+  const auto refused = [](const std::string& router, const std::string& key) {
+    auto bad = DeploymentConfig::from_yaml("model: {path: m}\nrouter: " + router + "\n", "bad.yaml");
+    EXPECT_FALSE(bad.is_ok()) << router;
+    if (bad.is_ok()) return std::string();
+    EXPECT_NE(bad.status().message().find(key), std::string::npos) << bad.status().message();
+    return bad.status().message();
+  };
+  EXPECT_EQ(refused("{api_keys: ['sk with space']}", "router.api_keys[0]").find("sk with space"), std::string::npos);
+  refused("{api_keys: sk-one}", "router.api_keys");
+  refused("{api_keys: ['']}", "router.api_keys[0]");
+  refused("{api_keys_file: /nonexistent/keys}", "router.api_keys_file");
+  {
+    std::ofstream(file) << "# nothing but a comment\n";
+  }
+  refused("{api_keys_file: " + file + "}", "holds no key");
+  {
+    std::ofstream(file) << "sk-ok\nsk bad\n";
+  }
+  refused("{api_keys_file: " + file + "}", "line 2");
+  std::remove(file.c_str());
 }
 
 }  // namespace

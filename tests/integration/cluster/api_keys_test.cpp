@@ -1,0 +1,115 @@
+// A cluster whose router wants API keys (router.api_keys): the public APIs
+// refuse requests without an accepted key, over HTTP (401 in OpenAI's shape)
+// and gRPC (UNAUTHENTICATED), and serve those with one; health and metrics
+// stay open; the CLI clients send the key they are given.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "cluster_harness.h"
+
+namespace tandem {
+namespace {
+
+using nlohmann::json;
+using testing::Cluster;
+using testing::cluster_model;
+using testing::generate;
+using testing::greedy;
+
+constexpr const char* kKey = "sk-tandem-test-7f3a";
+
+TEST(ApiKeys, PublicApisWantAKeyProbesDoNot) {
+  Cluster cluster(cluster_model("tiny-mixtral"),
+                  {.attention_nodes = 1,
+                   .expert_nodes = 1,
+                   .http = true,
+                   .router_tuning = std::string("api_keys: [other-key, ") + kKey + "]"});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  httplib::Client http("127.0.0.1", cluster.http_port());
+  http.set_read_timeout(60, 0);
+  const std::string body = json{{"prompt", "hello"}, {"max_tokens", 3}, {"temperature", 0}}.dump();
+
+  // No key, a wrong one, another scheme: 401 naming the header, nothing generated.
+  for (const httplib::Headers& h : {httplib::Headers{}, httplib::Headers{{"Authorization", "Bearer sk-wrong"}},
+                                    httplib::Headers{{"Authorization", std::string("Basic ") + kKey}}}) {
+    auto res = http.Post("/v1/completions", h, body, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 401) << res->body;
+    EXPECT_EQ(res->get_header_value("WWW-Authenticate"), "Bearer");
+    const json e = json::parse(res->body);
+    EXPECT_EQ(e["error"]["code"], "invalid_api_key") << res->body;
+    EXPECT_NE(e["error"]["message"].get<std::string>().find("Authorization: Bearer"), std::string::npos);
+  }
+  for (const char* path : {"/v1/models"}) {
+    auto res = http.Get(path);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 401) << path;
+  }
+  auto tok = http.Post("/tokenize", json{{"prompt", "hi"}}.dump(), "application/json");
+  ASSERT_TRUE(tok);
+  EXPECT_EQ(tok->status, 401);
+
+  // The key: served, over every route and streamed.
+  const httplib::Headers with_key{{"Authorization", std::string("Bearer ") + kKey}};
+  auto ok = http.Post("/v1/completions", with_key, body, "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << ok->body;
+  EXPECT_EQ(json::parse(ok->body)["usage"]["completion_tokens"], 3);
+  auto models = http.Get("/v1/models", with_key);
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200);
+  auto streamed = http.Post("/v1/chat/completions", with_key,
+                            json{{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                                 {"max_tokens", 3},
+                                 {"stream", true}}
+                                .dump(),
+                            "application/json");
+  ASSERT_TRUE(streamed);
+  EXPECT_EQ(streamed->status, 200);
+  EXPECT_NE(streamed->body.find("data: [DONE]"), std::string::npos) << streamed->body;
+
+  // Probes need none.
+  auto health = http.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+
+  // gRPC: UNAUTHENTICATED without the metadata, served with it.
+  auto refused = generate(cluster.stub(), greedy("hello", 3));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << refused.status.error_message();
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
+  auto served = generate(cluster.stub(), greedy("hello", 3), std::chrono::seconds(60), &ctx);
+  ASSERT_TRUE(served.status.ok()) << served.status.error_message();
+  EXPECT_EQ(served.tokens.size(), 3u);
+  // Refusals are counted by their code.
+  metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("tandem_requests_total{code=\"UNAUTHENTICATED\"}"), std::string::npos) << metrics->body;
+
+  // The CLI: --api-key or TANDEM_API_KEY.
+  int rc = 0;
+  std::string out = testing::shell(testing::tandem_bin() + " client --server " + cluster.router_address() +
+                                       " --prompt hi --max-tokens 2",
+                                   rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("API key"), std::string::npos) << out;
+  out = testing::shell(testing::tandem_bin() + " client --server " + cluster.router_address() +
+                           " --prompt hi --max-tokens 2 --api-key " + kKey,
+                       rc);
+  EXPECT_EQ(rc, 0) << out;
+  out = testing::shell("TANDEM_API_KEY=" + std::string(kKey) + " " + testing::tandem_bin() + " bench --server " +
+                           cluster.router_address() + " --http 127.0.0.1:" + std::to_string(cluster.http_port()) +
+                           " --api both --requests 2 --concurrency 2 --prompt-tokens 8 --output-tokens 2",
+                       rc);
+  EXPECT_EQ(rc, 0) << out;
+}
+
+}  // namespace
+}  // namespace tandem
