@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -60,6 +61,8 @@ Status parse_plan(Reader& r, const YAML::Node& n, const std::string& path, PlanI
                     {"predicted_tokens_per_dollar", real(plan.predicted_tokens_per_dollar)}});
 }
 
+bool is_blank_char(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }
+
 // A key as clients send it in a header: printable ASCII without blanks, so
 // it cannot be mistaken for another (a trailing space in a file, say).
 Status check_api_key(const std::string& key) {
@@ -72,9 +75,28 @@ Status check_api_key(const std::string& key) {
 
 }  // namespace
 
-std::vector<std::string> DeploymentConfig::accepted_api_keys() const {
+Result<std::vector<std::string>> DeploymentConfig::accepted_api_keys() const {
   std::vector<std::string> keys = api_keys;
-  keys.insert(keys.end(), file_api_keys.begin(), file_api_keys.end());
+  if (api_keys_file.empty()) return keys;
+  const auto bad = [&](const std::string& what) {
+    return invalid_argument(source + ": router.api_keys_file: " + what);
+  };
+  std::ifstream in(api_keys_file);
+  if (!in) return bad("cannot read '" + api_keys_file + "'");
+  const size_t inline_keys = keys.size();
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (n == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 byte order mark
+    while (!line.empty() && is_blank_char(line.back())) line.pop_back();
+    size_t lead = 0;
+    while (lead < line.size() && is_blank_char(line[lead])) ++lead;
+    if (lead == line.size() || line[lead] == '#') continue;  // blank lines and comments
+    line.erase(0, lead);
+    if (Status k = check_api_key(line); !k.is_ok())
+      return bad(api_keys_file + " line " + std::to_string(n) + ": " + k.message());
+    keys.push_back(line);
+  }
+  if (keys.size() == inline_keys) return bad("'" + api_keys_file + "' holds no key (one per line; # comments)");
   return keys;
 }
 
@@ -131,9 +153,17 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                        TANDEM_RETURN_IF_ERROR(r.scalar(v[i], q + "[" + std::to_string(i) + "]", key));
                                        c.api_keys.push_back(std::move(key));
                                      }
+                                     // Given but empty would turn the check off unnoticed.
+                                     if (c.api_keys.empty())
+                                       return r.error(q, "an empty list: name a key, or leave the key out for no check");
                                      return Status::ok();
                                    }},
-                                  {"api_keys_file", str(c.api_keys_file)}});
+                                  {"api_keys_file", [&](const YAML::Node& v, const std::string& q) {
+                                     TANDEM_RETURN_IF_ERROR(r.scalar(v, q, c.api_keys_file));
+                                     if (c.api_keys_file.empty())
+                                       return r.error(q, "empty: name a file of keys, or leave the key out for no check");
+                                     return Status::ok();
+                                   }}});
         }},
        {"attention", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"base_port", num(c.attention_base_port, 1, 65535)},
@@ -219,21 +249,9 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   for (size_t i = 0; i < c.api_keys.size(); ++i)
     if (Status k = check_api_key(c.api_keys[i]); !k.is_ok())
       return r.error("router.api_keys[" + std::to_string(i) + "]", k.message());
-  if (!c.api_keys_file.empty()) {
-    std::ifstream in(c.api_keys_file);
-    if (!in) return r.error("router.api_keys_file", "cannot read '" + c.api_keys_file + "'");
-    std::string line;
-    for (int n = 1; std::getline(in, line); ++n) {
-      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
-      const size_t lead = line.find_first_not_of(" \t");
-      if (lead == std::string::npos || line[lead] == '#') continue;  // blank lines and comments
-      line.erase(0, lead);
-      if (Status k = check_api_key(line); !k.is_ok())
-        return r.error("router.api_keys_file", c.api_keys_file + " line " + std::to_string(n) + ": " + k.message());
-      c.file_api_keys.push_back(line);
-    }
-    if (c.file_api_keys.empty())
-      return r.error("router.api_keys_file", "'" + c.api_keys_file + "' holds no key (one per line; # comments)");
+  if (!c.api_keys_file.empty() && c.api_keys_file.front() != '/') {
+    const std::filesystem::path dir = std::filesystem::path(source).parent_path();
+    if (!dir.empty()) c.api_keys_file = (dir / c.api_keys_file).lexically_normal().string();
   }
   if (c.served_name.empty()) {
     std::string p = c.model_path;

@@ -92,6 +92,12 @@ int run_serve(const std::string& config_path) {
       return 2;
     }
   }
+  // The router reads the keys file: a bad one stops the cluster here, not
+  // the router in a restart loop.
+  if (auto keys = cfg->accepted_api_keys(); !keys.is_ok()) {
+    std::fprintf(stderr, "tandem serve: %s\n", keys.status().to_string().c_str());
+    return 2;
+  }
   if (Status st = check_device(*cfg, "serve"); !st.is_ok()) {
     std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
     return 2;

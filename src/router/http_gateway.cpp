@@ -77,15 +77,15 @@ struct Outcome {
 
 class Gateway final : public HttpGateway {
  public:
-  Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics)
+  Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics, std::vector<std::string> keys)
       : metrics_(std::move(metrics)),
         served_name_(cfg.served_name),
         started_(unix_now()),
         timeout_(std::chrono::seconds(cfg.request_timeout_s + 10)),
         id_salt_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()),
-        api_keys_(cfg.accepted_api_keys()) {
+        router_authorization_(keys.empty() ? std::string() : "Bearer " + keys.front()),
+        api_keys_(std::move(keys)) {
     // The gateway checks its clients' keys itself and calls the router with one of its own.
-    if (api_keys_.required()) router_authorization_ = "Bearer " + cfg.accepted_api_keys().front();
     auto channel = grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
     generation_ = pb::Generation::NewStub(channel);
     health_ = hpb::Health::NewStub(channel);
@@ -151,6 +151,8 @@ class Gateway final : public HttpGateway {
       e.message = std::string(ApiKeys::kRefusal);
       e.code = "invalid_api_key";
       res.set_header("WWW-Authenticate", "Bearer");
+      // Its body is not read: the connection cannot carry another request.
+      res.set_header("Connection", "close");
       send_error(res, e);
       return httplib::Server::HandlerResponse::Handled;
     });
@@ -448,8 +450,8 @@ class Gateway final : public HttpGateway {
   int64_t started_;
   std::chrono::seconds timeout_;
   uint64_t id_salt_;
-  ApiKeys api_keys_;
   std::string router_authorization_;  // "Bearer KEY" for the router, when keys are required
+  ApiKeys api_keys_;
   std::atomic<uint64_t> counter_{0};
 };
 
@@ -457,7 +459,8 @@ class Gateway final : public HttpGateway {
 
 Result<std::unique_ptr<HttpGateway>> HttpGateway::start(const api::DeploymentConfig& config,
                                                         std::function<std::string()> metrics) {
-  auto g = std::make_unique<Gateway>(config, std::move(metrics));
+  TANDEM_ASSIGN_OR_RETURN(auto keys, config.accepted_api_keys());
+  auto g = std::make_unique<Gateway>(config, std::move(metrics), std::move(keys));
   TANDEM_RETURN_IF_ERROR(g->listen(config.http));
   return std::unique_ptr<HttpGateway>(std::move(g));
 }

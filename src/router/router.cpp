@@ -77,7 +77,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
  public:
   Status init(const api::DeploymentConfig& cfg) {
     cfg_ = cfg;
-    api_keys_ = std::make_unique<ApiKeys>(cfg.accepted_api_keys());
+    TANDEM_ASSIGN_OR_RETURN(auto keys, cfg.accepted_api_keys());
+    api_keys_ = std::make_unique<ApiKeys>(std::move(keys));
     TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
     if (ck_.tokenizer_config.chat_template.empty()) {
       chat_template_error_ = "the model has no chat template (tokenizer_config.json / chat_template.jinja)";

@@ -81,13 +81,14 @@ struct DeploymentConfig {
   int drain_timeout_s = 30;
   // Clients must send one of these keys (HTTP `Authorization: Bearer KEY`,
   // gRPC metadata `authorization: Bearer KEY`); none: no check. Inline
-  // (router.api_keys) and one per line of router.api_keys_file, which is
-  // read when the file is parsed (its keys go to file_api_keys, and are not
-  // written back by to_yaml()).
+  // (router.api_keys, written back by to_yaml()) and one per line of
+  // router.api_keys_file (a relative path is the deployment file's
+  // directory's), which only the router reads: accepted_api_keys() reads it
+  // each call, INVALID_ARGUMENT naming the key for an unreadable file, a bad
+  // key (by line, never shown) or a file with none.
   std::vector<std::string> api_keys;
   std::string api_keys_file;
-  std::vector<std::string> file_api_keys;
-  std::vector<std::string> accepted_api_keys() const;
+  Result<std::vector<std::string>> accepted_api_keys() const;
 
   // attention nodes
   int attention_base_port = 50100;  // node i listens on base + i

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fstream>
 #include <string>
 
 #include "cluster_harness.h"
@@ -80,9 +81,47 @@ TEST(ApiKeys, PublicApisWantAKeyProbesDoNot) {
   ASSERT_TRUE(metrics);
   EXPECT_EQ(metrics->status, 200);
 
-  // gRPC: UNAUTHENTICATED without the metadata, served with it.
-  auto refused = generate(cluster.stub(), greedy("hello", 3));
-  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << refused.status.error_message();
+  // A keep-alive client refused once is served on its next request.
+  {
+    httplib::Client again("127.0.0.1", cluster.http_port());
+    again.set_keep_alive(true);
+    auto first = again.Post("/v1/completions", body, "application/json");
+    ASSERT_TRUE(first);
+    EXPECT_EQ(first->status, 401);
+    auto second = again.Post("/v1/completions", with_key, body, "application/json");
+    ASSERT_TRUE(second);
+    EXPECT_EQ(second->status, 200) << second->body;
+  }
+
+  // gRPC: every public call UNAUTHENTICATED without the metadata or with a
+  // wrong key, served with an accepted one.
+  for (const char* key : {"", "Bearer sk-wrong"}) {
+    const auto context = [&](grpc::ClientContext& c) {
+      if (*key) c.AddMetadata("authorization", key);
+      c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    };
+    grpc::ClientContext g;
+    if (*key) g.AddMetadata("authorization", key);
+    auto refused = generate(cluster.stub(), greedy("hello", 3), std::chrono::seconds(60), &g);
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << refused.status.error_message();
+    grpc::ClientContext c1, c2, c3, c4;
+    context(c1);
+    context(c2);
+    context(c3);
+    context(c4);
+    auto chat = testing::read_reply(*cluster.stub().Chat(&c1, testing::greedy_chat("hi", 3)));
+    EXPECT_EQ(chat.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    tandem::v1::ListModelsResponse models_reply;
+    EXPECT_EQ(cluster.stub().ListModels(&c2, {}, &models_reply).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    tandem::v1::TokenizeRequest tq;
+    tq.set_text("hi");
+    tandem::v1::TokenizeResponse tr;
+    EXPECT_EQ(cluster.stub().Tokenize(&c3, tq, &tr).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    tandem::v1::DetokenizeRequest dq;
+    dq.add_token_ids(1);
+    tandem::v1::DetokenizeResponse dr;
+    EXPECT_EQ(cluster.stub().Detokenize(&c4, dq, &dr).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
   grpc::ClientContext ctx;
   ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
   auto served = generate(cluster.stub(), greedy("hello", 3), std::chrono::seconds(60), &ctx);
@@ -109,6 +148,17 @@ TEST(ApiKeys, PublicApisWantAKeyProbesDoNot) {
                            " --api both --requests 2 --concurrency 2 --prompt-tokens 8 --output-tokens 2",
                        rc);
   EXPECT_EQ(rc, 0) << out;
+}
+
+// A keys file that cannot be read stops `tandem serve` at start, naming the key.
+TEST(ApiKeys, UnreadableKeysFileIsRefusedAtStart) {
+  const std::string path = ::testing::TempDir() + "/bad_api_keys.yaml";
+  std::ofstream(path) << "model: {path: " << cluster_model("tiny-mixtral")
+                      << "}\nrouter: {api_keys_file: /nonexistent/tandem-keys}\n";
+  int rc = 0;
+  const std::string out = testing::shell(testing::tandem_bin() + " serve --config " + path, rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("router.api_keys_file: cannot read '/nonexistent/tandem-keys'"), std::string::npos) << out;
 }
 
 }  // namespace

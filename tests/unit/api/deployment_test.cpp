@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "tandem/api/deployment.h"
@@ -293,38 +296,54 @@ TEST(Deployment, NcclNeedsGpuNodesOnDifferentGpus) {
 namespace tandem::api {
 namespace {
 
-// router.api_keys inline and from a file (one per line, # comments): both
-// accepted, the file's keys not written back, bad keys and files refused
-// naming the key without showing the key.
+// router.api_keys inline and from a file (one per line, # comments, read
+// by accepted_api_keys() only: other roles never open it): both accepted,
+// the file's keys not written back, a relative file found beside the
+// deployment file, bad keys and files refused naming the key without
+// showing the key, empty settings refused rather than turning the check off.
 TEST(Deployment, ApiKeys) {
   auto none = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
   ASSERT_TRUE(none.is_ok());
-  EXPECT_TRUE(none->accepted_api_keys().empty());
-  const std::string file = ::testing::TempDir() + "/tandem_api_keys.txt";
+  ASSERT_TRUE(none->accepted_api_keys().is_ok());
+  EXPECT_TRUE(none->accepted_api_keys()->empty());
+  const std::string dir =
+      (std::filesystem::path(::testing::TempDir()) / ("tandem_api_keys_" + std::to_string(::getpid()))).lexically_normal();
+  std::filesystem::create_directories(dir);
+  const std::string file = dir + "/keys.txt";
   {
-    std::ofstream(file) << "# ops team\nsk-file-1\n\n  sk-file-2  \r\n";
+    std::ofstream(file) << "\xEF\xBB\xBF# ops team\nsk-file-1\n\n \t sk-file-2 \t\r\n";
   }
-  auto both = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {api_keys: [sk-inline], api_keys_file: " + file + "}\n",
-                                          "b.yaml");
+  // Relative to the deployment file's directory.
+  auto both = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {api_keys: [sk-inline], api_keys_file: keys.txt}\n",
+                                          dir + "/deploy.yaml");
   ASSERT_TRUE(both.is_ok()) << both.status().to_string();
-  EXPECT_EQ(both->accepted_api_keys(), (std::vector<std::string>{"sk-inline", "sk-file-1", "sk-file-2"}));
+  EXPECT_EQ(both->api_keys_file, file);
+  auto keys = both->accepted_api_keys();
+  ASSERT_TRUE(keys.is_ok()) << keys.status().to_string();
+  EXPECT_EQ(*keys, (std::vector<std::string>{"sk-inline", "sk-file-1", "sk-file-2"}));
   const std::string yaml = both->to_yaml();
   EXPECT_EQ(yaml.find("sk-file-1"), std::string::npos) << yaml;
   auto again = DeploymentConfig::from_yaml(yaml, "again.yaml");
   ASSERT_TRUE(again.is_ok()) << again.status().to_string();
-  EXPECT_EQ(again->accepted_api_keys(), both->accepted_api_keys());
+  ASSERT_TRUE(again->accepted_api_keys().is_ok());
+  EXPECT_EQ(*again->accepted_api_keys(), *keys);
 
   const auto refused = [](const std::string& router, const std::string& key) {
     auto bad = DeploymentConfig::from_yaml("model: {path: m}\nrouter: " + router + "\n", "bad.yaml");
-    EXPECT_FALSE(bad.is_ok()) << router;
-    if (bad.is_ok()) return std::string();
-    EXPECT_NE(bad.status().message().find(key), std::string::npos) << bad.status().message();
-    return bad.status().message();
+    Status st = bad.is_ok() ? bad->accepted_api_keys().status() : bad.status();
+    EXPECT_FALSE(st.is_ok()) << router;
+    EXPECT_NE(st.message().find(key), std::string::npos) << st.message();
+    return st.message();
   };
   EXPECT_EQ(refused("{api_keys: ['sk with space']}", "router.api_keys[0]").find("sk with space"), std::string::npos);
   refused("{api_keys: sk-one}", "router.api_keys");
   refused("{api_keys: ['']}", "router.api_keys[0]");
-  refused("{api_keys_file: /nonexistent/keys}", "router.api_keys_file");
+  refused("{api_keys: []}", "an empty list");
+  refused("{api_keys_file: ''}", "router.api_keys_file: empty");
+  // The file is the router's to read: parsing never opens it.
+  auto missing = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {api_keys_file: /nonexistent/keys}\n", "m.yaml");
+  ASSERT_TRUE(missing.is_ok()) << missing.status().to_string();
+  refused("{api_keys_file: /nonexistent/keys}", "router.api_keys_file: cannot read");
   {
     std::ofstream(file) << "# nothing but a comment\n";
   }
@@ -332,8 +351,8 @@ TEST(Deployment, ApiKeys) {
   {
     std::ofstream(file) << "sk-ok\nsk bad\n";
   }
-  refused("{api_keys_file: " + file + "}", "line 2");
-  std::remove(file.c_str());
+  EXPECT_EQ(refused("{api_keys_file: " + file + "}", "line 2").find("sk bad"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
