@@ -35,6 +35,8 @@ inline std::string tandem_bin() {
 inline const std::string& cluster_model(const std::string& preset) {
   static std::map<std::string, std::string> dirs;
   auto& d = dirs[preset];
+  // "hf-...": a checkpoint transformers wrote (tests/fixtures/hf, scripts/hf_parity.py).
+  if (d.empty() && preset.rfind("hf-", 0) == 0) d = std::string(TANDEM_SOURCE_DIR) + "/tests/fixtures/hf/" + preset;
   if (d.empty()) {
     d = (std::filesystem::path(::testing::TempDir()) / ("tandem_cluster_" + preset + "_" + std::to_string(getpid())))
             .string();

@@ -106,14 +106,17 @@ TEST_P(ClusterEquivalence, ConcurrentGreedyStreamsMatchSingleProcess) {
   std::vector<std::future<testing::Reply>> futs;
   for (const auto& p : ps)
     futs.push_back(std::async(std::launch::async, [&, p] { return generate(cluster.stub(), greedy(p, 12)); }));
+  size_t generated = 0;
   for (size_t i = 0; i < ps.size(); ++i) {
     auto r = futs[i].get();
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    generated += r.tokens.size();
     auto ck = model::Checkpoint::open(dir);
     expect_same_or_tied(dir, *ck->tokenizer->encode(ps[i], true), r.tokens, want[i], "stream " + std::to_string(i));
     EXPECT_EQ(r.completion_tokens, r.tokens.size());
     EXPECT_NE(r.finish, tandem::v1::FINISH_REASON_UNSPECIFIED);
   }
+  EXPECT_GT(generated, 4 * ps.size()) << "the streams compared tokens, not only early stops";
 }
 
 // GPU nodes (attention.device / expert.device: cuda) serve what the
@@ -173,6 +176,11 @@ std::vector<std::tuple<std::string, int, int, int, std::string>> equivalence_cas
     for (const char* preset : {"tiny-mixtral", "tiny-qwen3-moe"})
       for (auto [n_a, n_e, m] : {std::tuple{1, 1, 1}, std::tuple{2, 2, 2}, std::tuple{2, 3, 3}})
         v.emplace_back(preset, n_a, n_e, m, transport);
+  // Qwen2-MoE as transformers writes it (BF16, sharded): q/k/v biases, a
+  // sigmoid-gated shared expert on the attention nodes, a dense layer
+  // (mlp_only_layers), top-k weights not renormalised.
+  v.emplace_back("hf-qwen2-moe", 2, 2, 2, "tcp");
+  v.emplace_back("hf-qwen2-moe", 2, 3, 3, "ucx");
   // UCX with its shared-memory transports, on the largest shapes.
   v.emplace_back("tiny-mixtral", 2, 3, 3, "ucx-shm");
   v.emplace_back("tiny-qwen3-moe", 2, 3, 3, "ucx-shm");
