@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "tandem/api/yaml_reader.h"
 
@@ -100,6 +101,21 @@ Result<std::vector<std::string>> DeploymentConfig::accepted_api_keys() const {
   return keys;
 }
 
+Result<DeploymentConfig::ServerTls> DeploymentConfig::server_tls() const {
+  ServerTls t;
+  for (auto [key, path, out] : {std::tuple{"router.tls_cert_file", &tls_cert_file, &t.cert_pem},
+                                std::tuple{"router.tls_key_file", &tls_key_file, &t.key_pem}}) {
+    if (path->empty()) continue;
+    std::ifstream in(*path);
+    std::stringstream text;
+    if (in) text << in.rdbuf();
+    if (!in || text.str().empty())
+      return invalid_argument(source + ": " + key + ": cannot read '" + *path + "'");
+    *out = text.str();
+  }
+  return t;
+}
+
 Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, const std::string& source) {
   TANDEM_ASSIGN_OR_RETURN(YAML::Node root, Reader::load(text, source));
   DeploymentConfig c;
@@ -158,6 +174,8 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                        return r.error(q, "an empty list: name a key, or leave the key out for no check");
                                      return Status::ok();
                                    }},
+                                  {"tls_cert_file", str(c.tls_cert_file)},
+                                  {"tls_key_file", str(c.tls_key_file)},
                                   {"api_keys_file", [&](const YAML::Node& v, const std::string& q) {
                                      TANDEM_RETURN_IF_ERROR(r.scalar(v, q, c.api_keys_file));
                                      if (c.api_keys_file.empty())
@@ -249,9 +267,14 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
   for (size_t i = 0; i < c.api_keys.size(); ++i)
     if (Status k = check_api_key(c.api_keys[i]); !k.is_ok())
       return r.error("router.api_keys[" + std::to_string(i) + "]", k.message());
-  if (!c.api_keys_file.empty() && c.api_keys_file.front() != '/') {
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty())
+    return r.error(c.tls_cert_file.empty() ? "router.tls_cert_file" : "router.tls_key_file",
+                   "TLS needs both router.tls_cert_file and router.tls_key_file");
+  // Files named in the deployment file are found beside it.
+  for (std::string* file : {&c.api_keys_file, &c.tls_cert_file, &c.tls_key_file}) {
+    if (file->empty() || file->front() == '/') continue;
     const std::filesystem::path dir = std::filesystem::path(source).parent_path();
-    if (!dir.empty()) c.api_keys_file = (dir / c.api_keys_file).lexically_normal().string();
+    if (!dir.empty()) *file = (dir / *file).lexically_normal().string();
   }
   if (c.served_name.empty()) {
     std::string p = c.model_path;
@@ -362,6 +385,8 @@ std::string DeploymentConfig::to_yaml() const {
   // Written back as given, so that a deployment written from this one keeps its check.
   if (!api_keys.empty()) e << YAML::Key << "api_keys" << YAML::Value << api_keys;
   if (!api_keys_file.empty()) e << YAML::Key << "api_keys_file" << YAML::Value << api_keys_file;
+  if (tls()) e << YAML::Key << "tls_cert_file" << YAML::Value << tls_cert_file << YAML::Key << "tls_key_file"
+               << YAML::Value << tls_key_file;
   e << YAML::EndMap;
   e << YAML::Key << "attention" << YAML::Value << YAML::BeginMap << YAML::Key << "base_port" << YAML::Value
     << attention_base_port << YAML::Key << "max_running_sequences" << YAML::Value << max_running_sequences

@@ -8,8 +8,8 @@
 
 namespace tandem::api {
 
-Status check_health(const std::string& address, std::chrono::milliseconds timeout) {
-  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+Status check_health(const std::string& address, std::chrono::milliseconds timeout, const ClientTls& tls) {
+  auto stub = grpc::health::v1::Health::NewStub(open_channel(address, tls));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   grpc::health::v1::HealthCheckRequest req;
@@ -45,11 +45,11 @@ Status HealthProbe::check(std::chrono::milliseconds timeout) {
   return Status::ok();
 }
 
-Status wait_until_serving(const std::string& address, std::chrono::milliseconds timeout) {
+Status wait_until_serving(const std::string& address, std::chrono::milliseconds timeout, const ClientTls& tls) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   Status last;
   while (std::chrono::steady_clock::now() < end) {
-    last = check_health(address);
+    last = check_health(address, std::chrono::milliseconds(500), tls);
     if (last.is_ok()) return last;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "tandem/api/channel.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
 namespace tandem::cli {
@@ -36,6 +37,7 @@ struct BenchArgs {
   std::string http = "127.0.0.1:8000";
   std::string api = "grpc";  // grpc | http | both
   std::string api_key;
+  std::string tls_ca, tls_server_name;
   int concurrency = 8;
   int requests = 64;
   int prompt_tokens = 128;
@@ -90,11 +92,10 @@ RunOne grpc_runner(tandem::v1::Generation::Stub& stub, const std::string& author
 
 // Over the OpenAI-compatible HTTP API (/v1/completions, streamed): each
 // event with text is a chunk; the token count comes from the usage event.
-RunOne http_runner(const std::string& server, const std::string& authorization) {
-  const auto colon = server.rfind(':');
-  const std::string host = server.substr(0, colon);
-  const int port = colon == std::string::npos ? 80 : std::atoi(server.c_str() + colon + 1);
-  return [host, port, authorization](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
+// `ca_file`: HTTPS, trusting that certificate.
+RunOne http_runner(const std::string& server, const std::string& authorization, const std::string& ca_file) {
+  const std::string url = (ca_file.empty() ? "http://" : "https://") + server;
+  return [url, authorization, ca_file](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
     nlohmann::json body = {{"prompt", nlohmann::json::array()},
                            {"max_tokens", req.sampling().max_tokens()},
                            {"temperature", req.sampling().temperature()},
@@ -104,7 +105,11 @@ RunOne http_runner(const std::string& server, const std::string& authorization) 
                            {"stream_options", {{"include_usage", true}}}};
     if (req.priority() != 0) body["priority"] = req.priority();
     for (uint32_t id : req.token_ids().ids()) body["prompt"].push_back(id);
-    httplib::Client client(host, port);
+    httplib::Client client(url);
+    if (!ca_file.empty()) {
+      client.set_ca_cert_path(ca_file.c_str());
+      client.enable_server_certificate_verification(true);
+    }
     client.set_read_timeout(600, 0);
     httplib::Request hr;
     hr.method = "POST";
@@ -231,7 +236,13 @@ int run_bench(const BenchArgs& a) {
                  a.prompt_tokens);
     return 2;
   }
-  auto channel = grpc::CreateChannel(a.server, grpc::InsecureChannelCredentials());
+  api::ClientTls tls;
+  if (!a.tls_ca.empty()) {
+    auto t = api::client_tls(a.tls_ca, a.tls_server_name);
+    if (!t.is_ok()) return std::fprintf(stderr, "tandem bench: %s\n", t.status().message().c_str()), 2;
+    tls = *t;
+  }
+  auto channel = api::open_channel(a.server, tls);
   auto stub = tandem::v1::Generation::NewStub(channel);
   uint32_t vocab = 0;
   {
@@ -283,7 +294,7 @@ int run_bench(const BenchArgs& a) {
     // be found in the prefix cache and flatter HTTP.
     BenchArgs pass = a;
     if (a.api == "both") pass.seed = a.seed + 1;
-    http_rep = measure(make_requests(pass.seed), a.concurrency, http_runner(a.http, bearer(a.api_key)));
+    http_rep = measure(make_requests(pass.seed), a.concurrency, http_runner(a.http, bearer(a.api_key), a.tls_ca));
     print_report("http", a.http, pass, http_rep);
     failures += http_rep.failures;
   }
@@ -302,6 +313,7 @@ void register_bench(CLI::App& app) {
                         [] { return run_bench(a); });
   b->add_option("--server", a.server, "Router address (gRPC)")->capture_default_str();
   add_api_key_option(b, a.api_key);
+  add_tls_options(b, a.tls_ca, a.tls_server_name);
   b->add_option("--http", a.http, "Router's OpenAI-compatible HTTP address (router.http_listen)")->capture_default_str();
   b->add_option("--api", a.api,
                 "grpc, http (streamed /v1/completions), or both: requests of the same shape over each (other prompts for "

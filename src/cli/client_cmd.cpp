@@ -9,6 +9,7 @@
 #include <string>
 
 #include "commands.h"
+#include "tandem/api/channel.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
 namespace tandem::cli {
@@ -17,6 +18,7 @@ namespace {
 struct ClientArgs {
   std::string server = "127.0.0.1:50051";
   std::string api_key;
+  std::string tls_ca, tls_server_name;
   std::string prompt;
   uint32_t max_tokens = 64;
   float temperature = 0.8f;
@@ -54,7 +56,13 @@ std::string printable(const std::string& bytes) {
 }
 
 int run_client(const ClientArgs& a) {
-  auto stub = tandem::v1::Generation::NewStub(grpc::CreateChannel(a.server, grpc::InsecureChannelCredentials()));
+  api::ClientTls tls;
+  if (!a.tls_ca.empty()) {
+    auto t = api::client_tls(a.tls_ca, a.tls_server_name);
+    if (!t.is_ok()) return std::fprintf(stderr, "tandem client: %s\n", t.status().message().c_str()), 2;
+    tls = *t;
+  }
+  auto stub = tandem::v1::Generation::NewStub(api::open_channel(a.server, tls));
   grpc::ClientContext ctx;
   if (!a.api_key.empty()) ctx.AddMetadata("authorization", bearer(a.api_key));
   tandem::v1::GenerateRequest req;
@@ -135,6 +143,7 @@ void register_client(CLI::App& app) {
                         [] { return run_client(a); });
   c->add_option("--server", a.server, "Router address")->capture_default_str();
   add_api_key_option(c, a.api_key);
+  add_tls_options(c, a.tls_ca, a.tls_server_name);
   c->add_option("--prompt", a.prompt, "Prompt text")->required();
   c->add_option("--max-tokens", a.max_tokens, "Tokens to generate")->capture_default_str();
   c->add_option("--temperature", a.temperature, "Sampling temperature")->capture_default_str();

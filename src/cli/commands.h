@@ -33,6 +33,12 @@ inline void add_api_key_option(CLI::App* cmd, std::string& key) {
   cmd->add_option("--api-key", key, "Key for a router with router.api_keys (sent as Authorization: Bearer)")
       ->envname("TANDEM_API_KEY");
 }
+// --tls-ca (and --tls-server-name): TLS to a router with router.tls_*.
+inline void add_tls_options(CLI::App* cmd, std::string& ca_file, std::string& server_name) {
+  cmd->add_option("--tls-ca", ca_file, "CA (or self-signed) certificate to trust: TLS to a router with router.tls_*")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--tls-server-name", server_name, "Name the router's certificate must carry (default: the host dialled)");
+}
 // The Authorization value for `key`; empty for none.
 inline std::string bearer(const std::string& key) { return key.empty() ? std::string() : "Bearer " + key; }
 

@@ -98,6 +98,18 @@ int run_serve(const std::string& config_path) {
     std::fprintf(stderr, "tandem serve: %s\n", keys.status().to_string().c_str());
     return 2;
   }
+  // With TLS the router's health is asked over TLS, trusting its own
+  // certificate under the name it carries.
+  api::ClientTls router_tls;
+  if (cfg->tls()) {
+    auto tls = cfg->server_tls();
+    auto name = tls.is_ok() ? api::certificate_name(tls->cert_pem) : Result<std::string>(tls.status());
+    if (!name.is_ok()) {
+      std::fprintf(stderr, "tandem serve: %s\n", name.status().to_string().c_str());
+      return 2;
+    }
+    router_tls = {tls->cert_pem, *name};
+  }
   if (Status st = check_device(*cfg, "serve"); !st.is_ok()) {
     std::fprintf(stderr, "tandem serve: %s\n", st.to_string().c_str());
     return 2;
@@ -119,7 +131,8 @@ int run_serve(const std::string& config_path) {
 
   // Readiness: every role answers its health check.
   for (auto& c : children) {
-    Status st = api::wait_until_serving(c.address, std::chrono::seconds(120));
+    Status st = api::wait_until_serving(c.address, std::chrono::seconds(120),
+                                        c.role == "router" ? router_tls : api::ClientTls{});
     if (!st.is_ok()) {
       std::fprintf(stderr, "tandem serve: %s at %s did not come up: %s\n", c.name().c_str(), c.address.c_str(),
                    st.message().c_str());

@@ -77,8 +77,11 @@ struct Outcome {
 
 class Gateway final : public HttpGateway {
  public:
-  Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics, std::vector<std::string> keys)
-      : metrics_(std::move(metrics)),
+  Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics, std::vector<std::string> keys,
+          std::shared_ptr<grpc::Channel> router)
+      : server_(cfg.tls() ? std::make_unique<httplib::SSLServer>(cfg.tls_cert_file.c_str(), cfg.tls_key_file.c_str())
+                          : std::make_unique<httplib::Server>()),
+        metrics_(std::move(metrics)),
         served_name_(cfg.served_name),
         started_(unix_now()),
         timeout_(std::chrono::seconds(cfg.request_timeout_s + 10)),
@@ -86,7 +89,7 @@ class Gateway final : public HttpGateway {
         router_authorization_(keys.empty() ? std::string() : "Bearer " + keys.front()),
         api_keys_(std::move(keys)) {
     // The gateway checks its clients' keys itself and calls the router with one of its own.
-    auto channel = grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
+    auto channel = router ? router : grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
     generation_ = pb::Generation::NewStub(channel);
     health_ = hpb::Health::NewStub(channel);
     // A worker per request the router can admit, and spare ones so that
@@ -95,15 +98,15 @@ class Gateway final : public HttpGateway {
     capacity_ = std::clamp<int64_t>(
         static_cast<int64_t>(cfg.attention_nodes) * cfg.max_running_sequences + cfg.max_queue, 1, 1024);
     const auto workers = static_cast<size_t>(capacity_ + kSpareWorkers);
-    server_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+    server_->new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
     // Below gRPC's default 4 MiB message limit, so a body too large is 413
     // here rather than a RESOURCE_EXHAUSTED (429, "retry") from gRPC.
-    server_.set_payload_max_length(size_t{3} << 20);
+    server_->set_payload_max_length(size_t{3} << 20);
     // Idle keep-alive connections hold a worker: let them go soon.
-    server_.set_keep_alive_timeout(1);
+    server_->set_keep_alive_timeout(1);
     // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, with which a
     // second router on a taken port would bind and silently share it.
-    server_.set_socket_options([](socket_t sock) {
+    server_->set_socket_options([](socket_t sock) {
       int yes = 1;
       setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     });
@@ -111,22 +114,23 @@ class Gateway final : public HttpGateway {
   }
 
   ~Gateway() override { stop(); }
+  bool valid() const { return server_->is_valid(); }
 
   Status listen(const api::Endpoint& at) {
     std::string host = at.host;  // "[::1]" binds as "::1"
     if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-    if (!server_.bind_to_port(host, at.port))
+    if (!server_->bind_to_port(host, at.port))
       return unavailable("router.http_listen: cannot listen on " + at.to_string());
     thread_ = std::thread([this] {
-      server_.listen_after_bind();
+      server_->listen_after_bind();
       stopped_ = true;
     });
     // httplib's stop() does nothing until the accept loop runs: wait for it,
     // so a stop right after the start cannot leave the thread behind.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!server_.is_running() && std::chrono::steady_clock::now() < deadline)
+    while (!server_->is_running() && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (!server_.is_running()) return unavailable("router.http_listen: the HTTP server on " + at.to_string() + " did not start");
+    if (!server_->is_running()) return unavailable("router.http_listen: the HTTP server on " + at.to_string() + " did not start");
     TANDEM_LOG_INFO("router: OpenAI-compatible HTTP API on {}", at.to_string());
     return Status::ok();
   }
@@ -134,8 +138,8 @@ class Gateway final : public HttpGateway {
   void stop() override {
     if (!thread_.joinable()) return;
     // A thread started but not yet accepting would ignore one stop().
-    while (!server_.is_running() && !stopped_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    server_.stop();
+    while (!server_->is_running() && !stopped_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    server_->stop();
     thread_.join();
   }
 
@@ -143,7 +147,7 @@ class Gateway final : public HttpGateway {
   void routes() {
     // Every route but the probes' (/health for load balancers, /metrics for
     // Prometheus) wants a key when router.api_keys sets some.
-    server_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (req.path == "/health" || req.path == "/metrics" || api_keys_.allows(req.get_header_value("Authorization")))
         return httplib::Server::HandlerResponse::Unhandled;
       openai::HttpError e;
@@ -156,31 +160,31 @@ class Gateway final : public HttpGateway {
       send_error(res, e);
       return httplib::Server::HandlerResponse::Handled;
     });
-    server_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(openai::dump(openai::model_list(served_name_, started_)), "application/json");
     });
-    server_.Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
+    server_->Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
     if (metrics_)
-      server_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics_(), "text/plain; version=0.0.4");
       });
-    server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    server_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
       answer(res, openai::parse_completion(req.body), /*chat=*/false,
              [this](grpc::ClientContext* ctx, const pb::GenerateRequest& r) { return generation_->Generate(ctx, r); });
     });
-    server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    server_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
       answer(res, openai::parse_chat(req.body), /*chat=*/true,
              [this](grpc::ClientContext* ctx, const pb::ChatRequest& r) { return generation_->Chat(ctx, r); });
     });
     // vLLM's tokenizer routes: unary, quick, not counted against generation capacity.
-    server_.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    server_->Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
       unary<pb::TokenizeResponse>(res, openai::parse_tokenize(req.body),
                                   [this](grpc::ClientContext* ctx, const pb::TokenizeRequest& r, pb::TokenizeResponse* out) {
                                     return generation_->Tokenize(ctx, r, out);
                                   },
                                   [](const pb::TokenizeResponse& r) { return openai::tokenize_response(r); });
     });
-    server_.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    server_->Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
       unary<pb::DetokenizeResponse>(
           res, openai::parse_detokenize(req.body),
           [this](grpc::ClientContext* ctx, const pb::DetokenizeRequest& r, pb::DetokenizeResponse* out) {
@@ -189,7 +193,7 @@ class Gateway final : public HttpGateway {
           [](const pb::DetokenizeResponse& r) { return openai::detokenize_response(r); });
     });
     // Unknown routes, and any other error without a body of its own, in OpenAI's error shape.
-    server_.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
+    server_->set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
                                                                        httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
       openai::HttpError e;
@@ -200,7 +204,7 @@ class Gateway final : public HttpGateway {
       send_error(res, e);
       return httplib::Server::HandlerResponse::Handled;
     }));
-    server_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    server_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
       openai::HttpError e;
       e.status = 500;
       e.type = "server_error";
@@ -438,7 +442,7 @@ class Gateway final : public HttpGateway {
 
   static constexpr int64_t kSpareWorkers = 16;
 
-  httplib::Server server_;
+  std::unique_ptr<httplib::Server> server_;  // an SSLServer with router.tls_*
   std::thread thread_;
   std::atomic<bool> stopped_{false};  // the accept loop has returned
   int64_t capacity_ = 1;
@@ -458,9 +462,13 @@ class Gateway final : public HttpGateway {
 }  // namespace
 
 Result<std::unique_ptr<HttpGateway>> HttpGateway::start(const api::DeploymentConfig& config,
-                                                        std::function<std::string()> metrics) {
+                                                        std::function<std::string()> metrics,
+                                                        std::shared_ptr<grpc::Channel> router) {
   TANDEM_ASSIGN_OR_RETURN(auto keys, config.accepted_api_keys());
-  auto g = std::make_unique<Gateway>(config, std::move(metrics), std::move(keys));
+  auto g = std::make_unique<Gateway>(config, std::move(metrics), std::move(keys), std::move(router));
+  if (!g->valid())
+    return invalid_argument(config.source + ": router.tls_cert_file / router.tls_key_file: '" + config.tls_cert_file +
+                            "' and '" + config.tls_key_file + "' are not a PEM certificate and its private key");
   TANDEM_RETURN_IF_ERROR(g->listen(config.http));
   return std::unique_ptr<HttpGateway>(std::move(g));
 }

@@ -15,15 +15,22 @@
 #include "tandem/api/deployment.h"
 #include "tandem/common/status.h"
 
+namespace grpc {
+class Channel;
+}
+
 namespace tandem::router {
 
 class HttpGateway {
  public:
-  // Binds router.http_listen (UNAVAILABLE naming it when it cannot) and serves
-  // on threads of its own until stop() or destruction. `metrics`, when set,
-  // answers GET /metrics (Prometheus text).
+  // Binds router.http_listen (UNAVAILABLE naming it when it cannot; HTTPS
+  // with router.tls_*) and serves on threads of its own until stop() or
+  // destruction. `metrics`, when set, answers GET /metrics (Prometheus text).
+  // `router`: the channel to the router's gRPC service (the router's own
+  // in-process one); null: router.listen dialled in plaintext.
   static Result<std::unique_ptr<HttpGateway>> start(const api::DeploymentConfig& config,
-                                                    std::function<std::string()> metrics = {});
+                                                    std::function<std::string()> metrics = {},
+                                                    std::shared_ptr<grpc::Channel> router = nullptr);
   virtual ~HttpGateway() = default;
   virtual void stop() = 0;
 };

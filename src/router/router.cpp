@@ -126,7 +126,14 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     int bound = 0;
-    b.AddListeningPort(cfg.router.to_string(), grpc::InsecureServerCredentials(), &bound);
+    std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+    if (cfg.tls()) {
+      TANDEM_ASSIGN_OR_RETURN(auto tls, cfg.server_tls());
+      grpc::SslServerCredentialsOptions options;
+      options.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
+      credentials = grpc::SslServerCredentials(options);
+    }
+    b.AddListeningPort(cfg.router.to_string(), credentials, &bound);
     b.RegisterService(this);
     server_ = b.BuildAndStart();
     if (!server_ || bound == 0) return unavailable("router: cannot listen on " + cfg.router.to_string());
@@ -134,7 +141,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     monitor_ = std::thread([this] { monitor(); });
     TANDEM_LOG_INFO("router serving on {}", cfg.router.to_string());
     if (cfg.http.port != 0) {
-      TANDEM_ASSIGN_OR_RETURN(http_, HttpGateway::start(cfg, [this] { return metrics_text(); }));
+      // The gateway calls this server in-process: no socket, and no TLS to its own listener.
+      TANDEM_ASSIGN_OR_RETURN(http_, HttpGateway::start(cfg, [this] { return metrics_text(); },
+                                                        server_->InProcessChannel(grpc::ChannelArguments())));
     }
     return Status::ok();
   }

@@ -89,6 +89,17 @@ struct DeploymentConfig {
   std::vector<std::string> api_keys;
   std::string api_keys_file;
   Result<std::vector<std::string>> accepted_api_keys() const;
+  // TLS on the router's public listeners (router.listen, router.http_listen):
+  // a PEM certificate (chain) and its private key, both or neither; relative
+  // paths are the deployment file's directory's. Only the router and
+  // `tandem serve` read them: server_tls() reads both, INVALID_ARGUMENT
+  // naming the key when one cannot be read; empty strings when off.
+  std::string tls_cert_file, tls_key_file;
+  struct ServerTls {
+    std::string cert_pem, key_pem;
+  };
+  Result<ServerTls> server_tls() const;
+  bool tls() const { return !tls_cert_file.empty(); }
 
   // attention nodes
   int attention_base_port = 50100;  // node i listens on base + i

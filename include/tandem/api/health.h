@@ -5,12 +5,14 @@
 #include <memory>
 #include <string>
 
+#include "tandem/api/channel.h"
 #include "tandem/common/status.h"
 
 namespace tandem::api {
 
 // OK when the server at `address` reports SERVING; UNAVAILABLE otherwise.
-Status check_health(const std::string& address, std::chrono::milliseconds timeout = std::chrono::milliseconds(500));
+Status check_health(const std::string& address, std::chrono::milliseconds timeout = std::chrono::milliseconds(500),
+                    const ClientTls& tls = {});
 
 // Repeated checks of one server over one kept channel (a monitor's): OK when
 // SERVING; DEADLINE_EXCEEDED when no answer came in time (the server may only
@@ -29,6 +31,6 @@ class HealthProbe {
 };
 
 // Polls until SERVING or `timeout`; DEADLINE_EXCEEDED says what was last seen.
-Status wait_until_serving(const std::string& address, std::chrono::milliseconds timeout);
+Status wait_until_serving(const std::string& address, std::chrono::milliseconds timeout, const ClientTls& tls = {});
 
 }  // namespace tandem::api

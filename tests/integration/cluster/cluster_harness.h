@@ -69,6 +69,7 @@ struct ClusterShape {
   bool http = false;         // router.http_listen on http_port()
   std::string attention_tuning{};  // extra `attention:` keys, e.g. "max_prompt_logprob_rows: 4"
   std::string router_tuning{};     // extra `router:` keys, e.g. "reasoning_parser: qwen3"
+  bool tls = false;  // router.tls_* with tests/fixtures/tls (localhost, 127.0.0.1); the harness dials with it
   // router.drain_timeout_s: short by default, so that a test that leaves a
   // stream open does not hold its cluster's ports long after it ends.
   int drain_timeout_s = 5;
@@ -86,7 +87,11 @@ class Cluster {
                            << "router: {listen: 127.0.0.1:" << base_ << ", max_queue: " << s.max_queue
                            << (s.http ? ", http_listen: 127.0.0.1:" + std::to_string(base_ + 9) : "")
                            << ", drain_timeout_s: " << s.drain_timeout_s
-                           << (s.router_tuning.empty() ? "" : ", " + s.router_tuning) << "}\n"
+                           << (s.router_tuning.empty() ? "" : ", " + s.router_tuning)
+                           << (s.tls ? ", tls_cert_file: " + tls_dir() + "/server.crt, tls_key_file: " + tls_dir() +
+                                           "/server.key"
+                                     : "")
+                           << "}\n"
                            << "attention: {base_port: " << base_ + 1 << ", kv_blocks: " << s.kv_blocks
                            << ", kv_block_size: 4, max_running_sequences: " << s.max_running_sequences
                            << (s.attention_cpus.empty() ? "" : ", cpus: '" + s.attention_cpus + "'")
@@ -105,12 +110,13 @@ class Cluster {
     // Ready as `tandem serve` says "cluster ready": every node answers its
     // health check, not only the router (which can serve before an expert
     // node has its data plane up, and a test that dials a node would race it).
-    ready_ = api::wait_until_serving(router_address(), std::chrono::seconds(60));
+    if (s.tls) tls_ = *api::client_tls(tls_dir() + "/server.crt");
+    ready_ = api::wait_until_serving(router_address(), std::chrono::seconds(60), tls_);
     for (int i = 0; i < s.attention_nodes && ready_.is_ok(); ++i)
       ready_ = api::wait_until_serving(attention_address(i), std::chrono::seconds(60));
     for (int j = 0; j < s.expert_nodes && ready_.is_ok(); ++j)
       ready_ = api::wait_until_serving(expert_address(j), std::chrono::seconds(60));
-    channel_ = grpc::CreateChannel(router_address(), grpc::InsecureChannelCredentials());
+    channel_ = api::open_channel(router_address(), tls_);
     stub_ = tandem::v1::Generation::NewStub(channel_);
   }
   ~Cluster() {
@@ -129,6 +135,7 @@ class Cluster {
     if (!port_lock_.empty()) std::filesystem::remove(port_lock_, ec);
   }
   const Status& ready() const { return ready_; }
+  static std::string tls_dir() { return std::string(TANDEM_SOURCE_DIR) + "/tests/fixtures/tls"; }
   std::string router_address() const { return "127.0.0.1:" + std::to_string(base_); }
   int http_port() const { return base_ + 9; }  // with ClusterShape::http
   std::string attention_address(int i) const { return "127.0.0.1:" + std::to_string(base_ + 1 + i); }
@@ -207,6 +214,7 @@ class Cluster {
   std::string config_;
   pid_t pid_ = -1;
   Status ready_;
+  api::ClientTls tls_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<tandem::v1::Generation::Stub> stub_;
 };

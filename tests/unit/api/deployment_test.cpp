@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tandem/api/channel.h"
 #include "tandem/api/deployment.h"
 
 namespace tandem::api {
@@ -353,6 +354,48 @@ TEST(Deployment, ApiKeys) {
   }
   EXPECT_EQ(refused("{api_keys_file: " + file + "}", "line 2").find("sk bad"), std::string::npos);
   std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tandem::api
+
+namespace tandem::api {
+namespace {
+
+// router.tls_cert_file / tls_key_file: both or neither, found beside the
+// deployment file, read only by server_tls(); the fixture certificate names
+// localhost.
+TEST(Deployment, Tls) {
+  auto off = DeploymentConfig::from_yaml("model: {path: m}\n", "a.yaml");
+  ASSERT_TRUE(off.is_ok());
+  EXPECT_FALSE(off->tls());
+  const std::string dir = std::string(TANDEM_SOURCE_DIR) + "/tests/fixtures/tls";
+  auto on = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {tls_cert_file: server.crt, tls_key_file: server.key}\n",
+                                        dir + "/deploy.yaml");
+  ASSERT_TRUE(on.is_ok()) << on.status().to_string();
+  EXPECT_EQ(on->tls_cert_file, dir + "/server.crt");
+  auto pems = on->server_tls();
+  ASSERT_TRUE(pems.is_ok()) << pems.status().to_string();
+  EXPECT_NE(pems->cert_pem.find("BEGIN CERTIFICATE"), std::string::npos);
+  EXPECT_NE(pems->key_pem.find("PRIVATE KEY"), std::string::npos);
+  auto name = certificate_name(pems->cert_pem);
+  ASSERT_TRUE(name.is_ok()) << name.status().to_string();
+  EXPECT_EQ(*name, "localhost");
+  EXPECT_FALSE(certificate_name("not a certificate").is_ok());
+  auto again = DeploymentConfig::from_yaml(on->to_yaml(), "again.yaml");
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_EQ(again->tls_key_file, on->tls_key_file);
+
+  auto half = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {tls_cert_file: c.pem}\n", "h.yaml");
+  ASSERT_FALSE(half.is_ok());
+  EXPECT_NE(half.status().message().find("router.tls_key_file"), std::string::npos) << half.status().message();
+  auto missing = DeploymentConfig::from_yaml(
+      "model: {path: m}\nrouter: {tls_cert_file: /nonexistent/c.pem, tls_key_file: /nonexistent/k.pem}\n", "m.yaml");
+  ASSERT_TRUE(missing.is_ok());  // parsing never opens them
+  auto unread = missing->server_tls();
+  ASSERT_FALSE(unread.is_ok());
+  EXPECT_NE(unread.status().message().find("router.tls_cert_file: cannot read '/nonexistent/c.pem'"), std::string::npos)
+      << unread.status().message();
 }
 
 }  // namespace
