@@ -134,6 +134,14 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
       return Status::ok();
     };
   };
+  // A file setting given empty would turn its check off unnoticed.
+  auto non_empty = [&r](std::string& out) -> Handler {
+    return [&r, o = &out](const YAML::Node& n, const std::string& p) {
+      TANDEM_RETURN_IF_ERROR(r.scalar(n, p, *o));
+      if (o->empty()) return r.error(p, "empty: name a file, or leave the key out");
+      return Status::ok();
+    };
+  };
   constexpr int kBig = 1 << 30;
   Status st = r.mapping(
       root, "",
@@ -174,14 +182,9 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                        return r.error(q, "an empty list: name a key, or leave the key out for no check");
                                      return Status::ok();
                                    }},
-                                  {"tls_cert_file", str(c.tls_cert_file)},
-                                  {"tls_key_file", str(c.tls_key_file)},
-                                  {"api_keys_file", [&](const YAML::Node& v, const std::string& q) {
-                                     TANDEM_RETURN_IF_ERROR(r.scalar(v, q, c.api_keys_file));
-                                     if (c.api_keys_file.empty())
-                                       return r.error(q, "empty: name a file of keys, or leave the key out for no check");
-                                     return Status::ok();
-                                   }}});
+                                  {"tls_cert_file", non_empty(c.tls_cert_file)},
+                                  {"tls_key_file", non_empty(c.tls_key_file)},
+                                  {"api_keys_file", non_empty(c.api_keys_file)}});
         }},
        {"attention", [&](const YAML::Node& n, const std::string& p) {
           return r.mapping(n, p, {{"base_port", num(c.attention_base_port, 1, 65535)},

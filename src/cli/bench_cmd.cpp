@@ -92,10 +92,16 @@ RunOne grpc_runner(tandem::v1::Generation::Stub& stub, const std::string& author
 
 // Over the OpenAI-compatible HTTP API (/v1/completions, streamed): each
 // event with text is a chunk; the token count comes from the usage event.
-// `ca_file`: HTTPS, trusting that certificate.
-RunOne http_runner(const std::string& server, const std::string& authorization, const std::string& ca_file) {
-  const std::string url = (ca_file.empty() ? "http://" : "https://") + server;
-  return [url, authorization, ca_file](const tandem::v1::GenerateRequest& req, Sample& s, std::string& error) {
+// `ca_file`: HTTPS, trusting that certificate, for `server_name` (default:
+// the host dialled). Each request opens its own connection (a handshake each).
+RunOne http_runner(const std::string& server, const std::string& authorization, const std::string& ca_file,
+                   const std::string& server_name) {
+  const auto colon = server.rfind(':');
+  const std::string host = server.substr(0, colon), port = colon == std::string::npos ? "80" : server.substr(colon + 1);
+  const bool renamed = !ca_file.empty() && !server_name.empty();
+  const std::string url = (ca_file.empty() ? "http://" : "https://") + (renamed ? server_name + ":" + port : server);
+  return [url, authorization, ca_file, renamed, server_name, host](const tandem::v1::GenerateRequest& req, Sample& s,
+                                                                   std::string& error) {
     nlohmann::json body = {{"prompt", nlohmann::json::array()},
                            {"max_tokens", req.sampling().max_tokens()},
                            {"temperature", req.sampling().temperature()},
@@ -110,6 +116,7 @@ RunOne http_runner(const std::string& server, const std::string& authorization, 
       client.set_ca_cert_path(ca_file.c_str());
       client.enable_server_certificate_verification(true);
     }
+    if (renamed) client.set_hostname_addr_map({{server_name, host}});  // the name checked, the address dialled
     client.set_read_timeout(600, 0);
     httplib::Request hr;
     hr.method = "POST";
@@ -294,7 +301,7 @@ int run_bench(const BenchArgs& a) {
     // be found in the prefix cache and flatter HTTP.
     BenchArgs pass = a;
     if (a.api == "both") pass.seed = a.seed + 1;
-    http_rep = measure(make_requests(pass.seed), a.concurrency, http_runner(a.http, bearer(a.api_key), a.tls_ca));
+    http_rep = measure(make_requests(pass.seed), a.concurrency, http_runner(a.http, bearer(a.api_key), a.tls_ca, a.tls_server_name));
     print_report("http", a.http, pass, http_rep);
     failures += http_rep.failures;
   }

@@ -37,7 +37,8 @@ inline void add_api_key_option(CLI::App* cmd, std::string& key) {
 inline void add_tls_options(CLI::App* cmd, std::string& ca_file, std::string& server_name) {
   cmd->add_option("--tls-ca", ca_file, "CA (or self-signed) certificate to trust: TLS to a router with router.tls_*")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--tls-server-name", server_name, "Name the router's certificate must carry (default: the host dialled)");
+  cmd->add_option("--tls-server-name", server_name, "Name the router's certificate must carry (default: the host dialled)")
+      ->needs("--tls-ca");
 }
 // The Authorization value for `key`; empty for none.
 inline std::string bearer(const std::string& key) { return key.empty() ? std::string() : "Bearer " + key; }

@@ -103,7 +103,8 @@ int run_serve(const std::string& config_path) {
   api::ClientTls router_tls;
   if (cfg->tls()) {
     auto tls = cfg->server_tls();
-    auto name = tls.is_ok() ? api::certificate_name(tls->cert_pem) : Result<std::string>(tls.status());
+    Status pair = tls.is_ok() ? api::check_server_tls(tls->cert_pem, tls->key_pem) : tls.status();
+    auto name = pair.is_ok() ? api::certificate_name(tls->cert_pem) : Result<std::string>(pair);
     if (!name.is_ok()) {
       std::fprintf(stderr, "tandem serve: %s\n", name.status().to_string().c_str());
       return 2;

@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "prefix_affinity.h"
 #include "stop_strings.h"
+#include "tandem/api/channel.h"
 #include "tandem/api/health.h"
 #include "tandem/common/grpc_status.h"
 #include "tandem/common/logging.h"
@@ -129,6 +130,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
     if (cfg.tls()) {
       TANDEM_ASSIGN_OR_RETURN(auto tls, cfg.server_tls());
+      TANDEM_RETURN_IF_ERROR(api::check_server_tls(tls.cert_pem, tls.key_pem));
       grpc::SslServerCredentialsOptions options;
       options.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
       credentials = grpc::SslServerCredentials(options);

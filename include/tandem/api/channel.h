@@ -27,8 +27,13 @@ std::shared_ptr<grpc::Channel> open_channel(const std::string& address, const Cl
 Result<ClientTls> client_tls(const std::string& ca_file, const std::string& server_name = {});
 
 // A name a PEM certificate is valid for: its first DNS subject alternative
-// name, else its first IP one, else its common name. For a client on this
-// host that dials the server by address but must check the name it serves.
+// name, else its first IP one (v4 or v6), else (no alternative names at all)
+// its common name. For a client on this host that dials the server by
+// address but must check the name it serves.
 Result<std::string> certificate_name(const std::string& cert_pem);
+
+// Whether a PEM certificate and an unencrypted PEM private key belong
+// together; INVALID_ARGUMENT naming router.tls_cert_file / tls_key_file.
+Status check_server_tls(const std::string& cert_pem, const std::string& key_pem);
 
 }  // namespace tandem::api

@@ -110,8 +110,12 @@ class Cluster {
     // Ready as `tandem serve` says "cluster ready": every node answers its
     // health check, not only the router (which can serve before an expert
     // node has its data plane up, and a test that dials a node would race it).
-    if (s.tls) tls_ = *api::client_tls(tls_dir() + "/server.crt");
-    ready_ = api::wait_until_serving(router_address(), std::chrono::seconds(60), tls_);
+    if (s.tls) {
+      auto tls = api::client_tls(tls_dir() + "/server.crt");
+      if (tls.is_ok()) tls_ = *tls;
+      else ready_ = tls.status();
+    }
+    if (ready_.is_ok()) ready_ = api::wait_until_serving(router_address(), std::chrono::seconds(60), tls_);
     for (int i = 0; i < s.attention_nodes && ready_.is_ok(); ++i)
       ready_ = api::wait_until_serving(attention_address(i), std::chrono::seconds(60));
     for (int j = 0; j < s.expert_nodes && ready_.is_ok(); ++j)

@@ -71,7 +71,7 @@ TEST(Tls, RouterServesGrpcAndHttpsOverTls) {
   EXPECT_EQ(rc, 0) << out;
   out = testing::shell(testing::tandem_bin() + " bench --server " + cluster.router_address() + " --http 127.0.0.1:" +
                            std::to_string(cluster.http_port()) + " --tls-ca " + ca +
-                           " --api both --requests 2 --concurrency 2 --prompt-tokens 8 --output-tokens 2",
+                           " --tls-server-name localhost --api both --requests 2 --concurrency 2 --prompt-tokens 8 --output-tokens 2",
                        rc);
   EXPECT_EQ(rc, 0) << out;
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "tandem/api/channel.h"
 #include "tandem/api/deployment.h"
@@ -382,6 +383,25 @@ TEST(Deployment, Tls) {
   ASSERT_TRUE(name.is_ok()) << name.status().to_string();
   EXPECT_EQ(*name, "localhost");
   EXPECT_FALSE(certificate_name("not a certificate").is_ok());
+  const auto read = [&](const std::string& file) {
+    std::ifstream in(dir + "/" + file);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  // Only an IPv6 name: that one (clients ignore the common name next to alternative names).
+  auto v6 = certificate_name(read("ipv6_only.crt"));
+  ASSERT_TRUE(v6.is_ok()) << v6.status().to_string();
+  EXPECT_EQ(*v6, "::1");
+  // The key must be the certificate's.
+  EXPECT_TRUE(check_server_tls(pems->cert_pem, pems->key_pem).is_ok());
+  Status wrong = check_server_tls(pems->cert_pem, read("other.key"));
+  EXPECT_NE(wrong.message().find("not the private key of router.tls_cert_file"), std::string::npos) << wrong.message();
+  EXPECT_NE(check_server_tls(pems->cert_pem, "garbage").message().find("router.tls_key_file"), std::string::npos);
+  EXPECT_NE(check_server_tls("garbage", pems->key_pem).message().find("router.tls_cert_file"), std::string::npos);
+  auto empty = DeploymentConfig::from_yaml("model: {path: m}\nrouter: {tls_cert_file: '', tls_key_file: ''}\n", "e.yaml");
+  ASSERT_FALSE(empty.is_ok());
+  EXPECT_NE(empty.status().message().find("empty"), std::string::npos) << empty.status().message();
   auto again = DeploymentConfig::from_yaml(on->to_yaml(), "again.yaml");
   ASSERT_TRUE(again.is_ok()) << again.status().to_string();
   EXPECT_EQ(again->tls_key_file, on->tls_key_file);
