@@ -8,7 +8,13 @@
 CLUSTER_PID=
 
 start_cluster() {
-  "$TANDEM" serve --config "$1" >/dev/null 2>"${CLUSTER_LOG:-/dev/stderr}" &
+  # Without CLUSTER_LOG the cluster shares this script's stderr (not
+  # 2>/dev/stderr: reopening it truncates a file the caller redirected to).
+  if [ -n "${CLUSTER_LOG:-}" ]; then
+    "$TANDEM" serve --config "$1" >/dev/null 2>"$CLUSTER_LOG" &
+  else
+    "$TANDEM" serve --config "$1" >/dev/null &
+  fi
   CLUSTER_PID=$!
   local _
   for _ in $(seq "${READY_TRIES:-100}"); do

@@ -182,6 +182,7 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
                                        return r.error(q, "an empty list: name a key, or leave the key out for no check");
                                      return Status::ok();
                                    }},
+                                  {"access_log", str(c.access_log)},
                                   {"tls_cert_file", non_empty(c.tls_cert_file)},
                                   {"tls_key_file", non_empty(c.tls_key_file)},
                                   {"api_keys_file", non_empty(c.api_keys_file)}});
@@ -274,8 +275,8 @@ Result<DeploymentConfig> DeploymentConfig::from_yaml(const std::string& text, co
     return r.error(c.tls_cert_file.empty() ? "router.tls_cert_file" : "router.tls_key_file",
                    "TLS needs both router.tls_cert_file and router.tls_key_file");
   // Files named in the deployment file are found beside it.
-  for (std::string* file : {&c.api_keys_file, &c.tls_cert_file, &c.tls_key_file}) {
-    if (file->empty() || file->front() == '/') continue;
+  for (std::string* file : {&c.api_keys_file, &c.tls_cert_file, &c.tls_key_file, &c.access_log}) {
+    if (file->empty() || file->front() == '/' || *file == "-") continue;
     const std::filesystem::path dir = std::filesystem::path(source).parent_path();
     if (!dir.empty()) *file = (dir / *file).lexically_normal().string();
   }
@@ -388,6 +389,7 @@ std::string DeploymentConfig::to_yaml() const {
   // Written back as given, so that a deployment written from this one keeps its check.
   if (!api_keys.empty()) e << YAML::Key << "api_keys" << YAML::Value << api_keys;
   if (!api_keys_file.empty()) e << YAML::Key << "api_keys_file" << YAML::Value << api_keys_file;
+  if (!access_log.empty()) e << YAML::Key << "access_log" << YAML::Value << access_log;
   if (tls()) e << YAML::Key << "tls_cert_file" << YAML::Value << tls_cert_file << YAML::Key << "tls_key_file"
                << YAML::Value << tls_key_file;
   e << YAML::EndMap;

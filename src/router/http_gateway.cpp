@@ -170,11 +170,17 @@ class Gateway final : public HttpGateway {
       });
     server_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
       answer(res, openai::parse_completion(req.body), /*chat=*/false,
-             [this](grpc::ClientContext* ctx, const pb::GenerateRequest& r) { return generation_->Generate(ctx, r); });
+             [this, client = client_address(req)](grpc::ClientContext* ctx, const pb::GenerateRequest& r) {
+               ctx->AddMetadata(std::string(kForwardedFor), client);
+               return generation_->Generate(ctx, r);
+             });
     });
     server_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
       answer(res, openai::parse_chat(req.body), /*chat=*/true,
-             [this](grpc::ClientContext* ctx, const pb::ChatRequest& r) { return generation_->Chat(ctx, r); });
+             [this, client = client_address(req)](grpc::ClientContext* ctx, const pb::ChatRequest& r) {
+               ctx->AddMetadata(std::string(kForwardedFor), client);
+               return generation_->Chat(ctx, r);
+             });
     });
     // vLLM's tokenizer routes: unary, quick, not counted against generation capacity.
     server_->Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
@@ -238,6 +244,11 @@ class Gateway final : public HttpGateway {
     e.type = "rate_limit_error";
     e.message = "queue full: " + std::to_string(capacity_) + " requests in flight";
     return e;
+  }
+
+  // The HTTP client's address for the router's access log.
+  static std::string client_address(const httplib::Request& req) {
+    return req.remote_addr + ":" + std::to_string(req.remote_port);
   }
 
   void authorize(grpc::ClientContext& ctx) const {

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "tandem/api/deployment.h"
 #include "tandem/common/status.h"
@@ -20,6 +21,10 @@ class Channel;
 }
 
 namespace tandem::router {
+
+// Metadata the gateway adds to its calls: the HTTP client's address. The
+// router reads it only on in-process calls, which only the gateway makes.
+inline constexpr std::string_view kForwardedFor = "x-tandem-http-client";
 
 class HttpGateway {
  public:

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "access_log.h"
 #include "api_keys.h"
 #include "chat_tools.h"
 #include "http_gateway.h"
@@ -70,6 +71,10 @@ bool still_up(bool answered, bool missed_deadline, bool was_up, int& slow_polls)
   return missed_deadline && was_up && ++slow_polls < kSlowPollsBeforeDown;
 }
 
+// The access-log entry of the Generate/Chat call this thread runs (null
+// outside one, or with no access log).
+thread_local AccessEntry* current_access = nullptr;
+
 // Prompt prefixes the router remembers for prefix affinity (about 100 bytes
 // each with the map and age-list nodes: some 25 MiB when full).
 constexpr size_t kAffinityPrefixes = size_t{1} << 18;
@@ -78,6 +83,9 @@ class RouterImpl final : public Router, public pb::Generation::Service {
  public:
   Status init(const api::DeploymentConfig& cfg) {
     cfg_ = cfg;
+    if (!cfg.access_log.empty()) {
+      TANDEM_ASSIGN_OR_RETURN(access_log_, AccessLog::open(cfg.access_log));
+    }
     TANDEM_ASSIGN_OR_RETURN(auto keys, cfg.accepted_api_keys());
     api_keys_ = std::make_unique<ApiKeys>(std::move(keys));
     TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
@@ -237,16 +245,20 @@ class RouterImpl final : public Router, public pb::Generation::Service {
 
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* w) override {
-    if (grpc::Status st = authorized(*ctx); !st.ok()) return counted(st);
-    if (draining_) return counted(draining_refusal());
-    return counted(generate(ctx, req, w));
+    return counted("Generate", *ctx, req->request_id(), [&] {
+      if (grpc::Status st = authorized(*ctx); !st.ok()) return st;
+      if (draining_) return draining_refusal();
+      return generate(ctx, req, w);
+    });
   }
 
   grpc::Status Chat(grpc::ServerContext* ctx, const pb::ChatRequest* req,
                     grpc::ServerWriter<pb::GenerateResponse>* w) override {
-    if (grpc::Status st = authorized(*ctx); !st.ok()) return counted(st);
-    if (draining_) return counted(draining_refusal());
-    return counted(chat(ctx, req, w));
+    return counted("Chat", *ctx, req->request_id(), [&] {
+      if (grpc::Status st = authorized(*ctx); !st.ok()) return st;
+      if (draining_) return draining_refusal();
+      return chat(ctx, req, w);
+    });
   }
   // The request's `authorization` metadata against router.api_keys.
   grpc::Status authorized(const grpc::ServerContext& ctx) const {
@@ -265,8 +277,32 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   std::string metrics_text() const { return metrics_.text(in_flight_.load()); }
 
  private:
-  grpc::Status counted(grpc::Status st) {
+  // A Generate or Chat call: counted by its status, and a line in the access
+  // log with what its stream recorded (run() fills `current_access` on this
+  // thread: the synchronous server runs a call on one thread from end to end).
+  template <typename Call>
+  grpc::Status counted(std::string_view method, const grpc::ServerContext& ctx, const std::string& request_id,
+                       const Call& call) {
+    AccessEntry entry;
+    const auto start = std::chrono::steady_clock::now();
+    current_access = &entry;
+    const grpc::Status st = call();
+    current_access = nullptr;
     metrics_.record_status(grpc_code_name(st.error_code()));
+    if (access_log_) {
+      entry.method = method;
+      entry.peer = ctx.peer();
+      // The HTTP API's calls are in-process: the client is the one it names.
+      if (const auto fw = ctx.client_metadata().find(std::string(kForwardedFor));
+          fw != ctx.client_metadata().end() && entry.peer.rfind("ipv4:", 0) != 0 && entry.peer.rfind("ipv6:", 0) != 0 &&
+          entry.peer.rfind("unix:", 0) != 0)
+        entry.peer = "http:" + std::string(fw->second.data(), fw->second.size());
+      entry.request_id = request_id;
+      entry.code = grpc_code_name(st.error_code());
+      if (entry.total_s == 0)
+        entry.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      access_log_->write(entry);
+    }
     return st;
   }
 
@@ -542,6 +578,13 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       ~StreamRecord() {
         f.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         metrics.record_stream(f);
+        if (AccessEntry* a = current_access) {
+          a->prompt_tokens = f.prompt_tokens;
+          a->completion_tokens = f.completion_tokens;
+          a->finish_reason = f.finish_reason;
+          a->first_token_s = f.first_token_s;
+          a->total_s = f.total_s;
+        }
       }
     } record{metrics_, admitted_at, {}};
     record.f.prompt_tokens = static_cast<uint32_t>(prompt.size());
@@ -823,6 +866,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   }
 
   std::unique_ptr<ApiKeys> api_keys_;
+  std::unique_ptr<AccessLog> access_log_;  // router.access_log; null: off
   api::DeploymentConfig cfg_;
   model::Checkpoint ck_;
   std::unique_ptr<model::JinjaTemplate> chat_template_;

@@ -95,6 +95,9 @@ struct DeploymentConfig {
   // `tandem serve` read them: server_tls() reads both, INVALID_ARGUMENT
   // naming the key when one cannot be read; empty strings when off.
   std::string tls_cert_file, tls_key_file;
+  // One JSON line per finished Generate/Chat call: "" off, "-" stderr, else a
+  // file the router appends to (relative: the deployment file's directory's).
+  std::string access_log;
   struct ServerTls {
     std::string cert_pem, key_pem;
   };
