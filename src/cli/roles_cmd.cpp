@@ -88,7 +88,12 @@ int run_role(const char* name, const std::string& config_path, Start start) {
     std::fprintf(stderr, "tandem %s: %s\n", name, role.status().to_string().c_str());
     return 1;
   }
-  const int sig = wait_for_termination(sigs);
+  const int sig = wait_for_termination(sigs, [&] {
+    if constexpr (requires { (*role)->reload(); }) {
+      TANDEM_LOG_INFO("{}: SIGHUP, reloading", name);
+      (void)(*role)->reload();  // it logs what failed; the role serves on
+    }
+  });
   TANDEM_LOG_INFO("{}: signal {}, draining", name, sig);
   (*role)->shutdown();
   (*role)->wait();

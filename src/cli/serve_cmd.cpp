@@ -153,6 +153,9 @@ int run_serve(const std::string& config_path) {
     siginfo_t info;
     const int sig = sigtimedwait(&sigs, &info, &tick);
     if (sig == SIGINT || sig == SIGTERM) break;
+    if (sig == SIGHUP)  // the router reloads its keys and reopens its access log
+      for (auto& c : children)
+        if (c.role == "router") kill(c.pid, SIGHUP);
     int status = 0;
     pid_t dead;
     while ((dead = waitpid(-1, &status, WNOHANG)) > 0) {

@@ -7,10 +7,20 @@
 namespace tandem::router {
 
 Result<std::unique_ptr<AccessLog>> AccessLog::open(const std::string& target) {
-  if (target == "-") return std::unique_ptr<AccessLog>(new AccessLog(stderr, false));
+  if (target == "-") return std::unique_ptr<AccessLog>(new AccessLog(stderr, false, target));
   std::FILE* f = std::fopen(target.c_str(), "a");
   if (!f) return invalid_argument("router.access_log: cannot open '" + target + "' to append");
-  return std::unique_ptr<AccessLog>(new AccessLog(f, true));
+  return std::unique_ptr<AccessLog>(new AccessLog(f, true, target));
+}
+
+Status AccessLog::reopen() {
+  if (!owned_) return Status::ok();
+  std::FILE* f = std::fopen(target_.c_str(), "a");
+  if (!f) return invalid_argument("router.access_log: cannot open '" + target_ + "' to append");
+  std::lock_guard<std::mutex> lock(mu_);
+  std::fclose(file_);
+  file_ = f;
+  return Status::ok();
 }
 
 AccessLog::~AccessLog() {

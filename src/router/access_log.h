@@ -31,14 +31,18 @@ class AccessLog {
   static Result<std::unique_ptr<AccessLog>> open(const std::string& target);
   ~AccessLog();
   void write(const AccessEntry& e);
+  // Opens the file again (after logrotate moved it); the old one stays on
+  // an error, which names router.access_log.
+  Status reopen();
   // The line write() adds, without its newline (for tests).
   static std::string format(const AccessEntry& e, double unix_time_s);
 
  private:
-  explicit AccessLog(std::FILE* f, bool owned) : file_(f), owned_(owned) {}
+  AccessLog(std::FILE* f, bool owned, std::string target) : file_(f), owned_(owned), target_(std::move(target)) {}
   std::mutex mu_;
   std::FILE* file_;
   bool owned_;
+  std::string target_;
 };
 
 }  // namespace tandem::router

@@ -17,7 +17,8 @@ bool same(std::string_view a, std::string_view b) {
 }  // namespace
 
 bool ApiKeys::allows(std::string_view authorization) const {
-  if (keys_.empty()) return true;
+  const auto keys = current();
+  if (keys->empty()) return true;
   constexpr std::string_view kScheme = "bearer ";
   if (authorization.size() <= kScheme.size()) return false;
   for (size_t i = 0; i < kScheme.size(); ++i)
@@ -26,7 +27,7 @@ bool ApiKeys::allows(std::string_view authorization) const {
   while (!key.empty() && (key.front() == ' ' || key.front() == '\t')) key.remove_prefix(1);
   while (!key.empty() && (key.back() == ' ' || key.back() == '\t')) key.remove_suffix(1);
   bool ok = false;
-  for (const std::string& k : keys_) ok |= same(key, k);
+  for (const std::string& k : *keys) ok |= same(key, k);
   return ok;
 }
 

@@ -77,7 +77,7 @@ struct Outcome {
 
 class Gateway final : public HttpGateway {
  public:
-  Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics, std::vector<std::string> keys,
+  Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics, std::shared_ptr<ApiKeys> keys,
           std::shared_ptr<grpc::Channel> router)
       : server_(cfg.tls() ? std::make_unique<httplib::SSLServer>(cfg.tls_cert_file.c_str(), cfg.tls_key_file.c_str())
                           : std::make_unique<httplib::Server>()),
@@ -86,9 +86,7 @@ class Gateway final : public HttpGateway {
         started_(unix_now()),
         timeout_(std::chrono::seconds(cfg.request_timeout_s + 10)),
         id_salt_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()),
-        router_authorization_(keys.empty() ? std::string() : "Bearer " + keys.front()),
         api_keys_(std::move(keys)) {
-    // The gateway checks its clients' keys itself and calls the router with one of its own.
     auto channel = router ? router : grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
     generation_ = pb::Generation::NewStub(channel);
     health_ = hpb::Health::NewStub(channel);
@@ -148,7 +146,7 @@ class Gateway final : public HttpGateway {
     // Every route but the probes' (/health for load balancers, /metrics for
     // Prometheus) wants a key when router.api_keys sets some.
     server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (req.path == "/health" || req.path == "/metrics" || api_keys_.allows(req.get_header_value("Authorization")))
+      if (req.path == "/health" || req.path == "/metrics" || api_keys_->allows(req.get_header_value("Authorization")))
         return httplib::Server::HandlerResponse::Unhandled;
       openai::HttpError e;
       e.status = 401;
@@ -251,10 +249,6 @@ class Gateway final : public HttpGateway {
     return req.remote_addr + ":" + std::to_string(req.remote_port);
   }
 
-  void authorize(grpc::ClientContext& ctx) const {
-    if (!router_authorization_.empty()) ctx.AddMetadata("authorization", router_authorization_);
-  }
-
   void health(httplib::Response& res) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -292,7 +286,6 @@ class Gateway final : public HttpGateway {
     if (const auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    authorize(ctx);
     Response out;
     const grpc::Status st = call(&ctx, std::get<Request>(parsed), &out);
     if (!st.ok()) return send_error(res, openai::from_grpc(st));
@@ -308,7 +301,6 @@ class Gateway final : public HttpGateway {
     // One object for the call: the reader goes before the context it uses.
     auto call = std::make_shared<Call>();
     call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
-    authorize(call->ctx);
     call->reader = open(&call->ctx, request);
     grpc::ClientReader<pb::GenerateResponse>& reader = *call->reader;
     const std::string id = next_id(chat ? "chatcmpl-" : "cmpl-");
@@ -405,7 +397,6 @@ class Gateway final : public HttpGateway {
     auto run = [&](size_t i) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
-      authorize(ctx);
       auto reader = open(&ctx, *requests[i]);
       pb::GenerateResponse r;
       bool answered = false;
@@ -465,8 +456,7 @@ class Gateway final : public HttpGateway {
   int64_t started_;
   std::chrono::seconds timeout_;
   uint64_t id_salt_;
-  std::string router_authorization_;  // "Bearer KEY" for the router, when keys are required
-  ApiKeys api_keys_;
+  std::shared_ptr<ApiKeys> api_keys_;
   std::atomic<uint64_t> counter_{0};
 };
 
@@ -474,8 +464,12 @@ class Gateway final : public HttpGateway {
 
 Result<std::unique_ptr<HttpGateway>> HttpGateway::start(const api::DeploymentConfig& config,
                                                         std::function<std::string()> metrics,
-                                                        std::shared_ptr<grpc::Channel> router) {
-  TANDEM_ASSIGN_OR_RETURN(auto keys, config.accepted_api_keys());
+                                                        std::shared_ptr<grpc::Channel> router,
+                                                        std::shared_ptr<ApiKeys> keys) {
+  if (!keys) {
+    TANDEM_ASSIGN_OR_RETURN(auto configured, config.accepted_api_keys());
+    keys = std::make_shared<ApiKeys>(std::move(configured));
+  }
   auto g = std::make_unique<Gateway>(config, std::move(metrics), std::move(keys), std::move(router));
   if (!g->valid())
     return invalid_argument(config.source + ": router.tls_cert_file / router.tls_key_file: '" + config.tls_cert_file +

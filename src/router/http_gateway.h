@@ -22,6 +22,8 @@ class Channel;
 
 namespace tandem::router {
 
+class ApiKeys;
+
 // Metadata the gateway adds to its calls: the HTTP client's address. The
 // router reads it only on in-process calls, which only the gateway makes.
 inline constexpr std::string_view kForwardedFor = "x-tandem-http-client";
@@ -32,10 +34,14 @@ class HttpGateway {
   // with router.tls_*) and serves on threads of its own until stop() or
   // destruction. `metrics`, when set, answers GET /metrics (Prometheus text).
   // `router`: the channel to the router's gRPC service (the router's own
-  // in-process one); null: router.listen dialled in plaintext.
+  // in-process one, on which the router takes the gateway's word that the
+  // client's key was checked); null: router.listen dialled in plaintext, for
+  // tests without keys. `keys`: the router's (replaced on reload); null:
+  // router.api_keys as the configuration gives them.
   static Result<std::unique_ptr<HttpGateway>> start(const api::DeploymentConfig& config,
                                                     std::function<std::string()> metrics = {},
-                                                    std::shared_ptr<grpc::Channel> router = nullptr);
+                                                    std::shared_ptr<grpc::Channel> router = nullptr,
+                                                    std::shared_ptr<ApiKeys> keys = nullptr);
   virtual ~HttpGateway() = default;
   virtual void stop() = 0;
 };

@@ -87,7 +87,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       TANDEM_ASSIGN_OR_RETURN(access_log_, AccessLog::open(cfg.access_log));
     }
     TANDEM_ASSIGN_OR_RETURN(auto keys, cfg.accepted_api_keys());
-    api_keys_ = std::make_unique<ApiKeys>(std::move(keys));
+    api_keys_ = std::make_shared<ApiKeys>(std::move(keys));
     TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
     if (ck_.tokenizer_config.chat_template.empty()) {
       chat_template_error_ = "the model has no chat template (tokenizer_config.json / chat_template.jinja)";
@@ -153,7 +153,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (cfg.http.port != 0) {
       // The gateway calls this server in-process: no socket, and no TLS to its own listener.
       TANDEM_ASSIGN_OR_RETURN(http_, HttpGateway::start(cfg, [this] { return metrics_text(); },
-                                                        server_->InProcessChannel(grpc::ChannelArguments())));
+                                                        server_->InProcessChannel(grpc::ChannelArguments()), api_keys_));
     }
     return Status::ok();
   }
@@ -262,7 +262,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   }
   // The request's `authorization` metadata against router.api_keys.
   grpc::Status authorized(const grpc::ServerContext& ctx) const {
-    if (!api_keys_->required()) return grpc::Status::OK;
+    // The HTTP gateway checked its client's key before calling in-process.
+    if (!api_keys_->required() || in_process(ctx)) return grpc::Status::OK;
     const auto& metadata = ctx.client_metadata();
     const auto it = metadata.find("authorization");
     const std::string_view value = it == metadata.end() ? std::string_view{}
@@ -270,6 +271,31 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (api_keys_->allows(value)) return grpc::Status::OK;
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(ApiKeys::kRefusal));
   }
+  // A call over the server's in-process channel, which only the HTTP gateway
+  // in this process holds (gRPC names socket peers ipv4:, ipv6: or unix:).
+  static bool in_process(const grpc::ServerContext& ctx) {
+    const std::string peer = ctx.peer();
+    return peer.rfind("ipv4:", 0) != 0 && peer.rfind("ipv6:", 0) != 0 && peer.rfind("unix:", 0) != 0;
+  }
+
+  Status reload() override {
+    Status st = Status::ok();
+    if (auto keys = cfg_.accepted_api_keys(); keys.is_ok()) {
+      api_keys_->replace(std::move(keys).value());
+      TANDEM_LOG_INFO("router: API keys read again");
+    } else {
+      st = keys.status();
+      TANDEM_LOG_ERROR("router: API keys not reloaded, the ones in force stay: {}", st.message());
+    }
+    if (access_log_) {
+      if (Status r = access_log_->reopen(); !r.is_ok()) {
+        TANDEM_LOG_ERROR("router: {}", r.message());
+        if (st.is_ok()) st = r;
+      }
+    }
+    return st;
+  }
+
   static grpc::Status draining_refusal() {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is shutting down (draining); retry elsewhere");
   }
@@ -294,8 +320,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       entry.peer = ctx.peer();
       // The HTTP API's calls are in-process: the client is the one it names.
       if (const auto fw = ctx.client_metadata().find(std::string(kForwardedFor));
-          fw != ctx.client_metadata().end() && entry.peer.rfind("ipv4:", 0) != 0 && entry.peer.rfind("ipv6:", 0) != 0 &&
-          entry.peer.rfind("unix:", 0) != 0)
+          fw != ctx.client_metadata().end() && in_process(ctx))
         entry.peer = "http:" + std::string(fw->second.data(), fw->second.size());
       entry.request_id = request_id;
       entry.code = grpc_code_name(st.error_code());
@@ -865,7 +890,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     }
   }
 
-  std::unique_ptr<ApiKeys> api_keys_;
+  std::shared_ptr<ApiKeys> api_keys_;  // shared with the HTTP gateway
   std::unique_ptr<AccessLog> access_log_;  // router.access_log; null: off
   api::DeploymentConfig cfg_;
   model::Checkpoint ck_;

@@ -17,6 +17,9 @@ class Router {
   static Result<std::unique_ptr<Router>> start(const api::DeploymentConfig& config);
   virtual void shutdown() = 0;
   virtual void wait() = 0;
+  // SIGHUP: read router.api_keys_file again (the keys in force stay on an
+  // error, which is returned) and reopen router.access_log (logrotate).
+  virtual Status reload() = 0;
 };
 
 }  // namespace tandem::router

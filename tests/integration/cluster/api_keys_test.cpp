@@ -8,6 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <thread>
+#include <filesystem>
+#include <csignal>
 #include <string>
 
 #include "cluster_harness.h"
@@ -159,6 +162,57 @@ TEST(ApiKeys, UnreadableKeysFileIsRefusedAtStart) {
   const std::string out = testing::shell(testing::tandem_bin() + " serve --config " + path, rc);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("router.api_keys_file: cannot read '/nonexistent/tandem-keys'"), std::string::npos) << out;
+}
+
+// SIGHUP to `tandem serve`: the router reads its keys file again (a rotated
+// key works, a retired one is refused, a broken file keeps the keys in
+// force) and reopens its access log after logrotate moved it.
+TEST(ApiKeys, HangupRotatesKeysAndReopensTheAccessLog) {
+  const std::string dir = ::testing::TempDir() + "/tandem_hup_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string keys = dir + "/keys", log = dir + "/access.jsonl";
+  std::ofstream(keys) << "sk-old\n";
+  Cluster cluster(cluster_model("tiny-mixtral"),
+                  {.attention_nodes = 1,
+                   .expert_nodes = 1,
+                   .http = true,
+                   .router_tuning = "api_keys_file: " + keys + ", access_log: " + log});
+  ASSERT_TRUE(cluster.ready().is_ok()) << cluster.ready().to_string();
+  const auto with = [&](const std::string& key) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + key);
+    return generate(cluster.stub(), greedy("hello", 2), std::chrono::seconds(60), &ctx).status.error_code();
+  };
+  const auto http_with = [&](const std::string& key) {
+    httplib::Client http("127.0.0.1", cluster.http_port());
+    auto res = http.Post("/v1/completions", {{"Authorization", "Bearer " + key}},
+                         json{{"prompt", "hi"}, {"max_tokens", 1}}.dump(), "application/json");
+    return res ? res->status : -1;
+  };
+  ASSERT_EQ(with("sk-old"), grpc::StatusCode::OK);
+  ASSERT_EQ(with("sk-new"), grpc::StatusCode::UNAUTHENTICATED);
+
+  std::filesystem::rename(log, log + ".1");  // logrotate
+  std::ofstream(keys) << "sk-new\n";
+  ASSERT_EQ(kill(cluster.serve_pid(), SIGHUP), 0);
+  bool rotated = false;
+  for (int i = 0; i < 50 && !rotated; ++i) {
+    rotated = with("sk-new") == grpc::StatusCode::OK;
+    if (!rotated) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(rotated) << "the new key is not accepted after SIGHUP";
+  EXPECT_EQ(with("sk-old"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(http_with("sk-new"), 200);  // the HTTP API shares the router's keys
+  EXPECT_EQ(http_with("sk-old"), 401);
+  EXPECT_TRUE(std::filesystem::exists(log)) << "the access log was reopened at its path";
+  EXPECT_TRUE(std::filesystem::exists(log + ".1"));
+
+  // A broken file on the next SIGHUP: the keys in force stay.
+  std::ofstream(keys) << "# emptied by mistake\n";
+  ASSERT_EQ(kill(cluster.serve_pid(), SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(with("sk-new"), grpc::StatusCode::OK);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
