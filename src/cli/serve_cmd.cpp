@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,12 +57,15 @@ pid_t spawn(const Child& c, const std::string& config) {
   const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid != 0) return pid;
-  // Child: die with the supervisor; default signal handling again.
+  // Child: die with the supervisor; default signal handling again, but
+  // SIGHUP stays blocked across exec (the role waits for it once it runs): a
+  // reload sent right after a restart must not kill the new router.
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != parent) _exit(1);
-  sigset_t none;
-  sigemptyset(&none);
-  pthread_sigmask(SIG_SETMASK, &none, nullptr);
+  sigset_t hangup;
+  sigemptyset(&hangup);
+  sigaddset(&hangup, SIGHUP);
+  pthread_sigmask(SIG_SETMASK, &hangup, nullptr);
   // Several roles share the cores: OpenMP workers that spin while idle steal
   // them from the other processes (measured: 3x slower decode), so they sleep.
   setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0);
@@ -96,6 +100,11 @@ int run_serve(const std::string& config_path) {
   // the router in a restart loop.
   if (auto keys = cfg->accepted_api_keys(); !keys.is_ok()) {
     std::fprintf(stderr, "tandem serve: %s\n", keys.status().to_string().c_str());
+    return 2;
+  }
+  if (!cfg->access_log.empty() && cfg->access_log != "-" && !std::ofstream(cfg->access_log, std::ios::app)) {
+    std::fprintf(stderr, "tandem serve: %s: router.access_log: cannot open '%s' to append\n", cfg->source.c_str(),
+                 cfg->access_log.c_str());
     return 2;
   }
   // With TLS the router's health is asked over TLS, trusting its own
@@ -137,7 +146,8 @@ int run_serve(const std::string& config_path) {
     if (!st.is_ok()) {
       std::fprintf(stderr, "tandem serve: %s at %s did not come up: %s\n", c.name().c_str(), c.address.c_str(),
                    st.message().c_str());
-      for (auto& k : children) kill(k.pid, SIGKILL);
+      for (auto& k : children)
+        if (k.pid > 0) kill(k.pid, SIGKILL);
       while (waitpid(-1, nullptr, 0) > 0) {
       }
       return 1;
@@ -155,7 +165,7 @@ int run_serve(const std::string& config_path) {
     if (sig == SIGINT || sig == SIGTERM) break;
     if (sig == SIGHUP)  // the router reloads its keys and reopens its access log
       for (auto& c : children)
-        if (c.role == "router") kill(c.pid, SIGHUP);
+        if (c.role == "router" && c.pid > 0) kill(c.pid, SIGHUP);  // never kill(-1, ...)
     int status = 0;
     pid_t dead;
     while ((dead = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -175,7 +185,8 @@ int run_serve(const std::string& config_path) {
   // nodes; SIGKILL whatever is left after the grace period.
   std::fprintf(stderr, "tandem serve: stopping\n");
   auto stop = [](std::vector<Child*> group, std::chrono::seconds grace) {
-    for (Child* c : group) kill(c->pid, SIGTERM);
+    for (Child* c : group)
+      if (c->pid > 0) kill(c->pid, SIGTERM);
     const auto end = std::chrono::steady_clock::now() + grace;
     size_t alive = group.size();
     while (alive > 0 && std::chrono::steady_clock::now() < end) {

@@ -15,13 +15,13 @@ namespace tandem::router {
 
 struct AccessEntry {
   std::string_view method;  // "Generate" | "Chat"
-  std::string peer;         // the client's address; "inproc" for the HTTP API
+  std::string peer;         // the client's address (gRPC's peer, or "http:" and the HTTP client's)
   std::string request_id;   // the client's, when it set one
   std::string code;         // the call's gRPC status code name
   uint32_t prompt_tokens = 0, completion_tokens = 0;
   std::string_view finish_reason;  // "" when the call ended before a finish
-  double first_token_s = -1;       // -1: no token
-  double total_s = 0;
+  double first_token_s = -1;       // from admission to the first token; -1: none
+  double total_s = 0;              // the whole call
 };
 
 class AccessLog {

@@ -78,7 +78,7 @@ struct Outcome {
 class Gateway final : public HttpGateway {
  public:
   Gateway(const api::DeploymentConfig& cfg, std::function<std::string()> metrics, std::shared_ptr<ApiKeys> keys,
-          std::shared_ptr<grpc::Channel> router)
+          std::shared_ptr<grpc::Channel> router, std::string token)
       : server_(cfg.tls() ? std::make_unique<httplib::SSLServer>(cfg.tls_cert_file.c_str(), cfg.tls_key_file.c_str())
                           : std::make_unique<httplib::Server>()),
         metrics_(std::move(metrics)),
@@ -86,7 +86,8 @@ class Gateway final : public HttpGateway {
         started_(unix_now()),
         timeout_(std::chrono::seconds(cfg.request_timeout_s + 10)),
         id_salt_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()),
-        api_keys_(std::move(keys)) {
+        api_keys_(std::move(keys)),
+        token_(std::move(token)) {
     auto channel = router ? router : grpc::CreateChannel(dial_address(cfg.router), grpc::InsecureChannelCredentials());
     generation_ = pb::Generation::NewStub(channel);
     health_ = hpb::Health::NewStub(channel);
@@ -244,6 +245,10 @@ class Gateway final : public HttpGateway {
     return e;
   }
 
+  void vouch(grpc::ClientContext& ctx) const {
+    if (!token_.empty()) ctx.AddMetadata(std::string(kGatewayToken), token_);
+  }
+
   // The HTTP client's address for the router's access log.
   static std::string client_address(const httplib::Request& req) {
     return req.remote_addr + ":" + std::to_string(req.remote_port);
@@ -286,6 +291,7 @@ class Gateway final : public HttpGateway {
     if (const auto* e = std::get_if<openai::HttpError>(&parsed)) return send_error(res, *e);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    vouch(ctx);
     Response out;
     const grpc::Status st = call(&ctx, std::get<Request>(parsed), &out);
     if (!st.ok()) return send_error(res, openai::from_grpc(st));
@@ -301,6 +307,7 @@ class Gateway final : public HttpGateway {
     // One object for the call: the reader goes before the context it uses.
     auto call = std::make_shared<Call>();
     call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+    vouch(call->ctx);
     call->reader = open(&call->ctx, request);
     grpc::ClientReader<pb::GenerateResponse>& reader = *call->reader;
     const std::string id = next_id(chat ? "chatcmpl-" : "cmpl-");
@@ -397,6 +404,7 @@ class Gateway final : public HttpGateway {
     auto run = [&](size_t i) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+      vouch(ctx);
       auto reader = open(&ctx, *requests[i]);
       pb::GenerateResponse r;
       bool answered = false;
@@ -457,6 +465,7 @@ class Gateway final : public HttpGateway {
   std::chrono::seconds timeout_;
   uint64_t id_salt_;
   std::shared_ptr<ApiKeys> api_keys_;
+  std::string token_;  // kGatewayToken's value; empty: none
   std::atomic<uint64_t> counter_{0};
 };
 
@@ -465,12 +474,12 @@ class Gateway final : public HttpGateway {
 Result<std::unique_ptr<HttpGateway>> HttpGateway::start(const api::DeploymentConfig& config,
                                                         std::function<std::string()> metrics,
                                                         std::shared_ptr<grpc::Channel> router,
-                                                        std::shared_ptr<ApiKeys> keys) {
+                                                        std::shared_ptr<ApiKeys> keys, std::string token) {
   if (!keys) {
     TANDEM_ASSIGN_OR_RETURN(auto configured, config.accepted_api_keys());
     keys = std::make_shared<ApiKeys>(std::move(configured));
   }
-  auto g = std::make_unique<Gateway>(config, std::move(metrics), std::move(keys), std::move(router));
+  auto g = std::make_unique<Gateway>(config, std::move(metrics), std::move(keys), std::move(router), std::move(token));
   if (!g->valid())
     return invalid_argument(config.source + ": router.tls_cert_file / router.tls_key_file: '" + config.tls_cert_file +
                             "' and '" + config.tls_key_file + "' are not a PEM certificate and its private key");

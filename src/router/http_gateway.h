@@ -24,8 +24,11 @@ namespace tandem::router {
 
 class ApiKeys;
 
-// Metadata the gateway adds to its calls: the HTTP client's address. The
-// router reads it only on in-process calls, which only the gateway makes.
+// Metadata the gateway adds to its calls: a token only this process knows
+// (the router's, given at start), which says the call is the gateway's and
+// its client's key was checked; and the HTTP client's address, read only
+// next to that token.
+inline constexpr std::string_view kGatewayToken = "x-tandem-gateway";
 inline constexpr std::string_view kForwardedFor = "x-tandem-http-client";
 
 class HttpGateway {
@@ -41,7 +44,7 @@ class HttpGateway {
   static Result<std::unique_ptr<HttpGateway>> start(const api::DeploymentConfig& config,
                                                     std::function<std::string()> metrics = {},
                                                     std::shared_ptr<grpc::Channel> router = nullptr,
-                                                    std::shared_ptr<ApiKeys> keys = nullptr);
+                                                    std::shared_ptr<ApiKeys> keys = nullptr, std::string token = {});
   virtual ~HttpGateway() = default;
   virtual void stop() = 0;
 };

@@ -88,6 +88,10 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     }
     TANDEM_ASSIGN_OR_RETURN(auto keys, cfg.accepted_api_keys());
     api_keys_ = std::make_shared<ApiKeys>(std::move(keys));
+    std::random_device entropy;
+    char hex[33];
+    std::snprintf(hex, sizeof hex, "%08x%08x%08x%08x", entropy(), entropy(), entropy(), entropy());
+    gateway_token_ = hex;
     TANDEM_ASSIGN_OR_RETURN(ck_, model::Checkpoint::open(cfg.model_path));
     if (ck_.tokenizer_config.chat_template.empty()) {
       chat_template_error_ = "the model has no chat template (tokenizer_config.json / chat_template.jinja)";
@@ -153,7 +157,8 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (cfg.http.port != 0) {
       // The gateway calls this server in-process: no socket, and no TLS to its own listener.
       TANDEM_ASSIGN_OR_RETURN(http_, HttpGateway::start(cfg, [this] { return metrics_text(); },
-                                                        server_->InProcessChannel(grpc::ChannelArguments()), api_keys_));
+                                                        server_->InProcessChannel(grpc::ChannelArguments()), api_keys_,
+                                                        gateway_token_));
     }
     return Status::ok();
   }
@@ -263,7 +268,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   // The request's `authorization` metadata against router.api_keys.
   grpc::Status authorized(const grpc::ServerContext& ctx) const {
     // The HTTP gateway checked its client's key before calling in-process.
-    if (!api_keys_->required() || in_process(ctx)) return grpc::Status::OK;
+    if (!api_keys_->required() || from_gateway(ctx)) return grpc::Status::OK;
     const auto& metadata = ctx.client_metadata();
     const auto it = metadata.find("authorization");
     const std::string_view value = it == metadata.end() ? std::string_view{}
@@ -271,11 +276,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
     if (api_keys_->allows(value)) return grpc::Status::OK;
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(ApiKeys::kRefusal));
   }
-  // A call over the server's in-process channel, which only the HTTP gateway
-  // in this process holds (gRPC names socket peers ipv4:, ipv6: or unix:).
-  static bool in_process(const grpc::ServerContext& ctx) {
-    const std::string peer = ctx.peer();
-    return peer.rfind("ipv4:", 0) != 0 && peer.rfind("ipv6:", 0) != 0 && peer.rfind("unix:", 0) != 0;
+  // A call of this process's HTTP gateway: it carries the token only this
+  // process knows (recognised by what it carries, not by its transport).
+  bool from_gateway(const grpc::ServerContext& ctx) const {
+    const auto it = ctx.client_metadata().find(std::string(kGatewayToken));
+    return it != ctx.client_metadata().end() && std::string_view(it->second.data(), it->second.size()) == gateway_token_;
   }
 
   Status reload() override {
@@ -320,12 +325,11 @@ class RouterImpl final : public Router, public pb::Generation::Service {
       entry.peer = ctx.peer();
       // The HTTP API's calls are in-process: the client is the one it names.
       if (const auto fw = ctx.client_metadata().find(std::string(kForwardedFor));
-          fw != ctx.client_metadata().end() && in_process(ctx))
+          fw != ctx.client_metadata().end() && from_gateway(ctx))
         entry.peer = "http:" + std::string(fw->second.data(), fw->second.size());
       entry.request_id = request_id;
       entry.code = grpc_code_name(st.error_code());
-      if (entry.total_s == 0)
-        entry.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      entry.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       access_log_->write(entry);
     }
     return st;
@@ -608,7 +612,6 @@ class RouterImpl final : public Router, public pb::Generation::Service {
           a->completion_tokens = f.completion_tokens;
           a->finish_reason = f.finish_reason;
           a->first_token_s = f.first_token_s;
-          a->total_s = f.total_s;
         }
       }
     } record{metrics_, admitted_at, {}};
@@ -891,6 +894,7 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   }
 
   std::shared_ptr<ApiKeys> api_keys_;  // shared with the HTTP gateway
+  std::string gateway_token_;          // see from_gateway()
   std::unique_ptr<AccessLog> access_log_;  // router.access_log; null: off
   api::DeploymentConfig cfg_;
   model::Checkpoint ck_;

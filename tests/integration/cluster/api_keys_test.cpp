@@ -11,6 +11,7 @@
 #include <thread>
 #include <filesystem>
 #include <csignal>
+#include <sstream>
 #include <string>
 
 #include "cluster_harness.h"
@@ -164,6 +165,24 @@ TEST(ApiKeys, UnreadableKeysFileIsRefusedAtStart) {
   EXPECT_NE(out.find("router.api_keys_file: cannot read '/nonexistent/tandem-keys'"), std::string::npos) << out;
 }
 
+// The pid of `tandem serve`'s router child (-1 if none): read from /proc.
+pid_t router_pid(pid_t serve) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat"), cmdline(e.path() / "cmdline");
+    std::string line, args;
+    if (!std::getline(stat, line) || !std::getline(cmdline, args)) continue;
+    std::istringstream fields(line.substr(line.rfind(')') + 2));  // state, ppid, ...
+    std::string state;
+    pid_t ppid = 0;
+    fields >> state >> ppid;
+    // cmdline: the arguments, each ended by a NUL ("... router --config ...").
+    if (ppid == serve && args.find(std::string("router") + '\0') != std::string::npos) return std::stoi(name);
+  }
+  return -1;
+}
+
 // SIGHUP to `tandem serve`: the router reads its keys file again (a rotated
 // key works, a retired one is refused, a broken file keeps the keys in
 // force) and reopens its access log after logrotate moved it.
@@ -191,6 +210,8 @@ TEST(ApiKeys, HangupRotatesKeysAndReopensTheAccessLog) {
   };
   ASSERT_EQ(with("sk-old"), grpc::StatusCode::OK);
   ASSERT_EQ(with("sk-new"), grpc::StatusCode::UNAUTHENTICATED);
+  const pid_t router = router_pid(cluster.serve_pid());
+  ASSERT_GT(router, 0);
 
   std::filesystem::rename(log, log + ".1");  // logrotate
   std::ofstream(keys) << "sk-new\n";
@@ -204,14 +225,23 @@ TEST(ApiKeys, HangupRotatesKeysAndReopensTheAccessLog) {
   EXPECT_EQ(with("sk-old"), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(http_with("sk-new"), 200);  // the HTTP API shares the router's keys
   EXPECT_EQ(http_with("sk-old"), 401);
-  EXPECT_TRUE(std::filesystem::exists(log)) << "the access log was reopened at its path";
-  EXPECT_TRUE(std::filesystem::exists(log + ".1"));
+  EXPECT_EQ(router_pid(cluster.serve_pid()), router) << "reloaded in place, not restarted";
+  // Calls after the reload go to the reopened file, earlier ones stayed in the moved one.
+  const auto count = [](const std::string& path) {
+    std::ifstream in(path);
+    size_t n = 0;
+    for (std::string line; std::getline(in, line);) ++n;
+    return n;
+  };
+  EXPECT_EQ(count(log + ".1"), 2u);  // sk-old served, sk-new refused
+  EXPECT_GE(count(log), 3u);         // the tries until the reload, and the calls after it
 
   // A broken file on the next SIGHUP: the keys in force stay.
   std::ofstream(keys) << "# emptied by mistake\n";
   ASSERT_EQ(kill(cluster.serve_pid(), SIGHUP), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(with("sk-new"), grpc::StatusCode::OK);
+  EXPECT_EQ(router_pid(cluster.serve_pid()), router);
   std::filesystem::remove_all(dir);
 }
 
