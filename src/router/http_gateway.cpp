@@ -168,14 +168,14 @@ class Gateway final : public HttpGateway {
         res.set_content(metrics_(), "text/plain; version=0.0.4");
       });
     server_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      answer(res, openai::parse_completion(req.body), /*chat=*/false,
+      answer(res, with_request_id(openai::parse_completion(req.body), req, res), /*chat=*/false,
              [this, client = client_address(req)](grpc::ClientContext* ctx, const pb::GenerateRequest& r) {
                ctx->AddMetadata(std::string(kForwardedFor), client);
                return generation_->Generate(ctx, r);
              });
     });
     server_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      answer(res, openai::parse_chat(req.body), /*chat=*/true,
+      answer(res, with_request_id(openai::parse_chat(req.body), req, res), /*chat=*/true,
              [this, client = client_address(req)](grpc::ClientContext* ctx, const pb::ChatRequest& r) {
                ctx->AddMetadata(std::string(kForwardedFor), client);
                return generation_->Chat(ctx, r);
@@ -247,6 +247,28 @@ class Gateway final : public HttpGateway {
 
   void vouch(grpc::ClientContext& ctx) const {
     if (!token_.empty()) ctx.AddMetadata(std::string(kGatewayToken), token_);
+  }
+
+  // A proxy's X-Request-Id: the request id the router (and its access log)
+  // sees for every request of the call, echoed in the response's header.
+  template <typename Call>
+  static std::variant<Call, openai::HttpError> with_request_id(std::variant<Call, openai::HttpError> parsed,
+                                                               const httplib::Request& req, httplib::Response& res) {
+    if (!req.has_header("X-Request-Id")) return parsed;
+    const std::string id = req.get_header_value("X-Request-Id");
+    const bool printable = std::all_of(id.begin(), id.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+    if (id.empty() || id.size() > 256 || !printable) {
+      openai::HttpError e;
+      e.message = "X-Request-Id: 1 to 256 printable characters without blanks";
+      e.param = "X-Request-Id";
+      return e;
+    }
+    res.set_header("X-Request-Id", id);
+    if (auto* call = std::get_if<Call>(&parsed)) {
+      call->request.set_request_id(id);
+      for (auto& more : call->more) more.set_request_id(id);
+    }
+    return parsed;
   }
 
   // The HTTP client's address for the router's access log.

@@ -36,11 +36,19 @@ TEST(AccessLogCluster, EveryCallLeavesALine) {
   bad.mutable_sampling()->set_temperature(-1);
   EXPECT_EQ(testing::generate(cluster.stub(), bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   httplib::Client http("127.0.0.1", cluster.http_port());
-  auto res = http.Post("/v1/chat/completions",
+  // A proxy's X-Request-Id names the call in the log and comes back.
+  auto res = http.Post("/v1/chat/completions", {{"X-Request-Id", "proxy-7f"}},
                        json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 2}}.dump(),
                        "application/json");
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(res->get_header_value("X-Request-Id"), "proxy-7f");
+  auto bad_id = http.Post("/v1/chat/completions", {{"X-Request-Id", std::string(300, 'x')}},
+                          json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 2}}.dump(),
+                          "application/json");
+  ASSERT_TRUE(bad_id);
+  EXPECT_EQ(bad_id->status, 400);
+  EXPECT_NE(bad_id->body.find("X-Request-Id"), std::string::npos) << bad_id->body;
 
   const std::vector<json> got = lines(log);
   ASSERT_EQ(got.size(), 3u);
@@ -56,6 +64,7 @@ TEST(AccessLogCluster, EveryCallLeavesALine) {
   EXPECT_TRUE(got[1]["finish_reason"].is_null());
   EXPECT_EQ(got[2]["method"], "Chat");
   EXPECT_EQ(got[2]["completion_tokens"], 2);
+  EXPECT_EQ(got[2]["request_id"], "proxy-7f");
   EXPECT_EQ(got[2]["peer"].get<std::string>().rfind("http:127.0.0.1:", 0), 0u) << got[2];  // the HTTP client
   // A gRPC client cannot claim an HTTP client's address: the gateway's
   // metadata counts on its in-process calls only.
