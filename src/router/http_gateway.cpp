@@ -8,6 +8,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
+#include <deque>
+#include <condition_variable>
 #include <random>
 #include <string>
 #include <thread>
@@ -302,7 +305,7 @@ class Gateway final : public HttpGateway {
     const Call& call = std::get<Call>(parsed);
     Admission admitted(*this);
     if (!admitted) return send_error(res, busy());
-    if (call.stream) return serve_stream(res, call.request, call.include_usage, chat, open);
+    if (call.stream) return serve_stream(res, call.request, call.more, call.n, call.include_usage, chat, open);
     serve_whole(res, call.request, call.more, call.n, chat, open);
   }
 
@@ -320,92 +323,176 @@ class Gateway final : public HttpGateway {
     res.set_content(openai::dump(shape(out)), "application/json");
   }
 
-  // A streamed answer: the first message is awaited before answering, so a
-  // request the router refuses gets its HTTP status; from then on every
-  // message becomes an event.
+  // The streams of a streamed answer, one per choice (n > 1, a batch of
+  // prompts: several), their messages in arrival order: with several, a
+  // reader thread per stream feeds one queue; with one, it is read in place.
+  class Streams {
+   public:
+    struct Item {
+      size_t index = 0;
+      bool end = false;  // the stream ended: `status` says how
+      pb::GenerateResponse message;
+      grpc::Status status;
+    };
+    std::vector<std::unique_ptr<Call>> calls;
+
+    ~Streams() {
+      cancel();
+      for (auto& t : readers_) t.join();
+    }
+    void cancel() {
+      for (auto& c : calls) c->ctx.TryCancel();
+    }
+    // Each stream's first message (already read) first, in choice order.
+    void start() {
+      for (size_t i = 0; i < calls.size(); ++i) queue_.push_back({i, false, calls[i]->first, {}});
+      if (calls.size() == 1) return;
+      for (size_t i = 0; i < calls.size(); ++i)
+        readers_.emplace_back([this, i] {
+          Item it{i, false, {}, {}};
+          while (calls[i]->reader->Read(&it.message)) push(it);
+          push({i, true, {}, calls[i]->reader->Finish()});
+        });
+    }
+    Item next() {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (calls.size() == 1 && queue_.empty()) {
+        lock.unlock();
+        Item it{0, false, {}, {}};
+        if (!calls[0]->reader->Read(&it.message)) it = {0, true, {}, calls[0]->reader->Finish()};
+        return it;
+      }
+      ready_.wait(lock, [&] { return !queue_.empty(); });
+      Item it = std::move(queue_.front());
+      queue_.pop_front();
+      return it;
+    }
+
+   private:
+    void push(Item it) {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(it));
+      ready_.notify_one();
+    }
+    std::mutex mu_;
+    std::condition_variable ready_;
+    std::deque<Item> queue_;
+    std::vector<std::thread> readers_;
+  };
+
+  // A streamed answer: each stream's first message is awaited before
+  // answering, so a request the router refuses gets its HTTP status; from
+  // then on every message becomes an event of its choice (`index`).
   template <typename Request, typename Open>
-  void serve_stream(httplib::Response& res, const Request& request, bool include_usage, bool chat, const Open& open) {
-    const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
-    // One object for the call: the reader goes before the context it uses.
-    auto call = std::make_shared<Call>();
-    call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
-    vouch(call->ctx);
-    call->reader = open(&call->ctx, request);
-    grpc::ClientReader<pb::GenerateResponse>& reader = *call->reader;
+  void serve_stream(httplib::Response& res, const Request& first, const std::vector<Request>& more, int n,
+                    bool include_usage, bool chat, const Open& open) {
+    std::vector<const Request*> requests = {&first};
+    for (const auto& r : more) requests.push_back(&r);
+    auto streams = std::make_shared<Streams>();
+    for (size_t i = 0; i < requests.size(); ++i) {
+      // One object per call: the reader goes before the context it uses.
+      auto call = std::make_unique<Call>();
+      call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+      vouch(call->ctx);
+      call->reader = open(&call->ctx, *requests[i]);
+      streams->calls.push_back(std::move(call));
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      Call& call = *streams->calls[i];
+      if (call.reader->Read(&call.first)) continue;
+      openai::HttpError e = openai::from_grpc(finish_or_ended(*call.reader));  // before the others are cancelled
+      streams->cancel();
+      if (requests.size() > 1) e.message = choice_name(chat, i, n) + ": " + e.message;
+      return send_error(res, e);
+    }
+    streams->start();
     const std::string id = next_id(chat ? "chatcmpl-" : "cmpl-");
     const int64_t created = unix_now();
-    if (!reader.Read(&call->first)) return send_error(res, openai::from_grpc(finish_or_ended(reader)));
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, call, id, created, chat, chunk_object, include_usage](size_t, httplib::DataSink& sink) {
+        "text/event-stream", [this, streams, id, created, chat, n, include_usage](size_t, httplib::DataSink& sink) {
           // httplib calls this outside its handler's exception guard: nothing may escape.
           try {
-            return stream_events(*call, sink, id, created, chat, chunk_object, include_usage);
+            return stream_events(*streams, sink, id, created, chat, n, include_usage);
           } catch (const std::exception& x) {
-            call->ctx.TryCancel();
+            streams->cancel();
             TANDEM_LOG_WARN("router: HTTP stream {} failed: {}", id, x.what());
             return false;
           }
         });
   }
 
-  // One streamed answer as server-sent events, the first message already read.
-  bool stream_events(Call& call, httplib::DataSink& sink, const std::string& id, int64_t created, bool chat,
-                     const std::string& chunk_object, bool include_usage) {
-    grpc::ClientReader<pb::GenerateResponse>& reader = *call.reader;
-    // Stops the router's stream when the client has gone: the attention
-    // node then frees the sequence at its next step.
+  static std::string choice_name(bool chat, size_t i, int n) {
+    return chat ? "choice " + std::to_string(i) : "prompt " + std::to_string(i / static_cast<size_t>(n));
+  }
+
+  bool stream_events(Streams& streams, httplib::DataSink& sink, const std::string& id, int64_t created, bool chat,
+                     int n, bool include_usage) {
+    // Stops the router's streams when the client has gone: the attention
+    // nodes then free the sequences at their next step.
     auto send = [&](const std::string& event) {
       if (sink.write(event.data(), event.size())) return true;
-      call.ctx.TryCancel();
+      streams.cancel();
       return false;
     };
-    if (chat && !send(openai::sse(openai::chat_chunk(id, created, served_name_,
-                                                     {{"role", "assistant"}, {"content", ""}},
-                                                     pb::FINISH_REASON_UNSPECIFIED))))
-      return false;
-    Outcome out;
-    pb::GenerateResponse r = call.first;
-    bool more = true;
-    size_t token_bytes = 0;  // text_offset of the next token (completions' logprobs)
-    while (more) {
-      out.add(r, /*keep_logprobs=*/false);
+    const size_t choices = streams.calls.size();
+    const auto indexed = [](json chunk, size_t i) {
+      chunk["choices"][0]["index"] = i;
+      return chunk;
+    };
+    if (chat)
+      for (size_t i = 0; i < choices; ++i)
+        if (!send(openai::sse(indexed(openai::chat_chunk(id, created, served_name_,
+                                                         {{"role", "assistant"}, {"content", ""}},
+                                                         pb::FINISH_REASON_UNSPECIFIED),
+                                      i))))
+          return false;
+    pb::Usage total;
+    std::vector<size_t> token_bytes(choices, 0);  // text_offset of each choice's next token (completions' logprobs)
+    for (size_t open_streams = choices; open_streams > 0;) {
+      Streams::Item it = streams.next();
+      if (it.end) {
+        --open_streams;
+        if (it.status.ok()) continue;
+        // Headers are out: the error travels as an event, as OpenAI's server does.
+        streams.cancel();
+        openai::HttpError e = openai::from_grpc(it.status);
+        if (choices > 1) e.message = choice_name(chat, it.index, n) + ": " + e.message;
+        send(openai::error_event(e));
+        sink.done();
+        return true;
+      }
+      const pb::GenerateResponse& r = it.message;
       const bool last = r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED;
+      if (last) {
+        total.set_prompt_tokens(total.prompt_tokens() + r.usage().prompt_tokens());
+        total.set_completion_tokens(total.completion_tokens() + r.usage().completion_tokens());
+      }
       // A message with tokens but no text yet (an incomplete UTF-8 character)
       // still streams when its tokens' log-probabilities were asked for.
-      if (!r.text().empty() || !r.reasoning_text().empty() || r.tool_call_deltas_size() > 0 || last ||
-          r.logprobs_size() > 0 ||
-          r.prompt_logprobs_size() > 0) {
-        json logprobs;
-        if (r.logprobs_size() > 0 || r.prompt_logprobs_size() > 0) {
-          std::vector<pb::TokenLogprob> mine(r.prompt_logprobs().begin(), r.prompt_logprobs().end());
-          mine.insert(mine.end(), r.logprobs().begin(), r.logprobs().end());
-          logprobs = chat ? openai::chat_logprobs(mine) : openai::completion_logprobs(mine, token_bytes);
-          for (const auto& lp : mine) token_bytes += lp.token().size();
-        }
-        json delta = r.text().empty() ? json::object() : json{{"content", r.text()}};
-        if (!r.reasoning_text().empty()) delta["reasoning_content"] = r.reasoning_text();
-        if (r.tool_call_deltas_size() > 0)
-          delta["tool_calls"] =
-              openai::tool_call_deltas({r.tool_call_deltas().begin(), r.tool_call_deltas().end()});
-        const json chunk =
-            chat ? openai::chat_chunk(id, created, served_name_, delta, r.finish_reason(), logprobs)
-                 : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason(), logprobs);
-        if (!send(openai::sse(chunk))) return false;
+      if (r.text().empty() && r.reasoning_text().empty() && r.tool_call_deltas_size() == 0 && !last &&
+          r.logprobs_size() == 0 && r.prompt_logprobs_size() == 0)
+        continue;
+      json logprobs;
+      if (r.logprobs_size() > 0 || r.prompt_logprobs_size() > 0) {
+        std::vector<pb::TokenLogprob> mine(r.prompt_logprobs().begin(), r.prompt_logprobs().end());
+        mine.insert(mine.end(), r.logprobs().begin(), r.logprobs().end());
+        logprobs = chat ? openai::chat_logprobs(mine) : openai::completion_logprobs(mine, token_bytes[it.index]);
+        for (const auto& lp : mine) token_bytes[it.index] += lp.token().size();
       }
-      more = reader.Read(&r);
+      json delta = r.text().empty() ? json::object() : json{{"content", r.text()}};
+      if (!r.reasoning_text().empty()) delta["reasoning_content"] = r.reasoning_text();
+      if (r.tool_call_deltas_size() > 0)
+        delta["tool_calls"] = openai::tool_call_deltas({r.tool_call_deltas().begin(), r.tool_call_deltas().end()});
+      const json chunk = chat ? openai::chat_chunk(id, created, served_name_, delta, r.finish_reason(), logprobs)
+                              : openai::completion_chunk(id, created, served_name_, r.text(), r.finish_reason(), logprobs);
+      if (!send(openai::sse(indexed(chunk, it.index)))) return false;
     }
-    const grpc::Status st = reader.Finish();
-    if (!st.ok()) {
-      // Headers are out: the error travels as an event, as OpenAI's server does.
-      send(openai::error_event(openai::from_grpc(st)));
-    } else {
-      if (include_usage && !send(openai::sse(openai::usage_chunk(chunk_object, id, created, served_name_,
-                                                                 out.usage))))
-        return false;
-      if (!send(std::string(openai::kSseDone))) return false;
-    }
+    if (include_usage &&
+        !send(openai::sse(openai::usage_chunk(chat ? "chat.completion.chunk" : "text_completion", id, created,
+                                              served_name_, total))))
+      return false;
+    if (!send(std::string(openai::kSseDone))) return false;
     sink.done();
     return true;
   }
@@ -448,9 +535,7 @@ class Gateway final : public HttpGateway {
     for (size_t i = 0; i < requests.size(); ++i) {
       if (!statuses[i].ok()) {
         openai::HttpError e = openai::from_grpc(statuses[i]);
-        if (requests.size() > 1)
-          e.message = (chat ? "choice " + std::to_string(i) : "prompt " + std::to_string(i / static_cast<size_t>(n))) +
-                      ": " + e.message;
+        if (requests.size() > 1) e.message = choice_name(chat, i, n) + ": " + e.message;
         return send_error(res, e);
       }
       openai::Choice c{outcomes[i].text, outcomes[i].finish, std::nullopt, std::move(outcomes[i].tool_calls),

@@ -240,7 +240,6 @@ void common_fields(const json& body, Call& call, pb::SamplingParams& sp) {
         integer(body, "priority", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())));
   if (find(body, "n")) {
     call.n = static_cast<int>(integer(body, "n", 1, static_cast<int64_t>(kMaxBatch)));
-    if (call.n > 1 && call.stream) refuse("n", "n: several choices are answered whole; not with stream");
   }
 }
 
@@ -333,8 +332,6 @@ std::variant<CompletionCall, HttpError> parse_completion(std::string_view text) 
       if (prompt->size() > kMaxBatch)
         refuse("prompt", "prompt: at most " + std::to_string(kMaxBatch) + " prompts per request, got " +
                              std::to_string(prompt->size()));
-      if (prompt->size() > 1 && call.stream)
-        refuse("prompt", "prompt: a batch of prompts is answered whole; stream one prompt per request");
       for (size_t i = 0; i < prompt->size(); ++i) {
         const json& one = (*prompt)[i];
         pb::GenerateRequest& r = i == 0 ? call.request : call.more.emplace_back(call.request);

@@ -52,7 +52,7 @@ struct CompletionCall {
   tandem::v1::GenerateRequest request;
   // The other requests of a batch of prompts and/or n > 1 (the first is
   // `request`), in choice order: prompt i's n samples are choices i*n ..
-  // i*n+n-1. Never with `stream`.
+  // i*n+n-1. Streamed too, each choice's events under its index.
   std::vector<tandem::v1::GenerateRequest> more;
   int n = 1;  // choices per prompt
   bool stream = false;

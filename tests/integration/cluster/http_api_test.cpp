@@ -197,6 +197,51 @@ TEST_F(HttpApi, ChatCompletionsApplyTheTemplateAsGrpcChat) {
   EXPECT_FALSE(json::parse(ev[ev.size() - 2])["choices"][0]["finish_reason"].is_null());
 }
 
+// Several choices streamed (n > 1, a batch of prompts): each choice's events
+// carry its index, and joined they give the whole answer's choices, finish
+// reasons and usage (sampled with seeds, so both runs draw the same).
+TEST_F(HttpApi, SeveralChoicesStreamUnderTheirIndex) {
+  ASSERT_TRUE(cluster_->ready().is_ok());
+  for (const bool chat : {false, true}) {
+    const std::string path = chat ? "/v1/chat/completions" : "/v1/completions";
+    json body = {{"max_tokens", 6}, {"temperature", 1.0}, {"seed", 11}, {"n", 2}};
+    if (chat) body["messages"] = json::array({{{"role", "user"}, {"content", "Pick a word"}}});
+    else body["prompt"] = json::array({"one two", "three four five"});
+    const size_t choices = chat ? 2 : 4;
+    const json whole = post_ok(path, body);
+    ASSERT_EQ(whole["choices"].size(), choices) << whole.dump();
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    std::vector<std::string> text(choices), finish(choices);
+    std::vector<int> roles(choices, 0);
+    json usage;
+    for (const std::string& e : events(path, body)) {
+      if (e == "[DONE]") break;
+      const json chunk = json::parse(e);
+      if (chunk.contains("usage") && !chunk["usage"].is_null()) usage = chunk["usage"];
+      for (const json& c : chunk["choices"]) {
+        const size_t i = c["index"].get<size_t>();
+        ASSERT_LT(i, choices) << e;
+        if (chat) {
+          if (c["delta"].contains("role")) ++roles[i];
+          if (c["delta"].contains("content")) text[i] += c["delta"]["content"].get<std::string>();
+        } else {
+          text[i] += c["text"].get<std::string>();
+        }
+        if (!c["finish_reason"].is_null()) finish[i] = c["finish_reason"];
+      }
+    }
+    for (size_t i = 0; i < choices; ++i) {
+      const json& want = whole["choices"][i];
+      EXPECT_EQ(text[i], chat ? want["message"]["content"].get<std::string>() : want["text"].get<std::string>())
+          << path << " choice " << i;
+      EXPECT_EQ(finish[i], want["finish_reason"]) << path << " choice " << i;
+      if (chat) EXPECT_EQ(roles[i], 1) << "choice " << i;
+    }
+    EXPECT_EQ(usage, whole["usage"]) << path;
+  }
+}
+
 TEST_F(HttpApi, ErrorsHaveOpenAiShapeAndFittingStatus) {
   ASSERT_TRUE(cluster_->ready().is_ok());
   struct Case {
@@ -208,7 +253,7 @@ TEST_F(HttpApi, ErrorsHaveOpenAiShapeAndFittingStatus) {
   const std::vector<Case> cases = {
       {"/v1/completions", "{not json", 400, "", "not valid JSON"},
       {"/v1/completions", R"({"prompt": "x", "suffix": "y"})", 400, "suffix", "not supported"},
-      {"/v1/completions", R"({"prompt": "x", "n": 2, "stream": true})", 400, "n", "not with stream"},
+      {"/v1/completions", R"({"prompt": "x", "n": 0, "stream": true})", 400, "n", "n"},
       {"/v1/completions", R"({"prompt": "x", "model": "gpt-17"})", 404, "", "gpt-17"},
       {"/v1/completions", R"({"prompt": "x", "temperature": -1})", 400, "temperature", "outside"},
       // Refused by the router (the prompt leaves no room in the context), through the gateway.
