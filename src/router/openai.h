@@ -5,9 +5,9 @@
 // HTTP server is http_gateway.h.
 //
 // What is taken: model, prompt (a string, token ids, or an array of either:
-// a batch, answered whole with one choice per prompt), messages (string content or text parts), max_tokens /
+// a batch, one choice per prompt), messages (string content or text parts), max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, stream,
-// stream_options.include_usage, n (whole answers only), logprobs (completions:
+// stream_options.include_usage, n, logprobs (completions:
 // 0..5 alternatives; chat: logprobs + top_logprobs 0..20), echo (completions:
 // the prompt first, with logprobs its tokens' too; max_tokens 0 scores only),
 // presence_penalty, frequency_penalty, logit_bias, and the extensions top_k,
@@ -45,7 +45,7 @@ struct HttpError {
   std::string code;   // e.g. "model_not_found"; empty: null
 };
 
-// Prompts one /v1/completions request may carry (a batch is answered whole).
+// Prompts one /v1/completions request may carry (choices of a batch run at once).
 inline constexpr size_t kMaxBatch = 64;
 
 struct CompletionCall {

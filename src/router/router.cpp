@@ -284,19 +284,20 @@ class RouterImpl final : public Router, public pb::Generation::Service {
   }
 
   Status reload() override {
+    // The log first: a call the new keys let in is logged in the new file.
     Status st = Status::ok();
+    if (access_log_) {
+      if (Status r = access_log_->reopen(); !r.is_ok()) {
+        TANDEM_LOG_ERROR("router: {}", r.message());
+        st = r;
+      }
+    }
     if (auto keys = cfg_.accepted_api_keys(); keys.is_ok()) {
       api_keys_->replace(std::move(keys).value());
       TANDEM_LOG_INFO("router: API keys read again");
     } else {
-      st = keys.status();
-      TANDEM_LOG_ERROR("router: API keys not reloaded, the ones in force stay: {}", st.message());
-    }
-    if (access_log_) {
-      if (Status r = access_log_->reopen(); !r.is_ok()) {
-        TANDEM_LOG_ERROR("router: {}", r.message());
-        if (st.is_ok()) st = r;
-      }
+      TANDEM_LOG_ERROR("router: API keys not reloaded, the ones in force stay: {}", keys.status().message());
+      if (st.is_ok()) st = keys.status();
     }
     return st;
   }

@@ -233,8 +233,11 @@ TEST(ApiKeys, HangupRotatesKeysAndReopensTheAccessLog) {
     for (std::string line; std::getline(in, line);) ++n;
     return n;
   };
-  EXPECT_EQ(count(log + ".1"), 2u);  // sk-old served, sk-new refused
-  EXPECT_GE(count(log), 3u);         // the tries until the reload, and the calls after it
+  // The moved file: sk-old served, sk-new refused (and any tries before the
+  // reload); the reopened one: the call that saw the new key (the log is
+  // reopened before the keys change), sk-old refused, the HTTP call.
+  EXPECT_GE(count(log + ".1"), 2u);
+  EXPECT_GE(count(log), 3u);
 
   // A broken file on the next SIGHUP: the keys in force stay.
   std::ofstream(keys) << "# emptied by mistake\n";

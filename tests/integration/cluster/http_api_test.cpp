@@ -215,9 +215,14 @@ TEST_F(HttpApi, SeveralChoicesStreamUnderTheirIndex) {
     std::vector<std::string> text(choices), finish(choices);
     std::vector<int> roles(choices, 0);
     json usage;
+    bool done = false;
     for (const std::string& e : events(path, body)) {
-      if (e == "[DONE]") break;
+      if (e == "[DONE]") {
+        done = true;
+        break;
+      }
       const json chunk = json::parse(e);
+      ASSERT_TRUE(chunk.contains("choices")) << e;  // not an error event
       if (chunk.contains("usage") && !chunk["usage"].is_null()) usage = chunk["usage"];
       for (const json& c : chunk["choices"]) {
         const size_t i = c["index"].get<size_t>();
@@ -239,6 +244,7 @@ TEST_F(HttpApi, SeveralChoicesStreamUnderTheirIndex) {
       if (chat) EXPECT_EQ(roles[i], 1) << "choice " << i;
     }
     EXPECT_EQ(usage, whole["usage"]) << path;
+    EXPECT_TRUE(done) << path;
   }
 }
 

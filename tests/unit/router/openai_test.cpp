@@ -91,9 +91,15 @@ TEST(OpenAiCompletion, DefaultsAndPromptForms) {
   EXPECT_EQ(completion_ok(R"({"prompt": "x", "max_completion_tokens": 3})").request.sampling().max_tokens(), 3u);
 }
 
+// Several choices stream too: n copies and batches keep `stream`.
+TEST(OpenAiCompletion, SeveralChoicesMayStream) {
+  const auto c = completion_ok(R"({"prompt": ["a", "b"], "n": 2, "stream": true})");
+  EXPECT_TRUE(c.stream);
+  EXPECT_EQ(c.more.size(), 3u);
+}
+
 TEST(OpenAiCompletion, RefusalsNameTheField) {
   const std::pair<const char*, const char*> cases[] = {
-      {R"({"prompt": "x", "n": 2, "stream": true})", "n"},
       {R"({"prompt": "x", "n": 0})", "n"},
       {R"({"prompt": ["a", "b"], "n": 40})", "n"},
       {R"({"prompt": "x", "best_of": 3})", "best_of"},
@@ -130,7 +136,6 @@ TEST(OpenAiCompletion, RefusalsNameTheField) {
       {R"({"prompt": "x", "model": 3})", "model"},
       {R"({"prompt": ""})", "prompt"},
       {R"({"prompt": []})", "prompt"},
-      {R"({"prompt": ["a", "b"], "stream": true})", "prompt"},
       {R"({"prompt": ["a", ""]})", "prompt"},
       {R"({"prompt": ["a", 5]})", "prompt"},
       {R"({"prompt": [1, -2]})", "prompt"},
@@ -214,7 +219,6 @@ TEST(OpenAiChat, MessagesAndContentParts) {
       {R"({"messages": [{"role": "user", "content": "x"}], "guided_regex": 5})", "guided_regex"},
       {R"({"messages": [{"role": "user", "content": "x"}], "guided_json": 5})", "guided_json"},
       {R"({"messages": [{"role": "user", "content": "x"}], "guided_grammar": "root ::= x"})", "guided_grammar"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "n": 3, "stream": true})", "n"},
       {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "top_logprobs"},
       {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "top_logprobs"},
       {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})", "logprobs"},
