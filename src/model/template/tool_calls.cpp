@@ -164,12 +164,16 @@ size_t call_object_end(std::string_view tail) {
   return std::string_view::npos;
 }
 
-// What a streamed call's block holds after the call object: text the user
-// gets back (a block that never closes the object holds none).
+// What a streamed call's block holds after its arguments that is not the
+// rest of the call object (`}`, or more keys and then `}`): text the user
+// gets back, so none is lost. The object's rest cut short holds none.
 std::string_view block_leftover(std::string_view tail) {
-  const size_t end = call_object_end(tail);
-  if (end == std::string_view::npos) return {};
-  tail = trim_blanks(tail.substr(end));
+  tail = trim_blanks(tail);
+  if (!tail.empty() && (tail.front() == '}' || tail.front() == ',')) {
+    const size_t end = call_object_end(tail.front() == '}' ? tail : tail.substr(1));
+    if (end == std::string_view::npos) return {};
+    tail = trim_blanks(tail.substr(end + (tail.front() == '}' ? 0 : 1)));
+  }
   return trim_blanks(tail.substr(0, tail.size() - partial_tag(tail, kHermesClose)));
 }
 }  // namespace

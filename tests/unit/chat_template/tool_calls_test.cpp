@@ -201,6 +201,12 @@ TEST(ToolCalls, StreamedCallsStayCalls) {
   r = run("<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1\nLet me check}</tool_call>");
   ASSERT_EQ(r.calls.size(), 1u);
   EXPECT_EQ(r.calls[0].arguments, "{\"a\": 1\n");  // prose is not JSON: the arguments end before it
+  EXPECT_EQ(r.content, "Let me check}");             // and it is the user's
+  r = run("<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1 I think</tool_call>");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.content, "I think");
+  r = run("<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1}, \"id\": 3} then</tool_call>");
+  EXPECT_EQ(r.content, "then");
   r = run("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1</tool_call> after");
   ASSERT_EQ(r.calls.size(), 1u);
   EXPECT_EQ(r.calls[0].arguments, "{\"x\": 1");  // ended at the tag, as written
