@@ -20,6 +20,7 @@ std::shared_ptr<grpc::Channel> open_channel(const std::string& address, const Cl
 }
 
 Result<ClientTls> client_tls(const std::string& ca_file, const std::string& server_name) {
+  if (ca_file.empty()) return ClientTls{};
   std::ifstream in(ca_file);
   std::stringstream text;
   if (in) text << in.rdbuf();
@@ -27,12 +28,25 @@ Result<ClientTls> client_tls(const std::string& ca_file, const std::string& serv
   return ClientTls{text.str(), server_name};
 }
 
+namespace {
+
+using Bio = std::unique_ptr<BIO, decltype(&BIO_free)>;
+using Certificate = std::unique_ptr<X509, decltype(&X509_free)>;
+
+Bio memory_bio(const std::string& pem) {
+  return Bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), &BIO_free);
+}
+
+// The first certificate of a PEM text; null when there is none.
+Certificate read_certificate(const std::string& pem) {
+  Bio bio = memory_bio(pem);
+  return Certificate(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr, &X509_free);
+}
+
+}  // namespace
+
 Result<std::string> certificate_name(const std::string& cert_pem) {
-  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())),
-                                               &BIO_free);
-  std::unique_ptr<X509, decltype(&X509_free)> cert(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)
-                                                       : nullptr,
-                                                   &X509_free);
+  Certificate cert = read_certificate(cert_pem);
   if (!cert) return invalid_argument("TLS: not a PEM certificate");
   std::string dns, ip;
   auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert.get(), NID_subject_alt_name, nullptr, nullptr));
@@ -62,13 +76,9 @@ Result<std::string> certificate_name(const std::string& cert_pem) {
 }
 
 Status check_server_tls(const std::string& cert_pem, const std::string& key_pem) {
-  std::unique_ptr<BIO, decltype(&BIO_free)> cb(BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())),
-                                              &BIO_free);
-  std::unique_ptr<BIO, decltype(&BIO_free)> kb(BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())),
-                                              &BIO_free);
-  std::unique_ptr<X509, decltype(&X509_free)> cert(cb ? PEM_read_bio_X509(cb.get(), nullptr, nullptr, nullptr) : nullptr,
-                                                   &X509_free);
+  Certificate cert = read_certificate(cert_pem);
   if (!cert) return invalid_argument("router.tls_cert_file: not a PEM certificate");
+  Bio kb = memory_bio(key_pem);
   std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
       kb ? PEM_read_bio_PrivateKey(kb.get(), nullptr, nullptr, nullptr) : nullptr, &EVP_PKEY_free);
   if (!key) return invalid_argument("router.tls_key_file: not an unencrypted PEM private key");

@@ -243,13 +243,9 @@ int run_bench(const BenchArgs& a) {
                  a.prompt_tokens);
     return 2;
   }
-  api::ClientTls tls;
-  if (!a.tls_ca.empty()) {
-    auto t = api::client_tls(a.tls_ca, a.tls_server_name);
-    if (!t.is_ok()) return std::fprintf(stderr, "tandem bench: %s\n", t.status().message().c_str()), 2;
-    tls = *t;
-  }
-  auto channel = api::open_channel(a.server, tls);
+  auto tls = api::client_tls(a.tls_ca, a.tls_server_name);  // plaintext without --tls-ca
+  if (!tls.is_ok()) return std::fprintf(stderr, "tandem bench: %s\n", tls.status().message().c_str()), 2;
+  auto channel = api::open_channel(a.server, *tls);
   auto stub = tandem::v1::Generation::NewStub(channel);
   uint32_t vocab = 0;
   {

@@ -56,13 +56,9 @@ std::string printable(const std::string& bytes) {
 }
 
 int run_client(const ClientArgs& a) {
-  api::ClientTls tls;
-  if (!a.tls_ca.empty()) {
-    auto t = api::client_tls(a.tls_ca, a.tls_server_name);
-    if (!t.is_ok()) return std::fprintf(stderr, "tandem client: %s\n", t.status().message().c_str()), 2;
-    tls = *t;
-  }
-  auto stub = tandem::v1::Generation::NewStub(api::open_channel(a.server, tls));
+  auto tls = api::client_tls(a.tls_ca, a.tls_server_name);  // plaintext without --tls-ca
+  if (!tls.is_ok()) return std::fprintf(stderr, "tandem client: %s\n", tls.status().message().c_str()), 2;
+  auto stub = tandem::v1::Generation::NewStub(api::open_channel(a.server, *tls));
   grpc::ClientContext ctx;
   if (!a.api_key.empty()) ctx.AddMetadata("authorization", bearer(a.api_key));
   tandem::v1::GenerateRequest req;

@@ -22,8 +22,8 @@ struct ClientTls {
 // A channel to `address` (host:port).
 std::shared_ptr<grpc::Channel> open_channel(const std::string& address, const ClientTls& tls = {});
 
-// TLS that trusts the CA (or self-signed certificate) in `ca_file`;
-// INVALID_ARGUMENT naming the file when it cannot be read.
+// TLS that trusts the CA (or self-signed certificate) in `ca_file` (empty:
+// plaintext); INVALID_ARGUMENT naming the file when it cannot be read.
 Result<ClientTls> client_tls(const std::string& ca_file, const std::string& server_name = {});
 
 // A name a PEM certificate is valid for: its first DNS subject alternative

@@ -241,7 +241,9 @@ TEST_F(HttpApi, SeveralChoicesStreamUnderTheirIndex) {
       EXPECT_EQ(text[i], chat ? want["message"]["content"].get<std::string>() : want["text"].get<std::string>())
           << path << " choice " << i;
       EXPECT_EQ(finish[i], want["finish_reason"]) << path << " choice " << i;
-      if (chat) EXPECT_EQ(roles[i], 1) << "choice " << i;
+      if (chat) {
+        EXPECT_EQ(roles[i], 1) << "choice " << i;
+      }
     }
     EXPECT_EQ(usage, whole["usage"]) << path;
     EXPECT_TRUE(done) << path;
